@@ -1,0 +1,69 @@
+"""The one boundary between the scheduler and an executor: a step plan in, a step result out.
+
+The scheduler decides *what* runs (which tokens of which sequences, where their KV lives); the
+executor decides *how* (graph, device, memory). Neither sees the other's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class ScheduledSeq:
+    """One sequence's share of a step."""
+
+    seq_id: int  # scheduler-wide id of the sequence (unique while it lives)
+    token_ids: list[int]  # tokens to run now: a prefill chunk, or the single newest token
+    start_pos: int  # position of token_ids[0] == number of this sequence's tokens already in KV
+    block_table: list[int]  # physical KV block ids in order; covers start_pos + len(token_ids)
+    want_logits: bool  # logits of the LAST token of token_ids are needed (decode, or prompt done)
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """Everything an executor needs for one forward pass over the running batch."""
+
+    step_id: int  # monotonically increasing step counter
+    seqs: list[ScheduledSeq]  # rows in this order; prefill chunks and decodes mixed freely
+    block_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) KV block
+    # copies the executor performs BEFORE running the graph (copy-on-write of shared blocks)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.seqs)
+
+    @property
+    def num_logit_rows(self) -> int:
+        return sum(1 for s in self.seqs if s.want_logits)
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What an executor returns for a plan."""
+
+    step_id: int  # the plan's step_id
+    logits: np.ndarray  # float32 [num_logit_rows, vocab]: one row per want_logits seq, plan order
+
+
+class Executor(Protocol):
+    """Runs step plans over a paged KV pool that it owns. Implemented in `engine/`."""
+
+    @property
+    def block_size(self) -> int: ...  # tokens per KV block
+
+    @property
+    def num_blocks(self) -> int: ...  # KV blocks in the pool; valid ids are 0..num_blocks-1
+
+    @property
+    def vocab_size(self) -> int: ...  # logits width
+
+    @property
+    def max_context(self) -> int: ...  # longest sequence (prompt + output) the model supports
+
+    def execute(self, plan: StepPlan) -> StepResult: ...  # blocking; thread-safe w.r.t. itself
+
+    def close(self) -> None: ...  # releases pool and device memory; idempotent

@@ -1,0 +1,84 @@
+"""What crosses the server -> scheduler boundary: a request in, a stream of deltas out."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(enum.StrEnum):
+    LENGTH = "length"  # max_tokens reached, or the model's context is full
+    STOP = "stop"  # a stop string matched
+    END_ID = "end_id"  # the end-of-sequence token (end_id / model eos) was produced
+    ABORT = "abort"  # client went away, shutdown, or explicit abort
+    ERROR = "error"  # the engine failed while this request was in flight
+
+
+class RequestError(ValueError):
+    """Client-caused: invalid parameters, prompt too long, can never fit. Maps to HTTP 400."""
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at max_queue_size. Maps to HTTP 503 + Retry-After."""
+
+
+class QueueTimeoutError(RuntimeError):
+    """The request waited in the queue longer than its deadline. Maps to HTTP 503."""
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop has died; no request can be served. Maps to HTTP 503 (health: not ready)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-request generation settings. `temperature == 0` means greedy.
+
+    Defaults are "off": greedy, no filtering, no penalties. The server maps Triton / OpenAI
+    conventions onto these (e.g. TensorRT-LLM's top_k=0 and top_p=0 both unset -> greedy).
+    `validate(max_context, vocab_size)` raises RequestError with a message naming the field.
+    """
+
+    max_tokens: int = 16  # new tokens to generate at most (>= 1)
+    temperature: float = 0.0  # 0 -> greedy; else softmax temperature (0, 2]... validated
+    top_k: int = 0  # 0 -> off
+    top_p: float = 1.0  # 1 -> off; must be in (0, 1]
+    min_p: float = 0.0  # 0 -> off; in [0, 1]
+    repetition_penalty: float = 1.0  # 1 -> off; > 0 (HF semantics, over prompt + output)
+    presence_penalty: float = 0.0  # OpenAI semantics, over output tokens
+    frequency_penalty: float = 0.0  # OpenAI semantics, over output tokens
+    seed: int | None = None  # per-request RNG seed; same seed -> same tokens, any batch
+    min_tokens: int = 0  # suppress end ids until this many tokens were produced
+    end_ids: tuple[int, ...] = ()  # tokens that finish with END_ID; empty -> model's eos ids
+    ignore_eos: bool = False  # never finish on end ids (benchmarks)
+    pad_id: int | None = None  # Triton's pad_id; accepted and reported, never sampled specially
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()  # token sequences that must never be produced
+    stop: tuple[str, ...] = ()  # stop strings, matched on decoded text across token boundaries
+    logprobs: bool = False  # report the log-prob of each chosen token
+
+
+@dataclass(slots=True)
+class Request:
+    """A tokenized generation request handed to the scheduler."""
+
+    request_id: str  # unique among live requests
+    prompt_token_ids: list[int]  # non-empty
+    params: SamplingParams
+    arrival_time: float  # time.monotonic() when the server received it
+    queue_deadline: float | None = None  # monotonic time after which a still-waiting request
+    # is refused with QueueTimeoutError; None -> no limit
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """One delta of a request's progress, pushed after every step that touched it."""
+
+    request_id: str
+    new_token_ids: list[int] = field(default_factory=list)  # tokens produced since last delta
+    new_logprobs: list[float] | None = None  # their log-probs, when params.logprobs
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0  # total produced so far
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    error: str | None = None  # set with finish_reason ERROR (or a queue timeout)
