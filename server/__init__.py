@@ -1,0 +1,1 @@
+"""HTTP front end: Triton generate/SSE, KServe v2, OpenAI routes, metrics, CLI."""
