@@ -95,7 +95,9 @@ class _LatencyMetrics:
 class ServerMetrics:
     """All series of one server; thread-safe (prometheus_client and our collectors lock)."""
 
-    def __init__(self, model_names: Sequence[str], registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, model_names: Sequence[str], registry: CollectorRegistry | None = None
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._core = TritonCoreMetrics(self.registry)
         self._trtllm = TrtLlmMetrics(self.registry)
@@ -130,7 +132,8 @@ class ServerMetrics:
         if stats.step_time_s > 0:
             self._latency.step.observe(stats.step_time_s)
         self._advance("preemptions", stats.preemptions_total, self._latency.preemptions)
-        self._advance("prefix_queries", stats.prefix_cache_queries_total, self._latency.prefix_queries)
+        lat = self._latency
+        self._advance("prefix_queries", stats.prefix_cache_queries_total, lat.prefix_queries)
         self._advance("prefix_hits", stats.prefix_cache_hits_total, self._latency.prefix_hits)
 
     def exposition(self) -> tuple[bytes, str]:

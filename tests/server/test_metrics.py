@@ -293,8 +293,9 @@ def test_observe_step_sets_trt_llm_gauges() -> None:
     general = "nv_trt_llm_general_metrics"
     assert _trt(samples, general, "general_type", "iteration_counter") == 7
     assert _trt(samples, general, "general_type", "timestamp") > 1.7e15  # µs since epoch
-    assert value(samples, "nv_inference_pending_request_count", model="tensorrt_llm", version="1") == 3
-    assert value(samples, "nv_inference_pending_request_count", model="ensemble", version="1") == 0
+    pending = "nv_inference_pending_request_count"
+    assert value(samples, pending, model="tensorrt_llm", version="1") == 3
+    assert value(samples, pending, model="ensemble", version="1") == 0
     assert value(samples, "trtserve_preemptions_total") == 4
     assert value(samples, "trtserve_prefix_cache_hits_total") == 9
     assert value(samples, "trtserve_step_duration_seconds_count") == 2
