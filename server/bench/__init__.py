@@ -1,0 +1,1 @@
+"""`trtserve bench`: closed/open-loop streaming load generator and reporter."""

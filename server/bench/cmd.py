@@ -1,0 +1,89 @@
+"""`trtserve bench`: streaming load against a Triton-style or OpenAI-style server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from server.bench.config import ENDPOINTS, BenchConfig, BenchConfigError
+from server.bench.report import render, write_json
+from server.bench.runner import run_benchmark
+from server.bench.tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+_D = BenchConfig.__dataclass_fields__  # defaults come from the dataclass, never copied
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("bench", help="benchmark a running server (streaming load)",
+                              description=__doc__)
+    p.add_argument("--url", default=_D["url"].default, help="server base URL")
+    p.add_argument("--endpoint", choices=ENDPOINTS, default=_D["endpoint"].default)
+    p.add_argument("--model", default=_D["model"].default,
+                   help="model name in the URL (triton) or the body (openai)")
+    load = p.add_mutually_exclusive_group(required=True)
+    load.add_argument("--concurrency", type=_ints, help="closed loop, e.g. 1,4,16,64")
+    load.add_argument("--request-rate", type=_floats, help="open loop req/s, e.g. 1,2,inf")
+    p.add_argument("--num-prompts", type=int, default=_D["num_prompts"].default)
+    p.add_argument("--input-len", type=int, default=_D["input_len"].default)
+    p.add_argument("--output-len", type=int, default=_D["output_len"].default)
+    p.add_argument("--dataset", default=_D["dataset"].default, help="'random' or a JSONL file")
+    p.add_argument("--seed", type=int, default=_D["seed"].default)
+    p.add_argument("--output-json", default=None, help="write all runs here")
+    p.add_argument("--plot", default=None, help="write a PNG here")
+    p.add_argument("--slo-ttft-ms", type=float, default=None)
+    p.add_argument("--slo-tpot-ms", type=float, default=None)
+    p.add_argument("--tokenizer", default=_D["tokenizer"].default,
+                   help="engine model name, .gguf, HF directory or tokenizer.json")
+    p.add_argument("--timeout", type=float, default=_D["timeout_s"].default,
+                   help="seconds per request")
+    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        url=args.url.rstrip("/"), endpoint=args.endpoint, model=args.model,
+        concurrency=args.concurrency or (), request_rate=args.request_rate or (),
+        num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
+        dataset=args.dataset, seed=args.seed, output_json=args.output_json, plot=args.plot,
+        slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms, tokenizer=args.tokenizer,
+        timeout_s=args.timeout, progress=not args.no_progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when the benchmark ran (failures are in the report), 1 when every request
+    failed, 2 on bad arguments."""
+    try:
+        config = config_from_args(args)
+        tok = load_tokenizer(config.tokenizer)
+        runs = run_benchmark(config, tok)
+    except (BenchConfigError, ValueError, OSError) as exc:
+        sys.stderr.write(f"trtserve bench: error: {exc}\n")
+        return 2
+    sys.stdout.write(render(runs) + "\n")
+    sys.stdout.flush()
+    if config.output_json:
+        write_json(config.output_json, config, runs)
+    if config.plot:
+        from server.bench.plot import plot_runs
+
+        plot_runs(runs, config.plot, title=f"{config.endpoint} {config.model} "
+                  f"in={config.input_len} out={config.output_len}")
+    return 1 if all(r.completed == 0 for r in runs) else 0

@@ -1,0 +1,65 @@
+"""Typed configuration of one `trtserve bench` invocation (each default defined once, here)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+ENDPOINTS: tuple[str, ...] = ("triton", "openai-completions", "openai-chat")
+
+
+class BenchConfigError(ValueError):
+    """The benchmark was asked for something that cannot be run; the message says what."""
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """What to send, how hard, and where to write the results."""
+
+    url: str = "http://127.0.0.1:8000"          # server base URL (no path)
+    endpoint: str = "triton"                     # triton | openai-completions | openai-chat
+    model: str = "ensemble"                      # model name in the URL / request body
+    concurrency: tuple[int, ...] = ()            # closed loop: one run per value
+    request_rate: tuple[float, ...] = ()         # open loop (Poisson, req/s): one run per value
+    num_prompts: int = 64                        # requests per run
+    input_len: int = 128                         # prompt tokens (random dataset)
+    output_len: int = 128                        # forced generated tokens per request
+    dataset: str = "random"                      # "random" or a JSONL path
+    seed: int = 0                                # prompts and arrival times
+    output_json: str | None = None               # results file (all runs)
+    plot: str | None = None                      # PNG path
+    slo_ttft_ms: float | None = None             # goodput: TTFT must be <= this
+    slo_tpot_ms: float | None = None             # goodput: TPOT must be <= this
+    tokenizer: str = "smollm2-135m-instruct"     # engine model name, .gguf, HF dir or tokenizer.json
+    timeout_s: float = 300.0                     # per request, whole stream
+    progress: bool = True                        # live progress bar on stderr
+    extra: dict[str, str] = field(default_factory=dict)  # free-form notes recorded in the JSON
+
+    def __post_init__(self) -> None:
+        if self.endpoint not in ENDPOINTS:
+            raise BenchConfigError(f"--endpoint must be one of {', '.join(ENDPOINTS)}")
+        if bool(self.concurrency) == bool(self.request_rate):
+            raise BenchConfigError("give exactly one of --concurrency or --request-rate")
+        if any(c <= 0 for c in self.concurrency):
+            raise BenchConfigError("--concurrency values must be positive integers")
+        if any(not (r > 0) or math.isnan(r) for r in self.request_rate):
+            raise BenchConfigError("--request-rate values must be positive (or inf)")
+        for name in ("num_prompts", "input_len", "output_len"):
+            if getattr(self, name) <= 0:
+                raise BenchConfigError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("slo_ttft_ms", "slo_tpot_ms"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise BenchConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.timeout_s <= 0:
+            raise BenchConfigError("--timeout must be positive")
+
+    @property
+    def mode(self) -> str:
+        """'concurrency' (closed loop) or 'request_rate' (open loop)."""
+        return "concurrency" if self.concurrency else "request_rate"
+
+    @property
+    def sweep(self) -> tuple[float, ...]:
+        """The values swept, one run each."""
+        return tuple(float(c) for c in self.concurrency) if self.concurrency else self.request_rate

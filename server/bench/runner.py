@@ -1,0 +1,46 @@
+"""A whole benchmark: for each sweep value build prompts, run, count tokens, summarize."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from server.bench.client import RequestResult, make_endpoint
+from server.bench.config import BenchConfig
+from server.bench.dataset import build_prompts
+from server.bench.loadgen import run_once
+from server.bench.progress import ProgressBar
+from server.bench.stats import RunStats, compute_stats
+from server.bench.tokenizer import BenchTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def count_output_tokens(results: Sequence[RequestResult], tok: BenchTokenizer) -> None:
+    """Token counts from what was streamed (concatenated text, re-tokenized), never from the
+    server's own counts."""
+    for r in results:
+        r.num_output_tokens = len(tok.encode(r.text, add_special_tokens=False)) if r.text else 0
+
+
+def run_benchmark(config: BenchConfig, tok: BenchTokenizer) -> list[RunStats]:
+    """Run every sweep value in order. Run i uses prompts seeded with `seed + i`, so runs never
+    share prompts (no prefix-cache hits between runs) and a rerun repeats them exactly."""
+    endpoint = make_endpoint(config.endpoint, config.model)
+    runs: list[RunStats] = []
+    for i, value in enumerate(config.sweep):
+        prompts = build_prompts(tok, config.dataset, config.num_prompts, config.input_len,
+                                config.output_len, config.seed + i)
+        label = f"{config.mode}={value:g}"
+        bar = ProgressBar(label, len(prompts), enabled=config.progress)
+        logger.info("run %s: %d prompts to %s%s", label, len(prompts), config.url,
+                    endpoint.path())
+        results, duration = asyncio.run(run_once(
+            config.url, endpoint, prompts, config.mode, value, config.seed + i,
+            config.timeout_s, bar.update))
+        bar.close()
+        count_output_tokens(results, tok)
+        runs.append(compute_stats(results, config.mode, value, duration,
+                                  config.slo_ttft_ms, config.slo_tpot_ms))
+    return runs
