@@ -1,0 +1,224 @@
+"""Builds the one ONNX graph per model: a Llama decoder step over packed tokens and a paged KV pool.
+
+Graph I/O (T packed tokens of this step, B sequences, Tq = most new tokens of any sequence,
+MB = most *past* blocks of any sequence (>= 1), R rows that want logits, L layers, KVH KV heads,
+D head dim, BS block size, NB pool blocks; every one of these dims is dynamic):
+
+inputs
+  input_ids    int64 [T]          this step's tokens, sequences back to back (plan order)
+  positions    int64 [T]          absolute position of each token
+  kv_cache     dtype [L*2*KVH*NB, BS, D]  the KV pool, read-only: the executor's array of layout
+               [L, 2 (K, V), KVH, NB, BS, D] bound as is (a free reshape of the same memory)
+  block_tables int64 [B, MB]      physical ids of each sequence's past blocks; pad with any id
+  past_lens    int64 [B]          tokens already in the pool per sequence (= start_pos)
+  pad_index    int64 [B, Tq]      packed row of query slot (b, t); pad slots repeat a valid row
+  unpad_index  int64 [T]          padded slot b * Tq + t of each packed token
+  logit_index  int64 [R]          packed rows whose logits are wanted (plan order)
+outputs
+  logits       float32 [R, vocab]
+  new_kv       dtype [L, 2, KVH, T, D]  roped K and V of this step's tokens; the executor writes
+               them into the pool at slot (block_table[pos // BS], pos % BS) after the run
+
+The graph never mutates its inputs. Weights are written once to `model.onnx.data` (external
+data); Q/K/V and gate/up projections are fused into one MatMul each, 1/sqrt(D) is folded into
+the query weights, and the RoPE inverse frequencies (Llama-3 scaling included) are constants.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from engine.config import ModelConfig, ModelError
+from engine.graph.attention import (
+    ATTENTION_IMPLS,
+    DECOMPOSED,
+    ONNX_ATTENTION,
+    StepInputs,
+    StepTensors,
+    attention,
+    step_tensors,
+)
+from engine.graph.layers import apply_rope, onnx_type, rms_norm, rope_tables, swiglu_mlp
+from engine.graph.writer import GraphWriter, save_model
+
+logger = logging.getLogger(__name__)
+
+BUILDER_VERSION = "1"  # bump whenever the graph, its I/O or its weights layout changes
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+INPUT_NAMES = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens", "pad_index",
+               "unpad_index", "logit_index")
+OUTPUT_NAMES = ("logits", "new_kv")
+KV_LAYOUT = "L,2,KVH,NB,BS,D"
+_DTYPES = {"float32": np.float32, "float16": np.float16}
+_OPSETS = {DECOMPOSED: 18, ONNX_ATTENTION: 23}
+
+
+@dataclass(frozen=True, slots=True)
+class GraphSpec:
+    """What the manifest records about a built graph and what executors need to bind it."""
+
+    model_file: str  # relative to the build directory
+    dtype: str  # "float32" | "float16": weights, activations, KV pool
+    opset: int
+    attention: str  # one of ATTENTION_IMPLS
+    block_size: int  # tokens per KV block the graph was built for
+    kv_layout: str = KV_LAYOUT
+    input_names: tuple[str, ...] = INPUT_NAMES
+    output_names: tuple[str, ...] = OUTPUT_NAMES
+    builder_version: str = BUILDER_VERSION
+
+
+def default_attention(dtype: str) -> str:
+    """fp32 -> the opset-18 decomposition (CPU, and TensorRT's only fp32 route); fp16 ->
+    opset-23 Attention (TensorRT IAttention)."""
+    return DECOMPOSED if dtype == "float32" else ONNX_ATTENTION
+
+
+def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], out_dir: Path, *,
+                      dtype: str = "float32", block_size: int = 16,
+                      attention_impl: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> GraphSpec:
+    """Writes out_dir/model.onnx + model.onnx.data and returns their GraphSpec."""
+    if dtype not in _DTYPES:
+        raise ModelError(f"unsupported graph dtype {dtype!r}; one of {sorted(_DTYPES)}")
+    impl = attention_impl or default_attention(dtype)
+    if impl not in ATTENTION_IMPLS:
+        raise ModelError(f"unknown attention {impl!r}; one of {ATTENTION_IMPLS}")
+    _check_weights(config, weights)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np_dtype = np.dtype(_DTYPES[dtype])
+    with open(out_dir / DATA_FILE, "wb") as data:
+        g = GraphWriter(data, DATA_FILE)
+        inputs, outputs = _io(config, onnx_type(np_dtype))
+        _body(g, config, weights, np_dtype, block_size, impl, progress)
+    save_model(g, out_dir / MODEL_FILE, inputs=inputs, outputs=outputs, opset=_OPSETS[impl],
+               graph_name=f"trtserve_{config.architecture}")
+    return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=_OPSETS[impl], attention=impl,
+                     block_size=block_size)
+
+
+def _io(config: ModelConfig, elem: int) -> tuple[list, list]:
+    i64 = TensorProto.INT64
+    vi = helper.make_tensor_value_info
+    inputs = [vi("input_ids", i64, ["T"]), vi("positions", i64, ["T"]),
+              vi("kv_cache", elem, ["pool_rows", "BS", config.head_dim]),
+              vi("block_tables", i64, ["B", "MB"]), vi("past_lens", i64, ["B"]),
+              vi("pad_index", i64, ["B", "Tq"]), vi("unpad_index", i64, ["T"]),
+              vi("logit_index", i64, ["R"])]
+    outputs = [vi("logits", TensorProto.FLOAT, ["R", config.vocab_size]),
+               vi("new_kv", elem, [config.num_layers, 2, config.num_kv_heads, "T",
+                                   config.head_dim])]
+    return inputs, outputs
+
+
+def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
+          dtype: np.dtype, block_size: int, impl: str,
+          progress: Callable[[int, int], None] | None) -> None:
+    inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables", past_lens="past_lens",
+                     pad_index="pad_index", unpad_index="unpad_index")
+    st = step_tensors(g, config, inp, block_size, dtype)
+    cos, sin = rope_tables(g, config, "positions", dtype)
+    embed = g.weight("model.embed_tokens.weight", weights["model.embed_tokens.weight"]
+                     .astype(dtype))
+    x = g.op("Gather", [embed, "input_ids"], axis=0)  # [T, hidden]
+    new_kv: list[str] = []
+    for layer in range(config.num_layers):
+        x = _decoder_layer(g, config, weights, dtype, st, layer, x, cos, sin, impl, new_kv)
+        if progress is not None:
+            progress(layer + 1, config.num_layers + 1)
+    kv = g.op("Concat", new_kv, axis=0)  # [L*2*KVH, T, D]
+    g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, config.num_kv_heads, -1,
+                                   config.head_dim])], "new_kv")
+    _lm_head(g, config, weights, dtype, x, embed)
+    if progress is not None:
+        progress(config.num_layers + 1, config.num_layers + 1)
+
+
+def _decoder_layer(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
+                   dtype: np.dtype, st: StepTensors, layer: int, x: str, cos: str, sin: str,
+                   impl: str, new_kv: list[str]) -> str:
+    p = f"model.layers.{layer}."
+    h, kvh, d = config.num_heads, config.num_kv_heads, config.head_dim
+    w = _layer_weights(g, config, weights, dtype, p)
+    n = rms_norm(g, x, w["ln1"], config.rms_norm_eps, dtype)
+    qkv = g.op("Reshape", [g.op("MatMul", [n, w["qkv"]]), g.i64([0, h + 2 * kvh, d])])
+    qk, v = g.op_n("Split", [qkv, g.i64([h + kvh, kvh])], outputs=2, axis=1)
+    qk = apply_rope(g, qk, cos, sin, d)  # [T, H+KVH, D]
+    q, k = g.op_n("Split", [qk, g.i64([h, kvh])], outputs=2, axis=1)
+    k_heads = g.op("Transpose", [k], perm=[1, 0, 2])  # [KVH, T, D]
+    v_heads = g.op("Transpose", [v], perm=[1, 0, 2])  # [KVH, T, D]
+    new_kv += [k_heads, v_heads]
+    attn = attention(g, st, config, layer, q, k_heads, v_heads, impl)  # [T, H*D]
+    x = g.op("Add", [x, g.op("MatMul", [attn, w["o"]])])
+    n = rms_norm(g, x, w["ln2"], config.rms_norm_eps, dtype)
+    return g.op("Add", [x, swiglu_mlp(g, n, w["gate_up"], w["down"],
+                                      config.intermediate_size)])
+
+
+def _layer_weights(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
+                   dtype: np.dtype, p: str) -> dict[str, str]:
+    """Fused, transposed ([in, out]) weights of one layer, written to the data file."""
+    scale = 1.0 / np.sqrt(config.head_dim)
+    a = f"{p}self_attn."
+    m = f"{p}mlp."
+    q = weights[f"{a}q_proj.weight"].astype(np.float64) * scale
+    qkv = np.concatenate([q, weights[f"{a}k_proj.weight"], weights[f"{a}v_proj.weight"]])
+    gate_up = np.concatenate([weights[f"{m}gate_proj.weight"], weights[f"{m}up_proj.weight"]])
+    return {
+        "ln1": g.weight(f"{p}input_layernorm.weight",
+                        weights[f"{p}input_layernorm.weight"].astype(dtype)),
+        "qkv": g.weight(f"{a}qkv.weight_t", qkv.T.astype(dtype)),
+        "o": g.weight(f"{a}o_proj.weight_t", weights[f"{a}o_proj.weight"].T.astype(dtype)),
+        "ln2": g.weight(f"{p}post_attention_layernorm.weight",
+                        weights[f"{p}post_attention_layernorm.weight"].astype(dtype)),
+        "gate_up": g.weight(f"{m}gate_up.weight_t", gate_up.T.astype(dtype)),
+        "down": g.weight(f"{m}down_proj.weight_t", weights[f"{m}down_proj.weight"].T
+                         .astype(dtype)),
+    }
+
+
+def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
+             dtype: np.dtype, x: str, embed: str) -> None:
+    """Final norm and lm_head over the R wanted rows only (Gemm transB: tied weights shared)."""
+    rows = g.op("Gather", [x, "logit_index"], axis=0)  # [R, hidden]
+    norm_w = g.weight("model.norm.weight", weights["model.norm.weight"].astype(dtype))
+    rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
+    if config.tie_word_embeddings:
+        head = embed
+    else:
+        head = g.weight("lm_head.weight", weights["lm_head.weight"].astype(dtype))
+    logits = g.op("Gemm", [rows, head], transB=1)  # [R, vocab]
+    if dtype == np.float32:
+        g.op_to("Identity", [logits], "logits")
+    else:
+        g.op_to("Cast", [logits], "logits", to=TensorProto.FLOAT)
+
+
+def _check_weights(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> None:
+    hd = config.hidden_size
+    expect = {"model.embed_tokens.weight": (config.vocab_size, hd), "model.norm.weight": (hd,)}
+    if not config.tie_word_embeddings:
+        expect["lm_head.weight"] = (config.vocab_size, hd)
+    qd, kd = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    ffn = config.intermediate_size
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        expect |= {f"{p}input_layernorm.weight": (hd,),
+                   f"{p}post_attention_layernorm.weight": (hd,),
+                   f"{p}self_attn.q_proj.weight": (qd, hd), f"{p}self_attn.k_proj.weight": (kd, hd),
+                   f"{p}self_attn.v_proj.weight": (kd, hd), f"{p}self_attn.o_proj.weight": (hd, qd),
+                   f"{p}mlp.gate_proj.weight": (ffn, hd), f"{p}mlp.up_proj.weight": (ffn, hd),
+                   f"{p}mlp.down_proj.weight": (hd, ffn)}
+    for name, shape in expect.items():
+        if name not in weights:
+            raise ModelError(f"model weights: missing tensor {name}")
+        if tuple(weights[name].shape) != shape:
+            raise ModelError(f"model weights: {name} has shape {tuple(weights[name].shape)}, "
+                             f"expected {shape}")

@@ -1,0 +1,1 @@
+"""Executors that run the model graph: onnxruntime (CPU/CUDA) and TensorRT."""

@@ -1,0 +1,172 @@
+"""onnxruntime executor: runs the model graph (engine/builder.py) over a host KV pool.
+
+Per step: block copies -> pack the plan into the graph's small index inputs (numpy) -> run via
+IOBinding with the pool bound in place (no per-step copy) -> scatter the returned new K/V into
+the pool by slot mapping -> logits rows in plan order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from engine.config import ModelConfig
+from engine.kv_pool import KVPool
+from scheduler.plan import StepPlan, StepResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PackedStep:
+    """The graph's index inputs for one plan, plus where each token's K/V goes."""
+
+    feeds: dict[str, np.ndarray]  # every graph input except kv_cache
+    slot_blocks: np.ndarray  # int64 [T] physical block of each new token
+    slot_offsets: np.ndarray  # int64 [T] offset inside that block
+
+
+def pack_plan(plan: StepPlan, block_size: int) -> PackedStep:
+    """Turns a StepPlan into graph inputs (see the I/O table in engine/builder.py)."""
+    seqs = plan.seqs
+    lens = [len(s.token_ids) for s in seqs]
+    total, batch, tq = sum(lens), len(seqs), max(lens)
+    past_blocks = max(1, max(-(-s.start_pos // block_size) for s in seqs))
+    tables = np.zeros((batch, past_blocks), dtype=np.int64)
+    pad = np.empty((batch, tq), dtype=np.int64)
+    positions = np.empty(total, dtype=np.int64)
+    unpad = np.empty(total, dtype=np.int64)
+    blocks = np.empty(total, dtype=np.int64)
+    logit_rows: list[int] = []
+    row = 0
+    for b, (seq, n) in enumerate(zip(seqs, lens, strict=True)):
+        needed = -(-seq.start_pos // block_size)
+        tables[b, :needed] = seq.block_table[:needed]
+        pad[b] = row + np.minimum(np.arange(tq), n - 1)
+        pos = np.arange(seq.start_pos, seq.start_pos + n, dtype=np.int64)
+        positions[row:row + n] = pos
+        unpad[row:row + n] = b * tq + np.arange(n)
+        table = np.asarray(seq.block_table, dtype=np.int64)
+        blocks[row:row + n] = table[pos // block_size]
+        row += n
+        if seq.want_logits:
+            logit_rows.append(row - 1)
+    ids = np.fromiter((t for s in seqs for t in s.token_ids), dtype=np.int64, count=total)
+    feeds = {"input_ids": ids, "positions": positions, "block_tables": tables,
+             "past_lens": np.array([s.start_pos for s in seqs], dtype=np.int64),
+             "pad_index": pad, "unpad_index": unpad,
+             "logit_index": np.array(logit_rows, dtype=np.int64)}
+    return PackedStep(feeds=feeds, slot_blocks=blocks, slot_offsets=positions % block_size)
+
+
+def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    """Tuned for a small CPU: all graph optimizations, one intra-op thread per core."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+class OrtExecutor:
+    """`scheduler.plan.Executor` over onnxruntime with a numpy KV pool bound by pointer."""
+
+    def __init__(self, model_path: Path, config: ModelConfig, *, num_blocks: int,
+                 block_size: int, max_context: int,
+                 providers: Sequence[str] = ("CPUExecutionProvider",),
+                 kv_dtype: np.dtype | str = np.float32,
+                 intra_op_threads: int | None = None,
+                 enable_profiling: bool = False) -> None:
+        opts = session_options(intra_op_threads)
+        opts.enable_profiling = enable_profiling
+        self._session = ort.InferenceSession(str(model_path), sess_options=opts,
+                                             providers=list(providers))
+        self._config = config
+        self._max_context = max_context
+        self._pool = KVPool(config, num_blocks, block_size, kv_dtype)
+        self._lock = threading.Lock()
+        self._closed = False
+        logger.info("onnxruntime session on %s (%s)", self._session.get_providers(), model_path)
+
+    @property
+    def block_size(self) -> int:
+        return self._pool.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self._pool.num_blocks
+
+    @property
+    def vocab_size(self) -> int:
+        return self._config.vocab_size
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    @property
+    def pool(self) -> KVPool:
+        return self._pool
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        return self._session
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("OrtExecutor.execute after close()")
+            self._check(plan)
+            self._pool.copy_blocks(plan.block_copies)
+            if not plan.seqs:
+                return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
+            packed = pack_plan(plan, self.block_size)
+            logits, new_kv = self._run(packed.feeds)
+            self._pool.write(packed.slot_blocks, packed.slot_offsets, new_kv)
+            return StepResult(step_id=plan.step_id, logits=logits)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        binding = self._session.io_binding()
+        view = self._pool.graph_view
+        binding.bind_input("kv_cache", "cpu", 0, view.dtype.type, list(view.shape),
+                           view.ctypes.data)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output("logits", "cpu")
+        binding.bind_output("new_kv", "cpu")
+        self._session.run_with_iobinding(binding)
+        logits, new_kv = binding.get_outputs()
+        return logits.numpy(), new_kv.numpy()
+
+    def _check(self, plan: StepPlan) -> None:
+        for seq in plan.seqs:
+            end = seq.start_pos + len(seq.token_ids)
+            if not seq.token_ids or end > self._max_context:
+                raise ValueError(f"seq {seq.seq_id}: {len(seq.token_ids)} tokens at "
+                                 f"{seq.start_pos} do not fit max_context {self._max_context}")
+            if len(seq.block_table) * self.block_size < end:
+                raise ValueError(f"seq {seq.seq_id}: block table too short for {end} tokens")
+        for src, dst in plan.block_copies:
+            if not (0 <= src < self.num_blocks and 0 <= dst < self.num_blocks):
+                raise ValueError(f"block copy {src}->{dst} outside 0..{self.num_blocks - 1}")
+
+    def end_profiling(self) -> str:
+        """Stops onnxruntime's profiler and returns the trace file path."""
+        return self._session.end_profiling()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._session = None  # type: ignore[assignment]
+            self._pool.data = np.zeros(0, dtype=self._pool.data.dtype)

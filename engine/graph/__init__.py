@@ -1,0 +1,1 @@
+"""The pieces of the model graph: ONNX writer, per-token layers, paged attention."""

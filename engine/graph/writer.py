@@ -1,0 +1,107 @@
+"""A small ONNX graph writer: unique value names, inline constants, weights streamed to one
+external-data file as they are added (so graphs larger than protobuf's 2 GiB limit build, and
+the whole model is never held twice in memory).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+logger = logging.getLogger(__name__)
+
+_ALIGN = 4096  # external tensors start on page boundaries so onnxruntime may mmap them
+_INLINE_MAX_BYTES = 1024  # smaller constants stay inside model.onnx
+
+
+class GraphWriter:
+    """Accumulates nodes and initializers; `weight()` appends tensor bytes to the data file."""
+
+    def __init__(self, data_file: BinaryIO, data_location: str) -> None:
+        self._data = data_file
+        self._location = data_location
+        self._offset = 0
+        self._count = 0
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """Adds a named initializer; large ones go to the external data file."""
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+        if array.nbytes <= _INLINE_MAX_BYTES:
+            self.initializers.append(_inline_tensor(name, array))
+            return name
+        pad = (-self._offset) % _ALIGN
+        if pad:
+            self._data.write(b"\0" * pad)
+            self._offset += pad
+        self._data.write(array.tobytes())
+        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor.dims.extend(array.shape)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self._location), ("offset", str(self._offset)),
+                           ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.initializers.append(tensor)
+        self._offset += array.nbytes
+        return name
+
+    def const(self, value: Any, dtype: np.dtype | type, hint: str = "c") -> str:
+        """An inline constant (shapes, axes, scalars, small tables)."""
+        return self.weight(self.name(hint), np.asarray(value, dtype=dtype))
+
+    def i64(self, value: Any) -> str:
+        return self.const(value, np.int64, "i64")
+
+    def op(self, op_type: str, inputs: list[str], *, outputs: int = 1, domain: str = "",
+           name_hint: str | None = None, **attrs: Any) -> str:
+        """Adds one node with a single output and returns the output name."""
+        return self.op_n(op_type, inputs, outputs=outputs, domain=domain, name_hint=name_hint,
+                         **attrs)[0]
+
+    def op_n(self, op_type: str, inputs: list[str], *, outputs: int, domain: str = "",
+             name_hint: str | None = None, **attrs: Any) -> list[str]:
+        """Adds one node with `outputs` outputs and returns their names."""
+        hint = name_hint or op_type.lower()
+        outs = [self.name(hint) for _ in range(outputs)]
+        node = helper.make_node(op_type, inputs, outs, name=self.name(f"n_{op_type}"),
+                                domain=domain or None, **attrs)
+        self.nodes.append(node)
+        return outs
+
+    def op_to(self, op_type: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        """Adds one node whose single output gets a fixed name (graph outputs)."""
+        self.nodes.append(helper.make_node(op_type, inputs, [output],
+                                           name=self.name(f"n_{op_type}"), **attrs))
+        return output
+
+
+def _inline_tensor(name: str, array: np.ndarray) -> TensorProto:
+    tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+    tensor.dims.extend(array.shape)
+    tensor.raw_data = array.tobytes()
+    return tensor
+
+
+def save_model(writer: GraphWriter, path: Path, *, inputs: list[onnx.ValueInfoProto],
+               outputs: list[onnx.ValueInfoProto], opset: int, graph_name: str) -> None:
+    """Writes model.onnx (the data file was written by `writer.weight` already)."""
+    graph = helper.make_graph(writer.nodes, graph_name, inputs, outputs,
+                              initializer=writer.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="trtserve")
+    model.ir_version = 10
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+    logger.info("wrote %s: %d nodes, %d initializers", path, len(writer.nodes),
+                len(writer.initializers))
