@@ -56,6 +56,12 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop strings, matched on decoded text across token boundaries
     logprobs: bool = False  # report the log-prob of each chosen token
 
+    def validate(self, max_context: int, vocab_size: int) -> None:
+        """Raise RequestError naming the first invalid field (bounds: scheduler/validation.py)."""
+        from scheduler.validation import validate_params
+
+        validate_params(self, max_context, vocab_size)
+
 
 @dataclass(slots=True)
 class Request:
@@ -67,6 +73,7 @@ class Request:
     arrival_time: float  # time.monotonic() when the server received it
     queue_deadline: float | None = None  # monotonic time after which a still-waiting request
     # is refused with QueueTimeoutError; None -> no limit
+    cache_salt: str = ""  # prefix-cache namespace (e.g. model/adapter id); equal salts share KV
 
 
 @dataclass(slots=True)
@@ -82,3 +89,5 @@ class RequestOutput:
     num_output_tokens: int = 0  # total produced so far
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     error: str | None = None  # set with finish_reason ERROR (or a queue timeout)
+    error_type: str | None = None  # with error: taxonomy class name, "QueueTimeoutError" for a
+    # queue timeout (HTTP 503), "EngineError" when the executor failed

@@ -1,0 +1,143 @@
+"""Per-sequence KV bookkeeping over the BlockPool: block tables, prefix-cache hits, copy-on-write.
+
+The Scheduler asks here whether a sequence can get room for `n` more tokens and receives plain
+answers (a count, True/False); it never sees the free list or ref counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from scheduler.block_pool import BlockPool, hash_block
+from scheduler.sequence import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(slots=True)
+class PrefixHit:
+    """Result of a prefix-cache lookup for a sequence about to be admitted."""
+
+    blocks: list[int]  # cached blocks covering the start of the sequence, in order
+    num_tokens: int  # tokens those blocks let the sequence skip (always < seq.num_tokens)
+
+
+class KVCacheManager:
+    def __init__(self, pool: BlockPool, cache_salt_default: str = "") -> None:
+        self.pool = pool
+        self.block_size = pool.block_size
+        self._salt_default = cache_salt_default
+        self._copies: list[tuple[int, int]] = []  # copy-on-write (src, dst) for the next plan
+        self.queries_total = 0  # prompt blocks looked up in the prefix cache
+        self.hits_total = 0  # prompt blocks found there
+
+    # ---- hashing ---------------------------------------------------------------------------------
+    def _salt(self, seq: Sequence) -> str:
+        return getattr(seq.request, "cache_salt", None) or self._salt_default
+
+    def update_hashes(self, seq: Sequence) -> None:
+        """Extend seq.block_hashes to cover every full block of its tokens."""
+        bs, salt = self.block_size, self._salt(seq)
+        for i in range(len(seq.block_hashes), seq.num_tokens // bs):
+            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            seq.block_hashes.append(hash_block(parent, seq.tokens_slice(i * bs, (i + 1) * bs), salt))
+
+    # ---- admission -------------------------------------------------------------------------------
+    def find_prefix(self, seq: Sequence) -> PrefixHit:
+        """Longest run of cached full blocks at the start of seq (no references taken)."""
+        if not self.pool.enable_caching or seq.num_computed_tokens > 0:
+            return PrefixHit([], 0)
+        self.update_hashes(seq)
+        blocks: list[int] = []
+        for h in seq.block_hashes:
+            block = self.pool.lookup(h)
+            if block is None:
+                break
+            blocks.append(block)
+        # at least the last token must run so that its logits exist
+        return PrefixHit(blocks, min(len(blocks) * self.block_size, seq.num_tokens - 1))
+
+    def admission_cost(self, seq: Sequence, hit: PrefixHit, num_kv_tokens: int) -> int:
+        """Free blocks consumed if seq is admitted with `hit` and KV room for num_kv_tokens."""
+        revived = sum(1 for b in hit.blocks if self.pool.ref_count(b) == 0)
+        new = max(0, cdiv(num_kv_tokens, self.block_size) - len(hit.blocks))
+        return revived + new + self._cow_needed(hit)
+
+    def _cow_needed(self, hit: PrefixHit) -> int:
+        """1 if the first written token lands in a hit block that someone else is using."""
+        idx = hit.num_tokens // self.block_size
+        if idx < len(hit.blocks) and self.pool.ref_count(hit.blocks[idx]) > 0:
+            return 1
+        return 0
+
+    def admit(self, seq: Sequence, hit: PrefixHit, record: bool = True) -> None:
+        """Give seq the hit blocks (one reference each) and skip their tokens."""
+        assert not seq.block_table, f"admitting {seq} that still holds blocks"
+        if record:
+            self.queries_total += len(seq.block_hashes)
+            self.hits_total += len(hit.blocks)
+        self.pool.touch(hit.blocks)
+        seq.block_table = list(hit.blocks)
+        seq.num_computed_tokens = hit.num_tokens
+
+    # ---- growth ------------------------------------------------------------------------------------
+    def blocks_for(self, seq: Sequence, num_new_tokens: int) -> int:
+        """Free blocks needed so seq can write num_new_tokens more (including copy-on-write)."""
+        total = cdiv(seq.num_computed_tokens + num_new_tokens, self.block_size)
+        return max(0, total - len(seq.block_table)) + self._write_target_shared(seq)
+
+    def _write_target_shared(self, seq: Sequence) -> int:
+        idx = seq.num_computed_tokens // self.block_size
+        if idx < len(seq.block_table) and self.pool.ref_count(seq.block_table[idx]) > 1:
+            return 1
+        return 0
+
+    def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
+        """Make seq's block table cover num_new_tokens more tokens; False if blocks are short."""
+        if self.blocks_for(seq, num_new_tokens) > self.pool.num_free:
+            return False
+        if self._write_target_shared(seq):
+            self._copy_on_write(seq, seq.num_computed_tokens // self.block_size)
+        total = cdiv(seq.num_computed_tokens + num_new_tokens, self.block_size)
+        missing = total - len(seq.block_table)
+        if missing > 0:
+            seq.block_table.extend(self.pool.allocate(missing))
+        return True
+
+    def _copy_on_write(self, seq: Sequence, idx: int) -> None:
+        src = seq.block_table[idx]
+        (dst,) = self.pool.allocate(1)
+        self.pool.free([src])
+        seq.block_table[idx] = dst
+        self._copies.append((src, dst))
+        logger.debug("copy-on-write for %s: block %d -> %d", seq.request_id, src, dst)
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        copies, self._copies = self._copies, []
+        return copies
+
+    # ---- after a step / release ----------------------------------------------------------------
+    def cache_computed_blocks(self, seq: Sequence) -> None:
+        """Register every block that is now full of computed KV under its content hash."""
+        if not self.pool.enable_caching:
+            return
+        self.update_hashes(seq)
+        full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
+        for i in range(full):
+            self.pool.cache_block(seq.block_table[i], seq.block_hashes[i])
+
+    def free(self, seq: Sequence) -> None:
+        """Release every block seq holds (exactly once: the table is emptied)."""
+        if seq.block_table:
+            self.pool.free(seq.block_table)
+            seq.block_table = []
+        seq.num_computed_tokens = 0
+
+    def remaining_reservation(self, seq: Sequence) -> int:
+        """Blocks seq may still ask for before it reaches max_kv_tokens (guaranteed_no_evict)."""
+        return max(0, cdiv(seq.max_kv_tokens, self.block_size) - len(seq.block_table))

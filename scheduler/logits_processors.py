@@ -1,0 +1,79 @@
+"""Per-row logits processing before sampling: penalties and hard bans.
+
+Order (HF / vLLM): repetition penalty, presence + frequency penalties, then bans (bad words,
+end ids before min_tokens). Each function edits one float32 row in place; the caller passes a
+copy so the executor's raw logits stay intact for log-probs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence as Seq
+
+import numpy as np
+
+from scheduler.request import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+def needs_processing(params: SamplingParams, num_output: int) -> bool:
+    return (
+        params.repetition_penalty != 1.0
+        or params.presence_penalty != 0.0
+        or params.frequency_penalty != 0.0
+        or bool(params.bad_words_ids)
+        or num_output < params.min_tokens
+    )
+
+
+def apply_repetition_penalty(row: np.ndarray, all_token_ids: Seq[int], penalty: float) -> None:
+    """HF semantics over prompt + output: positive logits divided, negative multiplied."""
+    ids = np.unique(np.asarray(all_token_ids, dtype=np.int64))
+    vals = row[ids]
+    row[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+
+
+def apply_presence_frequency(
+    row: np.ndarray, output_ids: Seq[int], presence: float, frequency: float
+) -> None:
+    """OpenAI semantics over output tokens: logit -= frequency * count + presence * (count > 0)."""
+    if not output_ids:
+        return
+    ids, counts = np.unique(np.asarray(output_ids, dtype=np.int64), return_counts=True)
+    row[ids] -= (frequency * counts + presence).astype(row.dtype)
+
+
+def banned_bad_words(all_token_ids: Seq[int], bad_words: Seq[Seq[int]]) -> list[int]:
+    """Tokens that would complete a bad word: the last token of every bad word whose prefix
+    equals the tail of the sequence (prompt + output, as HF's NoBadWordsLogitsProcessor)."""
+    banned = []
+    n = len(all_token_ids)
+    for word in bad_words:
+        prefix_len = len(word) - 1
+        if prefix_len == 0:
+            banned.append(word[-1])
+        elif prefix_len <= n and list(all_token_ids[n - prefix_len :]) == list(word[:-1]):
+            banned.append(word[-1])
+    return banned
+
+
+def process_row(
+    row: np.ndarray,
+    params: SamplingParams,
+    all_token_ids: Seq[int],
+    num_prompt: int,
+    end_ids: Seq[int],
+) -> None:
+    """Apply every processor `params` asks for to one logits row (in place)."""
+    output_ids = all_token_ids[num_prompt:]
+    if params.repetition_penalty != 1.0:
+        apply_repetition_penalty(row, all_token_ids, params.repetition_penalty)
+    if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
+        apply_presence_frequency(row, output_ids, params.presence_penalty, params.frequency_penalty)
+    if params.bad_words_ids:
+        banned = banned_bad_words(all_token_ids, params.bad_words_ids)
+        if banned:
+            row[banned] = -np.inf
+    if len(output_ids) < params.min_tokens and end_ids:
+        row[list(end_ids)] = -np.inf

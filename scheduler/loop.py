@@ -1,0 +1,178 @@
+"""The asyncio side: one task drives the synchronous Scheduler and a blocking executor.
+
+Each iteration: schedule step N+1, start `executor.execute` in a single worker thread (so the
+event loop never stalls and the executor always runs on the same thread), THEN hand step N's
+deltas to the per-request queues and call `on_step` while N+1 runs; stream consumers
+(detokenization, SSE writes) run on the event loop during the executor call. Scheduling of N+1
+itself cannot overlap execution of N: its decode tokens are the samples of N.
+Idle: the loop awaits an asyncio.Event set by `add` (no polling), after running the integrity
+check. On any executor/update exception every unfinished request gets a final ERROR output,
+`dead` is set and `add` raises EngineDeadError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence as Seq
+from concurrent.futures import ThreadPoolExecutor
+
+from scheduler.config import SchedulerConfig
+from scheduler.plan import Executor
+from scheduler.request import EngineDeadError, Request, RequestOutput
+from scheduler.scheduler import Scheduler
+from scheduler.stats import SchedulerStats
+
+logger = logging.getLogger(__name__)
+
+IDLE_RECHECK_S = 0.01  # wait bound while requests wait but nothing could be scheduled
+
+
+class RequestStream:
+    """Async iterator of one request's RequestOutput deltas; ends after the finished one."""
+
+    def __init__(self, request_id: str, loop: EngineLoop) -> None:
+        self.request_id = request_id
+        self._loop = loop
+        self._queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+
+    def put(self, output: RequestOutput) -> None:
+        self._queue.put_nowait(output)
+
+    def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[RequestOutput]:
+        while True:
+            out = await self._queue.get()
+            yield out
+            if out.finished:
+                return
+
+    def abort(self) -> None:
+        self._loop.abort(self.request_id)
+
+
+class EngineLoop:
+    def __init__(self, executor: Executor, config: SchedulerConfig,
+                 decode: Callable[[Seq[int]], str], eos_token_ids: Seq[int],
+                 on_step: Callable[[SchedulerStats], None] | None = None) -> None:
+        self._executor = executor
+        self._scheduler = Scheduler(
+            config, block_size=executor.block_size, num_blocks=executor.num_blocks,
+            vocab_size=executor.vocab_size, max_context=executor.max_context,
+            eos_token_ids=eos_token_ids, decode=decode)
+        self._on_step = on_step
+        self._streams: dict[str, RequestStream] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._dead: BaseException | None = None
+        self._stopping = False
+        self._stats = self._scheduler.stats()
+
+    # ---- public API ---------------------------------------------------------------------------------
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler
+
+    @property
+    def dead(self) -> BaseException | None:
+        return self._dead
+
+    @property
+    def num_unfinished(self) -> int:
+        return self._scheduler.num_unfinished
+
+    def stats(self) -> SchedulerStats:
+        return self._stats
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtserve-step")
+        self._task = asyncio.create_task(self._run(), name="trtserve-engine-loop")
+
+    async def stop(self) -> None:
+        """Stop stepping, abort whatever is left (each stream gets its ABORT), join the task."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        for request_id in self._scheduler.request_ids():
+            self.abort(request_id)
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+
+    def add(self, request: Request) -> RequestStream:
+        if self._dead is not None:
+            raise EngineDeadError(f"engine loop is dead: {self._dead}")
+        if self._stopping:
+            raise EngineDeadError("engine loop is stopping")
+        self._scheduler.add(request)  # RequestError / QueueFullError propagate
+        stream = RequestStream(request.request_id, self)
+        self._streams[request.request_id] = stream
+        self._wake.set()
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        out = self._scheduler.abort(request_id)
+        if out is not None:
+            self._publish([out], None)
+
+    # ---- the task ------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        pending: list[RequestOutput] = []
+        pending_stats: SchedulerStats | None = None
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                plan = self._scheduler.schedule()
+                pending += self._scheduler.drain_outputs()
+                if plan is None:
+                    self._publish(pending, pending_stats)
+                    pending, pending_stats = [], None
+                    await self._idle()
+                    continue
+                t0 = time.perf_counter()
+                future = loop.run_in_executor(self._threads, self._executor.execute, plan)
+                self._publish(pending, pending_stats)  # overlaps with the executor call
+                result = await future
+                step_time = time.perf_counter() - t0
+                pending = self._scheduler.update(plan, result)
+                pending_stats = self._scheduler.stats(step_time)
+            self._publish(pending, pending_stats)
+        except Exception as exc:  # the engine failed: fail every request, die loudly
+            self._dead = exc
+            logger.exception("engine loop died; failing %d requests", self.num_unfinished)
+            error = f"{type(exc).__name__}: {exc}"
+            self._publish(pending + self._scheduler.fail_all(error), None)
+
+    async def _idle(self) -> None:
+        if self._scheduler.has_work():  # e.g. queued requests waiting for a deadline check
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_RECHECK_S)
+            except TimeoutError:
+                pass
+            return
+        self._scheduler.check_integrity()
+        self._stats = self._scheduler.stats()
+        await self._wake.wait()
+
+    def _publish(self, outputs: list[RequestOutput], stats: SchedulerStats | None) -> None:
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is None:
+                continue
+            stream.put(out)
+            if out.finished:
+                del self._streams[out.request_id]
+        if stats is not None:
+            self._stats = stats
+            if self._on_step is not None:
+                try:
+                    self._on_step(stats)
+                except Exception:
+                    logger.exception("on_step callback failed (ignored)")

@@ -1,0 +1,111 @@
+"""Token selection for a batch of logits rows: greedy (vectorized), or sampled per request.
+
+- Greedy rows (temperature < GREEDY_EPS) take argmax of the processed logits.
+- Sampled rows: logits / temperature -> top_k -> softmax -> top_p -> min_p -> inverse-CDF draw
+  with exactly one uniform from the request's own numpy Generator. Each row is computed on its
+  own (float64), so a seeded request yields the same tokens alone or in any batch.
+- Log-probs follow vLLM's default (`logprobs_mode="raw_logprobs"`): log_softmax of the RAW model
+  logits (before penalties, bans and temperature), evaluated at the chosen token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import numpy as np
+
+from scheduler.logits_processors import needs_processing, process_row
+from scheduler.request import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM)
+TOP_P_CANDIDATES = 1024  # try top-p inside this many most likely tokens before a full sort
+
+
+@dataclass(slots=True)
+class SampleInput:
+    """What the sampler needs to know about one row."""
+
+    params: SamplingParams
+    token_ids: Seq[int]  # prompt + output so far
+    num_prompt: int
+    end_ids: Seq[int]  # effective end ids (params.end_ids or the model's eos ids)
+    rng: np.random.Generator | None  # None only for greedy rows
+
+
+def is_greedy(params: SamplingParams) -> bool:
+    return params.temperature < GREEDY_EPS
+
+
+def sample(logits: np.ndarray, rows: list[SampleInput]) -> tuple[list[int], list[float | None]]:
+    """Choose one token per row of logits [len(rows), vocab]; return tokens and log-probs."""
+    assert logits.shape[0] == len(rows), f"{logits.shape[0]} logits rows for {len(rows)} seqs"
+    tokens = [0] * len(rows)
+    plain_greedy = []
+    for i, r in enumerate(rows):
+        if is_greedy(r.params) and not needs_processing(r.params, len(r.token_ids) - r.num_prompt):
+            plain_greedy.append(i)
+        else:
+            tokens[i] = _choose_processed(logits[i], r)
+    if plain_greedy:
+        sub = logits if len(plain_greedy) == len(rows) else logits[plain_greedy]
+        for i, t in zip(plain_greedy, np.argmax(sub, axis=1).tolist(), strict=True):
+            tokens[i] = t
+    logprobs = [_raw_logprob(logits[i], tokens[i]) if r.params.logprobs else None
+                for i, r in enumerate(rows)]
+    return tokens, logprobs
+
+
+def _choose_processed(raw: np.ndarray, r: SampleInput) -> int:
+    row = np.array(raw, dtype=np.float32, copy=True)
+    process_row(row, r.params, r.token_ids, r.num_prompt, r.end_ids)
+    if is_greedy(r.params):
+        return int(np.argmax(row))
+    assert r.rng is not None, "sampled row without a generator"
+    return sample_row(row, r.params, float(r.rng.random()))
+
+
+def sample_row(row: np.ndarray, params: SamplingParams, u: float) -> int:
+    """Inverse-CDF draw of one token from a processed logits row given a uniform u in [0, 1)."""
+    x = row.astype(np.float64) / params.temperature
+    vocab = x.shape[0]
+    cand: np.ndarray | None = None
+    if 0 < params.top_k < vocab:
+        cand = np.sort(np.argpartition(x, vocab - params.top_k)[vocab - params.top_k :])
+        x = x[cand]
+    probs = np.exp(x - x.max())
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        _apply_top_p(probs, params.top_p)
+    if params.min_p > 0.0:
+        probs[probs < params.min_p * probs.max()] = 0.0
+    cdf = np.cumsum(probs)
+    idx = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+    idx = min(idx, int(np.flatnonzero(probs)[-1]))
+    return int(cand[idx]) if cand is not None else idx
+
+
+def _apply_top_p(probs: np.ndarray, top_p: float) -> None:
+    """Zero all but the smallest most-likely set whose mass reaches top_p (in place)."""
+    n = probs.shape[0]
+    if n > TOP_P_CANDIDATES:
+        part = np.argpartition(probs, n - TOP_P_CANDIDATES)[n - TOP_P_CANDIDATES :]
+        if probs[part].sum() < top_p:
+            part = np.arange(n)
+    else:
+        part = np.arange(n)
+    order = part[np.argsort(-probs[part], kind="stable")]
+    cum = np.cumsum(probs[order])
+    keep = int(np.searchsorted(cum, top_p, side="left")) + 1
+    mask = np.zeros(n, dtype=bool)
+    mask[order[:keep]] = True
+    probs[~mask] = 0.0
+
+
+def _raw_logprob(raw: np.ndarray, token: int) -> float:
+    x = raw.astype(np.float64)
+    m = x.max()
+    return float(x[token] - m - np.log(np.exp(x - m).sum()))

@@ -1,0 +1,149 @@
+"""A request's live state inside the scheduler: tokens, KV block table, counters and status.
+
+Only `append_token` adds tokens; everything derived is a property. Only the Scheduler changes
+`status` (through `Scheduler._set_status`-style transitions); only the KV cache manager edits
+`block_table`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+import numpy as np
+
+from scheduler.request import FinishReason, Request, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class SeqStatus(enum.IntEnum):
+    """Ordered: everything >= FINISHED_END_ID is final."""
+
+    WAITING = 0  # queued, never admitted (no KV)
+    RUNNING = 1  # holds KV blocks; prefilling or decoding
+    PREEMPTED = 2  # admitted once, KV dropped (recompute); back at the front of the queue
+    FINISHED_END_ID = 3
+    FINISHED_STOP = 4
+    FINISHED_LENGTH = 5
+    FINISHED_ABORTED = 6
+    FINISHED_ERROR = 7
+
+    @property
+    def is_finished(self) -> bool:
+        return self >= SeqStatus.FINISHED_END_ID
+
+
+FINISH_REASONS: dict[SeqStatus, FinishReason] = {
+    SeqStatus.FINISHED_END_ID: FinishReason.END_ID,
+    SeqStatus.FINISHED_STOP: FinishReason.STOP,
+    SeqStatus.FINISHED_LENGTH: FinishReason.LENGTH,
+    SeqStatus.FINISHED_ABORTED: FinishReason.ABORT,
+    SeqStatus.FINISHED_ERROR: FinishReason.ERROR,
+}
+FINISHED_STATUS: dict[FinishReason, SeqStatus] = {v: k for k, v in FINISH_REASONS.items()}
+
+
+class Sequence:
+    """One request being generated. Token ids are prompt followed by output."""
+
+    __slots__ = (
+        "seq_id",
+        "request",
+        "_token_ids",
+        "num_prompt_tokens",
+        "output_logprobs",
+        "block_table",
+        "block_hashes",
+        "num_computed_tokens",
+        "num_cached_tokens",
+        "status",
+        "admitted_once",
+        "rng",
+        "num_reported_tokens",
+        "error",
+        "error_type",
+    )
+
+    def __init__(self, seq_id: int, request: Request, rng: np.random.Generator | None) -> None:
+        self.seq_id = seq_id  # scheduler-wide unique id
+        self.request = request
+        self._token_ids: list[int] = list(request.prompt_token_ids)  # prompt + output
+        self.num_prompt_tokens = len(request.prompt_token_ids)
+        self.output_logprobs: list[float] = []  # log-prob per output token (when requested)
+        self.block_table: list[int] = []  # physical KV blocks, in order (KV manager only)
+        self.block_hashes: list[int] = []  # chained hashes of the full blocks of _token_ids
+        self.num_computed_tokens = 0  # tokens whose KV is in the pool (or scheduled into it)
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admit
+        self.status = SeqStatus.WAITING
+        self.admitted_once = False  # got KV at least once (queue deadline no longer applies)
+        self.rng = rng  # per-request generator: exactly one uniform per sampled token
+        self.num_reported_tokens = 0  # output tokens already sent in a RequestOutput
+        self.error: str | None = None
+        self.error_type: str | None = None
+
+    # ---- the one mutator of the token list -------------------------------------------------
+    def append_token(self, token_id: int, logprob: float | None = None) -> None:
+        self._token_ids.append(token_id)
+        if logprob is not None:
+            self.output_logprobs.append(logprob)
+
+    # ---- derived values ----------------------------------------------------------------------
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.params
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        return tuple(self._token_ids)
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.request.prompt_token_ids
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self._token_ids[self.num_prompt_tokens :]
+
+    def tokens_slice(self, start: int, stop: int | None = None) -> list[int]:
+        return self._token_ids[start:stop]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self._token_ids) - self.num_prompt_tokens
+
+    @property
+    def last_token_id(self) -> int:
+        return self._token_ids[-1]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self._token_ids) - self.num_computed_tokens
+
+    @property
+    def max_kv_tokens(self) -> int:
+        """Tokens that ever need KV: the last sampled token is never fed back."""
+        return self.num_prompt_tokens + self.params.max_tokens - 1
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return FINISH_REASONS.get(self.status)
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence(id={self.seq_id}, req={self.request_id!r}, status={self.status.name}, "
+            f"tokens={self.num_tokens}, computed={self.num_computed_tokens}, "
+            f"blocks={self.block_table})"
+        )
