@@ -7,7 +7,6 @@ or a directory holding one) through the `tokenizers` library.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,11 +54,10 @@ def load_tokenizer(name: str) -> BenchTokenizer:
     path = Path(name)
     if path.is_file() and path.suffix == ".json":
         return HFTokenizer.from_file(path)
-    if path.is_dir() and (path / "tokenizer.json").is_file() and not _engine_available():
-        return HFTokenizer.from_file(path / "tokenizer.json")
-    engine_tok = _load_from_engine(name)
-    if engine_tok is not None:
-        return engine_tok
+    try:
+        return _load_from_engine(name)
+    except ImportError as exc:
+        logger.debug("engine package not usable for the tokenizer: %s", exc)
     if path.is_dir() and (path / "tokenizer.json").is_file():
         return HFTokenizer.from_file(path / "tokenizer.json")
     raise ValueError(
@@ -67,25 +65,15 @@ def load_tokenizer(name: str) -> BenchTokenizer:
         "directory, or a model the engine package knows")
 
 
-def _engine_available() -> bool:
-    try:
-        importlib.import_module("engine.tokenizer")
-    except ImportError:
-        return False
-    return True
+def _load_from_engine(name: str) -> BenchTokenizer:
+    """Only the tokenizer, through the engine's public loaders (no weights, no graph build)."""
+    from engine.registry import resolve_model
+    from engine.tokenizer import Tokenizer
 
+    source = resolve_model(name)
+    logger.info("tokenizer of %s (%s, %s)", source.name, source.kind, source.path)
+    if source.kind == "gguf":
+        from engine.loaders.gguf_tokenizer import tokenizer_from_gguf
 
-def _load_from_engine(name: str) -> BenchTokenizer | None:
-    """Use the engine's public tokenizer loader, whichever name it has."""
-    try:
-        module = importlib.import_module("engine.tokenizer")
-    except ImportError as exc:
-        logger.debug("engine.tokenizer not importable: %s", exc)
-        return None
-    for fn_name in ("load_tokenizer", "tokenizer_for_model", "load"):
-        fn = getattr(module, fn_name, None)
-        if callable(fn):
-            logger.info("loading tokenizer %s via engine.tokenizer.%s", name, fn_name)
-            return fn(name)  # type: ignore[no-any-return]
-    logger.debug("engine.tokenizer has no loader function")
-    return None
+        return tokenizer_from_gguf(source.path)
+    return Tokenizer.from_dir(source.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def test_bad_jsonl_is_rejected(fake_tok: HFTokenizer, tmp_path: Path) -> None:
         build_prompts(fake_tok, str(tmp_path / "missing.jsonl"), 1, 1, 1, seed=0)
 
 
+@functools.cache
 def _engine_tokenizer() -> BenchTokenizer:
     try:
         from server.bench.tokenizer import load_tokenizer
