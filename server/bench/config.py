@@ -30,7 +30,7 @@ class BenchConfig:
     plot: str | None = None                      # PNG path
     slo_ttft_ms: float | None = None             # goodput: TTFT must be <= this
     slo_tpot_ms: float | None = None             # goodput: TPOT must be <= this
-    tokenizer: str = "smollm2-135m-instruct"     # engine model name, .gguf, HF dir or tokenizer.json
+    tokenizer: str = "smollm2-135m-instruct"     # engine model name, .gguf, HF dir, tokenizer.json
     timeout_s: float = 300.0                     # per request, whole stream
     progress: bool = True                        # live progress bar on stderr
     extra: dict[str, str] = field(default_factory=dict)  # free-form notes recorded in the JSON

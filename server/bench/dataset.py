@@ -86,8 +86,9 @@ def jsonl_prompts(tok: BenchTokenizer, path: Path, num: int,
     prompts = []
     for i in range(num):
         row = rows[i % len(rows)]
-        output_len = int(row.get("output_len", default_output_len))
-        prompts.append(BenchPrompt(row["prompt"], len(tok.encode(row["prompt"])), output_len))
+        text = str(row["prompt"])
+        output_len = int(str(row.get("output_len", default_output_len)))
+        prompts.append(BenchPrompt(text, len(tok.encode(text)), output_len))
     return prompts
 
 
@@ -99,7 +100,8 @@ def _read_jsonl(path: Path) -> list[dict[str, object]]:
                 continue
             row = json.loads(line)
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise BenchConfigError(f"{path}:{lineno}: expected an object with a 'prompt' string")
+                raise BenchConfigError(f"{path}:{lineno}: expected an object with a 'prompt' "
+                                       "string")
             out = row.get("output_len")
             if out is not None and (not isinstance(out, int) or out <= 0):
                 raise BenchConfigError(f"{path}:{lineno}: 'output_len' must be a positive integer")

@@ -53,7 +53,8 @@ def throughput_table(runs: Sequence[RunStats]) -> str:
               "total tok/s", "goodput req/s"]
     rows = [[_sweep_label(r.mode, r.value), str(r.num_requests), str(r.completed),
              str(r.failed), ", ".join(f"{k}={v}" for k, v in r.errors.items()) or "-",
-             _fmt(r.request_throughput, 2), _fmt(r.output_throughput), _fmt(r.total_token_throughput),
+             _fmt(r.request_throughput, 2), _fmt(r.output_throughput),
+             _fmt(r.total_token_throughput),
              _fmt(r.goodput, 2)] for r in runs]
     return _table(header, rows)
 
