@@ -1,0 +1,48 @@
+"""`trtserve prepare`: build (or find) the cached model graph, so `trtserve serve` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from engine.config import ModelError
+from engine.runtime import EngineOptions, prepare_model
+
+logger = logging.getLogger(__name__)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model/--backend/--dtype/--engine-dir, defaults read from EngineOptions."""
+    defaults = EngineOptions()
+    parser.add_argument("--model", default=defaults.model,
+                        help="registry name, a .gguf file or a Hugging Face directory "
+                             f"(default: {defaults.model})")
+    parser.add_argument("--backend", default=defaults.backend,
+                        choices=("auto", "onnxruntime", "tensorrt"))
+    parser.add_argument("--dtype", default=defaults.dtype,
+                        choices=("auto", "float32", "float16", "bfloat16"))
+    parser.add_argument("--engine-dir", default=defaults.engine_dir,
+                        help="cache root (default: $TRTSERVE_CACHE_DIR or ~/.cache/trtserve)")
+
+
+def options_from_args(args: argparse.Namespace, **extra: Any) -> EngineOptions:
+    return EngineOptions(model=args.model, backend=args.backend, dtype=args.dtype,
+                         engine_dir=args.engine_dir, **extra)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = prepare_model(options_from_args(args))
+    except (ModelError, ValueError) as exc:
+        sys.stderr.write(f"trtserve prepare: error: {exc}\n")
+        return 1
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("prepare", help="build and cache the model graph")
+    add_model_arguments(parser)
+    parser.set_defaults(run=run)
