@@ -1,0 +1,147 @@
+"""The FastAPI app factory: routes, error handlers, guards, and the model-loading lifespan.
+
+`create_app(settings, loader)` takes the loader as a parameter so tests inject a fake engine; the
+real loader (model_loader.load_serving_model) builds engine.runtime + scheduler.loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from server import routes_kserve, routes_openai, routes_triton
+from server.app_state import AppState
+from server.errors import ApiError, ValidationError, error_body, error_headers, to_api_error
+from server.generation import GenerationService
+from server.lifecycle import Lifecycle
+from server.metrics import ServerMetrics
+from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from server.serving import ServingModel
+from server.settings import ServerSettings
+from server.triton_schema import ALL_TRITON_MODELS
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[ServerSettings, ServerMetrics], Awaitable[ServingModel]]
+DEATH_POLL_S = 0.25
+
+
+def _error_response(request: Request, err: ApiError) -> Response:
+    openai = request.url.path.startswith("/v1/")
+    return Response(error_body(err, openai=openai), err.status, headers=error_headers(err),
+                    media_type="application/json")
+
+
+def _install_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, exc: Exception) -> Response:
+        return _error_response(request, to_api_error(exc))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return _error_response(request, ApiError(str(exc.detail), exc.status_code))
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        return _error_response(request, ValidationError(f"invalid request: {exc}"))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, api_error)
+
+
+async def _watch_engine(lifecycle: Lifecycle, model: ServingModel) -> None:
+    while lifecycle.live:
+        await asyncio.sleep(DEATH_POLL_S)
+        if model.loop.dead is not None:
+            lifecycle.abort_all(f"engine died: {model.loop.dead}")
+            lifecycle.set_dead(str(model.loop.dead))
+
+
+async def _load(state: AppState, loader: Loader) -> None:
+    try:
+        model = await loader(state.settings, state.metrics)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported through health + exit code
+        logger.exception("model load failed")
+        state.lifecycle.set_dead(f"model load failed: {exc}")
+        return
+    state.lifecycle.set_ready(model)
+    await _watch_engine(state.lifecycle, model)
+
+
+async def _unload(lifecycle: Lifecycle) -> None:
+    model = lifecycle.model
+    if model is None:
+        return
+    try:
+        await model.loop.stop()
+    finally:
+        model.close()
+
+
+def create_app(settings: ServerSettings, loader: Loader,
+               metrics: ServerMetrics | None = None) -> FastAPI:
+    lifecycle = Lifecycle()
+    served = settings.model
+    metrics = metrics or ServerMetrics(list(dict.fromkeys((*ALL_TRITON_MODELS, served))))
+    state = AppState(settings, lifecycle, metrics,
+                     GenerationService(lifecycle, metrics, settings.request_timeout))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_load(state, loader))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await _unload(lifecycle)
+
+    app = FastAPI(title="trtserve", version="0.1.0", lifespan=lifespan,
+                  description="Triton/TensorRT-LLM compatible LLM server")
+    app.state.trtserve = state
+    for module in (routes_triton, routes_kserve, routes_openai):
+        app.include_router(module.router)
+    _install_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
+                           allow_credentials=False, allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
+    return app
+
+
+def create_metrics_app(app: FastAPI) -> Callable[..., Awaitable[None]]:
+    """The --metrics-port listener: GET /metrics from the same registry; other paths 404."""
+    state: AppState = app.state.trtserve
+
+    async def metrics_app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] != "/metrics":
+            status, body, ctype = 404, b'{"error":"Not Found"}', "application/json"
+        elif scope["method"] not in ("GET", "HEAD"):
+            status, body, ctype = 405, b'{"error":"Method Not Allowed"}', "application/json"
+        else:
+            status = 200
+            body, ctype = state.metrics.exposition()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return metrics_app

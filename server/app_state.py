@@ -1,0 +1,28 @@
+"""Everything a route needs, hung on `app.state.trtserve` by the app factory."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from server.generation import GenerationService
+from server.lifecycle import Lifecycle
+from server.metrics import ServerMetrics
+from server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: ServerSettings
+    lifecycle: Lifecycle
+    metrics: ServerMetrics
+    service: GenerationService
+
+
+def get_state(conn: HTTPConnection) -> AppState:
+    state: AppState = conn.app.state.trtserve
+    return state

@@ -1,0 +1,87 @@
+"""One taxonomy of client-visible errors, mapped to HTTP in one place (`http_status`, handlers in app.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from scheduler.request import EngineDeadError, QueueFullError, QueueTimeoutError, RequestError
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1  # Retry-After header value on every 503
+
+
+class ApiError(Exception):
+    """An error whose message is shown to the client as is, with `status`."""
+
+    status: int = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class ValidationError(ApiError):
+    status = 400
+
+
+class UnknownModelError(ApiError):
+    status = 404
+
+
+class BodyTooLargeError(ApiError):
+    status = 413
+
+
+class UnauthorizedError(ApiError):
+    status = 401
+
+
+class UnavailableError(ApiError):
+    """Queue full, draining, engine dead, queue timeout: the client may retry elsewhere/later."""
+
+    status = 503
+
+
+class NotImplementedApiError(ApiError):
+    status = 501
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """Map scheduler/engine exceptions onto the taxonomy (the one place this is decided)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RequestError):
+        return ValidationError(str(exc))
+    if isinstance(exc, QueueFullError):
+        return UnavailableError(f"Exceeds maximum queue size: {exc}" if str(exc) else
+                                "Exceeds maximum queue size")
+    if isinstance(exc, QueueTimeoutError):
+        return UnavailableError(f"Request timeout expired while queued: {exc}")
+    if isinstance(exc, EngineDeadError):
+        return UnavailableError(f"engine is dead: {exc}")
+    logger.exception("unexpected error", exc_info=exc)
+    return ApiError("internal error", status=500)
+
+
+def error_headers(err: ApiError) -> dict[str, str]:
+    if err.status == 503:
+        return {"Retry-After": str(RETRY_AFTER_S)}
+    if err.status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def error_body(err: ApiError, *, openai: bool = False) -> bytes:
+    """`{"error": "..."}` (Triton/KServe) or the OpenAI error object on /v1 routes."""
+    if openai:
+        kind = "invalid_request_error" if err.status < 500 else "server_error"
+        payload: object = {"error": {"message": err.message, "type": kind, "param": None,
+                                     "code": err.status}}
+    else:
+        payload = {"error": err.message}
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(
+        "utf-8", "backslashreplace")

@@ -1,0 +1,188 @@
+"""One generation request from admission to its last delta: admission checks, timeout, abort on
+client disconnect or shutdown, and the metrics record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from scheduler.request import FinishReason, Request, RequestOutput, SamplingParams
+from server.errors import ApiError, UnavailableError, to_api_error
+from server.lifecycle import Lifecycle
+from server.metrics import RequestRecord, ServerMetrics
+from server.serving import RequestStreamLike, ServingModel
+
+logger = logging.getLogger(__name__)
+
+
+class EngineFailedError(ApiError):
+    """The engine failed while this request was in flight (Triton: INTERNAL -> 500)."""
+
+    status = 500
+
+
+class Generation:
+    """A live request; iterate `outputs()` once. Aborts itself if the consumer stops early."""
+
+    def __init__(self, service: GenerationService, request: Request, stream: RequestStreamLike,
+                 label: str) -> None:
+        self.request = request
+        self.request_id = request.request_id
+        self._service = service
+        self._stream = stream
+        self._label = label
+        self._done = False
+        self._closed = False
+        self._first_token_at: float | None = None
+        self._last_token_at: float | None = None
+        self._gaps: list[float] = []
+        self.num_prompt_tokens = len(request.prompt_token_ids)
+        self.num_output_tokens = 0
+        self.num_cached_tokens = 0
+        self.finish_reason: FinishReason | None = None
+
+    def abort(self) -> None:
+        if not self._done:
+            logger.info("[%s] abort", self.request_id)
+            self._stream.abort()
+
+    def _observe(self, out: RequestOutput) -> None:
+        now = time.monotonic()
+        if out.new_token_ids:
+            if self._first_token_at is None:
+                self._first_token_at = now
+            elif self._last_token_at is not None:
+                self._gaps.append((now - self._last_token_at) / len(out.new_token_ids))
+            self._last_token_at = now
+        self.num_prompt_tokens = out.num_prompt_tokens or self.num_prompt_tokens
+        self.num_output_tokens = out.num_output_tokens
+        self.num_cached_tokens = out.num_cached_tokens
+
+    def _final_error(self, out: RequestOutput) -> ApiError | None:
+        if out.finish_reason is FinishReason.ERROR:
+            msg = out.error or "engine error"
+            if self.num_output_tokens == 0 and "timeout" in msg.lower():
+                return UnavailableError(msg)
+            return EngineFailedError(msg)
+        if out.finish_reason is FinishReason.ABORT and self._service.lifecycle.shutdown_reason:
+            return UnavailableError(self._service.lifecycle.shutdown_reason)
+        return None
+
+    async def _next(self, it: AsyncIterator[RequestOutput], deadline: float | None) -> RequestOutput:
+        if deadline is None:
+            return await anext(it)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(anext(it), remaining)
+
+    async def outputs(self) -> AsyncIterator[RequestOutput]:
+        """Deltas in order; the last one has `finished`. Raises ApiError on failure/timeout."""
+        timeout = self._service.request_timeout
+        deadline = self.request.arrival_time + timeout if timeout > 0 else None
+        it = aiter(self._stream)
+        failure: str | None = "CANCELED"
+        try:
+            while True:
+                try:
+                    out = await self._next(it, deadline)
+                except StopAsyncIteration:
+                    failure = "OTHER"
+                    raise EngineFailedError("the engine ended the request without a result")
+                except TimeoutError:
+                    self.abort()
+                    failure = "REJECTED" if self._first_token_at is None else "OTHER"
+                    raise UnavailableError(
+                        f"request timeout: not finished within {timeout:g} s") from None
+                self._observe(out)
+                if out.finished:
+                    self.finish_reason = out.finish_reason
+                    self._done = True
+                    err = self._final_error(out)
+                    if err is not None:
+                        failure = "BACKEND" if err.status == 500 else "CANCELED"
+                        raise err
+                    failure = None
+                yield out
+                if out.finished:
+                    return
+        finally:
+            self.close(failure)
+
+    def close(self, failure: str | None = "CANCELED") -> None:
+        """Abort if still running and record the outcome; idempotent (call it in a finally)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.abort()
+        self._done = True
+        self._service.finish(self, failure)
+
+    def record(self, failure: str | None) -> RequestRecord:
+        now = time.monotonic()
+        arrival = self.request.arrival_time
+        ttft = None if self._first_token_at is None else self._first_token_at - arrival
+        queue_s = ttft if ttft is not None else now - arrival
+        return RequestRecord(
+            model=self._label, ok=failure is None, failure_reason=failure, queue_s=queue_s,
+            ttft_s=ttft, e2e_s=now - arrival, compute_s=max(0.0, now - arrival - queue_s),
+            num_input_tokens=self.num_prompt_tokens, num_output_tokens=self.num_output_tokens,
+            inter_token_s=self._gaps)
+
+
+class GenerationService:
+    """Admits requests into the engine loop; the single place requests are counted."""
+
+    def __init__(self, lifecycle: Lifecycle, metrics: ServerMetrics,
+                 request_timeout: float) -> None:
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.request_timeout = request_timeout
+
+    def admit(self) -> ServingModel:
+        """Cheap checks before any tokenization: phase and capacity (RELIABILITY §7.18)."""
+        err = self.lifecycle.admission_error()
+        if err is not None or self.lifecycle.model is None:
+            raise err or UnavailableError("Server not ready")
+        model = self.lifecycle.model
+        if model.loop.dead is not None:
+            self.lifecycle.set_dead(str(model.loop.dead))
+            raise UnavailableError(f"engine is dead: {model.loop.dead}")
+        capacity = model.max_batch_size + model.max_queue_size
+        if model.max_queue_size > 0 and model.loop.num_unfinished >= capacity:
+            raise UnavailableError("Exceeds maximum queue size")
+        return model
+
+    def submit(self, model: ServingModel, prompt_ids: list[int], params: SamplingParams,
+               label: str, arrival: float) -> Generation:
+        request_id = uuid.uuid4().hex
+        timeout = self.request_timeout
+        request = Request(request_id=request_id, prompt_token_ids=prompt_ids, params=params,
+                          arrival_time=arrival,
+                          queue_deadline=arrival + timeout if timeout > 0 else None)
+        self.metrics.request_started(label)
+        try:
+            stream = model.loop.add(request)
+        except Exception as exc:  # noqa: BLE001 - mapped by the taxonomy
+            err = to_api_error(exc)
+            reason = "REJECTED" if err.status == 503 else "OTHER"
+            self.metrics.request_finished(RequestRecord(
+                model=label, ok=False, failure_reason=reason, queue_s=0.0, ttft_s=None,
+                e2e_s=time.monotonic() - arrival, compute_s=0.0,
+                num_input_tokens=len(prompt_ids), num_output_tokens=0))
+            logger.info("[%s] rejected (%d): %s", request_id, err.status, err.message)
+            raise err from None
+        gen = Generation(self, request, stream, label)
+        self.lifecycle.track(request_id, gen.abort)
+        logger.debug("[%s] admitted: %d prompt tokens", request_id, len(prompt_ids))
+        return gen
+
+    def finish(self, gen: Generation, failure: str | None) -> None:
+        self.lifecycle.untrack(gen.request_id)
+        self.metrics.request_finished(gen.record(failure))
+        logger.debug("[%s] finished: %s (%d tokens)", gen.request_id,
+                     failure or gen.finish_reason, gen.num_output_tokens)

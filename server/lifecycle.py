@@ -1,0 +1,106 @@
+"""Server phases: loading -> ready -> draining (SIGTERM) | dead (engine loop died).
+
+Readiness is 503 unless READY; liveness is 200 unless DEAD. New generation requests are admitted
+only when READY. The drain waits for in-flight requests, then aborts the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+
+from server.errors import UnavailableError
+from server.serving import ServingModel
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    DEAD = "dead"
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.phase = Phase.LOADING
+        self.model: ServingModel | None = None
+        self.failure: str | None = None  # why the server is dead
+        self.exit_code = 0
+        self.shutdown_reason: str | None = None  # set when remaining requests are aborted
+        self._active: dict[str, Callable[[], None]] = {}  # request id -> abort
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.on_exit: Callable[[int], None] | None = None  # asks the runner to stop
+
+    # ---- state -------------------------------------------------------------------------
+    def set_ready(self, model: ServingModel) -> None:
+        self.model = model
+        if self.phase is Phase.LOADING:
+            self.phase = Phase.READY
+            logger.info("model %s ready (backend %s)", model.name, model.backend)
+
+    def set_dead(self, reason: str) -> None:
+        if self.phase is Phase.DEAD:
+            return
+        logger.error("engine dead: %s", reason)
+        self.phase = Phase.DEAD
+        self.failure = reason
+        self.exit_code = 1
+        if self.on_exit is not None:
+            self.on_exit(1)
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    @property
+    def live(self) -> bool:
+        return self.phase is not Phase.DEAD
+
+    def admission_error(self) -> UnavailableError | None:
+        if self.phase is Phase.READY:
+            return None
+        if self.phase is Phase.LOADING:
+            return UnavailableError("Server not ready: the model is still loading")
+        if self.phase is Phase.DRAINING:
+            return UnavailableError("Server exiting")
+        return UnavailableError(f"engine is dead: {self.failure}")
+
+    # ---- in-flight tracking ------------------------------------------------------------
+    def track(self, request_id: str, abort: Callable[[], None]) -> None:
+        self._active[request_id] = abort
+        self._idle.clear()
+
+    def untrack(self, request_id: str) -> None:
+        self._active.pop(request_id, None)
+        if not self._active:
+            self._idle.set()
+
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    # ---- drain -------------------------------------------------------------------------
+    async def drain(self, timeout: float) -> None:
+        """Stop admitting, let in-flight requests finish for `timeout` s, abort the rest."""
+        if self.phase is Phase.READY or self.phase is Phase.LOADING:
+            self.phase = Phase.DRAINING
+        logger.info("draining %d in-flight requests (timeout %.1fs)", self.num_active, timeout)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            self.abort_all("server shutting down: drain timeout expired")
+            try:
+                await asyncio.wait_for(self._idle.wait(), 2.0)
+            except TimeoutError:
+                logger.warning("%d requests still active after abort", self.num_active)
+
+    def abort_all(self, reason: str) -> None:
+        self.shutdown_reason = reason
+        for request_id, abort in list(self._active.items()):
+            logger.info("aborting %s: %s", request_id, reason)
+            abort()

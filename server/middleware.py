@@ -1,0 +1,99 @@
+"""Pure-ASGI guards that run before routing: body size limit and API-key auth.
+
+Body limit: a Content-Length over the limit is refused with 413 before any byte is read; a chunked
+body is cut off (413) as soon as it passes the limit. Auth: when a key is set every route needs
+`Authorization: Bearer <key>` (scheme case-insensitive, key compared in constant time) except the
+exact health and /metrics GET paths; OPTIONS is no exception.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import ApiError, BodyTooLargeError, UnauthorizedError, ValidationError
+from server.errors import error_body, error_headers
+
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+
+
+async def send_error(send: Send, err: ApiError, openai: bool = False) -> None:
+    body = error_body(err, openai=openai)
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(err).items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> list[bytes]:
+    return [v for k, v in scope.get("headers", []) if k.lower() == name]
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        lengths = _header(scope, b"content-length")
+        if lengths:
+            try:
+                declared = int(lengths[0])
+            except ValueError:
+                await send_error(send, ValidationError("invalid Content-Length header"))
+                return
+            if declared > self.max_bytes:
+                await send_error(send, BodyTooLargeError(
+                    f"request body of {declared} bytes exceeds the limit of {self.max_bytes}"))
+                return
+        if _header(scope, b"content-encoding") not in ([], [b"identity"]):
+            await send_error(send, ValidationError("Content-Encoding is not supported"))
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLargeError(
+                        f"request body exceeds the limit of {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self._key = api_key.encode("utf-8")
+
+    def _authorized(self, scope: Scope) -> bool:
+        values = _header(scope, b"authorization")
+        if len(values) != 1:
+            return False
+        scheme, _, token = values[0].strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(token.strip(), self._key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_open = scope["path"] in OPEN_PATHS and scope["method"] in ("GET", "HEAD")
+        if is_open or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        logger.info("401 %s %s", scope["method"], scope["path"])
+        await send_error(send, UnauthorizedError("missing or invalid API key"),
+                         openai=scope["path"].startswith("/v1/"))

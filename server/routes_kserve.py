@@ -1,0 +1,113 @@
+"""KServe v2 health/metadata (TRITON_API.md §3), /metrics, and a JSON scheduler-stats route."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from server.app_state import get_state
+from server.errors import ValidationError
+from server.json_body import parse_json_body
+from server.openapi_docs import REPOSITORY_INDEX_BODY
+from server.routes_triton import resolve_model
+from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, model_config, model_metadata
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+SERVER_VERSION = "2.59.0"
+EXTENSIONS = ["classification", "sequence", "model_repository", "schedule_policy",
+              "model_configuration", "parameters", "statistics", "generate"]
+
+
+def _json(obj: object, status: int = 200) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":"), ensure_ascii=False), status,
+                    media_type="application/json")
+
+
+def _empty(status: int) -> Response:
+    return Response(b"", status, media_type="text/plain")
+
+
+@router.get("/v2/health/live")
+async def health_live(request: Request) -> Response:
+    lc = get_state(request).lifecycle
+    return _empty(200) if lc.live else _json({"error": f"engine is dead: {lc.failure}"}, 503)
+
+
+@router.get("/v2/health/ready")
+async def health_ready(request: Request) -> Response:
+    lc = get_state(request).lifecycle
+    if lc.model is not None and lc.model.loop.dead is not None:
+        lc.set_dead(str(lc.model.loop.dead))
+    return _empty(200) if lc.ready else _empty(503)
+
+
+@router.get("/v2")
+async def server_metadata() -> Response:
+    return _json({"name": "triton", "version": SERVER_VERSION, "extensions": EXTENSIONS})
+
+
+@router.get("/v2/models/{model_name}")
+@router.get("/v2/models/{model_name}/versions/{version}")
+async def model_meta(request: Request, model_name: str, version: str | None = None) -> Response:
+    name = resolve_model(get_state(request), model_name, version)
+    return _json(model_metadata(name, version))
+
+
+@router.get("/v2/models/{model_name}/ready")
+@router.get("/v2/models/{model_name}/versions/{version}/ready")
+async def model_ready(request: Request, model_name: str, version: str | None = None) -> Response:
+    state = get_state(request)
+    resolve_model(state, model_name, version)
+    if state.lifecycle.ready:
+        return _empty(200)
+    return _json({"error": "Model version not ready"}, 400)
+
+
+@router.get("/v2/models/{model_name}/config")
+@router.get("/v2/models/{model_name}/versions/{version}/config")
+async def model_conf(request: Request, model_name: str, version: str | None = None) -> Response:
+    state = get_state(request)
+    name = resolve_model(state, model_name, version)
+    return _json(model_config(name, state.settings.max_batch_size))
+
+
+@router.post("/v2/repository/index", openapi_extra={"requestBody": REPOSITORY_INDEX_BODY})
+async def repository_index(request: Request) -> Response:
+    body = parse_json_body(await request.body())
+    ready_only = body.get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise ValidationError("'ready' must be a boolean")
+    state = get_state(request)
+    served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
+    st = "READY" if state.lifecycle.ready else "UNAVAILABLE"
+    entries = []
+    for name in (*ALL_TRITON_MODELS, served):
+        if ready_only and st != "READY":
+            continue
+        entry = {"name": name, "version": MODEL_VERSION, "state": st}
+        if st != "READY":
+            entry["reason"] = state.lifecycle.phase.value
+        entries.append(entry)
+    return _json(entries)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    body, content_type = get_state(request).metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/v2/trtserve/stats")
+async def scheduler_stats(request: Request) -> Response:
+    """Latest SchedulerStats of the engine loop plus in-flight count (debugging, leak checks)."""
+    state = get_state(request)
+    model = state.lifecycle.model
+    stats = dataclasses.asdict(model.loop.stats()) if model is not None else None
+    return _json({"phase": state.lifecycle.phase.value, "active_requests":
+                  state.lifecycle.num_active, "scheduler": stats})

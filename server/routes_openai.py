@@ -1,0 +1,227 @@
+"""OpenAI-compatible /v1/models, /v1/completions, /v1/chat/completions (streaming and not)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from scheduler.request import FinishReason, RequestOutput
+from server.app_state import AppState, get_state
+from server.detokenizer import IncrementalDetokenizer
+from server.disconnect import abort_on_disconnect
+from server.errors import ApiError, UnknownModelError, ValidationError, to_api_error
+from server.generation import Generation
+from server.json_body import check_text, parse_json_body
+from server.openai_schema import (ChatRequest, CompletionRequest, _Base, message_text,
+                                  validate_body)
+from server.openapi_docs import CHAT_BODY, COMPLETIONS_BODY
+from server.serving import ServingModel
+from server.triton_schema import TEXT_MODELS
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+_FINISH = {FinishReason.LENGTH: "length", FinishReason.STOP: "stop", FinishReason.END_ID: "stop",
+           FinishReason.ABORT: "abort", FinishReason.ERROR: "error"}
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _served(state: AppState) -> str:
+    return state.lifecycle.model.name if state.lifecycle.model else state.settings.model
+
+
+def _check_model(state: AppState, name: str) -> str:
+    if name != _served(state) and name not in TEXT_MODELS:
+        raise UnknownModelError(f"The model '{name}' does not exist")
+    return name
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    name = _served(get_state(request))
+    return Response(_dumps({"object": "list", "data": [
+        {"id": name, "object": "model", "created": 0, "owned_by": "trtserve"}]}),
+        media_type="application/json")
+
+
+class _Job:
+    """Shared plumbing of both OpenAI routes: prompt ids in, text deltas and usage out."""
+
+    def __init__(self, model: ServingModel, gen: Generation, req: _Base, kind: str) -> None:
+        self.model, self.gen, self.req = model, gen, req
+        self.kind = kind  # "text_completion" | "chat.completion"
+        self.id = ("cmpl-" if kind == "text_completion" else "chatcmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.detok = IncrementalDetokenizer(model.tokenizer, gen.request.prompt_token_ids)
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish: str | None = None
+
+    def feed(self, out: RequestOutput) -> str:
+        self.tokens.extend(out.new_token_ids)
+        self.logprobs.extend(out.new_logprobs or [])
+        text = self.detok.step(out.new_token_ids)
+        if out.finished:
+            text += self.detok.finish()
+            self.finish = _FINISH.get(out.finish_reason or FinishReason.LENGTH, "stop")
+        return text
+
+    def usage(self) -> dict[str, int]:
+        p, c = self.gen.num_prompt_tokens, len(self.tokens)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def token_strs(self, ids: list[int]) -> list[str]:
+        return [self.model.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+
+    def logprobs_obj(self, ids: list[int], lps: list[float], offset: int) -> Any:
+        if not self.gen.request.params.logprobs:
+            return None
+        toks = self.token_strs(ids)
+        if self.kind == "chat.completion":
+            return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()),
+                                 "top_logprobs": []} for t, lp in zip(toks, lps, strict=False)]}
+        offsets, pos = [], offset
+        for t in toks:
+            offsets.append(pos)
+            pos += len(t)
+        return {"tokens": toks, "token_logprobs": lps, "top_logprobs": None,
+                "text_offset": offsets}
+
+    def choice(self, text: str, finish: str | None, ids: list[int], lps: list[float],
+               offset: int, chunk: bool) -> dict[str, Any]:
+        c: dict[str, Any] = {"index": 0, "logprobs": self.logprobs_obj(ids, lps, offset),
+                             "finish_reason": finish}
+        if self.kind == "text_completion":
+            c["text"] = text
+        elif chunk:
+            c["delta"] = {"content": text} if text or finish is None else {}
+        else:
+            c["message"] = {"role": "assistant", "content": text}
+        return c
+
+    def envelope(self, choice: dict[str, Any], chunk: bool) -> dict[str, Any]:
+        obj = self.kind + (".chunk" if chunk and self.kind == "chat.completion" else "")
+        return {"id": self.id, "object": obj, "created": self.created,
+                "model": self.req.model, "choices": [choice]}
+
+
+async def _whole(request: Request, job: _Job) -> Response:
+    gen = job.gen
+    async with abort_on_disconnect(request, gen.abort, gen.request_id):
+        async for out in gen.outputs():
+            job.feed(out)
+    body = job.envelope(job.choice(job.detok.text, job.finish, job.tokens, job.logprobs, 0,
+                                   chunk=False), chunk=False)
+    body["usage"] = job.usage()
+    return Response(_dumps(body), media_type="application/json")
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + _dumps(obj) + b"\n\n"
+
+
+async def _stream(request: Request, job: _Job) -> AsyncIterator[bytes]:
+    gen = job.gen
+    outputs = gen.outputs()
+    try:
+        async with abort_on_disconnect(request, gen.abort, gen.request_id):
+            if job.kind == "chat.completion":
+                first = job.choice("", None, [], [], 0, chunk=True)
+                first["delta"] = {"role": "assistant", "content": ""}
+                yield _sse(job.envelope(first, chunk=True))
+            try:
+                async for out in outputs:
+                    offset = len(job.detok.text)
+                    text = job.feed(out)
+                    if not text and not out.finished and not out.new_token_ids:
+                        continue
+                    choice = job.choice(text, job.finish, out.new_token_ids,
+                                        list(out.new_logprobs or []), offset, chunk=True)
+                    yield _sse(job.envelope(choice, chunk=True))
+                if job.req.include_usage():
+                    tail = job.envelope(job.choice("", None, [], [], 0, True), chunk=True)
+                    tail["choices"] = []
+                    tail["usage"] = job.usage()
+                    yield _sse(tail)
+            except ApiError as err:
+                yield _sse({"error": {"message": err.message, "type": "server_error",
+                                      "code": err.status}})
+            yield b"data: [DONE]\n\n"
+    finally:
+        await outputs.aclose()
+        gen.close()
+
+
+async def _run(request: Request, cls: type[_Base], kind: str,
+               to_ids: Callable[[ServingModel, Any], list[int]]) -> Response:
+    arrival = time.monotonic()
+    state = get_state(request)
+    req = validate_body(cls, parse_json_body(await request.body()))
+    label = _check_model(state, req.model)
+    model = state.service.admit()
+    params = req.sampling(logprobs=bool(getattr(req, "logprobs", None)))
+    prompt_ids = to_ids(model, req)
+    if not prompt_ids:
+        raise ValidationError("the prompt is empty")
+    gen = state.service.submit(model, prompt_ids, params, label, arrival)
+    logger.info("[%s] %s: %d prompt tokens, max_tokens %d, stream %s", gen.request_id, kind,
+                len(prompt_ids), params.max_tokens, req.stream)
+    job = _Job(model, gen, req, kind)
+    if req.stream:
+        return StreamingResponse(_stream(request, job), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    try:
+        return await _whole(request, job)
+    except Exception as exc:
+        raise to_api_error(exc) from None
+    finally:
+        gen.close()
+
+
+def _completion_ids(model: ServingModel, req: CompletionRequest) -> list[int]:
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        ids = list(prompt)  # type: ignore[arg-type]
+        if any(i < 0 or i >= model.tokenizer.vocab_size for i in ids):
+            raise ValidationError("'prompt': token id out of range")
+        return ids
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise ValidationError("'prompt': exactly one prompt per request is supported")
+        prompt = prompt[0]
+    if req.echo or req.suffix:
+        raise ValidationError("'echo' and 'suffix' are not supported")
+    return model.tokenizer.encode(check_text(str(prompt), "prompt"))
+
+
+def _chat_ids(model: ServingModel, req: ChatRequest) -> list[int]:
+    messages = [{"role": m.role, "content": check_text(message_text(m), "messages")}
+                for m in req.messages]
+    if not model.tokenizer.chat_template:
+        raise ValidationError("this model has no chat template; use /v1/completions")
+    try:
+        return model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - template errors (raise_exception) are client input
+        raise ValidationError(f"'messages': the chat template rejected them: {exc}") from None
+
+
+@router.post("/v1/completions", openapi_extra={"requestBody": COMPLETIONS_BODY})
+async def completions(request: Request) -> Response:
+    return await _run(request, CompletionRequest, "text_completion", _completion_ids)
+
+
+@router.post("/v1/chat/completions", openapi_extra={"requestBody": CHAT_BODY})
+async def chat_completions(request: Request) -> Response:
+    return await _run(request, ChatRequest, "chat.completion", _chat_ids)

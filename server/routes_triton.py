@@ -1,0 +1,222 @@
+"""Triton generate / generate_stream (TRITON_API.md §1) for `ensemble`, `tensorrt_llm_bls` and the
+served model's own name, with and without `/versions/{v}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from scheduler.request import RequestOutput
+from server.app_state import AppState, get_state
+from server.detokenizer import IncrementalDetokenizer
+from server.disconnect import abort_on_disconnect
+from server.errors import ApiError, UnknownModelError, ValidationError, to_api_error
+from server.generation import Generation
+from server.json_body import dumps_compact, parse_json_body
+from server.openapi_docs import TRITON_GENERATE_BODY
+from server.serving import ServingModel
+from server.triton_parse import parse_triton_body
+from server.triton_sampling import TritonOptions, triton_to_sampling
+from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, TEXT_MODELS
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+SSE_MEDIA = "text/event-stream; charset=utf-8"
+
+
+def resolve_model(state: AppState, name: str, version: str | None) -> str:
+    """404 for unknown models/versions (Triton's texts); the name is the metrics label."""
+    served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
+    if name not in ALL_TRITON_MODELS and name != served:
+        raise UnknownModelError(f"Request for unknown model: '{name}' is not found")
+    if version is not None and version != MODEL_VERSION:
+        raise UnknownModelError(
+            f"Request for unknown model: '{name}' version {version} is not found")
+    return name
+
+
+def _text_model(state: AppState, name: str, version: str | None) -> str:
+    label = resolve_model(state, name, version)
+    served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
+    if label not in TEXT_MODELS and label != served:
+        raise ValidationError(f"model '{label}' does not take the generate text inputs; "
+                              "use 'ensemble' or 'tensorrt_llm_bls'")
+    return label
+
+
+def _base(label: str, request_id: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"model_name": label, "model_version": MODEL_VERSION,
+                           "sequence_end": False, "sequence_id": 0, "sequence_start": False}
+    if request_id is not None:
+        out["id"] = request_id
+    return out
+
+
+def _scalar_or_list(values: list[float]) -> float | list[float]:
+    return values[0] if len(values) == 1 else values
+
+
+def _extras(opts: TritonOptions, gen: Generation, logprobs: list[float] | None,
+            cum: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if opts.return_log_probs:
+        out["output_log_probs"] = _scalar_or_list(logprobs or [])
+        out["cum_log_probs"] = cum if cum is not None else 0.0
+    if opts.return_num_input_tokens:
+        out["num_input_tokens"] = gen.num_prompt_tokens
+    if opts.return_num_output_tokens:
+        out["num_output_tokens"] = gen.num_output_tokens
+    return out
+
+
+async def _collect(gen: Generation) -> tuple[list[int], list[float]]:
+    ids: list[int] = []
+    logprobs: list[float] = []
+    async for out in gen.outputs():
+        ids.extend(out.new_token_ids)
+        logprobs.extend(out.new_logprobs or [])
+    return ids, logprobs
+
+
+def _full_text(model: ServingModel, gen: Generation, opts: TritonOptions, ids: list[int]) -> str:
+    prompt = gen.request.prompt_token_ids
+    if opts.exclude_input_in_output:
+        detok = IncrementalDetokenizer(model.tokenizer, prompt)
+        return detok.step(ids) + detok.finish()
+    return model.tokenizer.decode(list(prompt) + ids, skip_special_tokens=True)
+
+
+async def _whole(request: Request, model: ServingModel, gen: Generation, opts: TritonOptions,
+                 base: dict[str, Any]) -> dict[str, Any]:
+    async with abort_on_disconnect(request, gen.abort, gen.request_id):
+        ids, logprobs = await _collect(gen)
+    body = dict(base, text_output=_full_text(model, gen, opts, ids))
+    body.update(_extras(opts, gen, logprobs, sum(logprobs) if logprobs else None))
+    return body
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + dumps_compact(payload) + b"\n\n"
+
+
+class _StreamState:
+    def __init__(self, model: ServingModel, gen: Generation, opts: TritonOptions,
+                 base: dict[str, Any]) -> None:
+        self.detok = IncrementalDetokenizer(model.tokenizer, gen.request.prompt_token_ids)
+        self.gen, self.opts, self.base = gen, opts, base
+        self.cum = 0.0
+        self.sent = 0
+
+    def render(self, out: RequestOutput) -> bytes | None:
+        text = self.detok.step(out.new_token_ids)
+        if out.finished:
+            text += self.detok.finish()
+        lp = list(out.new_logprobs or [])
+        self.cum += sum(lp)
+        if not text and not out.new_token_ids and not (out.finished and self.sent == 0):
+            return None
+        if not text and not self.opts.return_log_probs and not out.finished:
+            return None
+        self.sent += 1
+        payload = dict(self.base, text_output=text)
+        payload.update(_extras(self.opts, self.gen, lp, self.cum))
+        return _event(payload)
+
+
+async def _sse(request: Request, state: _StreamState, first: RequestOutput,
+               outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
+    gen = state.gen
+    try:
+        async with abort_on_disconnect(request, gen.abort, gen.request_id):
+            chunk = state.render(first)
+            if chunk:
+                yield chunk
+            if first.finished:
+                return
+            try:
+                async for out in outputs:
+                    chunk = state.render(out)
+                    if chunk:
+                        yield chunk
+            except ApiError as err:
+                logger.info("[%s] error mid-stream: %s", gen.request_id, err.message)
+                yield _event({"error": err.message})
+    finally:
+        await outputs.aclose()
+        gen.close()
+
+
+async def _stream_response(request: Request, model: ServingModel, gen: Generation,
+                           opts: TritonOptions, base: dict[str, Any]) -> Response:
+    """Status comes from the first result: errors before it are plain JSON."""
+    outputs = gen.outputs()
+    try:
+        async with abort_on_disconnect(request, gen.abort, gen.request_id):
+            first = await anext(outputs)
+    except BaseException:
+        await outputs.aclose()
+        gen.close()
+        raise
+    state = _StreamState(model, gen, opts, base)
+    return StreamingResponse(_sse(request, state, first, outputs), media_type=SSE_MEDIA,
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _generate(request: Request, name: str, version: str | None, stream_route: bool
+                    ) -> Response:
+    arrival = time.monotonic()
+    state = get_state(request)
+    label = _text_model(state, name, version)
+    inputs = parse_triton_body(parse_json_body(await request.body()))
+    model = state.service.admit()
+    params, opts = triton_to_sampling(inputs, model.tokenizer)
+    prompt_ids = model.tokenizer.encode(inputs.get("text_input"))
+    if not prompt_ids:
+        raise ValidationError("input 'text_input' tokenizes to no tokens")
+    gen = state.service.submit(model, prompt_ids, params, label, arrival)
+    base = _base(label, inputs.request_id)
+    logger.info("[%s] %s %s: %d prompt tokens, max_tokens %d, stream %s", gen.request_id,
+                label, "generate_stream" if stream_route else "generate", len(prompt_ids),
+                params.max_tokens, opts.stream)
+    try:
+        if stream_route and opts.stream:
+            return await _stream_response(request, model, gen, opts, base)
+        body = await _whole(request, model, gen, opts, base)
+    except Exception as exc:
+        raise to_api_error(exc) from None
+    finally:
+        if not (stream_route and opts.stream):
+            gen.close()
+    if stream_route:
+        return Response(_event(body), media_type=SSE_MEDIA)
+    return Response(dumps_compact(body), media_type="application/json")
+
+
+_DOC = {"requestBody": TRITON_GENERATE_BODY}
+
+
+@router.post("/v2/models/{model_name}/generate", openapi_extra=_DOC)
+async def generate(request: Request, model_name: str) -> Response:
+    return await _generate(request, model_name, None, False)
+
+
+@router.post("/v2/models/{model_name}/versions/{version}/generate", openapi_extra=_DOC)
+async def generate_version(request: Request, model_name: str, version: str) -> Response:
+    return await _generate(request, model_name, version, False)
+
+
+@router.post("/v2/models/{model_name}/generate_stream", openapi_extra=_DOC)
+async def generate_stream(request: Request, model_name: str) -> Response:
+    return await _generate(request, model_name, None, True)
+
+
+@router.post("/v2/models/{model_name}/versions/{version}/generate_stream", openapi_extra=_DOC)
+async def generate_stream_version(request: Request, model_name: str, version: str) -> Response:
+    return await _generate(request, model_name, version, True)

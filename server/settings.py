@@ -1,0 +1,86 @@
+"""Server settings: every `trtserve serve` option, each readable from env `TRTSERVE_<NAME>`.
+
+Engine and scheduler defaults are taken from their dataclasses (config_sources); the CLI reads
+its defaults from here. Nothing else in the server reads the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.config_sources import ENGINE_DEFAULTS, SCHEDULER_DEFAULTS
+
+logger = logging.getLogger(__name__)
+
+_S = SCHEDULER_DEFAULTS
+_E = ENGINE_DEFAULTS
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRTSERVE_", extra="forbid", frozen=True)
+
+    model: str = Field(_E.model, description="Model to serve: registry name (the embedded "
+                       "SmolLM2 by default), a .gguf file or a Hugging Face directory.")
+    engine_dir: str | None = Field(_E.engine_dir, description="Cache root for built ONNX "
+                                   "graphs / TensorRT engines (default ~/.cache/trtserve).")
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+        _E.backend, description="Executor: tensorrt on a supported GPU, else onnxruntime.")
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (Triton's HTTP port).")
+    metrics_port: int = Field(8002, ge=0, le=65535, description="Second listener serving only "
+                              "/metrics (Triton's metrics port); 0 disables it. /metrics is "
+                              "also served on --port.")
+    max_batch_size: int = Field(_S.max_batch_size, ge=1,
+                                description="Sequences per engine step at most.")
+    max_num_tokens: int = Field(_S.max_num_tokens, ge=1,
+                                description="Token budget per step (chunked prefill).")
+    kv_cache_blocks: int | None = Field(_E.kv_cache_blocks, ge=1, description="Exact number "
+                                        "of KV blocks; overrides --kv-cache-fraction.")
+    kv_cache_fraction: float = Field(_E.kv_cache_fraction, gt=0.0, le=1.0, description="Share "
+                                     "of free device/host memory for the KV cache.")
+    block_size: int = Field(_E.block_size, ge=1, description="Tokens per KV block.")
+    max_queue_size: int = Field(_S.max_queue_size, ge=0, description="Waiting requests at "
+                                "most; more get 503 + Retry-After. 0 = unbounded.")
+    scheduler_policy: Literal["max_utilization", "guaranteed_no_evict"] = Field(
+        _S.policy, description="max_utilization packs and may preempt (recompute); "
+        "guaranteed_no_evict reserves prompt+max_tokens at admission.")
+    enable_prefix_caching: bool = Field(_S.enable_prefix_caching,
+                                        description="Reuse KV blocks of shared prompt prefixes.")
+    request_timeout: float = Field(600.0, ge=0.0, description="Seconds a request may take in "
+                                   "total (queue + generation) before it is aborted; 0 = none.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body "
+                                "accepted; larger ones get 413.")
+    drain_timeout: float = Field(30.0, ge=0.0, description="At SIGTERM, seconds in-flight "
+                                 "requests get to finish before they are aborted.")
+    api_key: SecretStr | None = Field(None, description="Require `Authorization: Bearer <key>` "
+                                      "on every route except health and /metrics.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS "
+                              "(off when empty).")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="Log level.")
+
+    @field_validator("api_key")
+    @classmethod
+    def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerSettings:
+        if self.metrics_port and self.port and self.metrics_port == self.port:
+            raise ValueError("--metrics-port must differ from --port (or be 0)")
+        return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

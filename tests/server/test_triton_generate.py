@@ -1,0 +1,105 @@
+"""Triton generate / generate_stream over the fake engine: shapes, semantics, errors."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+from server_fakes import REPLY
+
+GEN = "/v2/models/ensemble/generate"
+STREAM = "/v2/models/ensemble/generate_stream"
+
+
+def _events(text: str) -> list[dict]:
+    assert text.endswith("\n\n")
+    chunks = text.split("\n\n")[:-1]
+    assert all(c.startswith("data: ") for c in chunks), chunks
+    return [json.loads(c[len("data: "):]) for c in chunks]
+
+
+def test_readme_curl_body_form_encoded(client: TestClient) -> None:
+    """The guide's body works with curl's default form content type; Triton's flat shape."""
+    body = '{"text_input": "What is machine learning?", "max_tokens": 5, "bad_words": "", "stop_words": ""}'
+    r = client.post(GEN, content=body,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    raw = r.content.decode()
+    assert raw.startswith('{"model_name":"ensemble","model_version":"1","sequence_end":false,'
+                          '"sequence_id":0,"sequence_start":false,"text_output":')
+    data = r.json()
+    assert list(data) == sorted(data)
+    assert data["text_output"] == "What is machine learning?" + REPLY[:5].decode()
+
+
+def test_exclude_input_and_id_echo(client: TestClient) -> None:
+    r = client.post(GEN, json={"text_input": "q", "max_tokens": 3, "id": "abc",
+                               "parameters": {"exclude_input_in_output": True}})
+    assert r.status_code == 200
+    assert r.json() == {"id": "abc", "model_name": "ensemble", "model_version": "1",
+                        "sequence_end": False, "sequence_id": 0, "sequence_start": False,
+                        "text_output": "Hi "}
+
+
+def test_stream_concat_equals_nonstream_with_utf8(client: TestClient) -> None:
+    """Deltas never split a multi-byte char; concat == non-stream text (exclude_input)."""
+    n = len(REPLY)
+    body = {"text_input": "x", "max_tokens": n, "exclude_input_in_output": True}
+    whole = client.post(GEN, json=body).json()["text_output"]
+    r = client.post(STREAM, json=dict(body, stream=True))
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = _events(r.text)
+    texts = [e["text_output"] for e in events]
+    assert "".join(texts) == whole == REPLY.decode()
+    assert all("\ufffd" not in t for t in texts)
+    assert len(events) > 5
+    assert "[DONE]" not in r.text
+
+
+def test_stream_without_stream_flag_is_one_event_with_prompt(client: TestClient) -> None:
+    r = client.post(STREAM, json={"text_input": "ab", "max_tokens": 2})
+    events = _events(r.text)
+    assert len(events) == 1 and events[0]["text_output"] == "abHi"
+
+
+def test_logprobs_scalar_or_list(client: TestClient) -> None:
+    r = client.post(GEN, json={"text_input": "a", "max_tokens": 3, "return_log_probs": True,
+                               "return_num_output_tokens": True})
+    d = r.json()
+    assert d["output_log_probs"] == [-0.5, -0.5, -0.5]
+    assert d["cum_log_probs"] == -1.5 and d["num_output_tokens"] == 3
+    r = client.post(GEN, json={"text_input": "a", "max_tokens": 1, "return_log_probs": True})
+    assert r.json()["output_log_probs"] == -0.5
+
+
+def test_default_is_greedy_and_aliases(client: TestClient) -> None:
+    client.post(GEN, json={"text_input": "a", "max_tokens": 2, "temperature": 0.9,
+                           "min_length": 2, "random_seed": 7, "end_id": 5, "pad_id": 6,
+                           "stop_words": ["x", ""], "bad_words": "Hi"})
+    p = client.fake_loop.added[-1].params  # type: ignore[attr-defined]
+    assert p.temperature == 0.0 and p.min_tokens == 2 and p.seed == 7
+    assert p.end_ids == (5,) and p.pad_id == 6 and p.stop == ("x",)
+    assert p.bad_words_ids == ((72, 105),)
+    client.post(GEN, json={"text_input": "a", "max_tokens": 2, "top_k": 5, "temperature": 0.5})
+    p = client.fake_loop.added[-1].params  # type: ignore[attr-defined]
+    assert (p.temperature, p.top_k, p.top_p) == (0.5, 5, 1.0)
+
+
+def test_special_tokens_parsed_in_text_input(client: TestClient) -> None:
+    client.post(GEN, json={"text_input": "<|im_start|>user", "max_tokens": 1})
+    ids = client.fake_loop.added[-1].prompt_token_ids  # type: ignore[attr-defined]
+    assert ids[:2] == [256, 258]
+
+
+def test_versions_and_aliases(client: TestClient) -> None:
+    body = {"text_input": "a", "max_tokens": 1}
+    assert client.post("/v2/models/ensemble/versions/1/generate", json=body).status_code == 200
+    assert client.post("/v2/models/tensorrt_llm_bls/generate", json=body).status_code == 200
+    assert client.post("/v2/models/fake-model/generate", json=body).status_code == 200
+    r = client.post("/v2/models/ensemble/versions/2/generate", json=body)
+    assert r.status_code == 404 and "version 2 is not found" in r.json()["error"]
+    r = client.post("/v2/models/foo/generate", json=body)
+    assert r.status_code == 404
+    assert r.json() == {"error": "Request for unknown model: 'foo' is not found"}
