@@ -1,7 +1,8 @@
 """The on-disk cache of built model graphs: ~/.cache/trtserve/models/<name>-<key>/.
 
 A cache entry holds model.onnx (+ its external data), the tokenizer files and manifest.json. The
-key hashes the source (file identity and content), the builder version and the dtype, so an entry
+key hashes the source (file identity and content), the builder version, the dtype and the
+KV block size the graph is built for, so an entry
 is rebuilt only when one of those changes. Entries are built in a temporary sibling directory and
 renamed into place under a per-entry file lock: readers never see half an entry.
 """
@@ -74,8 +75,10 @@ def weights_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_key(weights_digest: str, builder_version: str, dtype: str) -> str:
-    text = f"{weights_digest}|builder={builder_version}|dtype={dtype}|format={MANIFEST_FORMAT}"
+def cache_key(weights_digest: str, builder_version: str, dtype: str, block_size: int) -> str:
+    """Entry key: changes when the weights, the builder, the dtype or the block size change."""
+    text = (f"{weights_digest}|builder={builder_version}|dtype={dtype}|block={block_size}"
+            f"|format={MANIFEST_FORMAT}")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -117,6 +120,7 @@ def build_entry(entry: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
         try:
             manifest = build(tmp)
             write_manifest(tmp, manifest)
+            tmp.chmod(0o755)  # mkdtemp made it private
             if entry.exists():  # a broken entry left by an older layout
                 shutil.rmtree(entry)
             os.rename(tmp, entry)

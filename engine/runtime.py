@@ -26,7 +26,7 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 MODEL_FILE = "model.onnx"
-KV_BUDGET_CAP_BYTES = 4 * 1024**3  # never size the pool from memory beyond this
+KV_BUDGET_CAP_BYTES = 2 * 1024**3  # host pool never sized beyond this from free memory
 FALLBACK_AVAILABLE_BYTES = 2 * 1024**3  # when free memory cannot be read
 
 
@@ -79,16 +79,22 @@ class BackendChoice:
     dtype: str  # graph dtype the backend runs best with when options.dtype == "auto"
 
 
+def _cuda_available() -> bool:
+    import importlib.util
+
+    import onnxruntime
+
+    return ("CUDAExecutionProvider" in onnxruntime.get_available_providers()
+            and importlib.util.find_spec("cuda") is not None)
+
+
 def select_backend(options: EngineOptions) -> BackendChoice:
     """Pick the executor for this machine. TensorRT (H7) registers itself here later."""
     if options.backend == "tensorrt":
         raise ModelError("the TensorRT backend is not available in this build; "
                          "use --backend onnxruntime")
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return BackendChoice("onnxruntime-cuda", ("CUDAExecutionProvider",
-                                                  "CPUExecutionProvider"), "float16")
+    if _cuda_available():
+        return BackendChoice("onnxruntime-cuda", ("CUDAExecutionProvider",), "float16")
     return BackendChoice("onnxruntime-cpu", ("CPUExecutionProvider",), "float32")
 
 
@@ -120,18 +126,21 @@ def _build(source: ModelSource, dtype: str, options: EngineOptions, digest: str,
                 out_dir)
     model = read_source(source, ConsoleProgress(f"loading {source.name}"))
     spec = _builder().build_model_graph(model.config, model.weights, out_dir, dtype=dtype,
+                                        block_size=options.block_size,
                                         progress=ConsoleProgress(f"building {source.name}"))
     model.tokenizer.save(out_dir)
     return {"name": source.name, "source": str(source.path), "kind": source.kind,
             "config": config_to_json(model.config), "dtype": dtype,
             "block_size": options.block_size, "graph": _graph_manifest(spec),
+            "inputs": list(getattr(spec, "input_names", ())),
+            "outputs": list(getattr(spec, "output_names", ())),
             "builder_version": builder_version(), "weights_hash": digest}
 
 
 def _prepare(options: EngineOptions, dtype: str) -> tuple[ModelSource, Path]:
     source = resolve_model(options.model)
     digest = weights_hash(source.path)
-    key = cache_key(digest, builder_version(), dtype)
+    key = cache_key(digest, builder_version(), dtype, options.block_size)
     entry = entry_dir(cache_root(options.engine_dir), source.name, key)
     return source, build_entry(entry, lambda tmp: _build(source, dtype, options, digest, tmp))
 
@@ -182,11 +191,16 @@ def kv_cache_blocks(options: EngineOptions, config: ModelConfig, max_context: in
 
 
 def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
-              num_blocks: int, options: EngineOptions, max_context: int) -> Executor:
+              num_blocks: int, options: EngineOptions, max_context: int, dtype: str) -> Executor:
+    if backend.name == "onnxruntime-cuda":
+        from engine.executors.ort_cuda import OrtCudaExecutor
+
+        return OrtCudaExecutor(model_path, config, num_blocks=num_blocks,
+                               block_size=options.block_size, max_context=max_context)
     from engine.executors.ort import OrtExecutor
 
     return OrtExecutor(model_path, config, num_blocks=num_blocks, block_size=options.block_size,
-                       max_context=max_context, providers=backend.providers)
+                       max_context=max_context, providers=backend.providers, kv_dtype=dtype)
 
 
 def load_model(options: EngineOptions) -> LoadedModel:
@@ -201,6 +215,7 @@ def load_model(options: EngineOptions) -> LoadedModel:
     logger.info("loading %s on %s (%s): %d KV blocks of %d tokens, max context %d (pid %d)",
                 source.name, backend.name, dtype, blocks, options.block_size, max_context,
                 os.getpid())
-    executor = _executor(backend, entry / MODEL_FILE, config, blocks, options, max_context)
+    executor = _executor(backend, entry / MODEL_FILE, config, blocks, options, max_context,
+                         dtype)
     return LoadedModel(name=source.name, config=config, tokenizer=Tokenizer.from_dir(entry),
                        executor=executor, backend=backend.name)
