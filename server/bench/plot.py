@@ -33,6 +33,10 @@ def _xs(runs: Sequence[RunStats]) -> list[float]:
     return [top if math.isinf(r.value) else r.value for r in runs]
 
 
+def _label(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:g}"
+
+
 def _latency_panel(ax: Any, xs: list[float], runs: Sequence[RunStats], attr: str,
                    title: str) -> None:
     for pct in _PCTS:
@@ -59,6 +63,7 @@ def plot_runs(runs: Sequence[RunStats], path: str | Path, title: str = "") -> No
     if runs[0].goodput is not None:
         ax2.plot(xs, [r.goodput or 0.0 for r in runs], marker="^", color="C2", label="goodput")
     ax2.set_ylabel("req/s", color="C1")
+    ax2.set_ylim(bottom=0)
     ax2.legend(fontsize=8, loc="lower right")
     _latency_panel(axes[0][1], xs, runs, "ttft_ms", "time to first token")
     _latency_panel(axes[1][0], xs, runs, "tpot_ms", "time per output token")
@@ -68,6 +73,9 @@ def plot_runs(runs: Sequence[RunStats], path: str | Path, title: str = "") -> No
         a.grid(True, alpha=0.3)
         if len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 8:
             a.set_xscale("log", base=2)
+            a.minorticks_off()
+        a.set_xticks(xs, labels=[_label(r.value) for r in runs])
+        a.set_ylim(bottom=0)
     failed = sum(r.failed for r in runs)
     fig.suptitle(f"{title}  (failed requests: {failed})" if title else f"failed: {failed}")
     fig.tight_layout()
