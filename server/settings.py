@@ -1,6 +1,6 @@
 """Server settings: every `trtserve serve` option, each readable from env `TRTSERVE_<NAME>`.
 
-Engine and scheduler defaults are taken from their dataclasses (config_sources); the CLI reads
+Engine and scheduler defaults are taken from their dataclasses; the CLI reads
 its defaults from here. Nothing else in the server reads the environment.
 """
 
@@ -12,12 +12,13 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from server.config_sources import ENGINE_DEFAULTS, SCHEDULER_DEFAULTS
+from engine.runtime import EngineOptions
+from scheduler.config import SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
-_S = SCHEDULER_DEFAULTS
-_E = ENGINE_DEFAULTS
+_S = SchedulerConfig()  # scheduler defaults, defined once there
+_E = EngineOptions()  # engine defaults, defined once there
 
 
 class ServerSettings(BaseSettings):

@@ -1,0 +1,148 @@
+"""`trtserve serve`: run the HTTP server (and the /metrics listener) in one process.
+
+Every option mirrors a ServerSettings field (and env `TRTSERVE_<NAME>`); defaults live there.
+SIGTERM/SIGINT: readiness -> 503 at once, in-flight requests get --drain-timeout to finish, the
+rest get an error event, then exit 0. If the engine loop dies the process exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError as PydanticError
+
+from server.app import create_app, create_metrics_app
+from server.app_state import AppState
+from server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+DEAD_EXIT_DELAY_S = 1.0  # health shows 503 this long before a dead engine exits the process
+GRACEFUL_CLOSE_S = 3.0  # uvicorn's wait for connections after the drain
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_option(parser: argparse.ArgumentParser, name: str, field: Any) -> None:
+    env = f"TRTSERVE_{name.upper()}"
+    default = field.default.get_secret_value() if hasattr(field.default, "get_secret_value") \
+        else field.default
+    shown = "unset" if default in (None, "") else default
+    help_text = f"{field.description} [default: {shown}; env {env}]"
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+    annotation = field.annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(annotation) is typing.Literal:
+        kwargs["choices"] = list(typing.get_args(annotation))
+    elif annotation in (int, float):
+        kwargs["type"] = annotation
+    elif isinstance(annotation, types.UnionType) and args and args[0] in (int, float):
+        kwargs["type"] = args[0]
+    parser.add_argument(_flag(name), **kwargs)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="Run the HTTP inference server.",
+                                   description=__doc__.splitlines()[0])
+    for name, field in ServerSettings.model_fields.items():
+        _add_option(parser, name, field)
+    parser.set_defaults(run=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    given = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields}
+    return ServerSettings(**given)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the runner drains first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _servers(settings: ServerSettings) -> tuple[list[_Server], AppState]:
+    from server.model_loader import load_serving_model
+
+    app = create_app(settings, load_serving_model)
+    common: dict[str, Any] = {"host": settings.host, "log_config": None,
+                              "log_level": settings.log_level, "http": "h11",
+                              "timeout_graceful_shutdown": GRACEFUL_CLOSE_S}
+    servers = [_Server(uvicorn.Config(app, port=settings.port, lifespan="on", **common))]
+    if settings.metrics_port:
+        servers.append(_Server(uvicorn.Config(create_metrics_app(app), port=settings.metrics_port,
+                                              lifespan="off", access_log=False, **common)))
+    return servers, app.state.trtserve
+
+
+async def serve(settings: ServerSettings) -> int:
+    servers, state = _servers(settings)
+    lifecycle = state.lifecycle
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop_servers() -> None:
+        for s in servers:
+            s.should_exit = True
+
+    async def drain_then_stop() -> None:
+        await lifecycle.drain(settings.drain_timeout)
+        stop_servers()
+
+    def on_signal(signum: int) -> None:
+        if stopping:
+            logger.warning("second signal %d: exiting now", signum)
+            for s in servers:
+                s.force_exit = True
+            stop_servers()
+            return
+        logger.info("signal %d: draining (readiness now 503)", signum)
+        stopping.append(asyncio.create_task(drain_then_stop()))
+
+    lifecycle.on_exit = lambda code: loop.call_later(DEAD_EXIT_DELAY_S, stop_servers)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    logger.info("listening on http://%s:%d (metrics on %s)", settings.host, settings.port,
+                settings.metrics_port or "the main port only")
+    results = await asyncio.gather(*(s.serve() for s in servers), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            logger.error("listener failed: %r", result)
+            return 1
+    if not all(s.started for s in servers):
+        return 1
+    return lifecycle.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except PydanticError as exc:
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            logger.error("invalid option %s: %s", _flag(loc) if loc else "", err["msg"])
+        return 2
+    logging.getLogger().setLevel(settings.log_level.upper())
+    try:
+        return asyncio.run(serve(settings))
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(argparse.Namespace()))

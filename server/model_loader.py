@@ -1,0 +1,75 @@
+"""The real loader: engine.runtime.load_model + scheduler EngineLoop, then a warm-up request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from engine.runtime import EngineOptions, LoadedModel, load_model
+from scheduler.config import SchedulerConfig
+from scheduler.loop import EngineLoop
+from scheduler.request import Request, SamplingParams
+from server.metrics import ServerMetrics
+from server.serving import ServingModel
+from server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+WARMUP_PROMPT = "Hello"
+WARMUP_TOKENS = 2
+
+
+def engine_options(settings: ServerSettings) -> EngineOptions:
+    return EngineOptions(model=settings.model, backend=settings.backend,
+                         engine_dir=settings.engine_dir, block_size=settings.block_size,
+                         kv_cache_blocks=settings.kv_cache_blocks,
+                         kv_cache_fraction=settings.kv_cache_fraction)
+
+
+def scheduler_config(settings: ServerSettings) -> SchedulerConfig:
+    return SchedulerConfig(max_batch_size=settings.max_batch_size,
+                           max_num_tokens=settings.max_num_tokens,
+                           max_queue_size=settings.max_queue_size,
+                           policy=settings.scheduler_policy,
+                           enable_prefix_caching=settings.enable_prefix_caching)
+
+
+async def warm_up(loop: EngineLoop, prompt_ids: list[int]) -> None:
+    request = Request(request_id="warmup", prompt_token_ids=prompt_ids,
+                      params=SamplingParams(max_tokens=WARMUP_TOKENS, ignore_eos=True),
+                      arrival_time=time.monotonic())
+    async for out in loop.add(request):
+        if out.finished and out.error:
+            raise RuntimeError(f"warm-up failed: {out.error}")
+
+
+def _serving(lm: LoadedModel, loop: EngineLoop, cfg: SchedulerConfig) -> ServingModel:
+    return ServingModel(name=lm.name, tokenizer=lm.tokenizer, loop=loop,
+                        max_context=cfg.resolve_max_model_len(lm.executor.max_context),
+                        max_batch_size=cfg.max_batch_size, max_queue_size=cfg.max_queue_size,
+                        backend=lm.backend, close=lm.close)
+
+
+async def load_serving_model(settings: ServerSettings, metrics: ServerMetrics) -> ServingModel:
+    started = time.monotonic()
+    lm = await asyncio.to_thread(load_model, engine_options(settings))
+    tok = lm.tokenizer
+    cfg = scheduler_config(settings)
+
+    def decode(ids: Sequence[int]) -> str:
+        return tok.decode(ids, skip_special_tokens=True)
+
+    loop = EngineLoop(lm.executor, cfg, decode=decode, eos_token_ids=tok.eos_token_ids,
+                      on_step=metrics.observe_step)
+    await loop.start()
+    try:
+        await warm_up(loop, tok.encode(WARMUP_PROMPT))
+    except BaseException:
+        await loop.stop()
+        lm.close()
+        raise
+    logger.info("loaded %s on %s in %.1fs (%d KV blocks of %d tokens)", lm.name, lm.backend,
+                time.monotonic() - started, lm.executor.num_blocks, lm.executor.block_size)
+    return _serving(lm, loop, cfg)
