@@ -40,7 +40,8 @@ def bindings() -> tuple[ModuleType, ModuleType, ModuleType]:
     try:
         return _import_bindings()
     except ImportError as exc:
-        raise CudaError(f"cuda-python is not installed ({exc}); pip install 'trtserve[gpu]'") from exc
+        raise CudaError(f"cuda-python is not installed ({exc}); "
+                        "pip install 'trtserve[gpu]'") from exc
 
 
 def _status_text(status: Any) -> str:

@@ -58,7 +58,8 @@ class DeviceBuffer:
         cuda_call(self._driver.cuMemcpyDtoHAsync, _host_ptr(dst), self.ptr + offset, dst.nbytes,
                   stream.handle)
 
-    def memset(self, value: int, stream: Stream, nbytes: int | None = None, offset: int = 0) -> None:
+    def memset(self, value: int, stream: Stream, nbytes: int | None = None,
+               offset: int = 0) -> None:
         """Set `nbytes` (default: all from offset) bytes to `value` (0..255)."""
         count = self.nbytes - offset if nbytes is None else nbytes
         self._check_range(offset, count)

@@ -164,6 +164,20 @@ def _parse(trt: TrtModule, builder: Any, onnx_path: Path, trt_logger: Any) -> tu
     return network, parser
 
 
+def network_io(onnx_path: Path, trt: TrtModule | None = None) -> dict[str, tuple[str, str]]:
+    """What TensorRT's parser makes of the graph's I/O: name -> ("input"|"output", dtype)."""
+    trt = trt or import_tensorrt()
+    trt_logger = make_logger(trt.module)
+    network, _parser = _parse(trt, trt.module.Builder(trt_logger), onnx_path, trt_logger)
+    out: dict[str, tuple[str, str]] = {}
+    for kind, count, get in (("input", network.num_inputs, network.get_input),
+                             ("output", network.num_outputs, network.get_output)):
+        for i in range(count):
+            tensor = get(i)
+            out[tensor.name] = (kind, str(tensor.dtype).rsplit(".", 1)[-1].lower())
+    return out
+
+
 def build_serialized(onnx_path: Path, dims: Mapping[str, DimRange], *,
                      targets: tuple[str, ...] = ("CURRENT",), trt: TrtModule | None = None
                      ) -> bytes:

@@ -104,12 +104,13 @@ def test_cuda_call_unpacks_values_and_raises_on_fake_error() -> None:
     def cuBroken() -> tuple[Any, int]:  # noqa: N802
         return (driver.CUresult.CUDA_ERROR_INVALID_VALUE, 0)
 
-    with pytest.raises(CudaError, match=re.escape("cuBroken failed: CUDA_ERROR_INVALID_VALUE (1)")):
+    want = re.escape("cuBroken failed: CUDA_ERROR_INVALID_VALUE (1)")
+    with pytest.raises(CudaError, match=want):
         cuda_call(cuBroken)
 
 
 def test_cuda_call_wraps_loader_failures() -> None:
-    """A library that cannot load (no driver on this machine) becomes a CudaError naming the call."""
+    """A library that cannot load (no driver here) becomes a CudaError naming the call."""
 
     def cuInit(flags: int) -> tuple[int]:  # noqa: N802
         raise OSError("libcuda.so.1: cannot open shared object file")

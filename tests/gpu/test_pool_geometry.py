@@ -8,6 +8,7 @@ import pytest
 
 from engine.config import ModelConfig
 from engine.device_pool import PoolGeometry, blocks_that_fit, geometry_for
+
 from .kv_reference import (
     emulate_block_copy,
     emulate_scatter,

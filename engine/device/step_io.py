@@ -1,0 +1,199 @@
+"""One step's device-side I/O, shared by the GPU executors (onnxruntime CUDA, TensorRT).
+
+Per step: pack the plan (engine/executors/ort.py `pack_plan`, the graph's own packing), stage
+every small input + the slot mapping + block-copy pairs into ONE pinned -> device copy, run the
+block copies, let the executor run the graph into `new_kv` / `logits` device buffers sized for
+the step limits, then scatter new K/V into the pool and copy the logits back through pinned
+memory. The KV pool never leaves the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from engine.config import ModelConfig
+from engine.device.cuda import CudaContext, Stream
+from engine.device.kernels import KVKernels
+from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea
+from engine.device_pool import DeviceKVPool, PoolGeometry, geometry_for
+from engine.executors.ort import pack_plan
+from scheduler.plan import StepPlan
+
+logger = logging.getLogger(__name__)
+
+I64 = 8
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closeable)
+
+
+@dataclass(frozen=True, slots=True)
+class StepLimits:
+    """The largest step a GPU executor accepts (sizes its buffers and TensorRT profile)."""
+
+    max_num_tokens: int = 2048  # packed tokens per step
+    max_batch_size: int = 64  # sequences per step
+    max_context: int = 2048  # tokens per sequence
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_tokens", "max_batch_size", "max_context"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTensor:
+    """A graph input or output living in device memory."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+@dataclass(frozen=True, slots=True)
+class StagedStep:
+    """A plan's inputs on the device, ready for the graph."""
+
+    inputs: dict[str, DeviceTensor]  # every graph input, kv_cache included
+    logits: DeviceTensor  # where the graph writes logits [R', vocab] (R' >= 1)
+    new_kv: DeviceTensor  # where the graph writes new K/V [L, 2, KVH, T, D]
+    slots_ptr: int  # int64 [T] slot mapping on the device
+    num_tokens: int
+    num_rows: int  # logit rows the plan wants (R' - num_rows padding rows are dropped)
+
+
+def staging_bytes(limits: StepLimits, block_size: int, num_blocks: int) -> int:
+    """Upper bound of one step's staged inputs (9 arrays, each 256-byte aligned)."""
+    t, b = limits.max_num_tokens, limits.max_batch_size
+    max_blocks = -(-limits.max_context // block_size)
+    elems = 5 * t + b * max_blocks + b + b * t + b + 2 * num_blocks
+    return elems * I64 + 9 * StagingArea.ALIGN
+
+
+def check_plan(plan: StepPlan, limits: StepLimits, block_size: int, num_blocks: int) -> None:
+    """Refuse a plan the buffers cannot hold (ValueError naming the limit)."""
+    if plan.num_tokens > limits.max_num_tokens:
+        raise ValueError(f"step has {plan.num_tokens} tokens, max_num_tokens is "
+                         f"{limits.max_num_tokens}")
+    if len(plan.seqs) > limits.max_batch_size:
+        raise ValueError(f"step has {len(plan.seqs)} sequences, max_batch_size is "
+                         f"{limits.max_batch_size}")
+    for seq in plan.seqs:
+        end = seq.start_pos + len(seq.token_ids)
+        if not seq.token_ids or end > limits.max_context:
+            raise ValueError(f"seq {seq.seq_id}: {len(seq.token_ids)} tokens at {seq.start_pos} "
+                             f"do not fit max_context {limits.max_context}")
+        if len(seq.block_table) * block_size < end:
+            raise ValueError(f"seq {seq.seq_id}: block table too short for {end} tokens")
+        if any(not 0 <= b < num_blocks for b in seq.block_table[: -(-end // block_size)]):
+            raise ValueError(f"seq {seq.seq_id}: block id outside 0..{num_blocks - 1}")
+    for src, dst in plan.block_copies:
+        if not (0 <= src < num_blocks and 0 <= dst < num_blocks):
+            raise ValueError(f"block copy {src}->{dst} outside 0..{num_blocks - 1}")
+
+
+class DeviceStepIO:
+    """Owns the device side of stepping one model: context use, stream, kernels, pool, buffers."""
+
+    def __init__(self, context: CudaContext, config: ModelConfig, *, num_blocks: int,
+                 block_size: int, kv_dtype: str, limits: StepLimits) -> None:
+        self.context = context
+        self.config = config
+        self.limits = limits
+        self.geometry: PoolGeometry = geometry_for(config, num_blocks, block_size, kv_dtype)
+        self._owned: list[_Closeable] = []
+        try:
+            self.stream = self._own(Stream())
+            self.kernels = self._own(KVKernels(context))
+            self.kernels.functions(kv_dtype)  # compile now: fail at start-up, not mid-serve
+            self.pool = self._own(DeviceKVPool(self.geometry, self.kernels, self.stream))
+            self.staging = self._own(StagingArea(staging_bytes(limits, block_size, num_blocks)))
+            kv_bytes = (self.geometry.num_planes * config.num_kv_heads * limits.max_num_tokens
+                        * config.head_dim * self.geometry.itemsize)
+            self.new_kv = self._own(DeviceBuffer(kv_bytes))
+            logit_bytes = limits.max_batch_size * config.vocab_size * 4
+            self.logits = self._own(DeviceBuffer(logit_bytes))
+            self.logits_host = self._own(PinnedBuffer(logit_bytes))
+            self.stream.synchronize()
+        except BaseException:
+            self.close()
+            raise
+
+    def _own(self, obj: _C) -> _C:
+        self._owned.append(obj)
+        return obj
+
+    def stage(self, plan: StepPlan) -> StagedStep:
+        """Check + pack + upload the plan, then run its block copies on the stream."""
+        g = self.geometry
+        check_plan(plan, self.limits, g.block_size, g.num_blocks)
+        self.context.make_current()
+        packed = pack_plan(plan, g.block_size)
+        feeds = dict(packed.feeds)
+        num_rows = len(feeds["logit_index"])
+        if num_rows == 0:  # keep every dim >= 1 (TensorRT profiles): compute one row, drop it
+            feeds["logit_index"] = np.zeros(1, dtype=np.int64)
+        slots = packed.slot_blocks * g.block_size + packed.slot_offsets
+        pairs = np.asarray(plan.block_copies, dtype=np.int64).reshape(-1, 2)
+        names = list(feeds)
+        ptrs = self.staging.upload([feeds[n] for n in names] + [slots, pairs], self.stream)
+        inputs = {n: DeviceTensor(p, feeds[n].shape, np.dtype(np.int64))
+                  for n, p in zip(names, ptrs, strict=False)}
+        inputs["kv_cache"] = DeviceTensor(self.pool.ptr, g.graph_shape, np.dtype(g.dtype))
+        if len(pairs):
+            self.pool.copy_blocks(ptrs[-1], len(pairs), self.stream)
+        t = plan.num_tokens
+        kv_shape = (self.config.num_layers, 2, self.config.num_kv_heads, t, self.config.head_dim)
+        rows = len(feeds["logit_index"])
+        return StagedStep(
+            inputs=inputs, slots_ptr=ptrs[-2], num_tokens=t, num_rows=num_rows,
+            logits=DeviceTensor(self.logits.ptr, (rows, self.config.vocab_size),
+                                np.dtype(np.float32)),
+            new_kv=DeviceTensor(self.new_kv.ptr, kv_shape, np.dtype(g.dtype)))
+
+    def copy_blocks_only(self, plan: StepPlan) -> None:
+        """A plan with no sequences may still carry block copies: run them and wait."""
+        g = self.geometry
+        check_plan(plan, self.limits, g.block_size, g.num_blocks)
+        if not plan.block_copies:
+            return
+        self.context.make_current()
+        pairs = np.asarray(plan.block_copies, dtype=np.int64).reshape(-1, 2)
+        (ptr,) = self.staging.upload([pairs], self.stream)
+        self.pool.copy_blocks(ptr, len(pairs), self.stream)
+        self.stream.synchronize()
+
+    def finish(self, step: StagedStep) -> np.ndarray:
+        """After the graph ran on the stream: scatter new K/V, fetch logits [num_rows, vocab]."""
+        self.pool.scatter(step.new_kv.ptr, step.slots_ptr, step.num_tokens, self.stream)
+        rows, vocab = step.num_rows, self.config.vocab_size
+        if rows == 0:
+            self.stream.synchronize()
+            return np.zeros((0, vocab), dtype=np.float32)
+        host = self.logits_host.array((rows, vocab), np.float32)
+        self.logits.copy_to_host(host, self.stream)
+        self.stream.synchronize()
+        return host.copy()
+
+    def close(self) -> None:
+        """Releases every owned resource, newest first; idempotent."""
+        while self._owned:
+            obj = self._owned.pop()
+            try:
+                obj.close()
+            except Exception:  # keep releasing the rest; the first failure is logged
+                logger.exception("releasing %s failed", type(obj).__name__)
+
+    def __enter__(self) -> DeviceStepIO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,144 @@
+"""onnxruntime CUDA executor: the model graph on onnxruntime-gpu's CUDA execution provider, with
+the KV pool and every step buffer allocated by cuda-python and bound by pointer (IOBinding).
+
+Per step (engine/device/step_io.py): inputs staged in one H2D copy, block copies by kernel,
+graph run with `kv_cache` bound in place and `new_kv`/`logits` bound to device buffers, new K/V
+scattered into the pool by the NVRTC kernel, logits copied back through pinned memory. The pool
+is never copied to the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from engine.config import ModelConfig
+from engine.device.cuda import CudaContext
+from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
+from scheduler.plan import StepPlan, StepResult
+
+logger = logging.getLogger(__name__)
+
+_ORT_TYPES = {"tensor(float16)": "float16", "tensor(float)": "float32"}
+
+
+class OrtCudaUnavailableError(RuntimeError):
+    """onnxruntime here has no CUDA execution provider."""
+
+
+def _session(model_path: Path, device_id: int) -> object:
+    import onnxruntime as ort
+
+    from engine.executors.ort import session_options
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise OrtCudaUnavailableError(
+            "onnxruntime has no CUDAExecutionProvider here (installed: "
+            f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu in place of "
+            "onnxruntime, or use the CPU executor")
+    opts = session_options(intra_op_threads=1)
+    providers = [("CUDAExecutionProvider", {"device_id": str(device_id)}), "CPUExecutionProvider"]
+    return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+
+
+def graph_kv_dtype(session: object) -> str:
+    """The pool dtype the graph was built for (its kv_cache input's element type)."""
+    for value in session.get_inputs():  # type: ignore[attr-defined]
+        if value.name == "kv_cache":
+            if value.type not in _ORT_TYPES:
+                raise ValueError(f"kv_cache element type {value.type} is not supported on CUDA")
+            return _ORT_TYPES[value.type]
+    raise ValueError("graph has no kv_cache input")
+
+
+class OrtCudaExecutor:
+    """`scheduler.plan.Executor` over onnxruntime's CUDA EP with a device-resident KV pool."""
+
+    def __init__(self, model_path: Path, config: ModelConfig, *, num_blocks: int,
+                 block_size: int, max_context: int, limits: StepLimits | None = None,
+                 device_id: int = 0) -> None:
+        self._config = config
+        self._device_id = device_id
+        self._limits = limits or StepLimits(max_context=max_context)
+        if self._limits.max_context < max_context:
+            self._limits = StepLimits(self._limits.max_num_tokens, self._limits.max_batch_size,
+                                      max_context)
+        self._max_context = max_context
+        self._lock = threading.Lock()
+        self._context = CudaContext(device_id)
+        try:
+            self._session = _session(model_path, device_id)
+            kv_dtype = graph_kv_dtype(self._session)
+            self._io: DeviceStepIO | None = DeviceStepIO(
+                self._context, config, num_blocks=num_blocks, block_size=block_size,
+                kv_dtype=kv_dtype, limits=self._limits)
+        except BaseException:
+            self._context.close()
+            raise
+        logger.info("onnxruntime CUDA executor on device %d (%s), %s KV pool of %d blocks",
+                    device_id, self._context.name, kv_dtype, num_blocks)
+
+    @property
+    def block_size(self) -> int:
+        return self._device_io().geometry.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self._device_io().geometry.num_blocks
+
+    @property
+    def vocab_size(self) -> int:
+        return self._config.vocab_size
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    @property
+    def device_io(self) -> DeviceStepIO:
+        """The pool and step buffers (tests read the pool back through it)."""
+        return self._device_io()
+
+    def _device_io(self) -> DeviceStepIO:
+        if self._io is None:
+            raise RuntimeError("OrtCudaExecutor used after close()")
+        return self._io
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        with self._lock:
+            io = self._device_io()
+            if not plan.seqs:
+                io.copy_blocks_only(plan)
+                return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
+            staged = io.stage(plan)
+            try:
+                self._run(staged)
+                logits = io.finish(staged)
+            except BaseException:
+                io.stream.synchronize()  # nothing may still read the staging area
+                raise
+            return StepResult(step_id=plan.step_id, logits=logits)
+
+    def _run(self, staged: StagedStep) -> None:
+        io = self._device_io()
+        io.stream.synchronize()  # staged inputs and block copies land before onnxruntime reads
+        binding = self._session.io_binding()  # type: ignore[attr-defined]
+        for name, t in staged.inputs.items():
+            binding.bind_input(name, "cuda", self._device_id, t.dtype.type, list(t.shape), t.ptr)
+        for name, t in (("logits", staged.logits), ("new_kv", staged.new_kv)):
+            binding.bind_output(name, "cuda", self._device_id, t.dtype.type, list(t.shape), t.ptr)
+        self._session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+        binding.synchronize_outputs()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._io is None:
+                return
+            self._context.make_current()
+            self._io.close()
+            self._io = None
+            self._session = None
+            self._context.close()

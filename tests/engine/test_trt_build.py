@@ -1,0 +1,182 @@
+"""TensorRT engine build on a CPU-only machine (TensorRT for RTX), the engine cache key, and the
+one-line "this runtime refuses this GPU" start-up error. Needs no GPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.builder import build_model_graph
+from engine.config import ModelConfig
+from engine.device.step_io import StepLimits
+from engine.executors import trt_build
+from engine.executors.trt import deserialize_or_refuse, profile_dims, refusal_message
+from engine.executors.trt_build import TensorRTError, TrtModule
+
+CFG = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                  intermediate_size=128, vocab_size=96, max_position_embeddings=128)
+BLOCK = 4
+TARGETS = ("SM86",)
+
+
+def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    h, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    out = {"model.embed_tokens.weight": w(cfg.vocab_size, h),
+           "lm_head.weight": w(cfg.vocab_size, h), "model.norm.weight": 1 + w(h)}
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        out |= {p + "input_layernorm.weight": 1 + w(h),
+                p + "post_attention_layernorm.weight": 1 + w(h),
+                p + "self_attn.q_proj.weight": w(q, h), p + "self_attn.k_proj.weight": w(kv, h),
+                p + "self_attn.v_proj.weight": w(kv, h), p + "self_attn.o_proj.weight": w(h, q),
+                p + "mlp.gate_proj.weight": w(cfg.intermediate_size, h),
+                p + "mlp.up_proj.weight": w(cfg.intermediate_size, h),
+                p + "mlp.down_proj.weight": w(h, cfg.intermediate_size)}
+    return out
+
+
+@pytest.fixture(scope="module")
+def trt() -> TrtModule:
+    try:
+        return trt_build.import_tensorrt()
+    except TensorRTError as exc:
+        pytest.skip(f"no TensorRT flavour importable: {exc}")
+
+
+@pytest.fixture()
+def graph(tmp_path: Path) -> Path:
+    build_model_graph(CFG, random_weights(CFG), tmp_path, dtype="float16", block_size=BLOCK)
+    return tmp_path / "model.onnx"
+
+
+def dims(num_blocks: int = 32, max_tokens: int = 32) -> dict[str, trt_build.DimRange]:
+    return profile_dims(CFG, StepLimits(max_tokens, 4, CFG.max_position_embeddings), BLOCK,
+                        num_blocks)
+
+
+def test_engine_builds_without_gpu_and_is_cached(trt: TrtModule, graph: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A serialized engine is produced next to the graph; the second load reads the cache."""
+    if trt.flavor != "tensorrt_rtx":
+        pytest.skip("only TensorRT for RTX builds for an explicit target without a GPU")
+    path, blob = trt_build.load_or_build(graph, dims(), targets=TARGETS, trt=trt)
+    assert path.parent == graph.parent and path.exists()
+    assert path.name.startswith(f"model.tensorrt_rtx-{trt.version}.sm86.")
+    assert len(blob) > 10_000 and path.read_bytes() == blob
+
+    def no_build(*args: Any, **kwargs: Any) -> bytes:
+        raise AssertionError("rebuilt although the engine is cached")
+
+    monkeypatch.setattr(trt_build, "build_serialized", no_build)
+    again, blob2 = trt_build.load_or_build(graph, dims(), targets=TARGETS, trt=trt)
+    assert again == path and blob2 == blob
+
+
+def test_parsed_network_io_matches_the_graph(trt: TrtModule, graph: Path) -> None:
+    """TensorRT sees exactly the graph's inputs/outputs, with int64 indices and fp16 KV."""
+    io = trt_build.network_io(graph, trt)
+    want_inputs = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens",
+                   "pad_index", "unpad_index", "logit_index")
+    assert [n for n, (k, _) in io.items() if k == "input"] == list(want_inputs)
+    assert [n for n, (k, _) in io.items() if k == "output"] == ["logits", "new_kv"]
+    assert io["kv_cache"][1] == io["new_kv"][1] == "half"
+    assert io["logits"][1] == "float"
+    assert all(io[n][1] == "int64" for n in want_inputs if n != "kv_cache")
+
+
+def test_profile_covers_every_symbolic_dim(graph: Path) -> None:
+    """Each dynamic graph dim gets a (min, opt, max) range; the pool dim rounds up to 2^k."""
+    shapes = trt_build.profile_shapes(trt_build.onnx_input_shapes(graph), dims(num_blocks=20))
+    lo, opt, hi = shapes["kv_cache"]
+    rows = CFG.num_layers * 2 * CFG.num_kv_heads
+    assert lo == (rows, BLOCK, 16) and opt == (rows * 20, BLOCK, 16)
+    assert hi == (rows * 32, BLOCK, 16)
+    assert shapes["input_ids"] == ((1,), (32,), (32,))
+    with pytest.raises(TensorRTError, match="'T'"):
+        trt_build.profile_shapes({"input_ids": ["T"]}, {})
+
+
+def test_cache_key_tracks_version_target_profile_and_graph(trt: TrtModule, graph: Path) -> None:
+    """Same inputs -> same file; another TensorRT, GPU, profile or graph -> another file."""
+    base = trt_build.engine_path(graph, trt, "sm86", dims())
+    assert trt_build.engine_path(graph, trt, "sm86", dims()) == base
+    other_version = TrtModule(SimpleNamespace(__version__="99.0"), trt.flavor)  # type: ignore[arg-type]
+    assert trt_build.engine_path(graph, other_version, "sm86", dims()) != base
+    assert trt_build.engine_path(graph, trt, "sm89", dims()) != base
+    assert trt_build.engine_path(graph, trt, "sm86", dims(max_tokens=64)) != base
+    stat = graph.stat()
+    os.utime(graph, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert trt_build.engine_path(graph, trt, "sm86", dims()) != base
+
+
+def test_build_targets_follow_the_gpu(trt: TrtModule) -> None:
+    """On a GPU the key names its SM; RTX builds for that SM when it knows it, else CURRENT."""
+    rtx = TrtModule(SimpleNamespace(ComputeCapability=SimpleNamespace(SM86=1)), "tensorrt_rtx")  # type: ignore[arg-type]
+    assert trt_build.build_targets(rtx, (8, 6), None) == (("SM86",), "sm86")
+    assert trt_build.build_targets(rtx, (9, 0), None) == (("CURRENT",), "sm90")
+    full = TrtModule(SimpleNamespace(), "tensorrt")  # type: ignore[arg-type]
+    assert trt_build.build_targets(full, (9, 0), None) == (("CURRENT",), "sm90")
+    assert trt_build.build_targets(rtx, None, ("SM86", "SM89")) == (("SM86", "SM89"), "sm86+sm89")
+    with pytest.raises(TensorRTError, match="build targets"):
+        trt_build.build_targets(rtx, None, None)
+
+
+class _RefusingRuntime:
+    """Stands in for trt.Runtime on a GPU the runtime does not support."""
+
+    def deserialize_cuda_engine(self, blob: bytes) -> None:
+        return None
+
+
+def test_refused_gpu_gives_one_clear_line() -> None:
+    """deserialize -> None becomes one line naming the runtime, the GPU and the alternative."""
+    rtx = TrtModule(SimpleNamespace(__version__="1.7.1.116"), "tensorrt_rtx")  # type: ignore[arg-type]
+    with pytest.raises(TensorRTError) as info:
+        deserialize_or_refuse(rtx, _RefusingRuntime(), b"engine",
+                              "NVIDIA H100 80GB HBM3, compute capability 9.0")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith("TensorRT for RTX 1.7.1.116 cannot run on this GPU (NVIDIA H100")
+    assert msg.endswith("start the server with --backend onnxruntime instead")
+
+
+def test_refusal_includes_validity_diagnostics_on_one_line() -> None:
+    """When the runtime can explain (get_engine_validity), the reason is kept, flattened."""
+
+    class Explaining(_RefusingRuntime):
+        def get_engine_validity(self, blob: bytes) -> tuple[Any, str]:
+            return SimpleNamespace(name="INVALID"), "UNSUPPORTED_CC\nmore"
+
+    rtx = TrtModule(SimpleNamespace(__version__="1.7"), "tensorrt_rtx")  # type: ignore[arg-type]
+    with pytest.raises(TensorRTError, match="validity INVALID, diagnostics UNSUPPORTED_CC more;"):
+        deserialize_or_refuse(rtx, Explaining(), b"x", "GPU")
+    assert "\n" not in refusal_message(rtx, "GPU", "a\nb")
+
+
+def test_import_prefers_full_tensorrt_when_new_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tensorrt >= 10.15 wins; an older one falls back to tensorrt_rtx; none is a clear error."""
+    mods: dict[str, Any] = {"tensorrt": SimpleNamespace(__version__="10.8.0"),
+                            "tensorrt_rtx": SimpleNamespace(__version__="1.7.1")}
+
+    def fake_import(name: str) -> Any:
+        if name not in mods:
+            raise ImportError(f"No module named {name!r}")
+        return mods[name]
+
+    monkeypatch.setattr(trt_build.importlib, "import_module", fake_import)
+    assert trt_build.import_tensorrt().flavor == "tensorrt_rtx"
+    mods["tensorrt"] = SimpleNamespace(__version__="10.15.1")
+    assert trt_build.import_tensorrt().flavor == "tensorrt"
+    mods.clear()
+    with pytest.raises(TensorRTError, match="--backend onnxruntime"):
+        trt_build.import_tensorrt()
