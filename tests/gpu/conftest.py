@@ -1,0 +1,36 @@
+"""GPU fixtures: skip (with the reason) when cuda-python or a CUDA device is missing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.device.cuda import CudaContext, Stream, gpu_available
+
+from .tiny_model import build_graph
+
+
+@pytest.fixture(scope="session")
+def cuda_ctx() -> Iterator[CudaContext]:
+    reason = gpu_available()
+    if reason is not None:
+        pytest.skip(f"no usable CUDA GPU: {reason}")
+    ctx = CudaContext(0)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture()
+def stream(cuda_ctx: CudaContext) -> Iterator[Stream]:
+    cuda_ctx.make_current()
+    with Stream() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def tiny_graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model built twice: float32 (CPU reference executor) and float16 (GPU)."""
+    root = tmp_path_factory.mktemp("tiny_graphs")
+    return {dtype: build_graph(root / dtype, dtype) for dtype in ("float32", "float16")}

@@ -1,0 +1,76 @@
+"""onnxruntime CUDA executor (fp16 graph, device pool, NVRTC scatter) vs the CPU executor
+(fp32 graph, numpy pool) on a tiny random model: prefill + 10 decode steps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.device.cuda import CudaContext
+from engine.device.step_io import StepLimits
+from engine.executors.ort import OrtExecutor
+
+from .tiny_model import BLOCK_SIZE, TINY
+from .workload import lockstep
+
+pytestmark = pytest.mark.gpu
+
+NUM_BLOCKS = 64
+FP16_TOLERANCE = 1e-2  # relative to the largest |logit|; CPU fp16 vs fp32 measures ~1.5e-3
+
+
+@pytest.fixture()
+def ort_cuda(cuda_ctx: CudaContext, tiny_graphs: dict[str, Path]) -> Iterator[object]:
+    from engine.executors.ort_cuda import OrtCudaExecutor, OrtCudaUnavailableError
+
+    try:
+        ex = OrtCudaExecutor(tiny_graphs["float16"], TINY, num_blocks=NUM_BLOCKS,
+                             block_size=BLOCK_SIZE, max_context=TINY.max_position_embeddings,
+                             limits=StepLimits(64, 8, TINY.max_position_embeddings))
+    except OrtCudaUnavailableError as exc:
+        pytest.skip(str(exc))
+    yield ex
+    ex.close()
+
+
+@pytest.fixture()
+def cpu_ref(tiny_graphs: dict[str, Path]) -> Iterator[OrtExecutor]:
+    ex = OrtExecutor(tiny_graphs["float32"], TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
+                     max_context=TINY.max_position_embeddings)
+    yield ex
+    ex.close()
+
+
+def test_logits_match_cpu_over_prefill_and_decode(ort_cuda: object, cpu_ref: OrtExecutor) -> None:
+    """Every step's logits agree within fp16 tolerance; the device pool matches the CPU pool."""
+    errors = lockstep(cpu_ref, ort_cuda, vocab=TINY.vocab_size,  # type: ignore[arg-type]
+                      block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS, decode_steps=10)
+    assert len(errors) == 12
+    assert max(errors) < FP16_TOLERANCE, errors
+    io = ort_cuda.device_io  # type: ignore[attr-defined]
+    pool = np.empty(io.geometry.shape, dtype=np.float16)
+    io.pool.buffer.copy_to_host(pool, io.stream)
+    io.stream.synchronize()
+    want = cpu_ref.pool.data
+    assert np.abs(pool.astype(np.float32) - want).max() < FP16_TOLERANCE * np.abs(want).max()
+
+
+def test_executor_contract(ort_cuda: object) -> None:
+    """Executor properties, over-limit plans refused, close() idempotent."""
+    from scheduler.plan import ScheduledSeq, StepPlan
+
+    assert ort_cuda.block_size == BLOCK_SIZE  # type: ignore[attr-defined]
+    assert ort_cuda.num_blocks == NUM_BLOCKS  # type: ignore[attr-defined]
+    assert ort_cuda.vocab_size == TINY.vocab_size  # type: ignore[attr-defined]
+    too_many = StepPlan(0, [ScheduledSeq(0, list(range(65)), 0, list(range(17)), True)])
+    with pytest.raises(ValueError, match="max_num_tokens"):
+        ort_cuda.execute(too_many)  # type: ignore[attr-defined]
+    empty = ort_cuda.execute(StepPlan(1, [], [(0, 1)]))  # type: ignore[attr-defined]
+    assert empty.logits.shape == (0, TINY.vocab_size)
+    ort_cuda.close()  # type: ignore[attr-defined]
+    ort_cuda.close()  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="after close"):
+        _ = ort_cuda.num_blocks  # type: ignore[attr-defined]
