@@ -1,0 +1,116 @@
+"""Overload, drain and engine death over the fake engine (disconnects need a real socket:
+tests/e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from server.app import create_app
+from server.settings import ServerSettings
+from server_fakes import FakeLoop, fake_model
+from conftest import _loader_for
+
+BODY = {"text_input": "a", "max_tokens": 20, "stream": True}
+
+
+async def _app_client(loop: FakeLoop, **settings: object):  # noqa: ANN202
+    model = fake_model(loop)
+    app = create_app(ServerSettings(model="fake-model", **settings), _loader_for(model))
+    ctx = app.router.lifespan_context(app)
+    await ctx.__aenter__()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    for _ in range(200):
+        if (await client.get("/v2/health/ready")).status_code == 200:
+            break
+        await asyncio.sleep(0.01)
+    return app, client, ctx
+
+
+def test_readiness_503_while_loading_liveness_200(make_client) -> None:  # noqa: ANN001
+    from fastapi.testclient import TestClient
+
+    gate = asyncio.Event()
+
+    async def slow_loader(settings, metrics):  # noqa: ANN001, ANN202
+        await gate.wait()
+
+    app = create_app(ServerSettings(model="fake-model"), slow_loader)
+    with TestClient(app) as c:
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 503
+        r = c.post("/v2/models/ensemble/generate", json={"text_input": "a", "max_tokens": 1})
+        assert r.status_code == 503 and r.headers["retry-after"]
+
+
+def test_overload_503_fast_and_accepted_complete() -> None:
+    async def main() -> None:
+        loop = FakeLoop(max_batch_size=2, max_queue_size=4, step_s=0.01)
+        app, client, ctx = await _app_client(loop)
+
+        async def one() -> tuple[int, float, str]:
+            t0 = time.monotonic()
+            r = await client.post("/v2/models/ensemble/generate",
+                                  json={"text_input": "a", "max_tokens": 5, "exclude_input_in_output": True})
+            return r.status_code, time.monotonic() - t0, r.text
+
+        results = await asyncio.gather(*(one() for _ in range(40)))
+        codes = [c for c, _, _ in results]
+        assert set(codes) <= {200, 503} and 4 <= codes.count(200) <= 6, codes
+        assert all(t < 0.5 for c, t, _ in results if c == 503)
+        assert all('"text_output":"Hi th"' in txt for c, _, txt in results if c == 200)
+        await client.aclose()
+        await ctx.__aexit__(None, None, None)
+
+    asyncio.run(main())
+
+
+def test_drain_finishes_then_aborts_rest_with_error_event() -> None:
+    async def main() -> None:
+        loop = FakeLoop(max_batch_size=8, step_s=0.01)
+        app, client, ctx = await _app_client(loop, drain_timeout=0.3)
+        lc = app.state.trtserve.lifecycle
+
+        async def stream(n: int) -> str:
+            r = await client.post("/v2/models/ensemble/generate_stream", json=dict(BODY, max_tokens=n))
+            return r.text
+
+        short = [asyncio.create_task(stream(5)) for _ in range(3)]
+        long = asyncio.create_task(stream(400))
+        await asyncio.sleep(0.02)
+        drain = asyncio.create_task(lc.drain(0.3))
+        await asyncio.sleep(0.01)
+        assert (await client.get("/v2/health/ready")).status_code == 503
+        assert (await client.get("/v2/health/live")).status_code == 200
+        r = await client.post("/v2/models/ensemble/generate", json={"text_input": "a", "max_tokens": 1})
+        assert r.status_code == 503 and "exiting" in r.json()["error"]
+        for t in short:
+            assert '"error"' not in await t
+        await drain
+        text = await long
+        assert text.rstrip().splitlines()[-1].startswith('data: {"error":"server shutting down')
+        await client.aclose()
+        await ctx.__aexit__(None, None, None)
+
+    asyncio.run(main())
+
+
+def test_engine_death_error_event_and_unhealthy() -> None:
+    async def main() -> None:
+        loop = FakeLoop(step_s=0.01, die_after=3)
+        app, client, ctx = await _app_client(loop)
+        r = await client.post("/v2/models/ensemble/generate_stream", json=dict(BODY, max_tokens=50))
+        assert r.status_code == 200 and "injected engine fault" in r.text.splitlines()[-2]
+        await asyncio.sleep(0.4)
+        assert (await client.get("/v2/health/ready")).status_code == 503
+        assert (await client.get("/v2/health/live")).status_code == 503
+        r = await client.post("/v2/models/ensemble/generate", json={"text_input": "a", "max_tokens": 1})
+        assert r.status_code == 503
+        assert app.state.trtserve.lifecycle.exit_code == 1
+        await client.aclose()
+        await ctx.__aexit__(None, None, None)
+
+    asyncio.run(main())
