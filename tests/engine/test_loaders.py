@@ -1,0 +1,137 @@
+"""Weight loaders: SmolLM2's GGUF metadata -> ModelConfig, HF names and layouts, and tiny Hugging
+Face directories (single file, sharded index, bf16/fp16) written in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.config import ModelConfig, RopeScaling
+from engine.loaders import load_weights
+from engine.loaders.gguf import expected_shapes, load_gguf, llama3_rope_factors, unpermute_qk
+from engine.loaders.hf import load_hf
+from engine.registry import DEFAULT_MODEL, resolve_model
+
+TINY = ModelConfig(hidden_size=8, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=2,
+                   intermediate_size=12, vocab_size=32, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    return load_gguf(resolve_model(DEFAULT_MODEL).path)
+
+
+def test_smollm2_config(smollm2: tuple[ModelConfig, dict[str, np.ndarray]]) -> None:
+    """The GGUF metadata gives SmolLM2-135M's exact Hugging Face config."""
+    assert smollm2[0] == ModelConfig(
+        hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+        intermediate_size=1536, vocab_size=49152, rope_theta=100000.0, rope_scaling=None,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_ids=(2,),
+        max_position_embeddings=8192, architecture="LlamaForCausalLM")
+
+
+def test_smollm2_weights(smollm2: tuple[ModelConfig, dict[str, np.ndarray]]) -> None:
+    """HF names, float32, HF shapes; tied embeddings mean no lm_head."""
+    config, weights = smollm2
+    assert len(weights) == 272
+    assert "lm_head.weight" not in weights
+    assert {k: v.shape for k, v in weights.items()} == expected_shapes(config)
+    assert all(v.dtype == np.float32 for v in weights.values())
+    assert weights["model.layers.0.self_attn.q_proj.weight"].shape == (576, 576)
+    assert weights["model.layers.29.self_attn.k_proj.weight"].shape == (192, 576)
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf.py LlamaModel.permute, verbatim in numpy."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
+        w.shape)
+
+
+@pytest.mark.parametrize("n_head", [1, 3, 9])
+def test_unpermute_inverts_llama_cpp(n_head: int) -> None:
+    w = np.arange(n_head * 64 * 5, dtype=np.float32).reshape(n_head * 64, 5)
+    assert np.array_equal(unpermute_qk(llama_cpp_permute(w, n_head), n_head), w)
+    assert not np.array_equal(llama_cpp_permute(w, n_head), w)
+
+
+def test_llama3_rope_factors_known_values() -> None:
+    """Llama-3.1 scaling: highest frequency unscaled, lowest divided by the factor."""
+    f = llama3_rope_factors(RopeScaling(), head_dim=128, theta=500000.0)
+    assert f.shape == (64,)
+    assert f[0] == 1.0 and f[-1] == 8.0
+
+
+# ---- tiny Hugging Face directories ----------------------------------------------------------
+def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape).astype(np.float32)
+            for name, shape in expected_shapes(config).items()}
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "F32") -> None:
+    """Minimal safetensors writer (F32, F16 or BF16 by truncation) independent of our reader."""
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        if dtype == "BF16":
+            raw = (array.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        else:
+            raw = array.astype("<f2" if dtype == "F16" else "<f4").tobytes()
+        header[name] = {"dtype": dtype, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+def write_config(model_dir: Path, **overrides: object) -> None:
+    body = {"architectures": ["LlamaForCausalLM"], "hidden_size": 8, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 12,
+            "vocab_size": 32, "rms_norm_eps": 1e-6, "rope_theta": 500000.0,
+            "max_position_embeddings": 128, "bos_token_id": 1, "eos_token_id": 2,
+            "tie_word_embeddings": False, **overrides}
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text(json.dumps(body))
+
+
+def test_hf_single_file(tmp_path: Path) -> None:
+    weights = random_weights(TINY)
+    write_config(tmp_path, rope_scaling={"rope_type": "llama3", "factor": 32.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 8192})
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    write_safetensors(tmp_path / "model.safetensors", weights)
+    config, loaded = load_weights(tmp_path)
+    assert config == ModelConfig(
+        hidden_size=8, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=2,
+        intermediate_size=12, vocab_size=32, rope_theta=500000.0,
+        rope_scaling=RopeScaling(factor=32.0), rms_norm_eps=1e-6, bos_token_id=1,
+        eos_token_ids=(2, 7), max_position_embeddings=128)
+    assert loaded.keys() == weights.keys()
+    assert all(np.array_equal(loaded[k], weights[k]) for k in weights)
+
+
+def test_hf_sharded_bf16_and_fp16(tmp_path: Path) -> None:
+    """Two shards via model.safetensors.index.json, one bf16 and one fp16, widened to fp32."""
+    config = ModelConfig(**{**{f: getattr(TINY, f) for f in TINY.__dataclass_fields__},
+                            "tie_word_embeddings": True})
+    weights = random_weights(config)
+    names = sorted(weights)
+    first, second = names[: len(names) // 2], names[len(names) // 2:]
+    write_config(tmp_path, tie_word_embeddings=True)
+    write_safetensors(tmp_path / "a.safetensors", {n: weights[n] for n in first}, "BF16")
+    write_safetensors(tmp_path / "b.safetensors", {n: weights[n] for n in second}, "F16")
+    index = {"weight_map": {**{n: "a.safetensors" for n in first},
+                            **{n: "b.safetensors" for n in second}}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    loaded_config, loaded = load_hf(tmp_path)
+    assert loaded_config.tie_word_embeddings
+    assert loaded.keys() == weights.keys()
+    bf16 = (weights[first[0]].view(np.uint32) & 0xFFFF0000).view(np.float32)
+    assert np.array_equal(loaded[first[0]], bf16)
+    assert np.array_equal(loaded[second[0]], weights[second[0]].astype(np.float16).astype(np.float32))
+    assert all(v.dtype == np.float32 for v in loaded.values())
