@@ -1,7 +1,9 @@
-"""GPU fixtures: skip (with the reason) when cuda-python or a CUDA device is missing."""
+"""GPU fixtures: skip (with the reason) when cuda-python or a CUDA device is missing; with
+TRTSERVE_REQUIRE_GPU=1 (set by run_on_device.sh) a missing GPU or CUDA EP fails instead."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +14,18 @@ from engine.device.cuda import CudaContext, Stream, gpu_available
 from .tiny_model import build_graph
 
 
+def skip_or_fail(reason: str) -> None:
+    """Skip where a GPU is optional (CI); fail on the GPU machine, where it must be there."""
+    if os.environ.get("TRTSERVE_REQUIRE_GPU") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def cuda_ctx() -> Iterator[CudaContext]:
     reason = gpu_available()
     if reason is not None:
-        pytest.skip(f"no usable CUDA GPU: {reason}")
+        skip_or_fail(f"no usable CUDA GPU: {reason}")
     ctx = CudaContext(0)
     yield ctx
     ctx.close()

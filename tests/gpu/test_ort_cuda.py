@@ -13,6 +13,7 @@ from engine.device.cuda import CudaContext
 from engine.device.step_io import StepLimits
 from engine.executors.ort import OrtExecutor
 
+from .conftest import skip_or_fail
 from .tiny_model import BLOCK_SIZE, TINY
 from .workload import lockstep
 
@@ -31,7 +32,7 @@ def ort_cuda(cuda_ctx: CudaContext, tiny_graphs: dict[str, Path]) -> Iterator[ob
                              block_size=BLOCK_SIZE, max_context=TINY.max_position_embeddings,
                              limits=StepLimits(64, 8, TINY.max_position_embeddings))
     except OrtCudaUnavailableError as exc:
-        pytest.skip(str(exc))
+        skip_or_fail(str(exc))
     yield ex
     ex.close()
 
