@@ -57,6 +57,8 @@ def graph_kv_dtype(session: object) -> str:
 class OrtCudaExecutor:
     """`scheduler.plan.Executor` over onnxruntime's CUDA EP with a device-resident KV pool."""
 
+    ORT_DEVICE = "cuda"  # IOBinding device of every bound buffer (tests on CPU bind "cpu")
+
     def __init__(self, model_path: Path, config: ModelConfig, *, num_blocks: int,
                  block_size: int, max_context: int, limits: StepLimits | None = None,
                  device_id: int = 0) -> None:
@@ -127,9 +129,11 @@ class OrtCudaExecutor:
         io.stream.synchronize()  # staged inputs and block copies land before onnxruntime reads
         binding = self._session.io_binding()  # type: ignore[attr-defined]
         for name, t in staged.inputs.items():
-            binding.bind_input(name, "cuda", self._device_id, t.dtype.type, list(t.shape), t.ptr)
+            binding.bind_input(name, self.ORT_DEVICE, self._device_id, t.dtype.type,
+                               list(t.shape), t.ptr)
         for name, t in (("logits", staged.logits), ("new_kv", staged.new_kv)):
-            binding.bind_output(name, "cuda", self._device_id, t.dtype.type, list(t.shape), t.ptr)
+            binding.bind_output(name, self.ORT_DEVICE, self._device_id, t.dtype.type,
+                                list(t.shape), t.ptr)
         self._session.run_with_iobinding(binding)  # type: ignore[attr-defined]
         binding.synchronize_outputs()
 
