@@ -49,8 +49,10 @@ class RequestResult:
     e2e_s: float = 0.0                  # send -> end of stream (or failure)
     itl_s: list[float] = field(default_factory=list)   # gaps between non-empty text events
     text: str = ""                      # concatenated streamed text
+    chunks: list[str] = field(default_factory=list)    # text of each event, in order
     num_events: int = 0                 # SSE events carrying text
-    num_output_tokens: int = 0          # counted by re-tokenizing `text` (filled in later)
+    num_output_tokens: int = 0          # sum of re-tokenized `chunks` (filled in later)
+    num_output_tokens_concat: int = 0   # re-tokenized `text` as a whole (filled in later)
 
 
 class Endpoint:
@@ -203,6 +205,7 @@ def _record_text(result: RequestResult, text: str, last: float) -> float:
     else:
         result.itl_s.append(now - last)
     result.text += text
+    result.chunks.append(text)
     result.num_events += 1
     return now
 

@@ -17,11 +17,21 @@ from server.bench.tokenizer import BenchTokenizer
 logger = logging.getLogger(__name__)
 
 
+def _ntok(tok: BenchTokenizer, text: str) -> int:
+    return len(tok.encode(text, add_special_tokens=False)) if text else 0
+
+
 def count_output_tokens(results: Sequence[RequestResult], tok: BenchTokenizer) -> None:
-    """Token counts from what was streamed (concatenated text, re-tokenized), never from the
-    server's own counts."""
+    """Token counts from what was streamed, never from the server's own counts.
+
+    The primary count re-tokenizes each event's text on its own and adds them up: a server
+    streams one step's tokens per event, so this recovers the generated count even when the
+    model emits a non-canonical split ("sh"+"ak"+"able") that re-tokenizing the concatenated
+    text would merge into fewer tokens. The whole-text count is kept too, for comparison.
+    """
     for r in results:
-        r.num_output_tokens = len(tok.encode(r.text, add_special_tokens=False)) if r.text else 0
+        r.num_output_tokens = sum(_ntok(tok, chunk) for chunk in r.chunks)
+        r.num_output_tokens_concat = _ntok(tok, r.text)
 
 
 def run_benchmark(config: BenchConfig, tok: BenchTokenizer) -> list[RunStats]:

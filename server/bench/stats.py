@@ -45,7 +45,8 @@ class RunStats:
     errors: dict[str, int]          # error kind -> count
     duration_s: float               # first send -> last completion
     total_input_tokens: int         # completed requests only
-    total_output_tokens: int        # re-tokenized streamed text of completed requests
+    total_output_tokens: int        # re-tokenized streamed events of completed requests
+    total_output_tokens_concat: int  # the same, re-tokenizing each whole text at once
     request_throughput: float       # completed req/s
     output_throughput: float        # output tok/s
     total_token_throughput: float   # (input + output) tok/s
@@ -120,6 +121,7 @@ def compute_stats(results: Sequence[RequestResult], mode: str, value: float,
         mode=mode, value=value, num_requests=len(results), completed=len(ok),
         failed=len(failed), errors=dict(sorted(errors.items())), duration_s=duration_s,
         total_input_tokens=in_tok, total_output_tokens=out_tok,
+        total_output_tokens_concat=sum(r.num_output_tokens_concat for r in ok),
         request_throughput=len(ok) / dur, output_throughput=out_tok / dur,
         total_token_throughput=(in_tok + out_tok) / dur,
         ttft_ms=summarize([r.ttft_s for r in ok if r.ttft_s is not None]),

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from server.bench.client import RequestResult
+from server.bench.runner import count_output_tokens
 from server.bench.stats import compute_stats, percentile, summarize, tpot_s
+from server.bench.tokenizer import HFTokenizer
 
 
 def _ok(index: int, ttft: float, e2e: float, tokens: int, input_len: int = 10) -> RequestResult:
@@ -86,3 +88,17 @@ def test_short_outputs_flagged() -> None:
     r = _ok(0, 0.1, 1.0, 10)
     r.expected_output_len = 16
     assert compute_stats([r], "concurrency", 1, 1.0).short_outputs == 1
+
+
+def test_output_tokens_counted_per_event(fake_tok: HFTokenizer) -> None:
+    """Each event's text is re-tokenized on its own: a model that streams a non-canonical split
+    (" al" + "pha") is credited with the tokens it streamed, not the merged " alpha"."""
+    r = RequestResult(index=0, input_len=1, expected_output_len=2, ok=True)
+    r.chunks, r.text = [" al", "pha"], " alpha"
+    count_output_tokens([r], fake_tok)
+
+    def n(text: str) -> int:
+        return len(fake_tok.encode(text, add_special_tokens=False))
+
+    assert r.num_output_tokens == n(" al") + n("pha") >= 2
+    assert r.num_output_tokens_concat == n(" alpha") == 1
