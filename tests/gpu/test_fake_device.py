@@ -95,3 +95,97 @@ def test_rows_without_logits_and_copy_only_steps(fake: object, graphs: dict[str,
     finally:
         dut.close()
     assert fake.allocations == {}  # type: ignore[attr-defined]
+
+
+class _OrtBackedTrtContext:
+    """Stands in for trt.IExecutionContext: same calls, runs onnxruntime CPU on the addresses."""
+
+    def __init__(self, graph: Path) -> None:
+        import onnxruntime as ort
+
+        self._session = ort.InferenceSession(str(graph), sess_options=session_options(1),
+                                             providers=["CPUExecutionProvider"])
+        self._types = {v.name: v.type for v in (*self._session.get_inputs(),
+                                                 *self._session.get_outputs())}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.shapes[name] = tuple(shape)
+        return name in self._types
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = ptr
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        t = self.shapes["input_ids"][0]
+        if name == "logits":
+            return (self.shapes["logit_index"][0], TINY.vocab_size)
+        return (TINY.num_layers, 2, TINY.num_kv_heads, t, TINY.head_dim)
+
+    def execute_async_v3(self, stream: int) -> bool:
+        np_types = {"tensor(int64)": np.int64, "tensor(float16)": np.float16,
+                    "tensor(float)": np.float32}
+        binding = self._session.io_binding()
+        for v in self._session.get_inputs():
+            binding.bind_input(v.name, "cpu", 0, np_types[v.type], list(self.shapes[v.name]),
+                               self.addresses[v.name])
+        for v in self._session.get_outputs():
+            binding.bind_output(v.name, "cpu", 0, np_types[v.type],
+                                list(self.get_tensor_shape(v.name)), self.addresses[v.name])
+        self._session.run_with_iobinding(binding)
+        return True
+
+
+class _FakeEngine:
+    """Stands in for trt.ICudaEngine, with the I/O TensorRT's parser reports for the graph."""
+
+    def __init__(self, trt: object, graph: Path) -> None:
+        from engine.executors.trt_build import network_io
+
+        self._trt = trt.module  # type: ignore[attr-defined]
+        self._graph = graph
+        self._io = list(network_io(graph, trt).items())  # type: ignore[arg-type]
+        self.num_io_tensors = len(self._io)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self._io[i][0]
+
+    def get_tensor_mode(self, name: str) -> object:
+        kind = dict(self._io)[name][0]
+        return self._trt.TensorIOMode.INPUT if kind == "input" else self._trt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name: str) -> object:
+        names = {"half": "HALF", "float": "FLOAT", "int64": "INT64"}
+        return getattr(self._trt.DataType, names[dict(self._io)[name][1]])
+
+    def create_execution_context(self) -> _OrtBackedTrtContext:
+        return _OrtBackedTrtContext(self._graph)
+
+
+def test_trt_executor_flow_on_fake_device(fake: object, graphs: dict[str, Path],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """TrtExecutor's step (shapes, addresses, execute, scatter, logits) matches the CPU executor
+    when the engine is stood in for; only deserialization and TensorRT's kernels are missing."""
+    from engine.executors import trt as trt_exec
+    from engine.executors.trt_build import TensorRTError, import_tensorrt
+
+    try:
+        trt = import_tensorrt()
+    except TensorRTError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setattr(trt_exec.TrtExecutor, "_load_engine",
+                        lambda self, path, bs, nb: _FakeEngine(trt, path))
+    ref = OrtExecutor(graphs["float32"], TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
+                      max_context=TINY.max_position_embeddings)
+    dut = trt_exec.TrtExecutor(graphs["float16"], TINY, num_blocks=NUM_BLOCKS,
+                               block_size=BLOCK_SIZE, max_context=TINY.max_position_embeddings,
+                               limits=StepLimits(64, 8, TINY.max_position_embeddings))
+    assert dut.device_io.geometry.dtype == "float16"
+    errors = lockstep(ref, dut, vocab=TINY.vocab_size, block_size=BLOCK_SIZE,
+                      num_blocks=NUM_BLOCKS, decode_steps=10)
+    assert max(errors) < FP16_TOLERANCE, errors
+    dut.close()
+    dut.close()
+    assert fake.allocations == {}  # type: ignore[attr-defined]
