@@ -41,7 +41,8 @@ HF_INPUT_GLOBS = ("config.json", "generation_config.json", "tokenizer.json",
 
 
 def cache_root(override: str | None = None) -> Path:
-    """The cache root: EngineOptions.engine_dir, else $TRTSERVE_CACHE_DIR, else ~/.cache/trtserve."""
+    """The cache root: EngineOptions.engine_dir, else $TRTSERVE_CACHE_DIR,
+    else ~/.cache/trtserve."""
     root = override or os.environ.get(CACHE_ENV) or str(DEFAULT_ROOT)
     return Path(root).expanduser()
 
@@ -175,6 +176,7 @@ class ConsoleProgress:
         self._last_shown = percent
         filled = self.WIDTH * percent // 100
         bar = "#" * filled + "-" * (self.WIDTH - filled)
+        start = "\r" if self._tty else ""
         end = "\n" if percent == 100 or not self._tty else ""
-        self.stream.write(f"\r{self.label} [{bar}] {percent:3d}%{end}")
+        self.stream.write(f"{start}{self.label} [{bar}] {percent:3d}%{end}")
         self.stream.flush()

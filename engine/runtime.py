@@ -13,8 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.cache import (ConsoleProgress, build_entry, cache_key, cache_root, config_from_json,
-                          config_to_json, entry_dir, read_manifest, weights_hash)
+from engine.cache import (
+    ConsoleProgress,
+    build_entry,
+    cache_key,
+    cache_root,
+    config_from_json,
+    config_to_json,
+    entry_dir,
+    read_manifest,
+    weights_hash,
+)
 from engine.config import ModelConfig, ModelError
 from engine.registry import DEFAULT_MODEL, ModelSource, read_source, resolve_model
 from engine.tokenizer import Tokenizer

@@ -22,7 +22,8 @@ def source_kind(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"{path} is a directory without config.json (not a Hugging Face model)")
+            raise ModelError(
+                f"{path} is a directory without config.json (not a Hugging Face model)")
         return "hf"
     if path.is_file():
         if path.suffix.lower() != ".gguf":

@@ -207,7 +207,8 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         "self_attn.k_proj.weight": (config.num_kv_heads * d, h),
         "self_attn.v_proj.weight": (config.num_kv_heads * d, h),
         "self_attn.o_proj.weight": (h, config.num_heads * d),
-        "mlp.gate_proj.weight": (i, h), "mlp.up_proj.weight": (i, h), "mlp.down_proj.weight": (h, i),
+        "mlp.gate_proj.weight": (i, h), "mlp.up_proj.weight": (i, h),
+        "mlp.down_proj.weight": (h, i),
     }
     for layer in range(config.num_layers):
         for name, shape in per_layer.items():
@@ -216,7 +217,7 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def check_weights(weights: dict[str, np.ndarray], config: ModelConfig, path: str | Path) -> None:
-    """Every needed tensor present with its expected shape, or a ModelError naming the first miss."""
+    """Every needed tensor present with its expected shape, else ModelError naming the first."""
     for name, shape in expected_shapes(config).items():
         if name not in weights:
             raise ModelError(f"weight {name} missing in {path}")

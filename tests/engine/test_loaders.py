@@ -4,20 +4,17 @@ Face directories (single file, sharded index, bf16/fp16) written in tmp_path."""
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_hf import TINY, random_weights, write_config, write_safetensors
 
 from engine.config import ModelConfig, RopeScaling
 from engine.loaders import load_weights
-from engine.loaders.gguf import expected_shapes, load_gguf, llama3_rope_factors, unpermute_qk
+from engine.loaders.gguf import expected_shapes, llama3_rope_factors, load_gguf, unpermute_qk
 from engine.loaders.hf import load_hf
 from engine.registry import DEFAULT_MODEL, resolve_model
-
-TINY = ModelConfig(hidden_size=8, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=2,
-                   intermediate_size=12, vocab_size=32, tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="module")
@@ -65,39 +62,6 @@ def test_llama3_rope_factors_known_values() -> None:
     assert f[0] == 1.0 and f[-1] == 8.0
 
 
-# ---- tiny Hugging Face directories ----------------------------------------------------------
-def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(np.float32)
-            for name, shape in expected_shapes(config).items()}
-
-
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "F32") -> None:
-    """Minimal safetensors writer (F32, F16 or BF16 by truncation) independent of our reader."""
-    header, blobs, offset = {}, [], 0
-    for name, array in tensors.items():
-        if dtype == "BF16":
-            raw = (array.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
-        else:
-            raw = array.astype("<f2" if dtype == "F16" else "<f4").tobytes()
-        header[name] = {"dtype": dtype, "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    head = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
-
-
-def write_config(model_dir: Path, **overrides: object) -> None:
-    body = {"architectures": ["LlamaForCausalLM"], "hidden_size": 8, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 12,
-            "vocab_size": 32, "rms_norm_eps": 1e-6, "rope_theta": 500000.0,
-            "max_position_embeddings": 128, "bos_token_id": 1, "eos_token_id": 2,
-            "tie_word_embeddings": False, **overrides}
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.json").write_text(json.dumps(body))
-
-
 def test_hf_single_file(tmp_path: Path) -> None:
     weights = random_weights(TINY)
     write_config(tmp_path, rope_scaling={"rope_type": "llama3", "factor": 32.0,
@@ -133,5 +97,6 @@ def test_hf_sharded_bf16_and_fp16(tmp_path: Path) -> None:
     assert loaded.keys() == weights.keys()
     bf16 = (weights[first[0]].view(np.uint32) & 0xFFFF0000).view(np.float32)
     assert np.array_equal(loaded[first[0]], bf16)
-    assert np.array_equal(loaded[second[0]], weights[second[0]].astype(np.float16).astype(np.float32))
+    fp16 = weights[second[0]].astype(np.float16).astype(np.float32)
+    assert np.array_equal(loaded[second[0]], fp16)
     assert all(v.dtype == np.float32 for v in loaded.values())
