@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from engine.cache import (ConsoleProgress, build_entry, cache_key, cache_root, config_from_json,
-                          config_to_json, entry_dir, read_manifest, weights_hash)
+from engine.cache import (
+    ConsoleProgress,
+    build_entry,
+    cache_key,
+    cache_root,
+    config_from_json,
+    config_to_json,
+    entry_dir,
+    read_manifest,
+    weights_hash,
+)
 from engine.config import ModelConfig, RopeScaling
 from engine.runtime import EngineOptions, kv_block_bytes, kv_cache_blocks
 
