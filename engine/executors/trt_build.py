@@ -200,15 +200,25 @@ def build_serialized(onnx_path: Path, dims: Mapping[str, DimRange], *,
     return bytes(memoryview(blob))
 
 
+def _rtx_target(trt: TrtModule, cc: tuple[int, int]) -> str:
+    """The GPU's own SM when TensorRT for RTX lists it; otherwise the nearest lower listed SM
+    (the runtime then decides at deserialize time: it refuses e.g. sm_90 with a clear None,
+    a path measured on the H100, where building for CURRENT is not)."""
+    known = sorted((int(n[2:-1]), int(n[-1]), n) for n in dir(trt.module.ComputeCapability)
+                   if n.startswith("SM") and n[2:].isdigit())
+    lower = [name for major, minor, name in known if (major, minor) <= cc]
+    return lower[-1] if lower else "CURRENT"
+
+
 def build_targets(trt: TrtModule, cc: tuple[int, int] | None,
                   targets: tuple[str, ...] | None) -> tuple[tuple[str, ...], str]:
     """(builder targets, cache tag). On a GPU pass its compute capability `cc`; without one
     (CPU-only build machine, TensorRT for RTX) pass explicit `targets` such as ("SM86",)."""
     if cc is not None:
-        name = f"SM{cc[0]}{cc[1]}"
-        if trt.flavor == "tensorrt_rtx" and hasattr(trt.module.ComputeCapability, name):
-            return (name,), name.lower()
-        return ("CURRENT",), name.lower()
+        tag = f"sm{cc[0]}{cc[1]}"
+        if trt.flavor != "tensorrt_rtx":
+            return ("CURRENT",), tag
+        return (_rtx_target(trt, cc),), tag
     if not targets:
         raise TensorRTError("build targets needed: pass the GPU's compute capability or targets")
     return targets, "+".join(t.lower() for t in targets)

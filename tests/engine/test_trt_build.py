@@ -120,10 +120,14 @@ def test_cache_key_tracks_version_target_profile_and_graph(trt: TrtModule, graph
 
 
 def test_build_targets_follow_the_gpu(trt: TrtModule) -> None:
-    """On a GPU the key names its SM; RTX builds for that SM when it knows it, else CURRENT."""
-    rtx = TrtModule(SimpleNamespace(ComputeCapability=SimpleNamespace(SM86=1)), "tensorrt_rtx")  # type: ignore[arg-type]
+    """On a GPU the key names its SM; RTX builds for that SM when it lists it, else the nearest
+    lower listed SM (deserialize then accepts or refuses); full TensorRT builds for CURRENT."""
+    caps = SimpleNamespace(SM75=0, SM80=1, SM86=2, SM89=3, SM120=4, CURRENT=5)
+    rtx = TrtModule(SimpleNamespace(ComputeCapability=caps), "tensorrt_rtx")  # type: ignore[arg-type]
     assert trt_build.build_targets(rtx, (8, 6), None) == (("SM86",), "sm86")
-    assert trt_build.build_targets(rtx, (9, 0), None) == (("CURRENT",), "sm90")
+    assert trt_build.build_targets(rtx, (9, 0), None) == (("SM89",), "sm90")  # runtime decides
+    assert trt_build.build_targets(rtx, (12, 0), None) == (("SM120",), "sm120")
+    assert trt_build.build_targets(rtx, (7, 0), None) == (("CURRENT",), "sm70")
     full = TrtModule(SimpleNamespace(), "tensorrt")  # type: ignore[arg-type]
     assert trt_build.build_targets(full, (9, 0), None) == (("CURRENT",), "sm90")
     assert trt_build.build_targets(rtx, None, ("SM86", "SM89")) == (("SM86", "SM89"), "sm86+sm89")
