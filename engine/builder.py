@@ -20,7 +20,7 @@ outputs
                them into the pool at slot (block_table[pos // BS], pos % BS) after the run
 
 The graph never mutates its inputs. Weights are written once to `model.onnx.data` (external
-data); Q/K/V and gate/up projections are fused into one MatMul each, 1/sqrt(D) is folded into
+data); the Q/K/V projections are fused into one MatMul, 1/sqrt(D) is folded into
 the query weights, and the RoPE inverse frequencies (Llama-3 scaling included) are constants.
 """
 
@@ -158,8 +158,7 @@ def _decoder_layer(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np
     attn = attention(g, st, config, layer, q, k_heads, v_heads, impl)  # [T, H*D]
     x = g.op("Add", [x, g.op("MatMul", [attn, w["o"]])])
     n = rms_norm(g, x, w["ln2"], config.rms_norm_eps, dtype)
-    return g.op("Add", [x, swiglu_mlp(g, n, w["gate_up"], w["down"],
-                                      config.intermediate_size)])
+    return g.op("Add", [x, swiglu_mlp(g, n, w["gate"], w["up"], w["down"])])
 
 
 def _layer_weights(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
@@ -170,7 +169,6 @@ def _layer_weights(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np
     m = f"{p}mlp."
     q = weights[f"{a}q_proj.weight"].astype(np.float64) * scale
     qkv = np.concatenate([q, weights[f"{a}k_proj.weight"], weights[f"{a}v_proj.weight"]])
-    gate_up = np.concatenate([weights[f"{m}gate_proj.weight"], weights[f"{m}up_proj.weight"]])
     return {
         "ln1": g.weight(f"{p}input_layernorm.weight",
                         weights[f"{p}input_layernorm.weight"].astype(dtype)),
@@ -178,7 +176,9 @@ def _layer_weights(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np
         "o": g.weight(f"{a}o_proj.weight_t", weights[f"{a}o_proj.weight"].T.astype(dtype)),
         "ln2": g.weight(f"{p}post_attention_layernorm.weight",
                         weights[f"{p}post_attention_layernorm.weight"].astype(dtype)),
-        "gate_up": g.weight(f"{m}gate_up.weight_t", gate_up.T.astype(dtype)),
+        "gate": g.weight(f"{m}gate_proj.weight_t", weights[f"{m}gate_proj.weight"].T
+                         .astype(dtype)),
+        "up": g.weight(f"{m}up_proj.weight_t", weights[f"{m}up_proj.weight"].T.astype(dtype)),
         "down": g.weight(f"{m}down_proj.weight_t", weights[f"{m}down_proj.weight"].T
                          .astype(dtype)),
     }
