@@ -100,3 +100,57 @@ def test_hf_sharded_bf16_and_fp16(tmp_path: Path) -> None:
     fp16 = weights[second[0]].astype(np.float16).astype(np.float32)
     assert np.array_equal(loaded[second[0]], fp16)
     assert all(v.dtype == np.float32 for v in loaded.values())
+
+
+def llama_cpp_permute_all(weights: dict[str, np.ndarray], config: ModelConfig
+                          ) -> dict[str, np.ndarray]:
+    out = dict(weights)
+    for name, array in weights.items():
+        if name.endswith("q_proj.weight"):
+            out[name] = llama_cpp_permute(array, config.num_heads)
+        elif name.endswith("k_proj.weight"):
+            out[name] = llama_cpp_permute(array, config.num_kv_heads)
+    return out
+
+
+def write_tiny_gguf(path: Path, config: ModelConfig, weights: dict[str, np.ndarray]) -> None:
+    """A llama GGUF as llama.cpp's converter lays it out (permuted Q/K, GGUF tensor names)."""
+    import gguf
+
+    from engine.loaders.gguf import GLOBAL_TENSORS, LAYER_TENSORS
+
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_block_count(config.num_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_heads)
+    writer.add_head_count_kv(config.num_kv_heads)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    to_gguf = {v: k for k, v in GLOBAL_TENSORS.items()}
+    to_gguf.update({f"model.layers.{i}.{v}": f"blk.{i}.{k}" for i in range(config.num_layers)
+                    for k, v in LAYER_TENSORS.items()})
+    for name, array in llama_cpp_permute_all(weights, config).items():
+        writer.add_tensor(to_gguf[name], array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_tiny_gguf_round_trip(tmp_path: Path) -> None:
+    """An untied f32 llama GGUF loads back to the exact HF weights (Q/K un-permuted)."""
+    config = ModelConfig(hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4,
+                         intermediate_size=24, vocab_size=40, rope_theta=500000.0,
+                         rms_norm_eps=1e-6, bos_token_id=1, eos_token_ids=(2,),
+                         max_position_embeddings=256)
+    weights = random_weights(config, seed=5)
+    write_tiny_gguf(tmp_path / "tiny.gguf", config, weights)
+    loaded_config, loaded = load_gguf(tmp_path / "tiny.gguf")
+    assert loaded_config == config
+    assert loaded.keys() == weights.keys()
+    assert all(np.array_equal(loaded[k], weights[k]) for k in weights)
