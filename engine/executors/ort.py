@@ -19,9 +19,11 @@ import onnxruntime as ort
 
 from engine.config import ModelConfig
 from engine.kv_pool import KVPool
-from scheduler.plan import StepPlan, StepResult
+from scheduler.plan import ScheduledSeq, StepPlan, StepResult
 
 logger = logging.getLogger(__name__)
+
+PAD_SLACK = 128  # padded query slots tolerated beyond 2 x tokens before a plan is split
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +35,8 @@ class PackedStep:
     slot_offsets: np.ndarray  # int64 [T] offset inside that block
 
 
-def pack_plan(plan: StepPlan, block_size: int) -> PackedStep:
-    """Turns a StepPlan into graph inputs (see the I/O table in engine/builder.py)."""
-    seqs = plan.seqs
+def pack_seqs(seqs: Sequence[ScheduledSeq], block_size: int) -> PackedStep:
+    """Turns scheduled sequences into graph inputs (see the I/O table in engine/builder.py)."""
     lens = [len(s.token_ids) for s in seqs]
     total, batch, tq = sum(lens), len(seqs), max(lens)
     past_blocks = max(1, max(-(-s.start_pos // block_size) for s in seqs))
@@ -66,6 +67,28 @@ def pack_plan(plan: StepPlan, block_size: int) -> PackedStep:
     return PackedStep(feeds=feeds, slot_blocks=blocks, slot_offsets=positions % block_size)
 
 
+def split_for_padding(seqs: Sequence[ScheduledSeq], slack: int) -> list[list[int]]:
+    """Groups of plan indices, each run as one graph call, so that padding to the group's longest
+    chunk (B * Tq query slots) stays within 2 x its tokens + `slack`. A long prefill chunk mixed
+    with many decodes would otherwise pad every decode to the chunk's length (B * Tq * S scores).
+    """
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].token_ids))
+    groups: list[list[int]] = []
+    tokens = 0
+    for i in order:
+        n = len(seqs[i].token_ids)
+        if groups:
+            group = groups[-1]
+            widest = len(seqs[group[0]].token_ids)
+            if (len(group) + 1) * widest <= 2 * (tokens + n) + slack:
+                group.append(i)
+                tokens += n
+                continue
+        groups.append([i])
+        tokens = n
+    return [sorted(g) for g in groups]
+
+
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     """Tuned for a small CPU: all graph optimizations, one intra-op thread per core."""
     opts = ort.SessionOptions()
@@ -85,13 +108,15 @@ class OrtExecutor:
                  providers: Sequence[str] = ("CPUExecutionProvider",),
                  kv_dtype: np.dtype | str = np.float32,
                  intra_op_threads: int | None = None,
-                 enable_profiling: bool = False) -> None:
+                 enable_profiling: bool = False,
+                 pad_slack: int = PAD_SLACK) -> None:
         opts = session_options(intra_op_threads)
         opts.enable_profiling = enable_profiling
         self._session = ort.InferenceSession(str(model_path), sess_options=opts,
                                              providers=list(providers))
         self._config = config
         self._max_context = max_context
+        self._pad_slack = pad_slack
         self._pool = KVPool(config, num_blocks, block_size, kv_dtype)
         self._lock = threading.Lock()
         self._closed = False
@@ -129,10 +154,27 @@ class OrtExecutor:
             self._pool.copy_blocks(plan.block_copies)
             if not plan.seqs:
                 return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
-            packed = pack_plan(plan, self.block_size)
-            logits, new_kv = self._run(packed.feeds)
-            self._pool.write(packed.slot_blocks, packed.slot_offsets, new_kv)
-            return StepResult(step_id=plan.step_id, logits=logits)
+            groups = split_for_padding(plan.seqs, self._pad_slack)
+            if len(groups) == 1:
+                return StepResult(step_id=plan.step_id, logits=self._run_group(plan.seqs))
+            rows: dict[int, np.ndarray] = {}
+            for group in groups:
+                logits = self._run_group([plan.seqs[i] for i in group])
+                wanted = [i for i in group if plan.seqs[i].want_logits]
+                rows.update(zip(wanted, logits, strict=True))
+            return StepResult(step_id=plan.step_id, logits=self._in_plan_order(rows))
+
+    def _run_group(self, seqs: list[ScheduledSeq]) -> np.ndarray:
+        """One graph call: logits of the group's want_logits rows, new K/V into the pool."""
+        packed = pack_seqs(seqs, self.block_size)
+        logits, new_kv = self._run(packed.feeds)
+        self._pool.write(packed.slot_blocks, packed.slot_offsets, new_kv)
+        return logits
+
+    def _in_plan_order(self, rows: dict[int, np.ndarray]) -> np.ndarray:
+        if not rows:
+            return np.zeros((0, self.vocab_size), dtype=np.float32)
+        return np.stack([rows[i] for i in sorted(rows)]).astype(np.float32, copy=False)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         binding = self._session.io_binding()

@@ -11,7 +11,7 @@ import pytest
 
 from engine.builder import BUILDER_VERSION, DATA_FILE, MODEL_FILE, build_model_graph
 from engine.config import ModelConfig
-from engine.executors.ort import OrtExecutor
+from engine.executors.ort import OrtExecutor, split_for_padding
 from engine.kv_pool import KVPool, blocks_for_budget, bytes_per_block
 from engine.reference import reference_logits
 from scheduler.plan import ScheduledSeq, StepPlan
@@ -53,10 +53,10 @@ def attention_op_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
     return _build(tmp_path_factory.mktemp("graphs"), "gqa-llama3-tied", "onnx_attention")
 
 
-def _executor(model: Model) -> Iterator[OrtExecutor]:
+def _executor(model: Model, pad_slack: int = 128) -> Iterator[OrtExecutor]:
     config, _, path = model
     ex = OrtExecutor(path, config, num_blocks=NUM_BLOCKS, block_size=BLOCK, max_context=256,
-                     intra_op_threads=1)
+                     intra_op_threads=1, pad_slack=pad_slack)
     yield ex
     ex.close()
 
@@ -133,6 +133,30 @@ def test_opset23_attention_graph_matches_reference(attention_op_model: Model) ->
     """The TensorRT-flavoured graph (opset-23 Attention, BHND) computes the same in fp32."""
     for ex in _executor(attention_op_model):
         _decode_run(ex, attention_op_model, steps=6)
+
+
+def test_mixed_step_split_by_padding_keeps_plan_order(model: Model) -> None:
+    """A long chunk among decodes runs as separate graph calls; rows still come in plan order."""
+    rng = np.random.default_rng(6)
+    blocks = ShuffledBlocks(NUM_BLOCKS, seed=6)
+    seqs = [PagedSeq(i) for i in range(4)]
+    first = [schedule(s, rng.integers(0, 97, 3 + i).tolist(), blocks, BLOCK)
+             for i, s in enumerate(seqs[:3])]
+    for ex in _executor(model, pad_slack=0):
+        _check_step(ex, model, seqs[:3], first, step=0)
+        mixed = [schedule(s, [int(rng.integers(0, 97))], blocks, BLOCK) for s in seqs[:3]]
+        mixed.insert(2, schedule(seqs[3], rng.integers(0, 97, 20).tolist(), blocks, BLOCK))
+        assert split_for_padding(mixed, slack=0) == [[0, 2], [1, 3]]
+        _check_step(ex, model, [seqs[0], seqs[1], seqs[3], seqs[2]], mixed, step=1)
+
+
+def test_split_for_padding_groups() -> None:
+    """Decodes stay together; a long chunk takes at most one short neighbour along."""
+    def seq(n: int) -> ScheduledSeq:
+        return ScheduledSeq(0, [1] * n, 0, [0] * 64, True)
+    assert split_for_padding([seq(1)] * 16, slack=0) == [list(range(16))]
+    assert split_for_padding([seq(8)] + [seq(1)] * 15, slack=128) == [list(range(16))]
+    assert split_for_padding([seq(1), seq(512), seq(1), seq(1)], slack=128) == [[0, 1], [2, 3]]
 
 
 def test_block_copies_before_the_step(model: Model, executor: OrtExecutor) -> None:
