@@ -178,11 +178,15 @@ class Tokenizer:
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in template}
             template = named.get("default") or next(iter(named.values()), None)
+        bos_id = backend.token_to_id(bos) if bos else None
+        add_bos = cfg.get("add_bos_token")
+        if add_bos is None:  # Llama-3 style: the post-processor template prepends BOS
+            add_bos = bos_id is not None and backend.encode("").ids[:1] == [bos_id]
         return {
             "chat_template": template,
-            "bos_token_id": backend.token_to_id(bos) if bos else None,
+            "bos_token_id": bos_id,
             "eos_token_ids": tuple(int(i) for i in eos),
-            "add_bos": bool(cfg.get("add_bos_token", False)),
+            "add_bos": bool(add_bos),
         }
 
     def save(self, path: str | Path) -> None:

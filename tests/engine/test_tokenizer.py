@@ -99,3 +99,21 @@ def test_save_and_reload(tok: Tokenizer, tmp_path: Path) -> None:
     for case in REFERENCE["cases"]:
         assert again.encode(case["text"]) == case["ids"]
     assert again.apply_chat_template(REFERENCE["chat"]["messages"]) == REFERENCE["chat"]["ids"]
+
+
+def test_bos_from_post_processor(tmp_path: Path) -> None:
+    """Without add_bos_token in tokenizer_config.json, a BOS-prepending post-processor (Llama-3
+    tokenizer.json) means add_bos; encode prepends BOS exactly once."""
+    from tiny_hf import write_tiny_tokenizer
+    from tokenizers import processors
+
+    write_tiny_tokenizer(tmp_path)
+    backend = Tokenizer.from_dir(tmp_path)._special
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 30)])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
+    tok = Tokenizer.from_dir(tmp_path)
+    assert (tok.add_bos, tok.bos_token_id) == (True, 30)
+    assert tok.encode("ab") == [30, 0, 1]
+    assert tok.encode("ab", add_special_tokens=False) == [0, 1]
