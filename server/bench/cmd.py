@@ -71,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the benchmark ran (failures are in the report), 1 when every request
     failed, 2 on bad arguments."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     try:
         config = config_from_args(args)
         tok = load_tokenizer(config.tokenizer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ENDPOINTS: tuple[str, ...] = ("triton", "openai-completions", "openai-chat")
 
@@ -33,7 +33,6 @@ class BenchConfig:
     tokenizer: str = "smollm2-135m-instruct"     # engine model name, .gguf, HF dir, tokenizer.json
     timeout_s: float = 300.0                     # per request, whole stream
     progress: bool = True                        # live progress bar on stderr
-    extra: dict[str, str] = field(default_factory=dict)  # free-form notes recorded in the JSON
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINTS:
