@@ -1,0 +1,135 @@
+"""EngineLoop: concurrent streams, abort mid-stream, engine failure, idle without spinning."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+from sched_fakes import FakeExecutor, greedy_reference, make_request
+
+from scheduler.config import SchedulerConfig
+from scheduler.loop import EngineLoop, RequestStream
+from scheduler.plan import StepPlan, StepResult
+from scheduler.request import EngineDeadError, FinishReason, RequestOutput
+from scheduler.stats import SchedulerStats
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def make_loop(ex: FakeExecutor, **config: object) -> tuple[EngineLoop, list[SchedulerStats]]:
+    seen: list[SchedulerStats] = []
+    loop = EngineLoop(ex, SchedulerConfig(**config), decode=lambda ids: "",  # type: ignore[arg-type]
+                      eos_token_ids=(), on_step=seen.append)
+    return loop, seen
+
+
+async def collect(stream: RequestStream) -> list[RequestOutput]:
+    return [o async for o in stream]
+
+
+def test_concurrent_requests_stream_reference_tokens() -> None:
+    """Eight concurrent requests each stream exactly their solo greedy tokens, then finish;
+    the pool is fully free afterwards and on_step saw every step."""
+    async def main() -> None:
+        ex = FakeExecutor(num_blocks=64)
+        loop, seen = make_loop(ex, max_num_tokens=8)
+        await loop.start()
+        reqs = [make_request(3 + i, max_tokens=5 + i) for i in range(8)]
+        streams = [loop.add(r) for r in reqs]
+        results = await asyncio.gather(*(collect(s) for s in streams))
+        for r, outs in zip(reqs, results, strict=True):
+            assert [t for o in outs for t in o.new_token_ids] == greedy_reference(
+                r.prompt_token_ids, r.params.max_tokens)
+            assert outs[-1].finished and outs[-1].finish_reason == FinishReason.LENGTH
+        await asyncio.sleep(0.05)  # let the loop go idle (runs check_integrity)
+        assert loop.num_unfinished == 0 and loop.stats().blocks_used == 0
+        assert [s.step_id for s in seen] == list(range(1, len(ex.plans) + 1))
+        await loop.stop()
+    run(main())
+
+
+def test_abort_mid_stream_frees_blocks() -> None:
+    """Aborting a stream after its first token ends it with ABORT and frees its KV."""
+    async def main() -> None:
+        ex = FakeExecutor(num_blocks=64)
+        loop, _ = make_loop(ex)
+        await loop.start()
+        stream = loop.add(make_request(6, max_tokens=200))
+        outs = []
+        async for out in stream:
+            outs.append(out)
+            if len(outs) == 2:
+                stream.abort()
+                stream.abort()  # idempotent
+        assert outs[-1].finish_reason == FinishReason.ABORT and len(outs) == 3
+        assert loop.num_unfinished == 0
+        loop.scheduler.check_integrity()
+        assert loop.scheduler.pool.num_free == 64
+        await loop.stop()
+    run(main())
+
+
+def test_engine_exception_fails_everyone_and_kills_loop() -> None:
+    """When execute raises, every in-flight and waiting request gets a final ERROR output with
+    the message; `dead` is set and add raises EngineDeadError."""
+    async def main() -> None:
+        ex = FakeExecutor(num_blocks=64, fail_at_step=3)
+        loop, _ = make_loop(ex, max_batch_size=2)
+        await loop.start()
+        streams = [loop.add(make_request(4, max_tokens=50)) for _ in range(4)]
+        results = await asyncio.gather(*(collect(s) for s in streams))
+        for outs in results:
+            last = outs[-1]
+            assert (last.finished, last.finish_reason, last.error, last.error_type) == (
+                True, FinishReason.ERROR, "RuntimeError: fake device failure", "EngineError")
+        assert isinstance(loop.dead, RuntimeError)
+        with pytest.raises(EngineDeadError, match="fake device failure"):
+            loop.add(make_request())
+        assert loop.scheduler.pool.num_free == 64
+        await loop.stop()
+    run(main())
+
+
+class BlockingExecutor(FakeExecutor):
+    """Blocks inside execute until released, to prove the event loop keeps running."""
+
+    def __init__(self) -> None:
+        super().__init__(num_blocks=32)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        self.entered.set()
+        self.release.wait(10)
+        return super().execute(plan)
+
+
+def test_event_loop_not_stalled_by_execute() -> None:
+    """While execute blocks in the worker thread, other coroutines run, and the loop idles on
+    an Event (no steps) once work is done; stop() aborts leftovers."""
+    async def main() -> None:
+        ex = BlockingExecutor()
+        loop, _ = make_loop(ex)
+        await loop.start()
+        stream = loop.add(make_request(4, max_tokens=2))
+        await asyncio.to_thread(ex.entered.wait, 5)
+        ticks = 0
+        for _ in range(5):
+            await asyncio.sleep(0)
+            ticks += 1
+        assert ticks == 5 and not ex.release.is_set()
+        ex.release.set()
+        outs = await collect(stream)
+        assert outs[-1].finish_reason == FinishReason.LENGTH
+        steps = len(ex.plans)
+        await asyncio.sleep(0.05)
+        assert len(ex.plans) == steps  # idle: no spinning steps
+        waiting = loop.add(make_request(4, max_tokens=100))
+        await loop.stop()
+        assert (await collect(waiting))[-1].finish_reason == FinishReason.ABORT
+    run(main())
