@@ -187,8 +187,8 @@ def write_report(path: Path, args: argparse.Namespace, runs: list[Run],
         lines.append(f"| {batch} | {eng.median_s * 1e3:.1f} | {eng.tok_s:.0f} | {hf_cells} |")
     if profile:
         lines += ["", f"onnxruntime profile, batch {max(args.batch_sizes)}, 16 runs "
-                  "(1 prefill + 15 decode; kernel time per run, top ops):", "", "| op | ms/step | share |",
-                  "|---|---|---|"]
+                  "(1 prefill + 15 decode; kernel time per run, top ops):", "",
+                  "| op | ms/run | share |", "|---|---|---|"]
         lines += [f"| {op} | {ms:.2f} | {share:.1%} |" for op, ms, share in profile]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n" + (args.note + "\n" if args.note else ""))

@@ -44,7 +44,15 @@ from engine.graph.attention import (
     attention,
     step_tensors,
 )
-from engine.graph.layers import apply_rope, onnx_type, rms_norm, rope_tables, swiglu_mlp
+from engine.graph.layers import (
+    apply_rope,
+    apply_rope_op,
+    onnx_type,
+    rms_norm,
+    rope_half_tables,
+    rope_tables,
+    swiglu_mlp,
+)
 from engine.graph.writer import GraphWriter, save_model
 
 logger = logging.getLogger(__name__)
@@ -57,7 +65,6 @@ INPUT_NAMES = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens"
 OUTPUT_NAMES = ("logits", "new_kv")
 KV_LAYOUT = "L,2,KVH,NB,BS,D"
 _DTYPES = {"float32": np.float32, "float16": np.float16}
-_OPSETS = {DECOMPOSED: 18, ONNX_ATTENTION: 23}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,7 @@ class GraphSpec:
     dtype: str  # "float32" | "float16": weights, activations, KV pool
     opset: int
     attention: str  # one of ATTENTION_IMPLS
+    rotary_op: bool  # RoPE as the opset-23 RotaryEmbedding op (else Mul/Slice decomposition)
     block_size: int  # tokens per KV block the graph was built for
     kv_layout: str = KV_LAYOUT
     input_names: tuple[str, ...] = INPUT_NAMES
@@ -83,25 +91,32 @@ def default_attention(dtype: str) -> str:
 
 def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], out_dir: Path, *,
                       dtype: str = "float32", block_size: int = 16,
-                      attention_impl: str | None = None,
+                      attention_impl: str | None = None, rotary_op: bool | None = None,
                       progress: Callable[[int, int], None] | None = None) -> GraphSpec:
-    """Writes out_dir/model.onnx + model.onnx.data and returns their GraphSpec."""
+    """Writes out_dir/model.onnx + model.onnx.data and returns their GraphSpec.
+
+    Defaults: fp32 -> decomposed attention + RotaryEmbedding op (the onnxruntime CPU graph,
+    opset 23); fp16 -> opset-23 Attention + decomposed RoPE (the TensorRT graph). Passing
+    attention_impl="decomposed", rotary_op=False gives a pure opset-18 graph.
+    """
     if dtype not in _DTYPES:
         raise ModelError(f"unsupported graph dtype {dtype!r}; one of {sorted(_DTYPES)}")
     impl = attention_impl or default_attention(dtype)
     if impl not in ATTENTION_IMPLS:
         raise ModelError(f"unknown attention {impl!r}; one of {ATTENTION_IMPLS}")
+    rotary = impl == DECOMPOSED if rotary_op is None else rotary_op
+    opset = 23 if rotary or impl == ONNX_ATTENTION else 18
     _check_weights(config, weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     np_dtype = np.dtype(_DTYPES[dtype])
     with open(out_dir / DATA_FILE, "wb") as data:
         g = GraphWriter(data, DATA_FILE)
         inputs, outputs = _io(config, onnx_type(np_dtype))
-        _body(g, config, weights, np_dtype, block_size, impl, progress)
-    save_model(g, out_dir / MODEL_FILE, inputs=inputs, outputs=outputs, opset=_OPSETS[impl],
+        _body(g, config, weights, np_dtype, block_size, impl, rotary, progress)
+    save_model(g, out_dir / MODEL_FILE, inputs=inputs, outputs=outputs, opset=opset,
                graph_name=f"trtserve_{config.architecture}")
-    return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=_OPSETS[impl], attention=impl,
-                     block_size=block_size)
+    return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=opset, attention=impl,
+                     rotary_op=rotary, block_size=block_size)
 
 
 def _io(config: ModelConfig, elem: int) -> tuple[list, list]:
@@ -119,18 +134,20 @@ def _io(config: ModelConfig, elem: int) -> tuple[list, list]:
 
 
 def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
-          dtype: np.dtype, block_size: int, impl: str,
+          dtype: np.dtype, block_size: int, impl: str, rotary: bool,
           progress: Callable[[int, int], None] | None) -> None:
     inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables", past_lens="past_lens",
                      pad_index="pad_index", unpad_index="unpad_index")
     st = step_tensors(g, config, inp, block_size, dtype)
-    cos, sin = rope_tables(g, config, "positions", dtype)
+    tables = rope_half_tables if rotary else rope_tables
+    cos, sin = tables(g, config, "positions", dtype)
     embed = g.weight("model.embed_tokens.weight", weights["model.embed_tokens.weight"]
                      .astype(dtype))
     x = g.op("Gather", [embed, "input_ids"], axis=0)  # [T, hidden]
     new_kv: list[str] = []
     for layer in range(config.num_layers):
-        x = _decoder_layer(g, config, weights, dtype, st, layer, x, cos, sin, impl, new_kv)
+        x = _decoder_layer(g, config, weights, dtype, st, layer, x, (cos, sin, rotary), impl,
+                           new_kv)
         if progress is not None:
             progress(layer + 1, config.num_layers + 1)
     kv = g.op("Concat", new_kv, axis=0)  # [L*2*KVH, T, D]
@@ -142,15 +159,19 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
 
 
 def _decoder_layer(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
-                   dtype: np.dtype, st: StepTensors, layer: int, x: str, cos: str, sin: str,
-                   impl: str, new_kv: list[str]) -> str:
+                   dtype: np.dtype, st: StepTensors, layer: int, x: str,
+                   rope: tuple[str, str, bool], impl: str, new_kv: list[str]) -> str:
     p = f"model.layers.{layer}."
     h, kvh, d = config.num_heads, config.num_kv_heads, config.head_dim
     w = _layer_weights(g, config, weights, dtype, p)
     n = rms_norm(g, x, w["ln1"], config.rms_norm_eps, dtype)
     qkv = g.op("Reshape", [g.op("MatMul", [n, w["qkv"]]), g.i64([0, h + 2 * kvh, d])])
     qk, v = g.op_n("Split", [qkv, g.i64([h + kvh, kvh])], outputs=2, axis=1)
-    qk = apply_rope(g, qk, cos, sin, d)  # [T, H+KVH, D]
+    cos, sin, rotary = rope
+    if rotary:
+        qk = apply_rope_op(g, qk, cos, sin, h + kvh, d)  # [T, H+KVH, D]
+    else:
+        qk = apply_rope(g, qk, cos, sin, d)  # [T, H+KVH, D]
     q, k = g.op_n("Split", [qk, g.i64([h, kvh])], outputs=2, axis=1)
     k_heads = g.op("Transpose", [k], perm=[1, 0, 2])  # [KVH, T, D]
     v_heads = g.op("Transpose", [v], perm=[1, 0, 2])  # [KVH, T, D]

@@ -55,6 +55,26 @@ def rope_tables(g: GraphWriter, config: ModelConfig, positions: str, dtype: np.d
     return cos, sin
 
 
+def rope_half_tables(g: GraphWriter, config: ModelConfig, positions: str, dtype: np.dtype
+                     ) -> tuple[str, str]:
+    """cos and sin [1, T, head_dim / 2] for the opset-23 RotaryEmbedding op (one per step)."""
+    inv = rope_inv_freq(config).reshape(1, 1, -1)  # [1, 1, D/2]
+    pos = g.op("Unsqueeze", [g.op("Cast", [positions], to=1), g.i64([0, 2])])  # [1, T, 1]
+    freqs = g.op("Mul", [pos, g.const(inv, np.float32, "inv_freq_half")])  # [1, T, D/2]
+    cos, sin = g.op("Cos", [freqs]), g.op("Sin", [freqs])
+    if dtype != np.float32:
+        to = onnx_type(dtype)
+        cos, sin = g.op("Cast", [cos], to=to), g.op("Cast", [sin], to=to)
+    return cos, sin
+
+
+def apply_rope_op(g: GraphWriter, x: str, cos: str, sin: str, heads: int, head_dim: int) -> str:
+    """x: [T, heads, D] through opset-23 RotaryEmbedding (rotate_half form): 3 nodes, not 6."""
+    x3 = g.op("Reshape", [x, g.i64([1, -1, heads * head_dim])])  # [1, T, heads*D]
+    y = g.op("RotaryEmbedding", [x3, cos, sin], num_heads=heads, interleaved=0)
+    return g.op("Reshape", [y, g.i64([-1, heads, head_dim])])  # [T, heads, D]
+
+
 def apply_rope(g: GraphWriter, x: str, cos: str, sin: str, head_dim: int) -> str:
     """x: [T, heads, D] -> x * cos + swap_halves(x) * signed_sin."""
     halves = g.op("Reshape", [x, g.i64([0, 0, 2, head_dim // 2])])  # [T, heads, 2, D/2]

@@ -8,13 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from engine.builder import BUILDER_VERSION, DATA_FILE, MODEL_FILE, build_model_graph
-from engine.config import ModelConfig
-from engine.executors.ort import OrtExecutor, split_for_padding
-from engine.kv_pool import KVPool, blocks_for_budget, bytes_per_block
-from engine.reference import reference_logits
-from scheduler.plan import ScheduledSeq, StepPlan
 from tiny_llama import (
     PagedSeq,
     ShuffledBlocks,
@@ -23,6 +16,13 @@ from tiny_llama import (
     schedule,
     tiny_config,
 )
+
+from engine.builder import BUILDER_VERSION, DATA_FILE, MODEL_FILE, build_model_graph
+from engine.config import ModelConfig
+from engine.executors.ort import OrtExecutor, split_for_padding
+from engine.kv_pool import KVPool, blocks_for_budget, bytes_per_block
+from engine.reference import reference_logits
+from scheduler.plan import ScheduledSeq, StepPlan
 
 BLOCK = 4
 NUM_BLOCKS = 96
@@ -35,11 +35,12 @@ CONFIGS = {
 Model = tuple[ModelConfig, dict[str, np.ndarray], Path]
 
 
-def _build(tmp: Path, name: str, impl: str | None = None) -> Model:
+def _build(tmp: Path, name: str, impl: str | None = None, rotary: bool | None = None) -> Model:
     config = CONFIGS[name]
     weights = random_weights(config, seed=sorted(CONFIGS).index(name))
-    out = tmp / f"{name}-{impl}"
-    build_model_graph(config, weights, out, block_size=BLOCK, attention_impl=impl)
+    out = tmp / f"{name}-{impl}-{rotary}"
+    build_model_graph(config, weights, out, block_size=BLOCK, attention_impl=impl,
+                      rotary_op=rotary)
     return config, weights, out / MODEL_FILE
 
 
@@ -51,6 +52,11 @@ def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def attention_op_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
     return _build(tmp_path_factory.mktemp("graphs"), "gqa-llama3-tied", "onnx_attention")
+
+
+@pytest.fixture(scope="session")
+def opset18_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    return _build(tmp_path_factory.mktemp("graphs"), "gqa-plain-untied", "decomposed", False)
 
 
 def _executor(model: Model, pad_slack: int = 128) -> Iterator[OrtExecutor]:
@@ -157,6 +163,13 @@ def test_split_for_padding_groups() -> None:
     assert split_for_padding([seq(1)] * 16, slack=0) == [list(range(16))]
     assert split_for_padding([seq(8)] + [seq(1)] * 15, slack=128) == [list(range(16))]
     assert split_for_padding([seq(1), seq(512), seq(1), seq(1)], slack=128) == [[0, 1], [2, 3]]
+
+
+def test_opset18_graph_matches_reference(opset18_model: Model) -> None:
+    """The pure opset-18 variant (decomposed attention and RoPE) computes the same."""
+    assert onnx.load(str(opset18_model[2]), load_external_data=False).opset_import[0].version == 18
+    for ex in _executor(opset18_model):
+        _decode_run(ex, opset18_model, steps=6)
 
 
 def test_block_copies_before_the_step(model: Model, executor: OrtExecutor) -> None:
