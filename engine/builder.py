@@ -57,7 +57,7 @@ from engine.graph.writer import GraphWriter, save_model
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "2"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 INPUT_NAMES = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens", "pad_index",
