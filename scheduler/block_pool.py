@@ -43,6 +43,7 @@ class BlockPool:
         self._hash: list[int | None] = [None] * num_blocks  # content hash of a cached block
         self._by_hash: dict[int, int] = {}
         self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self._num_cached_free = 0  # free blocks that still carry a hash
 
     # ---- queries -------------------------------------------------------------------------------
     @property
@@ -55,7 +56,7 @@ class BlockPool:
 
     @property
     def num_cached_free(self) -> int:
-        return sum(1 for b in self._free if self._hash[b] is not None)
+        return self._num_cached_free
 
     def ref_count(self, block_id: int) -> int:
         return self._ref[block_id]
@@ -75,7 +76,9 @@ class BlockPool:
         out = []
         for _ in range(n):
             block, _ = self._free.popitem(last=False)
-            self._evict(block)
+            if self._hash[block] is not None:
+                self._num_cached_free -= 1
+                self._evict(block)
             self._ref[block] = 1
             out.append(block)
         return out
@@ -85,6 +88,7 @@ class BlockPool:
         for block in block_ids:
             if self._ref[block] == 0:
                 del self._free[block]
+                self._num_cached_free -= self._hash[block] is not None
             self._ref[block] += 1
 
     def free(self, block_ids: Sequence[int]) -> None:
@@ -97,6 +101,8 @@ class BlockPool:
                 self._free[block] = None
                 if self._hash[block] is None:
                     self._free.move_to_end(block, last=False)
+                else:
+                    self._num_cached_free += 1
 
     def cache_block(self, block_id: int, block_hash: int) -> None:
         """Make a full, referenced block findable by its content hash (first writer wins)."""
@@ -120,6 +126,7 @@ class BlockPool:
             if self._hash[block] is not None:
                 self._evict(block)
                 n += 1
+        self._num_cached_free -= n
         return n
 
     # ---- corruption detection ----------------------------------------------------------------
@@ -143,3 +150,6 @@ class BlockPool:
                 raise IntegrityError(f"hash map points at block {block} holding another hash")
         if sum(h is not None for h in self._hash) != len(self._by_hash):
             raise IntegrityError("hashed blocks and hash map disagree")
+        cached_free = sum(1 for b in self._free if self._hash[b] is not None)
+        if cached_free != self._num_cached_free:
+            raise IntegrityError(f"cached free count {self._num_cached_free} != {cached_free}")

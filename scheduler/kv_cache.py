@@ -128,8 +128,9 @@ class KVCacheManager:
             return
         self.update_hashes(seq)
         full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
-        for i in range(full):
+        for i in range(seq.num_registered_blocks, full):
             self.pool.cache_block(seq.block_table[i], seq.block_hashes[i])
+        seq.num_registered_blocks = max(seq.num_registered_blocks, full)
 
     def free(self, seq: Sequence) -> None:
         """Release every block seq holds (exactly once: the table is emptied)."""
@@ -137,6 +138,7 @@ class KVCacheManager:
             self.pool.free(seq.block_table)
             seq.block_table = []
         seq.num_computed_tokens = 0
+        seq.num_registered_blocks = 0
 
     def remaining_reservation(self, seq: Sequence) -> int:
         """Blocks seq may still ask for before it reaches max_kv_tokens (guaranteed_no_evict)."""

@@ -216,7 +216,7 @@ class Scheduler:
     def _sample_and_append(self, logits: np.ndarray, rows: list[int],
                            seqs: list[Sequence]) -> list[RequestOutput]:
         sub = logits if len(rows) == logits.shape[0] else logits[rows]
-        inputs = [SampleInput(s.params, s.tokens_slice(0), s.num_prompt_tokens,
+        inputs = [SampleInput(s.params, s.token_view, s.num_prompt_tokens,
                               s.params.end_ids or self.eos_token_ids, s.rng) for s in seqs]
         tokens, logprobs = sample(sub, inputs)
         outputs = []
@@ -241,7 +241,7 @@ class Scheduler:
         seq.num_reported_tokens = seq.num_output_tokens
         return RequestOutput(
             request_id=seq.request_id,
-            new_token_ids=seq.output_token_ids[start:],
+            new_token_ids=seq.tokens_slice(seq.num_prompt_tokens + start),
             new_logprobs=seq.output_logprobs[start:] if seq.params.logprobs else None,
             finished=seq.is_finished,
             finish_reason=seq.finish_reason,

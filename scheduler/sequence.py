@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence as Sequence_
 
 import numpy as np
 
@@ -55,6 +56,7 @@ class Sequence:
         "output_logprobs",
         "block_table",
         "block_hashes",
+        "num_registered_blocks",
         "num_computed_tokens",
         "num_cached_tokens",
         "status",
@@ -73,6 +75,7 @@ class Sequence:
         self.output_logprobs: list[float] = []  # log-prob per output token (when requested)
         self.block_table: list[int] = []  # physical KV blocks, in order (KV manager only)
         self.block_hashes: list[int] = []  # chained hashes of the full blocks of _token_ids
+        self.num_registered_blocks = 0  # leading table blocks already offered to the cache
         self.num_computed_tokens = 0  # tokens whose KV is in the pool (or scheduled into it)
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admit
         self.status = SeqStatus.WAITING
@@ -100,6 +103,11 @@ class Sequence:
     @property
     def token_ids(self) -> tuple[int, ...]:
         return tuple(self._token_ids)
+
+    @property
+    def token_view(self) -> Sequence_[int]:
+        """Prompt + output without copying (read-only by contract)."""
+        return self._token_ids
 
     @property
     def prompt_token_ids(self) -> list[int]:
