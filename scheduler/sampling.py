@@ -22,7 +22,7 @@ from scheduler.request import SamplingParams
 logger = logging.getLogger(__name__)
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM)
-TOP_P_CANDIDATES = 1024  # try top-p inside this many most likely tokens before a full sort
+CDF_BLOCK = 256  # two-level inverse-CDF search: block sums, then one block
 
 
 @dataclass(slots=True)
@@ -70,39 +70,49 @@ def _choose_processed(raw: np.ndarray, r: SampleInput) -> int:
 
 def sample_row(row: np.ndarray, params: SamplingParams, u: float) -> int:
     """Inverse-CDF draw of one token from a processed logits row given a uniform u in [0, 1)."""
-    x = row.astype(np.float64) / params.temperature
+    x = row / np.float32(params.temperature)
     vocab = x.shape[0]
     cand: np.ndarray | None = None
     if 0 < params.top_k < vocab:
         cand = np.sort(np.argpartition(x, vocab - params.top_k)[vocab - params.top_k :])
         x = x[cand]
-    probs = np.exp(x - x.max())
-    probs /= probs.sum()
+    probs = np.exp(x - x.max(), dtype=np.float32)
+    probs /= np.float32(probs.sum(dtype=np.float64))
     if params.top_p < 1.0:
-        _apply_top_p(probs, params.top_p)
+        probs[probs < top_p_threshold(probs, params.top_p)] = 0.0
     if params.min_p > 0.0:
         probs[probs < params.min_p * probs.max()] = 0.0
-    cdf = np.cumsum(probs)
-    idx = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
-    idx = min(idx, int(np.flatnonzero(probs)[-1]))
+    idx = cumsum_search(probs, u * float(probs.sum(dtype=np.float64)))
     return int(cand[idx]) if cand is not None else idx
 
 
-def _apply_top_p(probs: np.ndarray, top_p: float) -> None:
-    """Zero all but the smallest most-likely set whose mass reaches top_p (in place)."""
-    n = probs.shape[0]
-    if n > TOP_P_CANDIDATES:
-        part = np.argpartition(probs, n - TOP_P_CANDIDATES)[n - TOP_P_CANDIDATES :]
-        if probs[part].sum() < top_p:
-            part = np.arange(n)
-    else:
-        part = np.arange(n)
-    order = part[np.argsort(-probs[part], kind="stable")]
-    cum = np.cumsum(probs[order])
-    keep = int(np.searchsorted(cum, top_p, side="left")) + 1
-    mask = np.zeros(n, dtype=bool)
-    mask[order[:keep]] = True
-    probs[~mask] = 0.0
+def top_p_threshold(probs: np.ndarray, top_p: float) -> float:
+    """Probability of the least likely token in the nucleus: the smallest most-likely set whose
+    mass reaches top_p is {p >= threshold} (ties at the threshold included). One SIMD sort of
+    the values; no index sort."""
+    desc = np.sort(probs)[::-1]
+    total = float(desc.sum(dtype=np.float64))
+    return float(desc[cumsum_search(desc, top_p * total, side="left")])
+
+
+def cumsum_search(values: np.ndarray, target: float, side: str = "right") -> int:
+    """np.searchsorted(np.cumsum(values), target, side) for non-negative values, in two levels
+    (sums of CDF_BLOCK-sized blocks, then one block) and clamped to the last non-zero value, so
+    the returned index always has positive mass. Much cheaper than a full-length cumsum."""
+    n = values.shape[0]
+    pad = (-n) % CDF_BLOCK
+    v = np.concatenate([values, np.zeros(pad, values.dtype)]) if pad else values
+    blocks = v.reshape(-1, CDF_BLOCK).sum(axis=1, dtype=np.float64)
+    cum_blocks = np.cumsum(blocks)
+    j = min(int(np.searchsorted(cum_blocks, target, side=side)), blocks.shape[0] - 1)
+    while blocks[j] == 0.0:  # rounding at the top end: step back to mass
+        j -= 1
+    base = float(cum_blocks[j - 1]) if j else 0.0
+    inner = base + np.cumsum(v[j * CDF_BLOCK : (j + 1) * CDF_BLOCK], dtype=np.float64)
+    i = min(int(np.searchsorted(inner, target, side=side)), CDF_BLOCK - 1)
+    while v[j * CDF_BLOCK + i] == 0.0:
+        i -= 1
+    return j * CDF_BLOCK + i
 
 
 def _raw_logprob(raw: np.ndarray, token: int) -> float:

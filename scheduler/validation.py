@@ -16,6 +16,8 @@ import logging
 import math
 from collections.abc import Iterable
 
+import numpy as np
+
 from scheduler.request import RequestError, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -47,9 +49,21 @@ def _check_int(field: str, value: int, lo: int, hi: int) -> None:
 
 
 def check_token_ids(field: str, ids: Iterable[int], vocab_size: int) -> None:
-    for t in ids:
-        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size:
-            raise _fail(field, t, f"token ids must be integers in [0, {vocab_size})")
+    """Vectorized: integers (not bools/floats) in [0, vocab_size); the error names the first
+    offending value."""
+    ids = list(ids)
+    if not ids:
+        return
+    try:
+        arr = np.asarray(ids)
+    except ValueError:
+        arr = np.asarray(ids, dtype=object)
+    rule = f"token ids must be integers in [0, {vocab_size})"
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        bad = next((t for t in ids if not isinstance(t, int) or isinstance(t, bool)), ids)
+        raise _fail(field, bad, rule)
+    if int(arr.min()) < 0 or int(arr.max()) >= vocab_size:
+        raise _fail(field, next(t for t in ids if not 0 <= t < vocab_size), rule)
 
 
 def validate_params(params: SamplingParams, max_context: int, vocab_size: int) -> None:

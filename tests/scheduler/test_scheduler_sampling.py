@@ -11,7 +11,7 @@ from sched_fakes import FakeExecutor, fake_logits, make_request, make_scheduler,
 from scheduler.logits_processors import (apply_presence_frequency, apply_repetition_penalty,
                                          banned_bad_words)
 from scheduler.request import SamplingParams
-from scheduler.sampling import SampleInput, sample, sample_row
+from scheduler.sampling import SampleInput, cumsum_search, sample, sample_row
 
 
 def row(*values: float) -> np.ndarray:
@@ -152,3 +152,19 @@ def test_seeded_request_same_alone_and_in_busy_batch() -> None:
     other = make_scheduler(FakeExecutor(num_blocks=64))
     other.add(make_request(9, request_id="s", **(params | {"seed": 8})))
     assert tokens_of(run_all(other, FakeExecutor(num_blocks=64))["s"]) != solo
+
+
+def test_cumsum_search_matches_full_cumsum() -> None:
+    """The two-level inverse-CDF search equals searchsorted(cumsum) clamped to positive mass."""
+    rng = np.random.default_rng(3)
+    for n in (1, 5, 255, 256, 257, 1000):
+        for _ in range(50):
+            v = rng.random(n) * (rng.random(n) < 0.5)
+            if v.sum() == 0:
+                continue
+            t = float(rng.random() * v.sum())
+            for side in ("left", "right"):
+                ref = min(int(np.searchsorted(np.cumsum(v), t, side=side)), n - 1)
+                while v[ref] == 0:
+                    ref -= 1
+                assert cumsum_search(v, t, side) == ref
