@@ -245,3 +245,21 @@ def test_fp16_graph_is_valid_onnx(tmp_path: Path) -> None:
     assert types["kv_cache"] == types["new_kv"] == onnx.TensorProto.FLOAT16
     assert types["logits"] == onnx.TensorProto.FLOAT
     assert any(n.op_type == "Attention" for n in m.graph.node)
+
+
+def test_fp16_graph_matches_reference_loosely(tmp_path: Path) -> None:
+    """The fp16 (TensorRT-flavoured) graph also runs in onnxruntime CPU: prefill then a chunk,
+    fp16 pool, logits within 1e-2 of the reference's scale (measured: ~2e-3)."""
+    config = CONFIGS["gqa-llama3-tied"]
+    weights = random_weights(config, 0)
+    build_model_graph(config, weights, tmp_path, dtype="float16", block_size=BLOCK)
+    ex = OrtExecutor(tmp_path / MODEL_FILE, config, num_blocks=NUM_BLOCKS, block_size=BLOCK,
+                     max_context=256, kv_dtype=np.float16, intra_op_threads=1)
+    blocks = ShuffledBlocks(NUM_BLOCKS, seed=7)
+    seq = PagedSeq(0)
+    tokens = np.random.default_rng(7).integers(0, 97, 17).tolist()
+    for step, chunk in enumerate((tokens[:10], tokens[10:])):
+        got = ex.execute(StepPlan(step, [schedule(seq, chunk, blocks, BLOCK)])).logits[0]
+        assert_close(got, reference_logits(config, weights, seq.tokens)[-1], rel=1e-2)
+    assert ex.pool.data.dtype == np.float16
+    ex.close()
