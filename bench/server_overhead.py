@@ -30,12 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
+from server_proc import ServerProc  # noqa: E402
+
 from scheduler.request import Request, SamplingParams  # noqa: E402
 from server.metrics import ServerMetrics  # noqa: E402
 from server.model_loader import load_serving_model  # noqa: E402
 from server.serving import ServingModel  # noqa: E402
 from server.settings import ServerSettings  # noqa: E402
-from server_proc import ServerProc  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,8 @@ async def _bench(args: argparse.Namespace, settings: ServerSettings, url: str
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--streams", type=int, default=64)

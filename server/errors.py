@@ -1,4 +1,4 @@
-"""One taxonomy of client-visible errors, mapped to HTTP in one place (`http_status`, handlers in app.py)."""
+"""One taxonomy of client-visible errors, mapped to HTTP in one place (here + app.py handlers)."""
 
 from __future__ import annotations
 

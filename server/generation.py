@@ -72,7 +72,8 @@ class Generation:
             return UnavailableError(self._service.lifecycle.shutdown_reason)
         return None
 
-    async def _next(self, it: AsyncIterator[RequestOutput], deadline: float | None) -> RequestOutput:
+    async def _next(self, it: AsyncIterator[RequestOutput],
+                    deadline: float | None) -> RequestOutput:
         if deadline is None:
             return await anext(it)
         remaining = deadline - time.monotonic()
@@ -92,7 +93,8 @@ class Generation:
                     out = await self._next(it, deadline)
                 except StopAsyncIteration:
                     failure = "OTHER"
-                    raise EngineFailedError("the engine ended the request without a result")
+                    raise EngineFailedError(
+                        "the engine ended the request without a result") from None
                 except TimeoutError:
                     self.abort()
                     failure = "REJECTED" if self._first_token_at is None else "OTHER"

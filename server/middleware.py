@@ -1,4 +1,4 @@
-"""Pure-ASGI guards that run before routing: body size limit and API-key auth.
+"""Pure-ASGI guards that run before routing: header/body size limits and API-key auth.
 
 Body limit: a Content-Length over the limit is refused with 413 before any byte is read; a chunked
 body is cut off (413) as soon as it passes the limit. Auth: when a key is set every route needs
@@ -13,12 +13,20 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import ApiError, BodyTooLargeError, UnauthorizedError, ValidationError
-from server.errors import error_body, error_headers
+from server.errors import (
+    ApiError,
+    BodyTooLargeError,
+    UnauthorizedError,
+    ValidationError,
+    error_body,
+    error_headers,
+)
 
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+MAX_HEADERS = 100  # header lines per request at most
+MAX_HEADER_BYTES = 32 * 1024  # total size of the header block at most
 
 
 async def send_error(send: Send, err: ApiError, openai: bool = False) -> None:
@@ -42,6 +50,11 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > \
+                MAX_HEADER_BYTES:
+            await send_error(send, ApiError("request header fields too large", 431))
             return
         lengths = _header(scope, b"content-length")
         if lengths:

@@ -10,7 +10,8 @@ import logging
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticError
 
 from scheduler.request import SamplingParams
 from server.errors import ValidationError

@@ -19,8 +19,7 @@ from server.disconnect import abort_on_disconnect
 from server.errors import ApiError, UnknownModelError, ValidationError, to_api_error
 from server.generation import Generation
 from server.json_body import check_text, parse_json_body
-from server.openai_schema import (ChatRequest, CompletionRequest, _Base, message_text,
-                                  validate_body)
+from server.openai_schema import ChatRequest, CompletionRequest, _Base, message_text, validate_body
 from server.openapi_docs import CHAT_BODY, COMPLETIONS_BODY
 from server.serving import ServingModel
 from server.triton_schema import TEXT_MODELS

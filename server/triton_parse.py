@@ -1,4 +1,4 @@
-"""Triton generate body -> typed inputs, key by key (TRITON_API.md §1.2), with 400s naming the field.
+"""Triton generate body -> typed inputs, key by key (TRITON_API.md §1.2); 400s name the field.
 
 Top-level keys and the keys of `parameters` are merged; an input given twice (also via an old
 alias such as `min_length`/`min_tokens`) is a 400 "already exists". Keys that are not inputs are

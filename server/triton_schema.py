@@ -94,7 +94,10 @@ def model_metadata(name: str, version: str | None) -> dict[str, Any]:
 
 
 def _config_io(specs: tuple[TensorSpec, ...], key: str) -> list[dict[str, Any]]:
-    return [{"name": s.name, "data_type": f"TYPE_{'STRING' if s.datatype == 'BYTES' else s.datatype}",
+    def dtype(s: TensorSpec) -> str:
+        return "TYPE_STRING" if s.datatype == "BYTES" else f"TYPE_{s.datatype}"
+
+    return [{"name": s.name, "data_type": dtype(s),
              "dims": list(s.shape[1:]), key: s.optional} for s in specs]
 
 

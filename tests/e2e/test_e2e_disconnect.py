@@ -52,3 +52,16 @@ def test_sixteen_dropped_streams_abort_and_free_blocks(server: ServerProc) -> No
     canceled = [ln for ln in metrics.splitlines() if ln.startswith("nv_inference_request_failure")
                 and 'model="ensemble"' in ln and 'reason="CANCELED"' in ln]
     assert canceled and float(canceled[0].split()[-1]) >= 16
+
+
+def test_non_stream_client_timeout_aborts(server: ServerProc) -> None:
+    """A /generate client that gives up is noticed by the disconnect watcher and aborted."""
+    url = server.url + "/v2/models/ensemble/generate"
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json={"text_input": "Tell me a long story.", "max_tokens": 400,
+                              "min_tokens": 400}, timeout=1.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _stats(server)["active_requests"]:
+        time.sleep(0.1)
+    s = _stats(server)
+    assert s["active_requests"] == 0 and s["scheduler"]["blocks_used"] == 0, s

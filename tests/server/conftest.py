@@ -7,21 +7,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from server_fakes import FakeLoop, fake_model, loader_for
 
 from server.app import create_app
-from server.metrics import ServerMetrics
-from server.serving import ServingModel
 from server.settings import ServerSettings
-from server_fakes import FakeLoop, fake_model
 
 MakeClient = Callable[..., TestClient]
-
-
-def _loader_for(model: ServingModel):  # noqa: ANN202
-    async def load(settings: ServerSettings, metrics: ServerMetrics) -> ServingModel:
-        await model.loop.start()
-        return model
-    return load
 
 
 def wait_ready(client: TestClient, timeout: float = 5.0) -> None:
@@ -38,7 +29,7 @@ def make_client() -> Iterator[MakeClient]:
     def make(loop: FakeLoop | None = None, **settings: object) -> TestClient:
         model = fake_model(loop)
         settings.setdefault("model", "fake-model")
-        app = create_app(ServerSettings(**settings), _loader_for(model))
+        app = create_app(ServerSettings(**settings), loader_for(model))
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

@@ -11,8 +11,14 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from scheduler.request import (EngineDeadError, FinishReason, QueueFullError, Request,
-                               RequestError, RequestOutput)
+from scheduler.request import (
+    EngineDeadError,
+    FinishReason,
+    QueueFullError,
+    Request,
+    RequestError,
+    RequestOutput,
+)
 from scheduler.stats import SchedulerStats
 from server.serving import ServingModel
 
@@ -194,3 +200,11 @@ def fake_model(loop: FakeLoop | None = None) -> ServingModel:
     return ServingModel(name="fake-model", tokenizer=FakeTokenizer(), loop=loop,
                         max_context=loop.max_context, max_batch_size=loop.max_batch_size,
                         max_queue_size=loop.max_queue_size)
+
+
+def loader_for(model: ServingModel):  # noqa: ANN202
+    """An app-factory loader that starts the fake loop and returns the model."""
+    async def load(settings: object, metrics: object) -> ServingModel:
+        await model.loop.start()
+        return model
+    return load

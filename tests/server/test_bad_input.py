@@ -135,3 +135,12 @@ def test_server_healthy_after_bad_input(client: TestClient) -> None:
     _post(client, ROUTES[0], '{"text_input":"a","max_tokens":5,"temperature":NaN}')
     assert client.get("/v2/health/ready").status_code == 200
     assert client.post(ROUTES[0], json={"text_input": "a", "max_tokens": 1}).status_code == 200
+
+
+def test_too_many_or_too_large_headers_431(client: TestClient) -> None:
+    many = {f"x-h{i}": "v" for i in range(300)}
+    r = client.post(ROUTES[0], json={"text_input": "a", "max_tokens": 1}, headers=many)
+    _assert_error(r, 431, "header")
+    r = client.post(ROUTES[0], json={"text_input": "a", "max_tokens": 1},
+                    headers={"x-big": "a" * 100_000})
+    _assert_error(r, 431, "header")

@@ -7,19 +7,17 @@ import asyncio
 import time
 
 import httpx
-import pytest
+from server_fakes import FakeLoop, fake_model, loader_for
 
 from server.app import create_app
 from server.settings import ServerSettings
-from server_fakes import FakeLoop, fake_model
-from conftest import _loader_for
 
 BODY = {"text_input": "a", "max_tokens": 20, "stream": True}
 
 
 async def _app_client(loop: FakeLoop, **settings: object):  # noqa: ANN202
     model = fake_model(loop)
-    app = create_app(ServerSettings(model="fake-model", **settings), _loader_for(model))
+    app = create_app(ServerSettings(model="fake-model", **settings), loader_for(model))
     ctx = app.router.lifespan_context(app)
     await ctx.__aenter__()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
