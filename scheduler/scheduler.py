@@ -187,7 +187,7 @@ class Scheduler:
                    and s.request.queue_deadline is not None and now >= s.request.queue_deadline]
         for seq in expired:
             self.waiting.remove(seq)
-            seq.error = f"request waited in the queue past its deadline ({seq.request_id})"
+            seq.error = f"queue timeout: {seq.request_id} waited in the queue past its deadline"
             seq.error_type = "QueueTimeoutError"
             self._pending.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
 

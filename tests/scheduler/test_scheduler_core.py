@@ -136,6 +136,7 @@ def test_queue_timeout_finishes_without_kv() -> None:
     o = timed_out[0]
     assert (o.finished, o.finish_reason, o.error_type, o.new_token_ids) == (
         True, FinishReason.ERROR, "QueueTimeoutError", [])
+    assert o.error == "queue timeout: second waited in the queue past its deadline"
     got = run_all(sched, ex)
     assert got["first"][-1].finish_reason == FinishReason.LENGTH
     assert ex.plans and all(s.seq_id == 0 for p in ex.plans for s in p.seqs)
