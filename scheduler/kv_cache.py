@@ -124,10 +124,10 @@ class KVCacheManager:
     # ---- after a step / release ----------------------------------------------------------------
     def cache_computed_blocks(self, seq: Sequence) -> None:
         """Register every block that is now full of computed KV under its content hash."""
-        if not self.pool.enable_caching:
+        full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
+        if not self.pool.enable_caching or full <= seq.num_registered_blocks:
             return
         self.update_hashes(seq)
-        full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
         for i in range(seq.num_registered_blocks, full):
             self.pool.cache_block(seq.block_table[i], seq.block_hashes[i])
         seq.num_registered_blocks = max(seq.num_registered_blocks, full)

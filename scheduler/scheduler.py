@@ -237,16 +237,18 @@ class Scheduler:
         return out
 
     def _delta(self, seq: Sequence) -> RequestOutput:
-        start = seq.num_reported_tokens
-        seq.num_reported_tokens = seq.num_output_tokens
+        start, n_prompt = seq.num_reported_tokens, seq.num_prompt_tokens
+        n_out = seq.num_tokens - n_prompt
+        seq.num_reported_tokens = n_out
+        finished = seq.status >= SeqStatus.FINISHED_END_ID
         return RequestOutput(
-            request_id=seq.request_id,
-            new_token_ids=seq.tokens_slice(seq.num_prompt_tokens + start),
-            new_logprobs=seq.output_logprobs[start:] if seq.params.logprobs else None,
-            finished=seq.is_finished,
-            finish_reason=seq.finish_reason,
-            num_prompt_tokens=seq.num_prompt_tokens,
-            num_output_tokens=seq.num_output_tokens,
+            request_id=seq.request.request_id,
+            new_token_ids=seq.tokens_slice(n_prompt + start),
+            new_logprobs=seq.output_logprobs[start:] if seq.request.params.logprobs else None,
+            finished=finished,
+            finish_reason=seq.finish_reason if finished else None,
+            num_prompt_tokens=n_prompt,
+            num_output_tokens=n_out,
             num_cached_tokens=seq.num_cached_tokens,
             error=seq.error,
             error_type=seq.error_type,
