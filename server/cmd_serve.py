@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError as PydanticError
 
-from server.app import create_app, create_metrics_app
+from server.app import Loader, create_app, create_metrics_app
 from server.app_state import AppState
 from server.settings import ServerSettings
 
@@ -76,10 +76,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _servers(settings: ServerSettings) -> tuple[list[_Server], AppState]:
-    from server.model_loader import load_serving_model
+def _servers(settings: ServerSettings, loader: Loader | None) -> tuple[list[_Server], AppState]:
+    if loader is None:
+        from server.model_loader import load_serving_model as loader
 
-    app = create_app(settings, load_serving_model)
+    app = create_app(settings, loader)
     common: dict[str, Any] = {"host": settings.host, "log_config": None,
                               "log_level": settings.log_level, "http": "h11",
                               "timeout_graceful_shutdown": GRACEFUL_CLOSE_S}
@@ -90,8 +91,9 @@ def _servers(settings: ServerSettings) -> tuple[list[_Server], AppState]:
     return servers, app.state.trtserve
 
 
-async def serve(settings: ServerSettings) -> int:
-    servers, state = _servers(settings)
+async def serve(settings: ServerSettings, loader: Loader | None = None) -> int:
+    """Run until SIGTERM/SIGINT (exit code 0 after the drain) or engine death (1)."""
+    servers, state = _servers(settings, loader)
     lifecycle = state.lifecycle
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []

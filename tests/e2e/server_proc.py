@@ -29,6 +29,7 @@ class ServerProc:
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"trtserve-e2e-{log_name}-{self.port}.log"
         cmd = [*TRTSERVE, "--host", "127.0.0.1", "--port", str(self.port),
                "--metrics-port", str(self.metrics_port), "--kv-cache-blocks", "256", *args]
+        self.live_before_ready = False  # liveness 200 was seen while readiness was 503
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -40,6 +41,8 @@ class ServerProc:
             try:
                 if httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200:
                     return
+                if httpx.get(self.url + "/v2/health/live", timeout=2).status_code == 200:
+                    self.live_before_ready = True
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)

@@ -27,6 +27,11 @@ def small() -> Iterator[ServerProc]:
         proc.stop()
 
 
+def test_live_before_ready_during_load(small: ServerProc) -> None:
+    """RELIABILITY §7.26: while weights load and warm up, liveness 200 and readiness 503."""
+    assert small.live_before_ready
+
+
 def test_overload_excess_503_fast(small: ServerProc) -> None:
     url = small.url + "/v2/models/ensemble/generate"
     expected = httpx.post(url, json=BODY, timeout=120).json()["text_output"]

@@ -1,0 +1,61 @@
+"""`trtserve serve` runner: options from settings/env, and exit 1 when the engine dies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from server_fakes import FakeLoop, fake_model, loader_for
+
+from server.cli import build_parser
+from server.cmd_serve import serve, settings_from_args
+from server.settings import ServerSettings
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_cli_defaults_come_from_settings_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRTSERVE_MAX_QUEUE_SIZE", "7")
+    args = build_parser().parse_args(["serve", "--port", "9001", "--no-enable-prefix-caching",
+                                      "--scheduler-policy", "guaranteed_no_evict"])
+    s = settings_from_args(args)
+    assert (s.port, s.max_queue_size, s.enable_prefix_caching) == (9001, 7, False)
+    assert s.scheduler_policy == "guaranteed_no_evict"
+    assert s.max_batch_size == ServerSettings.model_fields["max_batch_size"].default
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--backend", "cuda"])
+
+
+def test_engine_death_exits_nonzero() -> None:
+    settings = ServerSettings(model="fake-model", host="127.0.0.1", port=_free_port(),
+                              metrics_port=_free_port(), log_level="warning")
+    loop = FakeLoop(step_s=0.01, die_after=2)
+
+    async def main() -> int:
+        task = asyncio.create_task(serve(settings, loader_for(fake_model(loop))))
+        url = f"http://127.0.0.1:{settings.port}"
+        async with httpx.AsyncClient(timeout=10) as c:
+            for _ in range(200):
+                try:
+                    if (await c.get(url + "/v2/health/ready")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.02)
+            r = await c.post(url + "/v2/models/ensemble/generate_stream",
+                             json={"text_input": "a", "max_tokens": 50, "stream": True})
+            assert "injected engine fault" in r.text
+        t0 = time.monotonic()
+        code = await asyncio.wait_for(task, 10)
+        assert time.monotonic() - t0 < 10
+        return code
+
+    assert asyncio.run(main()) == 1
