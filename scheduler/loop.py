@@ -1,7 +1,8 @@
 """The asyncio side: one task drives the synchronous Scheduler and a blocking executor.
 
-Each iteration: schedule step N+1, start `executor.execute` in a single worker thread (so the
-event loop never stalls and the executor always runs on the same thread), THEN hand step N's
+Each iteration: schedule step N+1, start `executor.execute` + sampling (`Scheduler.sample_step`)
+in a single worker thread (so the event loop never stalls on the forward pass or on numpy
+sampling, and the executor always runs on the same thread), THEN hand step N's
 deltas to the per-request queues and call `on_step` while N+1 runs; stream consumers
 (detokenization, SSE writes) run on the event loop during the executor call. Scheduling of N+1
 itself cannot overlap execution of N: its decode tokens are the samples of N.
@@ -19,9 +20,9 @@ from collections.abc import AsyncIterator, Callable, Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 
 from scheduler.config import SchedulerConfig
-from scheduler.plan import Executor
+from scheduler.plan import Executor, StepPlan, StepResult
 from scheduler.request import EngineDeadError, Request, RequestOutput
-from scheduler.scheduler import Scheduler
+from scheduler.scheduler import SampledTokens, Scheduler
 from scheduler.stats import SchedulerStats
 
 logger = logging.getLogger(__name__)
@@ -136,12 +137,10 @@ class EngineLoop:
                     pending, pending_stats = [], None
                     await self._idle()
                     continue
-                t0 = time.perf_counter()
-                future = loop.run_in_executor(self._threads, self._executor.execute, plan)
+                future = loop.run_in_executor(self._threads, self._execute_and_sample, plan)
                 self._publish(pending, pending_stats)  # overlaps with the executor call
-                result = await future
-                step_time = time.perf_counter() - t0
-                pending = self._scheduler.update(plan, result)
+                result, sampled, step_time = await future
+                pending = self._scheduler.update(plan, result, sampled)
                 pending_stats = self._scheduler.stats(step_time)
             self._publish(pending, pending_stats)
         except Exception as exc:  # the engine failed: fail every request, die loudly
@@ -149,6 +148,13 @@ class EngineLoop:
             logger.exception("engine loop died; failing %d requests", self.num_unfinished)
             error = f"{type(exc).__name__}: {exc}"
             self._publish(pending + self._scheduler.fail_all(error), None)
+
+    def _execute_and_sample(self, plan: StepPlan) -> tuple[StepResult, SampledTokens, float]:
+        """Worker thread: the forward pass, then sampling (pure w.r.t. the event loop's state)."""
+        t0 = time.perf_counter()
+        result = self._executor.execute(plan)
+        step_time = time.perf_counter() - t0
+        return result, self._scheduler.sample_step(plan, result), step_time
 
     async def _idle(self) -> None:
         if self._scheduler.has_work():  # e.g. queued requests waiting for a deadline check

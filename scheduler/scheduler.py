@@ -20,6 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence as Seq
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,6 +36,16 @@ from scheduler.stop import Decode, finish_status
 from scheduler.validation import validate_prompt
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SampledTokens:
+    """The tokens chosen for one step's logits rows (see Scheduler.sample_step)."""
+
+    step_id: int
+    seqs: list[Sequence]  # one per logits row, plan order
+    tokens: list[int]
+    logprobs: list[float | None]
 
 
 class Scheduler:
@@ -56,6 +67,7 @@ class Scheduler:
         self._by_seq: dict[int, Sequence] = {}
         self._seed_rng = np.random.default_rng(seed)  # seeds requests that bring no seed
         self._pending: list[RequestOutput] = []  # outputs produced outside update()
+        self._logit_seqs: dict[int, list[Sequence]] = {}  # step id -> its logits rows' seqs
         self._next_seq_id = 0
         self.step_id = 0
         self.preemptions_total = 0
@@ -179,6 +191,8 @@ class Scheduler:
             seq.num_computed_tokens = start + n
         self._last_context, self._last_generation = ctx, gen
         self._last_tokens = sum(n for _, n in chosen)
+        self._logit_seqs[self.step_id] = [seq for seq, _ in chosen
+                                          if seq.num_computed_tokens == seq.num_tokens]
         return StepPlan(step_id=self.step_id, seqs=rows, block_copies=self.kv.take_copies())
 
     def _expire_queue_deadlines(self) -> None:
@@ -192,35 +206,38 @@ class Scheduler:
             self._pending.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
 
     # ---- results -------------------------------------------------------------------------------------
-    def update(self, plan: StepPlan, result: StepResult) -> list[RequestOutput]:
-        """Apply a step's logits: sample, append, finish; return per-request deltas."""
+    def sample_step(self, plan: StepPlan, result: StepResult) -> SampledTokens:
+        """Choose the next token of every logits row of `plan`.
+
+        Reads only state that nothing changes while the plan is in flight (token lists are
+        appended by update(), RNGs are used only here), so the loop runs this in its worker
+        thread right after the executor call, keeping sampling off the event loop.
+        """
         if result.step_id != plan.step_id or result.logits.shape[0] != plan.num_logit_rows:
             raise ValueError(f"step result {result.step_id} with {result.logits.shape[0]} rows "
                              f"does not match plan {plan.step_id} ({plan.num_logit_rows} rows)")
-        rows, seqs = [], []
-        row = 0
-        for s in plan.seqs:
-            seq = self._by_seq.get(s.seq_id)
-            alive = seq is not None and seq.status == SeqStatus.RUNNING
-            if alive:
-                self.kv.cache_computed_blocks(seq)
-                if s.want_logits:
-                    rows.append(row)
-                    seqs.append(seq)
-            row += s.want_logits
-        outputs = self.drain_outputs()
-        if seqs:
-            outputs += self._sample_and_append(result.logits, rows, seqs)
-        return outputs
-
-    def _sample_and_append(self, logits: np.ndarray, rows: list[int],
-                           seqs: list[Sequence]) -> list[RequestOutput]:
-        sub = logits if len(rows) == logits.shape[0] else logits[rows]
+        seqs = self._logit_seqs[plan.step_id]
         inputs = [SampleInput(s.params, s.token_view, s.num_prompt_tokens,
                               s.params.end_ids or self.eos_token_ids, s.rng) for s in seqs]
-        tokens, logprobs = sample(sub, inputs)
-        outputs = []
-        for seq, tok, lp in zip(seqs, tokens, logprobs, strict=True):
+        tokens, logprobs = sample(result.logits, inputs) if seqs else ([], [])
+        return SampledTokens(plan.step_id, seqs, tokens, logprobs)
+
+    def update(self, plan: StepPlan, result: StepResult,
+               sampled: SampledTokens | None = None) -> list[RequestOutput]:
+        """Apply a step: register full KV blocks, append sampled tokens (sampling here unless
+        `sampled` came from sample_step), finish; return per-request deltas."""
+        if sampled is None:
+            sampled = self.sample_step(plan, result)
+        assert sampled.step_id == plan.step_id, "sampled tokens of another step"
+        self._logit_seqs.pop(plan.step_id, None)
+        for s in plan.seqs:
+            seq = self._by_seq.get(s.seq_id)
+            if seq is not None and seq.status == SeqStatus.RUNNING:
+                self.kv.cache_computed_blocks(seq)
+        outputs = self.drain_outputs()
+        for seq, tok, lp in zip(sampled.seqs, sampled.tokens, sampled.logprobs, strict=True):
+            if seq.status != SeqStatus.RUNNING:
+                continue  # aborted while the step ran
             seq.append_token(tok, lp)
             status = finish_status(seq, seq.params.end_ids or self.eos_token_ids, self.decode,
                                    self.max_model_len)
@@ -280,6 +297,7 @@ class Scheduler:
     def fail_all(self, error: str, error_type: str = "EngineError") -> list[RequestOutput]:
         """Finish every unfinished request with ERROR (the engine failed)."""
         outputs = self.drain_outputs()
+        self._logit_seqs.clear()
         for seq in [*self.running, *self.waiting]:
             seq.error, seq.error_type = error, error_type
             outputs.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
