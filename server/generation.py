@@ -145,7 +145,7 @@ class GenerationService:
         self.metrics = metrics
         self.request_timeout = request_timeout
 
-    def admit(self) -> ServingModel:
+    def admit(self, label: str) -> ServingModel:
         """Cheap checks before any tokenization: phase and capacity (RELIABILITY §7.18)."""
         err = self.lifecycle.admission_error()
         if err is not None or self.lifecycle.model is None:
@@ -156,8 +156,17 @@ class GenerationService:
             raise UnavailableError(f"engine is dead: {model.loop.dead}")
         capacity = model.max_batch_size + model.max_queue_size
         if model.max_queue_size > 0 and model.loop.num_unfinished >= capacity:
+            self.metrics.request_started(label)
+            self._rejected(label, 0, time.monotonic())
             raise UnavailableError("Exceeds maximum queue size")
         return model
+
+    def _rejected(self, label: str, num_prompt_tokens: int, arrival: float,
+                  reason: str = "REJECTED") -> None:
+        self.metrics.request_finished(RequestRecord(
+            model=label, ok=False, failure_reason=reason, queue_s=0.0, ttft_s=None,
+            e2e_s=time.monotonic() - arrival, compute_s=0.0,
+            num_input_tokens=num_prompt_tokens, num_output_tokens=0))
 
     def submit(self, model: ServingModel, prompt_ids: list[int], params: SamplingParams,
                label: str, arrival: float) -> Generation:
@@ -172,10 +181,7 @@ class GenerationService:
         except Exception as exc:  # noqa: BLE001 - mapped by the taxonomy
             err = to_api_error(exc)
             reason = "REJECTED" if err.status == 503 else "OTHER"
-            self.metrics.request_finished(RequestRecord(
-                model=label, ok=False, failure_reason=reason, queue_s=0.0, ttft_s=None,
-                e2e_s=time.monotonic() - arrival, compute_s=0.0,
-                num_input_tokens=len(prompt_ids), num_output_tokens=0))
+            self._rejected(label, len(prompt_ids), arrival, reason)
             logger.info("[%s] rejected (%d): %s", request_id, err.status, err.message)
             raise err from None
         gen = Generation(self, request, stream, label)

@@ -167,7 +167,7 @@ async def _run(request: Request, cls: type[_Base], kind: str,
     state = get_state(request)
     req = validate_body(cls, parse_json_body(await request.body()))
     label = _check_model(state, req.model)
-    model = state.service.admit()
+    model = state.service.admit(label)
     params = req.sampling(logprobs=bool(getattr(req, "logprobs", None)))
     prompt_ids = to_ids(model, req)
     if not prompt_ids:

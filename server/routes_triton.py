@@ -175,7 +175,7 @@ async def _generate(request: Request, name: str, version: str | None, stream_rou
     state = get_state(request)
     label = _text_model(state, name, version)
     inputs = parse_triton_body(parse_json_body(await request.body()))
-    model = state.service.admit()
+    model = state.service.admit(label)
     params, opts = triton_to_sampling(inputs, model.tokenizer)
     prompt_ids = model.tokenizer.encode(inputs.get("text_input"))
     if not prompt_ids:

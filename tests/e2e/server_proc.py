@@ -26,7 +26,8 @@ class ServerProc:
     def __init__(self, *args: str, log_name: str = "server") -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"trtserve-e2e-{log_name}-{self.port}.log"
+        tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+        self.log_path = tmp / f"trtserve-e2e-{log_name}-{self.port}.log"
         cmd = [*TRTSERVE, "--host", "127.0.0.1", "--port", str(self.port),
                "--metrics-port", str(self.metrics_port), "--kv-cache-blocks", "256", *args]
         self.live_before_ready = False  # liveness 200 was seen while readiness was 503

@@ -60,6 +60,10 @@ def test_overload_503_fast_and_accepted_complete() -> None:
         assert set(codes) <= {200, 503} and 4 <= codes.count(200) <= 6, codes
         assert all(t < 0.5 for c, t, _ in results if c == 503)
         assert all('"text_output":"Hi th"' in txt for c, _, txt in results if c == 200)
+        metrics = (await client.get("/metrics")).text
+        line = next(ln for ln in metrics.splitlines() if ln.startswith(
+            'nv_inference_request_failure{model="ensemble",reason="REJECTED"'))
+        assert float(line.split()[-1]) == codes.count(503)
         await client.aclose()
         await ctx.__aexit__(None, None, None)
 
