@@ -88,23 +88,61 @@ class BackendChoice:
     dtype: str  # graph dtype the backend runs best with when options.dtype == "auto"
 
 
-def _cuda_available() -> bool:
+def _gpu_reason() -> str | None:
+    """None when a CUDA device is usable through cuda-python, else why not."""
     import importlib.util
 
+    if importlib.util.find_spec("cuda") is None:
+        return "cuda-python is not installed (pip install 'trtserve[gpu]')"
+    from engine.device.cuda import gpu_available
+
+    return gpu_available()
+
+
+def _ort_cuda_available() -> bool:
     import onnxruntime
 
-    return ("CUDAExecutionProvider" in onnxruntime.get_available_providers()
-            and importlib.util.find_spec("cuda") is not None)
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def _tensorrt_reason() -> str | None:
+    """None when a TensorRT module imports, else why not."""
+    from engine.executors.trt_build import TensorRTError, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except TensorRTError as exc:
+        return str(exc)
+    return None
+
+
+TENSORRT = BackendChoice("tensorrt", (), "float16")
+ORT_CUDA = BackendChoice("onnxruntime-cuda", ("CUDAExecutionProvider",), "float16")
+ORT_CPU = BackendChoice("onnxruntime-cpu", ("CPUExecutionProvider",), "float32")
+
+
+def backend_candidates(options: EngineOptions) -> list[BackendChoice]:
+    """Executors to try, best first. `auto`: TensorRT, then ONNX Runtime CUDA on a GPU, then
+    ONNX Runtime on CPU. An explicit `tensorrt` that cannot run here is one clear ModelError."""
+    gpu_reason = _gpu_reason()
+    if options.backend == "tensorrt":
+        reason = gpu_reason or _tensorrt_reason()
+        if reason:
+            raise ModelError(f"--backend tensorrt cannot run here: {reason}; "
+                             "start the server with --backend onnxruntime instead")
+        return [TENSORRT]
+    gpu: list[BackendChoice] = []
+    if gpu_reason is None:
+        if options.backend == "auto" and _tensorrt_reason() is None:
+            gpu.append(TENSORRT)
+        if _ort_cuda_available():
+            gpu.append(ORT_CUDA)
+    return [*gpu, ORT_CPU]
 
 
 def select_backend(options: EngineOptions) -> BackendChoice:
-    """Pick the executor for this machine. TensorRT (H7) registers itself here later."""
-    if options.backend == "tensorrt":
-        raise ModelError("the TensorRT backend is not available in this build; "
-                         "use --backend onnxruntime")
-    if _cuda_available():
-        return BackendChoice("onnxruntime-cuda", ("CUDAExecutionProvider",), "float16")
-    return BackendChoice("onnxruntime-cpu", ("CPUExecutionProvider",), "float32")
+    """The preferred executor for this machine (the first candidate)."""
+    return backend_candidates(options)[0]
 
 
 def resolve_dtype(options: EngineOptions, backend: BackendChoice) -> str:
@@ -199,32 +237,74 @@ def kv_cache_blocks(options: EngineOptions, config: ModelConfig, max_context: in
     return max(int(blocks), math.ceil(max_context / options.block_size))
 
 
+def device_kv_blocks(options: EngineOptions, config: ModelConfig, max_context: int,
+                     dtype: str) -> int:
+    """options.kv_cache_blocks, or kv_cache_fraction of free device memory."""
+    if options.kv_cache_blocks is not None:
+        return options.kv_cache_blocks
+    from engine.device.cuda import CudaContext
+    from engine.device_pool import blocks_that_fit
+
+    ctx = CudaContext(0)
+    try:
+        free, _ = ctx.mem_info()
+    finally:
+        ctx.close()
+    blocks = blocks_that_fit(config, options.block_size, dtype,
+                             int(free * options.kv_cache_fraction))
+    return max(blocks, math.ceil(max_context / options.block_size))
+
+
 def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
-              num_blocks: int, options: EngineOptions, max_context: int, dtype: str) -> Executor:
-    if backend.name == "onnxruntime-cuda":
-        from engine.executors.ort_cuda import OrtCudaExecutor
+              options: EngineOptions, max_context: int, dtype: str) -> Executor:
+    if backend.name == "onnxruntime-cpu":
+        from engine.executors.ort import OrtExecutor
 
-        return OrtCudaExecutor(model_path, config, num_blocks=num_blocks,
-                               block_size=options.block_size, max_context=max_context)
-    from engine.executors.ort import OrtExecutor
+        blocks = kv_cache_blocks(options, config, max_context, dtype)
+        return OrtExecutor(model_path, config, num_blocks=blocks, block_size=options.block_size,
+                           max_context=max_context, providers=backend.providers, kv_dtype=dtype)
+    blocks = device_kv_blocks(options, config, max_context, dtype)
+    if backend.name == "tensorrt":
+        from engine.executors.trt import TrtExecutor
 
-    return OrtExecutor(model_path, config, num_blocks=num_blocks, block_size=options.block_size,
-                       max_context=max_context, providers=backend.providers, kv_dtype=dtype)
+        return TrtExecutor(model_path, config, num_blocks=blocks,
+                           block_size=options.block_size, max_context=max_context)
+    from engine.executors.ort_cuda import OrtCudaExecutor
+
+    return OrtCudaExecutor(model_path, config, num_blocks=blocks,
+                           block_size=options.block_size, max_context=max_context)
+
+
+def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
+    dtype = resolve_dtype(options, backend)
+    source, entry = _prepare(options, dtype)
+    config = config_from_json(read_manifest(entry)["config"])
+    max_context = check_max_context(options, config)
+    logger.info("starting %s on %s (%s), block size %d, max context %d (pid %d)",
+                source.name, backend.name, dtype, options.block_size, max_context, os.getpid())
+    executor = _executor(backend, entry / MODEL_FILE, config, options, max_context, dtype)
+    return LoadedModel(name=source.name, config=config, tokenizer=Tokenizer.from_dir(entry),
+                       executor=executor, backend=backend.name)
 
 
 def load_model(options: EngineOptions) -> LoadedModel:
-    """Prepare the graph, then start the executor over a KV pool sized for this machine."""
-    backend = select_backend(options)
-    dtype = resolve_dtype(options, backend)
-    source, entry = _prepare(options, dtype)
-    manifest = read_manifest(entry)
-    config = config_from_json(manifest["config"])
-    max_context = check_max_context(options, config)
-    blocks = kv_cache_blocks(options, config, max_context, dtype)
-    logger.info("loading %s on %s (%s): %d KV blocks of %d tokens, max context %d (pid %d)",
-                source.name, backend.name, dtype, blocks, options.block_size, max_context,
-                os.getpid())
-    executor = _executor(backend, entry / MODEL_FILE, config, blocks, options, max_context,
-                         dtype)
-    return LoadedModel(name=source.name, config=config, tokenizer=Tokenizer.from_dir(entry),
-                       executor=executor, backend=backend.name)
+    """Prepare the graph, then start the best executor that runs here over a sized KV pool.
+
+    With `--backend auto`, an executor that refuses this machine (e.g. TensorRT for RTX on an
+    sm_90 GPU) is logged in one line and the next candidate is tried."""
+    candidates = backend_candidates(options)
+    for backend, fallback in zip(candidates, [*candidates[1:], None], strict=True):
+        try:
+            loaded = _start(backend, options)
+        except ModelError:
+            raise
+        except Exception as exc:  # a GPU executor refusing this machine
+            if options.backend == "auto" and fallback is not None:
+                logger.warning("%s cannot run here (%s); trying %s", backend.name, exc,
+                               fallback.name)
+                continue
+            raise ModelError(f"{backend.name}: {exc}") from exc
+        logger.info("%s ready on %s: %d KV blocks", loaded.name, loaded.backend,
+                    loaded.executor.num_blocks)
+        return loaded
+    raise AssertionError("backend_candidates() always ends with onnxruntime-cpu")
