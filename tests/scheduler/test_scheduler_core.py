@@ -248,3 +248,23 @@ def test_stats_snapshot_counts() -> None:
     step(sched, ex)
     st = sched.stats()
     assert (st.num_context_requests, st.num_generation_requests, st.num_scheduled_tokens) == (0, 1, 1)
+
+
+def test_sample_step_then_abort_then_update() -> None:
+    """Tokens sampled off-thread for a request aborted before update are dropped; the others
+    are applied exactly as update() alone would."""
+    ex = FakeExecutor()
+    sched = make_scheduler(ex)
+    a, b = make_request(4, request_id="a"), make_request(5, request_id="b")
+    sched.add(a)
+    sched.add(b)
+    plan = sched.schedule()
+    assert plan is not None
+    result = ex.execute(plan)
+    sampled = sched.sample_step(plan, result)
+    assert [s.request_id for s in sampled.seqs] == ["a", "b"]
+    sched.abort("a")
+    outs = sched.update(plan, result, sampled)
+    assert [(o.request_id, o.new_token_ids) for o in outs] == [
+        ("b", greedy_reference(b.prompt_token_ids, 1))]
+    sched.check_integrity()

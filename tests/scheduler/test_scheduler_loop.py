@@ -133,3 +133,25 @@ def test_event_loop_not_stalled_by_execute() -> None:
         await loop.stop()
         assert (await collect(waiting))[-1].finish_reason == FinishReason.ABORT
     run(main())
+
+
+def test_sampling_runs_in_the_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scheduler.sample_step is called from the loop's worker thread, never the event loop's."""
+    from scheduler.scheduler import Scheduler
+    names: list[str] = []
+    original = Scheduler.sample_step
+
+    def spy(self: Scheduler, plan: StepPlan, result: StepResult) -> Any:
+        names.append(threading.current_thread().name)
+        return original(self, plan, result)
+
+    monkeypatch.setattr(Scheduler, "sample_step", spy)
+
+    async def main() -> None:
+        loop, _ = make_loop(FakeExecutor(num_blocks=32))
+        await loop.start()
+        outs = await collect(loop.add(make_request(4, max_tokens=3)))
+        assert outs[-1].num_output_tokens == 3
+        await loop.stop()
+    run(main())
+    assert len(names) == 3 and all(n.startswith("trtserve-step") for n in names)
