@@ -51,11 +51,19 @@ def _check_unsupported(inputs: TritonInputs) -> None:
 
 
 def _words_to_ids(words: list[str], tokenizer: TokenizerLike) -> tuple[tuple[int, ...], ...]:
-    out: list[tuple[int, ...]] = []
+    """Each bad word as tokenized alone AND after a space (mid-sentence form), deduplicated.
+
+    TensorRT-LLM only bans the standalone form, which misses " word" in running text.
+    """
+    out: dict[tuple[int, ...], None] = {}
     for word in words:
-        ids = tokenizer.encode(word, parse_special=False, add_special_tokens=False) if word else []
-        if ids:
-            out.append(tuple(ids))
+        if not word:
+            continue
+        forms = (word,) if word[0].isspace() else (word, " " + word)
+        for form in forms:
+            ids = tokenizer.encode(form, parse_special=False, add_special_tokens=False)
+            if ids:
+                out[tuple(ids)] = None
     return tuple(out)
 
 

@@ -81,7 +81,7 @@ def test_default_is_greedy_and_aliases(client: TestClient) -> None:
     p = client.fake_loop.added[-1].params  # type: ignore[attr-defined]
     assert p.temperature == 0.0 and p.min_tokens == 2 and p.seed == 7
     assert p.end_ids == (5,) and p.pad_id == 6 and p.stop == ("x",)
-    assert p.bad_words_ids == ((72, 105),)
+    assert p.bad_words_ids == ((72, 105), (32, 72, 105))  # alone and mid-sentence forms
     client.post(GEN, json={"text_input": "a", "max_tokens": 2, "top_k": 5, "temperature": 0.5})
     p = client.fake_loop.added[-1].params  # type: ignore[attr-defined]
     assert (p.temperature, p.top_k, p.top_p) == (0.5, 5, 1.0)
