@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# All the work of one GPU lease: the device-layer/executor checks, then the embedded model end to
+# end on the GPU (backend auto -> TensorRT refuses sm_90 -> ONNX Runtime CUDA), then an explicit
+# `--backend tensorrt` to show its one-line refusal. Logs under $OUT; a summary prints last.
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TRTSERVE_CACHE_DIR=/tmp/trtserve-cache
+bash tests/gpu/run_on_device.sh >"$OUT/run_on_device.txt" 2>&1
+dev_rc=$?
+PROMPT="What is the capital of France?"
+python3 -m server.cli generate --chat --prompt "$PROMPT" --max-tokens 24 >"$OUT/generate_auto.txt" 2>&1
+auto_rc=$?
+python3 -m server.cli generate --chat --prompt "$PROMPT" --max-tokens 24 --backend onnxruntime \
+  --dtype float32 >"$OUT/generate_cuda_fp32.txt" 2>&1
+fp32_rc=$?
+python3 -m server.cli generate --chat --prompt "$PROMPT" --max-tokens 8 --backend tensorrt \
+  >"$OUT/generate_tensorrt.txt" 2>&1
+trt_rc=$?
+if [ -f bench/engine_gpu.py ]; then
+  python3 bench/engine_gpu.py >"$OUT/engine_gpu.txt" 2>&1; echo "engine_gpu rc=$?" >>"$OUT/engine_gpu.txt"
+fi
+tail -n 25 "$OUT/run_on_device.txt"
+echo "---- generate --backend auto (rc=$auto_rc)";        grep -v "^\s*$" "$OUT/generate_auto.txt" | tail -n 8
+echo "---- generate --backend onnxruntime fp32 (rc=$fp32_rc)"; grep -v "^\s*$" "$OUT/generate_cuda_fp32.txt" | tail -n 5
+echo "---- generate --backend tensorrt (rc=$trt_rc)";    tail -n 3 "$OUT/generate_tensorrt.txt"
+[ -f "$OUT/engine_gpu.txt" ] && { echo "---- engine_gpu"; tail -n 20 "$OUT/engine_gpu.txt"; }
+exit $dev_rc
