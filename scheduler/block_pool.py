@@ -35,7 +35,8 @@ class BlockPool:
 
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
         if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"need num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
+            raise ValueError(
+                f"need num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_caching = enable_caching
@@ -45,7 +46,7 @@ class BlockPool:
         self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self._num_cached_free = 0  # free blocks that still carry a hash
 
-    # ---- queries -------------------------------------------------------------------------------
+    # ---- queries ----------
     @property
     def num_free(self) -> int:
         return len(self._free)
@@ -68,7 +69,7 @@ class BlockPool:
         """The block holding this content, free or in use, or None."""
         return self._by_hash.get(block_hash)
 
-    # ---- mutations -------------------------------------------------------------------------------
+    # ---- mutations ----------
     def allocate(self, n: int) -> list[int]:
         """n fresh blocks with ref count 1, evicting the least recently freed cached ones."""
         if n > len(self._free):
@@ -129,7 +130,7 @@ class BlockPool:
         self._num_cached_free -= n
         return n
 
-    # ---- corruption detection ----------------------------------------------------------------
+    # ---- corruption detection ----------
     def check_integrity(self, block_tables: Iterable[Sequence[int]]) -> None:
         """Raise IntegrityError unless every block is free xor referenced, and ref counts equal
         the number of times live block tables name each block."""

@@ -36,7 +36,7 @@ class KVCacheManager:
         self.queries_total = 0  # prompt blocks looked up in the prefix cache
         self.hits_total = 0  # prompt blocks found there
 
-    # ---- hashing ---------------------------------------------------------------------------------
+    # ---- hashing ----------
     def _salt(self, seq: Sequence) -> str:
         return getattr(seq.request, "cache_salt", None) or self._salt_default
 
@@ -45,9 +45,10 @@ class KVCacheManager:
         bs, salt = self.block_size, self._salt(seq)
         for i in range(len(seq.block_hashes), seq.num_tokens // bs):
             parent = seq.block_hashes[-1] if seq.block_hashes else None
-            seq.block_hashes.append(hash_block(parent, seq.tokens_slice(i * bs, (i + 1) * bs), salt))
+            tokens = seq.tokens_slice(i * bs, (i + 1) * bs)
+            seq.block_hashes.append(hash_block(parent, tokens, salt))
 
-    # ---- admission -------------------------------------------------------------------------------
+    # ---- admission ----------
     def find_prefix(self, seq: Sequence) -> PrefixHit:
         """Longest run of cached full blocks at the start of seq (no references taken)."""
         if not self.pool.enable_caching or seq.num_computed_tokens > 0:
@@ -85,7 +86,7 @@ class KVCacheManager:
         seq.block_table = list(hit.blocks)
         seq.num_computed_tokens = hit.num_tokens
 
-    # ---- growth ------------------------------------------------------------------------------------
+    # ---- growth ----------
     def blocks_for(self, seq: Sequence, num_new_tokens: int) -> int:
         """Free blocks needed so seq can write num_new_tokens more (including copy-on-write)."""
         total = cdiv(seq.num_computed_tokens + num_new_tokens, self.block_size)

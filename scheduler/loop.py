@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence as Seq
+from collections.abc import AsyncIterator, Callable
+from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 
 from scheduler.config import SchedulerConfig
@@ -73,7 +74,7 @@ class EngineLoop:
         self._stopping = False
         self._stats = self._scheduler.stats()
 
-    # ---- public API ---------------------------------------------------------------------------------
+    # ---- public API ----------
     @property
     def scheduler(self) -> Scheduler:
         return self._scheduler
@@ -122,7 +123,7 @@ class EngineLoop:
         if out is not None:
             self._publish([out], None)
 
-    # ---- the task ------------------------------------------------------------------------------------
+    # ---- the task ----------
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         pending: list[RequestOutput] = []

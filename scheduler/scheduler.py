@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence as Seq
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +77,7 @@ class Scheduler:
         self._last_generation = 0
         self._last_tokens = 0
 
-    # ---- intake ------------------------------------------------------------------------------------
+    # ---- intake ----------
     def add(self, request: Request) -> None:
         """Validate and enqueue; raises RequestError / QueueFullError at once, never blocks."""
         if request.request_id in self._by_request:
@@ -101,7 +102,7 @@ class Scheduler:
         seed = params.seed if params.seed is not None else int(self._seed_rng.integers(2**63))
         return np.random.default_rng(seed)
 
-    # ---- scheduling --------------------------------------------------------------------------------
+    # ---- scheduling ----------
     def schedule(self) -> StepPlan | None:
         """Build the next step, or None when nothing can run."""
         self._expire_queue_deadlines()
@@ -185,7 +186,8 @@ class Scheduler:
                 gen += 1
             else:
                 ctx += 1
-            rows.append(ScheduledSeq(seq_id=seq.seq_id, token_ids=seq.tokens_slice(start, start + n),
+            rows.append(ScheduledSeq(seq_id=seq.seq_id,
+                                     token_ids=seq.tokens_slice(start, start + n),
                                      start_pos=start, block_table=list(seq.block_table),
                                      want_logits=start + n == seq.num_tokens))
             seq.num_computed_tokens = start + n
@@ -205,7 +207,7 @@ class Scheduler:
             seq.error_type = "QueueTimeoutError"
             self._pending.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
 
-    # ---- results -------------------------------------------------------------------------------------
+    # ---- results ----------
     def sample_step(self, plan: StepPlan, result: StepResult) -> SampledTokens:
         """Choose the next token of every logits row of `plan`.
 
@@ -271,7 +273,7 @@ class Scheduler:
             error_type=seq.error_type,
         )
 
-    # ---- endings ----------------------------------------------------------------------------------
+    # ---- endings ----------
     def _finish(self, seq: Sequence, status: SeqStatus) -> RequestOutput:
         """The one place a sequence becomes finished: frees its KV and forgets it."""
         assert status.is_finished and not seq.is_finished, f"{seq} -> {status.name}"
@@ -305,7 +307,7 @@ class Scheduler:
         self.waiting.clear()
         return outputs
 
-    # ---- introspection ------------------------------------------------------------------------------
+    # ---- introspection ----------
     @property
     def num_unfinished(self) -> int:
         return len(self._by_request)
@@ -319,7 +321,8 @@ class Scheduler:
     def check_integrity(self) -> None:
         """Raise IntegrityError/AssertionError if KV bookkeeping or queues are inconsistent."""
         for seq in self.waiting:
-            assert not seq.block_table and seq.status in (SeqStatus.WAITING, SeqStatus.PREEMPTED), seq
+            assert not seq.block_table, seq
+            assert seq.status in (SeqStatus.WAITING, SeqStatus.PREEMPTED), seq
         for seq in self.running:
             assert seq.status == SeqStatus.RUNNING, seq
         assert len(self.running) + len(self.waiting) == len(self._by_request) == len(self._by_seq)

@@ -85,13 +85,13 @@ class Sequence:
         self.error: str | None = None
         self.error_type: str | None = None
 
-    # ---- the one mutator of the token list -------------------------------------------------
+    # ---- the one mutator of the token list ----------
     def append_token(self, token_id: int, logprob: float | None = None) -> None:
         self._token_ids.append(token_id)
         if logprob is not None:
             self.output_logprobs.append(logprob)
 
-    # ---- derived values ----------------------------------------------------------------------
+    # ---- derived values ----------
     @property
     def request_id(self) -> str:
         return self.request.request_id

@@ -1,4 +1,5 @@
-"""Per-step statistics the scheduler returns; `server/metrics.py` turns them into Prometheus series."""
+"""Per-step statistics the scheduler returns; `server/metrics.py` turns them into Prometheus
+series."""
 
 from __future__ import annotations
 

@@ -108,7 +108,8 @@ def step(sched: Scheduler, ex: FakeExecutor) -> list[RequestOutput]:
     return outs
 
 
-def run_all(sched: Scheduler, ex: FakeExecutor, max_steps: int = 1000) -> dict[str, list[RequestOutput]]:
+def run_all(sched: Scheduler, ex: FakeExecutor,
+            max_steps: int = 1000) -> dict[str, list[RequestOutput]]:
     """Step until nothing is left; return every output per request id."""
     got: dict[str, list[RequestOutput]] = {}
     for _ in range(max_steps):

@@ -1,10 +1,18 @@
-"""Scheduler: admission, chunked prefill, batch cap, preemption, policies, queue, aborts, finishes."""
+"""Scheduler: admission, chunked prefill, batch cap, preemption, policies, queue, aborts,
+finish reasons."""
 
 from __future__ import annotations
 
 import pytest
-from sched_fakes import (FakeExecutor, greedy_reference, make_request, make_scheduler, run_all,
-                         step, tokens_of)
+from sched_fakes import (
+    FakeExecutor,
+    greedy_reference,
+    make_request,
+    make_scheduler,
+    run_all,
+    step,
+    tokens_of,
+)
 
 from scheduler.request import FinishReason, QueueFullError, RequestError
 from scheduler.sequence import SeqStatus
@@ -38,7 +46,8 @@ def test_chunked_prefill_under_token_budget() -> None:
         chunks.append((s.start_pos, len(s.token_ids), s.want_logits))
         outs = sched.update(plan, ex.execute(plan))
     assert chunks == [(0, 4, False), (4, 4, False), (8, 2, True)]
-    assert len(outs) == 1 and outs[0].new_token_ids == greedy_reference(make_request(10).prompt_token_ids, 1)
+    expect = greedy_reference(make_request(10).prompt_token_ids, 1)
+    assert len(outs) == 1 and outs[0].new_token_ids == expect
 
 
 def test_decode_goes_before_admission_and_shares_budget() -> None:
@@ -212,7 +221,8 @@ def test_finish_reasons_length_end_id_and_ignore_eos() -> None:
     sched2.add(make_request(prompt, request_id="eos", max_tokens=6))
     sched2.add(make_request(prompt, request_id="min", max_tokens=6, min_tokens=4))
     got2 = run_all(sched2, ex2)
-    assert tokens_of(got2["eos"]) == ref[:3] and got2["eos"][-1].finish_reason == FinishReason.END_ID
+    assert tokens_of(got2["eos"]) == ref[:3]
+    assert got2["eos"][-1].finish_reason == FinishReason.END_ID
     min_toks = tokens_of(got2["min"])
     assert min_toks[:2] == ref[:2] and min_toks[2] != end and end not in min_toks[:4]
 
@@ -247,7 +257,8 @@ def test_stats_snapshot_counts() -> None:
             st.blocks_free, st.step_time_s) == (1, 1, 1, 1, 0, 6, 2, 14, 0.5)
     step(sched, ex)
     st = sched.stats()
-    assert (st.num_context_requests, st.num_generation_requests, st.num_scheduled_tokens) == (0, 1, 1)
+    counts = (st.num_context_requests, st.num_generation_requests, st.num_scheduled_tokens)
+    assert counts == (0, 1, 1)
 
 
 def test_sample_step_then_abort_then_update() -> None:

@@ -25,7 +25,7 @@ configs = st.fixed_dictionaries({
     "enable_prefix_caching": st.booleans(), "max_queue_size": st.integers(0, 10)})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expected(prompt: tuple[int, ...], max_tokens: int) -> list[int]:
     ref = greedy_reference(prompt, max_tokens)
     for i, t in enumerate(ref):

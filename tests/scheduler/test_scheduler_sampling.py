@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from sched_fakes import FakeExecutor, fake_logits, make_request, make_scheduler, run_all, tokens_of
 
-from scheduler.logits_processors import (apply_presence_frequency, apply_repetition_penalty,
-                                         banned_bad_words)
+from scheduler.logits_processors import (
+    apply_presence_frequency,
+    apply_repetition_penalty,
+    banned_bad_words,
+)
 from scheduler.request import SamplingParams
 from scheduler.sampling import SampleInput, cumsum_search, sample, sample_row
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 
-from sched_fakes import FakeExecutor, greedy_reference, make_request, make_scheduler, run_all, tokens_of
+from sched_fakes import (
+    FakeExecutor,
+    greedy_reference,
+    make_request,
+    make_scheduler,
+    run_all,
+    tokens_of,
+)
 
 from scheduler.request import FinishReason
 from scheduler.stop import stop_string_hit
