@@ -49,7 +49,8 @@ class KVPool:
 
     def write(self, blocks: np.ndarray, offsets: np.ndarray, new_kv: np.ndarray) -> None:
         """new_kv [L, 2, KVH, T, D] goes to (blocks[t], offsets[t]) for each token t."""
-        self.data[:, :, :, blocks, offsets, :] = new_kv
+        slots = self.data.reshape(*self.data.shape[:3], -1, self.data.shape[-1])  # a view
+        slots[:, :, :, blocks * self.block_size + offsets] = new_kv
 
     def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Copies whole blocks src -> dst (all layers, K and V), in order."""
