@@ -81,3 +81,17 @@ def test_metrics_port_serves_registry(server: ServerProc) -> None:
     assert m.status_code == 200
     assert b"nv_trt_llm_kv_cache_block_metrics" in m.content
     assert b"nv_inference_request_success" in httpx.get(server.url + "/metrics").content
+
+
+def test_stop_and_bad_words(server: ServerProc) -> None:
+    body = {"text_input": "What is machine learning?", "max_tokens": 14,
+            "exclude_input_in_output": True}
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        plain = c.post("/v2/models/ensemble/generate", json=body).json()["text_output"]
+        assert " subset" in plain and "intelligence" in plain  # greedy SmolLM2 answer
+        stopped = c.post("/v2/models/ensemble/generate",
+                         json=dict(body, stop_words=["intelligence"])).json()["text_output"]
+        banned = c.post("/v2/models/ensemble/generate",
+                        json=dict(body, bad_words=["subset"])).json()["text_output"]
+    assert stopped.endswith("intelligence") and len(stopped) < len(plain)
+    assert "subset" not in banned
