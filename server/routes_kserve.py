@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from server.app_state import get_state
-from server.errors import ValidationError
+from server.errors import NotImplementedApiError, ValidationError
 from server.json_body import parse_json_body
 from server.openapi_docs import REPOSITORY_INDEX_BODY
 from server.routes_triton import resolve_model
@@ -75,6 +75,15 @@ async def model_conf(request: Request, model_name: str, version: str | None = No
     state = get_state(request)
     name = resolve_model(state, model_name, version)
     return _json(model_config(name, state.settings.max_batch_size))
+
+
+@router.post("/v2/models/{model_name}/infer")
+@router.post("/v2/models/{model_name}/versions/{version}/infer")
+async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
+    """Triton's answer for decoupled (streaming) models, which the served ensemble is."""
+    resolve_model(get_state(request), model_name, version)
+    raise NotImplementedApiError(
+        "HTTP end point doesn't support models with decoupled transaction policy")
 
 
 @router.post("/v2/repository/index", openapi_extra={"requestBody": REPOSITORY_INDEX_BODY})

@@ -24,6 +24,12 @@ def test_server_and_model_metadata(client: TestClient) -> None:
     assert client.get("/v2/models/ensemble/versions/3").status_code == 404
 
 
+def test_infer_is_501_for_decoupled(client: TestClient) -> None:
+    r = client.post("/v2/models/ensemble/infer", json={"inputs": []})
+    assert r.status_code == 501 and "decoupled" in r.json()["error"]
+    assert client.post("/v2/models/nope/infer", json={}).status_code == 404
+
+
 def test_config(client: TestClient) -> None:
     c = client.get("/v2/models/ensemble/config").json()
     assert c["model_transaction_policy"] == {"decoupled": True}
