@@ -100,6 +100,10 @@ class KVCacheManager:
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
         """Make seq's block table cover num_new_tokens more tokens; False if blocks are short."""
+        covered = len(seq.block_table) * self.block_size
+        fits = seq.num_computed_tokens + num_new_tokens <= covered
+        if fits and not self._write_target_shared(seq):
+            return True  # fast path (e.g. decode inside the last block): nothing to do
         if self.blocks_for(seq, num_new_tokens) > self.pool.num_free:
             return False
         if self._write_target_shared(seq):
