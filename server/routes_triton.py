@@ -4,6 +4,7 @@ served model's own name, with and without `/versions/{v}`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -102,6 +103,23 @@ async def _whole(request: Request, model: ServingModel, gen: Generation, opts: T
     return body
 
 
+def load_report(request: Request, model: ServingModel) -> dict[str, str]:
+    """ORCA-style `endpoint-load-metrics` header when asked for (TRITON_API.md §1.7)."""
+    fmt = request.headers.get("endpoint-load-metrics-format", "").lower()
+    if fmt not in ("text", "json"):
+        return {}
+    s = model.loop.stats()
+    util = s.blocks_used / s.blocks_total if s.blocks_total else 0.0
+    capacity = s.blocks_total * s.tokens_per_block
+    if fmt == "text":
+        value = (f"TEXT named_metrics.kv_cache_utilization={util:.6f}, "
+                 f"named_metrics.max_token_capacity={capacity}")
+    else:
+        value = "JSON " + json.dumps({"named_metrics": {"kv_cache_utilization": util,
+                                                        "max_token_capacity": capacity}})
+    return {"endpoint-load-metrics": value}
+
+
 def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + dumps_compact(payload) + b"\n\n"
 
@@ -165,8 +183,10 @@ async def _stream_response(request: Request, model: ServingModel, gen: Generatio
         gen.close()
         raise
     state = _StreamState(model, gen, opts, base)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+               **load_report(request, model)}
     return StreamingResponse(_sse(request, state, first, outputs), media_type=SSE_MEDIA,
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers=headers)
 
 
 async def _generate(request: Request, name: str, version: str | None, stream_route: bool
@@ -194,9 +214,10 @@ async def _generate(request: Request, name: str, version: str | None, stream_rou
     finally:
         if not (stream_route and opts.stream):
             gen.close()
+    headers = load_report(request, model)
     if stream_route:
-        return Response(_event(body), media_type=SSE_MEDIA)
-    return Response(dumps_compact(body), media_type="application/json")
+        return Response(_event(body), media_type=SSE_MEDIA, headers=headers)
+    return Response(dumps_compact(body), media_type="application/json", headers=headers)
 
 
 _DOC = {"requestBody": TRITON_GENERATE_BODY}

@@ -103,3 +103,14 @@ def test_versions_and_aliases(client: TestClient) -> None:
     r = client.post("/v2/models/foo/generate", json=body)
     assert r.status_code == 404
     assert r.json() == {"error": "Request for unknown model: 'foo' is not found"}
+
+
+def test_endpoint_load_metrics_header(client: TestClient) -> None:
+    body = {"text_input": "a", "max_tokens": 1}
+    r = client.post(GEN, json=body, headers={"endpoint-load-metrics-format": "text"})
+    assert r.headers["endpoint-load-metrics"].startswith(
+        "TEXT named_metrics.kv_cache_utilization=")
+    r = client.post(GEN, json=body, headers={"endpoint-load-metrics-format": "json"})
+    data = json.loads(r.headers["endpoint-load-metrics"][len("JSON "):])
+    assert data["named_metrics"]["max_token_capacity"] == 64 * 16
+    assert "endpoint-load-metrics" not in client.post(GEN, json=body).headers
