@@ -67,6 +67,11 @@ def pack_seqs(seqs: Sequence[ScheduledSeq], block_size: int) -> PackedStep:
     return PackedStep(feeds=feeds, slot_blocks=blocks, slot_offsets=positions % block_size)
 
 
+def pack_plan(plan: StepPlan, block_size: int) -> PackedStep:
+    """The whole plan as one graph call (executors that do not split by padding)."""
+    return pack_seqs(plan.seqs, block_size)
+
+
 def split_for_padding(seqs: Sequence[ScheduledSeq], slack: int) -> list[list[int]]:
     """Groups of plan indices, each run as one graph call, so that padding to the group's longest
     chunk (B * Tq query slots) stays within 2 x its tokens + `slack`. A long prefill chunk mixed
