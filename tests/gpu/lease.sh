@@ -19,7 +19,7 @@ python3 -m server.cli generate --chat --prompt "$PROMPT" --max-tokens 8 --backen
   >"$OUT/generate_tensorrt.txt" 2>&1
 trt_rc=$?
 if [ -f bench/engine_gpu.py ]; then
-  python3 bench/engine_gpu.py >"$OUT/engine_gpu.txt" 2>&1; echo "engine_gpu rc=$?" >>"$OUT/engine_gpu.txt"
+  python3 bench/engine_gpu.py --out "$OUT/engine_gpu.md" >"$OUT/engine_gpu.txt" 2>&1; echo "engine_gpu rc=$?" >>"$OUT/engine_gpu.txt"
 fi
 tail -n 25 "$OUT/run_on_device.txt"
 echo "---- generate --backend auto (rc=$auto_rc)";        grep -v "^\s*$" "$OUT/generate_auto.txt" | tail -n 8
