@@ -11,7 +11,8 @@ Policies (TensorRT-LLM's batch_scheduler_policy):
   the queue, never dropped). No admission in a step that preempted.
 - guaranteed_no_evict: admit only when prompt + max_tokens fits next to what running sequences
   may still claim; never preempts.
-Status transitions happen only here (`_finish`, `_preempt`, `_admit`).
+Status transitions happen only here (`_finish`, `_preempt`, `_admit`). `SampledTokens` is
+re-exported from scheduler.outputs.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
 
 import numpy as np
 
 from scheduler.block_pool import BlockPool
 from scheduler.config import SchedulerConfig
 from scheduler.kv_cache import KVCacheManager, PrefixHit
+from scheduler.outputs import SampledTokens, delta_output
 from scheduler.plan import ScheduledSeq, StepPlan, StepResult
 from scheduler.request import QueueFullError, Request, RequestError, RequestOutput
 from scheduler.sampling import SampleInput, is_greedy, sample
@@ -37,16 +38,6 @@ from scheduler.stop import Decode, finish_status
 from scheduler.validation import validate_prompt
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class SampledTokens:
-    """The tokens chosen for one step's logits rows (see Scheduler.sample_step)."""
-
-    step_id: int
-    seqs: list[Sequence]  # one per logits row, plan order
-    tokens: list[int]
-    logprobs: list[float | None]
 
 
 class Scheduler:
@@ -247,31 +238,13 @@ class Scheduler:
                 self.running.remove(seq)
                 outputs.append(self._finish(seq, status))
             else:
-                outputs.append(self._delta(seq))
+                outputs.append(delta_output(seq))
         return outputs
 
     def drain_outputs(self) -> list[RequestOutput]:
         """Outputs produced by schedule()/abort bookkeeping (queue timeouts) since last drained."""
         out, self._pending = self._pending, []
         return out
-
-    def _delta(self, seq: Sequence) -> RequestOutput:
-        start, n_prompt = seq.num_reported_tokens, seq.num_prompt_tokens
-        n_out = seq.num_tokens - n_prompt
-        seq.num_reported_tokens = n_out
-        finished = seq.status >= SeqStatus.FINISHED_END_ID
-        return RequestOutput(
-            request_id=seq.request.request_id,
-            new_token_ids=seq.tokens_slice(n_prompt + start),
-            new_logprobs=seq.output_logprobs[start:] if seq.request.params.logprobs else None,
-            finished=finished,
-            finish_reason=seq.finish_reason if finished else None,
-            num_prompt_tokens=n_prompt,
-            num_output_tokens=n_out,
-            num_cached_tokens=seq.num_cached_tokens,
-            error=seq.error,
-            error_type=seq.error_type,
-        )
 
     # ---- endings ----------
     def _finish(self, seq: Sequence, status: SeqStatus) -> RequestOutput:
@@ -283,7 +256,7 @@ class Scheduler:
         del self._by_seq[seq.seq_id]
         self.completed_total += 1
         logger.debug("finished %s: %s", seq.request_id, status.name)
-        return self._delta(seq)
+        return delta_output(seq)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Finish a request with ABORT in any state; None if unknown or already finished."""

@@ -1,7 +1,7 @@
 """A request's live state inside the scheduler: tokens, KV block table, counters and status.
 
 Only `append_token` adds tokens; everything derived is a property. Only the Scheduler changes
-`status` (through `Scheduler._set_status`-style transitions); only the KV cache manager edits
+`status` (in `_admit`, `_preempt`, `_finish`); only the KV cache manager (kv_cache.py) edits
 `block_table`.
 """
 

@@ -1,0 +1,41 @@
+"""What the scheduler hands back: sampled tokens of a step and per-request deltas."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from scheduler.request import RequestOutput
+from scheduler.sequence import SeqStatus, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SampledTokens:
+    """The tokens chosen for one step's logits rows (see Scheduler.sample_step)."""
+
+    step_id: int
+    seqs: list[Sequence]  # one per logits row, plan order
+    tokens: list[int]
+    logprobs: list[float | None]
+
+
+def delta_output(seq: Sequence) -> RequestOutput:
+    """The output tokens seq has not reported yet, with its counters; marks them reported."""
+    start, n_prompt = seq.num_reported_tokens, seq.num_prompt_tokens
+    n_out = seq.num_tokens - n_prompt
+    seq.num_reported_tokens = n_out
+    finished = seq.status >= SeqStatus.FINISHED_END_ID
+    return RequestOutput(
+        request_id=seq.request.request_id,
+        new_token_ids=seq.tokens_slice(n_prompt + start),
+        new_logprobs=seq.output_logprobs[start:] if seq.request.params.logprobs else None,
+        finished=finished,
+        finish_reason=seq.finish_reason if finished else None,
+        num_prompt_tokens=n_prompt,
+        num_output_tokens=n_out,
+        num_cached_tokens=seq.num_cached_tokens,
+        error=seq.error,
+        error_type=seq.error_type,
+    )
