@@ -76,7 +76,11 @@ def sample_row(row: np.ndarray, params: SamplingParams, u: float) -> int:
     if 0 < params.top_k < vocab:
         cand = np.sort(np.argpartition(x, vocab - params.top_k)[vocab - params.top_k :])
         x = x[cand]
-    probs = np.exp(x - x.max(), dtype=np.float32)
+    top = x.max()
+    if not np.isfinite(top):  # everything banned, or a broken model: degrade to argmax
+        logger.warning("non-finite logits row (max %s); falling back to argmax", top)
+        return int(cand[int(np.argmax(x))]) if cand is not None else int(np.argmax(x))
+    probs = np.exp(x - top, dtype=np.float32)
     probs /= np.float32(probs.sum(dtype=np.float64))
     if params.top_p < 1.0:
         probs[probs < top_p_threshold(probs, params.top_p)] = 0.0
@@ -105,12 +109,12 @@ def cumsum_search(values: np.ndarray, target: float, side: str = "right") -> int
     blocks = v.reshape(-1, CDF_BLOCK).sum(axis=1, dtype=np.float64)
     cum_blocks = np.cumsum(blocks)
     j = min(int(np.searchsorted(cum_blocks, target, side=side)), blocks.shape[0] - 1)
-    while blocks[j] == 0.0:  # rounding at the top end: step back to mass
+    while j > 0 and blocks[j] == 0.0:  # rounding at the top end: step back to mass
         j -= 1
     base = float(cum_blocks[j - 1]) if j else 0.0
     inner = base + np.cumsum(v[j * CDF_BLOCK : (j + 1) * CDF_BLOCK], dtype=np.float64)
     i = min(int(np.searchsorted(inner, target, side=side)), CDF_BLOCK - 1)
-    while v[j * CDF_BLOCK + i] == 0.0:
+    while i > 0 and v[j * CDF_BLOCK + i] == 0.0:
         i -= 1
     return j * CDF_BLOCK + i
 

@@ -171,3 +171,10 @@ def test_cumsum_search_matches_full_cumsum() -> None:
                 while v[ref] == 0:
                     ref -= 1
                 assert cumsum_search(v, t, side) == ref
+
+
+def test_degenerate_rows_do_not_hang() -> None:
+    """All-banned (-inf) or NaN rows fall back to argmax instead of looping or crashing."""
+    assert draw(np.full(4, -np.inf, np.float32), 0.5, top_p=0.5) == 0
+    assert draw(row(0, np.nan, 1), 0.5) in (0, 1, 2)
+    assert cumsum_search(np.zeros(300), 0.0) == 0
