@@ -46,8 +46,9 @@ def test_concurrent_requests_stream_reference_tokens() -> None:
             assert [t for o in outs for t in o.new_token_ids] == greedy_reference(
                 r.prompt_token_ids, r.params.max_tokens)
             assert outs[-1].finished and outs[-1].finish_reason == FinishReason.LENGTH
-        await asyncio.sleep(0.05)  # let the loop go idle (runs check_integrity)
-        assert loop.num_unfinished == 0 and loop.stats().blocks_used == 0
+        loop.scheduler.check_integrity()
+        assert loop.num_unfinished == 0 and loop.scheduler.pool.num_free == 64
+        assert seen[-1].blocks_used == 0 and seen[-1].requests_completed_total == 8
         assert [s.step_id for s in seen] == list(range(1, len(ex.plans) + 1))
         await loop.stop()
     run(main())
