@@ -47,6 +47,9 @@ class StepResult:
 
     step_id: int  # the plan's step_id
     logits: np.ndarray  # float32 [num_logit_rows, vocab]: one row per want_logits seq, plan order
+    argmax: np.ndarray | None = None  # int64 [num_logit_rows]: argmax of each logits row, when
+    # the executor computes it (in the graph / on the device); lets plain-greedy rows skip a host
+    # pass over the logits. None -> the scheduler computes it.
 
 
 class Executor(Protocol):
