@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.backends import BackendChoice, backend_candidates
 from engine.cache import (
     ConsoleProgress,
     build_entry,
@@ -79,70 +80,9 @@ class LoadedModel:
         self.executor.close()
 
 
-@dataclass(frozen=True, slots=True)
-class BackendChoice:
-    """The seam where GPU backends plug in: which executor runs, and in which dtype."""
-
-    name: str  # "onnxruntime-cpu" | "onnxruntime-cuda" | "tensorrt"
-    providers: tuple[str, ...]  # onnxruntime execution providers, in preference order
-    dtype: str  # graph dtype the backend runs best with when options.dtype == "auto"
-
-
-def _gpu_reason() -> str | None:
-    """None when a CUDA device is usable through cuda-python, else why not."""
-    import importlib.util
-
-    if importlib.util.find_spec("cuda") is None:
-        return "cuda-python is not installed (pip install 'trtserve[gpu]')"
-    from engine.device.cuda import gpu_available
-
-    return gpu_available()
-
-
-def _ort_cuda_available() -> bool:
-    import onnxruntime
-
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-def _tensorrt_reason() -> str | None:
-    """None when a TensorRT module imports, else why not."""
-    from engine.executors.trt_build import TensorRTError, import_tensorrt
-
-    try:
-        import_tensorrt()
-    except TensorRTError as exc:
-        return str(exc)
-    return None
-
-
-TENSORRT = BackendChoice("tensorrt", (), "float16")
-ORT_CUDA = BackendChoice("onnxruntime-cuda", ("CUDAExecutionProvider",), "float16")
-ORT_CPU = BackendChoice("onnxruntime-cpu", ("CPUExecutionProvider",), "float32")
-
-
-def backend_candidates(options: EngineOptions) -> list[BackendChoice]:
-    """Executors to try, best first. `auto`: TensorRT, then ONNX Runtime CUDA on a GPU, then
-    ONNX Runtime on CPU. An explicit `tensorrt` that cannot run here is one clear ModelError."""
-    gpu_reason = _gpu_reason()
-    if options.backend == "tensorrt":
-        reason = gpu_reason or _tensorrt_reason()
-        if reason:
-            raise ModelError(f"--backend tensorrt cannot run here: {reason}; "
-                             "start the server with --backend onnxruntime instead")
-        return [TENSORRT]
-    gpu: list[BackendChoice] = []
-    if gpu_reason is None:
-        if options.backend == "auto" and _tensorrt_reason() is None:
-            gpu.append(TENSORRT)
-        if _ort_cuda_available():
-            gpu.append(ORT_CUDA)
-    return [*gpu, ORT_CPU]
-
-
 def select_backend(options: EngineOptions) -> BackendChoice:
     """The preferred executor for this machine (the first candidate)."""
-    return backend_candidates(options)[0]
+    return backend_candidates(options.backend)[0]
 
 
 def resolve_dtype(options: EngineOptions, backend: BackendChoice) -> str:
@@ -292,7 +232,7 @@ def load_model(options: EngineOptions) -> LoadedModel:
 
     With `--backend auto`, an executor that refuses this machine (e.g. TensorRT for RTX on an
     sm_90 GPU) is logged in one line and the next candidate is tried."""
-    candidates = backend_candidates(options)
+    candidates = backend_candidates(options.backend)
     for backend, fallback in zip(candidates, [*candidates[1:], None], strict=True):
         try:
             loaded = _start(backend, options)

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import pytest
 
+import engine.backends as backends
 import engine.runtime as rt
 from engine.config import ModelError
 
 
 def _machine(monkeypatch: pytest.MonkeyPatch, *, gpu: str | None, trt: str | None,
              ort_cuda: bool) -> None:
-    monkeypatch.setattr(rt, "_gpu_reason", lambda: gpu)
-    monkeypatch.setattr(rt, "_tensorrt_reason", lambda: trt)
-    monkeypatch.setattr(rt, "_ort_cuda_available", lambda: ort_cuda)
+    monkeypatch.setattr(backends, "_gpu_reason", lambda: gpu)
+    monkeypatch.setattr(backends, "_tensorrt_reason", lambda: trt)
+    monkeypatch.setattr(backends, "_ort_cuda_available", lambda: ort_cuda)
 
 
 def _names(options: rt.EngineOptions) -> list[str]:
-    return [b.name for b in rt.backend_candidates(options)]
+    return [b.name for b in backends.backend_candidates(options.backend)]
 
 
 def test_cpu_machine_runs_onnxruntime_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,14 +37,14 @@ def test_gpu_machine_prefers_tensorrt_then_ort_cuda(monkeypatch: pytest.MonkeyPa
 def test_explicit_tensorrt_without_gpu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     _machine(monkeypatch, gpu="no CUDA driver", trt=None, ort_cuda=False)
     with pytest.raises(ModelError, match=r"no CUDA driver.*--backend onnxruntime"):
-        rt.backend_candidates(rt.EngineOptions(backend="tensorrt"))
+        backends.backend_candidates("tensorrt")
 
 
 def test_auto_falls_back_when_tensorrt_refuses_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     _machine(monkeypatch, gpu=None, trt=None, ort_cuda=True)
     tried: list[str] = []
 
-    def start(backend: rt.BackendChoice, options: rt.EngineOptions) -> object:
+    def start(backend: backends.BackendChoice, options: rt.EngineOptions) -> object:
         tried.append(backend.name)
         if backend.name == "tensorrt":
             raise RuntimeError("TensorRT for RTX cannot run on this GPU (sm_90)")
@@ -59,7 +60,7 @@ def test_auto_falls_back_when_tensorrt_refuses_the_gpu(monkeypatch: pytest.Monke
 def test_explicit_tensorrt_refusal_is_a_model_error(monkeypatch: pytest.MonkeyPatch) -> None:
     _machine(monkeypatch, gpu=None, trt=None, ort_cuda=True)
 
-    def start(backend: rt.BackendChoice, options: rt.EngineOptions) -> object:
+    def start(backend: backends.BackendChoice, options: rt.EngineOptions) -> object:
         raise RuntimeError("cannot run on this GPU; start the server with --backend onnxruntime")
 
     monkeypatch.setattr(rt, "_start", start)

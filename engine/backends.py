@@ -1,0 +1,68 @@
+"""Which executor runs here: TensorRT, ONNX Runtime CUDA or ONNX Runtime CPU, best first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.config import ModelError
+
+
+@dataclass(frozen=True, slots=True)
+class BackendChoice:
+    """The seam where GPU backends plug in: which executor runs, and in which dtype."""
+
+    name: str  # "onnxruntime-cpu" | "onnxruntime-cuda" | "tensorrt"
+    providers: tuple[str, ...]  # onnxruntime execution providers, in preference order
+    dtype: str  # graph dtype the backend runs best with when options.dtype == "auto"
+
+
+def _gpu_reason() -> str | None:
+    """None when a CUDA device is usable through cuda-python, else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("cuda") is None:
+        return "cuda-python is not installed (pip install 'trtserve[gpu]')"
+    from engine.device.cuda import gpu_available
+
+    return gpu_available()
+
+
+def _ort_cuda_available() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def _tensorrt_reason() -> str | None:
+    """None when a TensorRT module imports, else why not."""
+    from engine.executors.trt_build import TensorRTError, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except TensorRTError as exc:
+        return str(exc)
+    return None
+
+
+TENSORRT = BackendChoice("tensorrt", (), "float16")
+ORT_CUDA = BackendChoice("onnxruntime-cuda", ("CUDAExecutionProvider",), "float16")
+ORT_CPU = BackendChoice("onnxruntime-cpu", ("CPUExecutionProvider",), "float32")
+
+
+def backend_candidates(requested: str) -> list[BackendChoice]:
+    """Executors to try, best first. `auto`: TensorRT, then ONNX Runtime CUDA on a GPU, then
+    ONNX Runtime on CPU. An explicit `tensorrt` that cannot run here is one clear ModelError."""
+    gpu_reason = _gpu_reason()
+    if requested == "tensorrt":
+        reason = gpu_reason or _tensorrt_reason()
+        if reason:
+            raise ModelError(f"--backend tensorrt cannot run here: {reason}; "
+                             "start the server with --backend onnxruntime instead")
+        return [TENSORRT]
+    gpu: list[BackendChoice] = []
+    if gpu_reason is None:
+        if requested == "auto" and _tensorrt_reason() is None:
+            gpu.append(TENSORRT)
+        if _ort_cuda_available():
+            gpu.append(ORT_CUDA)
+    return [*gpu, ORT_CPU]
