@@ -1,12 +1,17 @@
 """Host-side cost of one scheduler step (schedule + sampling + update) with a null executor.
 
-    .venv/bin/python bench/scheduler_overhead.py [--steps 30]
+    .venv/bin/python bench/scheduler_overhead.py [--steps 30] [--modes greedy,sampled]
 
-The null executor returns preallocated random float32 logits (vocab 49152) instantly, so what is
-timed is pure scheduler work. Batches 1, 64, 256 at context ~1k tokens; greedy and sampled
-(temperature 0.8, top_p 0.95) separately. Baseline in the same run: `np.argmax` over the same
-logits (the floor of any greedy step: it reads every logit once). Writes
-bench/results/scheduler_overhead.md.
+The null executor returns preallocated float32 logits (vocab 49152) instantly, so what is timed
+is pure scheduler work. Batches 1, 64, 256 at context ~1k tokens. Variants:
+- greedy, host argmax: the executor returns logits only; the scheduler runs np.argmax.
+- greedy, executor argmax: the executor also returns `StepResult.argmax` (precomputed here, as
+  an executor computing it in the graph / on the device would), so greedy rows read no logits.
+- sampled (temperature 0.8, top_p 0.95, seeded) on flat N(0, 1) logits (the nucleus is most of
+  the vocab: every row takes the exact full-sort path) and on peaked N(0, 4^2) logits (a nucleus
+  of tens to hundreds of tokens, as real LM logits mostly are: the candidate-window path).
+Baseline in the same run: `np.argmax` over the same logits (the floor of a host-argmax greedy
+step: it reads every logit once). Writes bench/results/scheduler_overhead.md.
 """
 
 from __future__ import annotations
@@ -37,23 +42,16 @@ RESULTS = Path(__file__).parent / "results" / "scheduler_overhead.md"
 VOCAB = 49152
 CONTEXT = 1024
 BATCHES = (1, 64, 256)
-MODES = {"greedy": SamplingParams(max_tokens=512, ignore_eos=True),
-         "sampled": SamplingParams(max_tokens=512, ignore_eos=True, temperature=0.8, top_p=0.95,
-                                   seed=0)}
-NOTES = [
-    "What dominates:",
-    "- greedy: the floor is reading the [batch, 49152] float32 logits once for argmax (50 MB at "
-    "batch 256, ~2 ms here). The scheduler's own bookkeeping (schedule + append, finish checks, "
-    "deltas) is the rest: a few microseconds per sequence, ~1.3 ms at batch 256, so the 1 ms "
-    "target is missed by ~0.3 ms of pure-Python per-sequence work; an executor that returns "
-    "argmax/top-k candidates instead of full logits would remove the floor.",
-    "- sampled: per-row numpy over the whole vocab (exp, one SIMD value sort for top_p, a two-"
-    "level inverse CDF): ~0.7 ms per row, so ~45 ms at batch 64 and ~180-270 ms at batch 256. "
-    "Random-normal logits are the worst case for top_p (flat distribution: the nucleus holds "
-    "most of the vocab). In EngineLoop sampling runs in the worker thread right after "
-    "`execute` (Scheduler.sample_step), so it never blocks the event loop, but it is on the "
-    "step's critical path.",
-]
+GREEDY = SamplingParams(max_tokens=512, ignore_eos=True)
+SAMPLED = SamplingParams(max_tokens=512, ignore_eos=True, temperature=0.8, top_p=0.95, seed=0)
+# name -> (mode, params, executor returns argmax, logits scale)
+VARIANTS = {
+    "greedy, host argmax": ("greedy", GREEDY, False, 1.0),
+    "greedy, executor argmax": ("greedy", GREEDY, True, 1.0),
+    "sampled, flat N(0,1) logits": ("sampled", SAMPLED, True, 1.0),
+    "sampled, peaked N(0,4^2) logits": ("sampled", SAMPLED, True, 4.0),
+}
+NOTES: list[str] = []  # filled in by hand after a run (what dominates)
 
 
 class NullExecutor:
@@ -61,19 +59,24 @@ class NullExecutor:
     vocab_size = VOCAB
     max_context = 4096
 
-    def __init__(self, max_rows: int) -> None:
+    def __init__(self, max_rows: int, with_argmax: bool, scale: float) -> None:
         self.num_blocks = max_rows * (CONTEXT + 600) // self.block_size
-        self._logits = np.random.default_rng(0).standard_normal((max_rows, VOCAB), np.float32)
+        rng = np.random.default_rng(0)
+        self._logits = rng.standard_normal((max_rows, VOCAB), np.float32) * np.float32(scale)
+        self._argmax = np.argmax(self._logits, axis=1) if with_argmax else None
 
     def execute(self, plan: StepPlan) -> StepResult:
-        return StepResult(plan.step_id, self._logits[: plan.num_logit_rows])
+        rows = plan.num_logit_rows
+        argmax = self._argmax[:rows] if self._argmax is not None else None
+        return StepResult(plan.step_id, self._logits[:rows], argmax)
 
     def close(self) -> None:
         pass
 
 
-def measure(batch: int, params: SamplingParams, steps: int) -> dict[str, float]:
-    ex = NullExecutor(batch)
+def measure(batch: int, variant: str, steps: int) -> dict[str, float]:
+    _, params, with_argmax, scale = VARIANTS[variant]
+    ex = NullExecutor(batch, with_argmax, scale)
     sched = Scheduler(SchedulerConfig(max_batch_size=batch, max_num_tokens=CONTEXT * batch,
                                       max_queue_size=0), block_size=ex.block_size,
                       num_blocks=ex.num_blocks, vocab_size=VOCAB, max_context=ex.max_context)
@@ -96,47 +99,57 @@ def measure(batch: int, params: SamplingParams, steps: int) -> dict[str, float]:
         t_sched.append(t1 - t0)
         t_update.append(t3 - t2)
         t_total.append((t1 - t0) + (t3 - t2))
-    logits = ex.execute(plan).logits
+    full_sort = sched.sample_stats.full_sort_rows / max(sched.sample_stats.sampled_rows, 1)
+    result = ex.execute(plan)
+    logits = result.logits
     rows = [SampleInput(params, [0], 1, (), np.random.default_rng(0)) for _ in range(batch)]
     t_sample, t_argmax = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        sample(logits, rows)
+        sample(logits, rows, result.argmax)
         t1 = time.perf_counter()
         np.argmax(logits, axis=1)
         t_argmax.append(time.perf_counter() - t1)
         t_sample.append(t1 - t0)
     med = lambda xs: float(np.median(xs)) * 1e3  # noqa: E731
     return {"schedule_ms": med(t_sched), "update_ms": med(t_update), "step_ms": med(t_total),
-            "sampling_ms": med(t_sample), "argmax_ms": med(t_argmax)}
+            "sampling_ms": med(t_sample), "argmax_ms": med(t_argmax), "full_sort_frac": full_sort}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--modes", default="greedy,sampled", help="comma-separated: greedy,sampled")
     args = ap.parse_args()
+    modes = set(args.modes.split(","))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     lines = [
         "# Scheduler host overhead per step (null executor)", "",
         f"- machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{platform.python_implementation()} {platform.python_version()}, numpy {np.__version__}",
         f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}, load average "
+        f"{os.getloadavg()[0]:.2f} at start",
         f"- vocab {VOCAB}, context {CONTEXT} prompt tokens + decode, {args.steps} decode steps, "
         "medians; step = schedule + update (update = sampling + append + finish checks)",
         "- baseline (same run): `np.argmax(logits, axis=1)` alone; ratio = step / baseline",
+        "- full-sort rows: share of sampled rows whose top_p nucleus did not fit the candidate "
+        "window (exact full-vocab sort)",
         "- other helpers share these 2 cores: absolute numbers are noisy", "",
-        "| mode | batch | schedule ms | update ms | step ms | sampling alone ms | argmax ms "
-        "| ratio | per seq us |",
-        "|---|---|---|---|---|---|---|---|---|"]
-    for mode, params in MODES.items():
+        "| variant | batch | schedule ms | update ms | step ms | sampling alone ms | argmax ms "
+        "| ratio | per seq us | full-sort rows |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for variant, (mode, *_) in VARIANTS.items():
+        if mode not in modes:
+            continue
         for batch in BATCHES:
-            r = measure(batch, params, args.steps)
-            logger.info("%s batch %d: %s", mode, batch, r)
-            lines.append(f"| {mode} | {batch} | {r['schedule_ms']:.3f} | {r['update_ms']:.3f} | "
-                         f"{r['step_ms']:.3f} | {r['sampling_ms']:.3f} | {r['argmax_ms']:.3f} | "
-                         f"{r['step_ms'] / r['argmax_ms']:.1f}x | "
-                         f"{r['step_ms'] * 1e3 / batch:.1f} |")
+            r = measure(batch, variant, args.steps)
+            logger.info("%s batch %d: %s", variant, batch, r)
+            lines.append(f"| {variant} | {batch} | {r['schedule_ms']:.3f} | {r['update_ms']:.3f} "
+                         f"| {r['step_ms']:.3f} | {r['sampling_ms']:.3f} | {r['argmax_ms']:.3f} "
+                         f"| {r['step_ms'] / r['argmax_ms']:.1f}x | "
+                         f"{r['step_ms'] * 1e3 / batch:.1f} | "
+                         f"{r['full_sort_frac'] * 100:.0f}% |")
     lines += ["", *NOTES]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")

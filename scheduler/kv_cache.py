@@ -84,6 +84,7 @@ class KVCacheManager:
             self.hits_total += len(hit.blocks)
         self.pool.touch(hit.blocks)
         seq.block_table = list(hit.blocks)
+        seq.num_hit_blocks = len(hit.blocks)
         seq.num_computed_tokens = hit.num_tokens
 
     # ---- growth ----------
@@ -99,10 +100,15 @@ class KVCacheManager:
         return 0
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
-        """Make seq's block table cover num_new_tokens more tokens; False if blocks are short."""
-        covered = len(seq.block_table) * self.block_size
-        fits = seq.num_computed_tokens + num_new_tokens <= covered
-        if fits and not self._write_target_shared(seq):
+        """Make seq's block table cover num_new_tokens more tokens; False if blocks are short.
+
+        Only a block from a prefix-cache hit can be shared (blocks this sequence allocated are
+        registered in the cache only once full, i.e. behind its write position), so the
+        ref-count check runs only while the write position is inside the hit blocks."""
+        computed = seq.num_computed_tokens
+        if computed + num_new_tokens <= len(seq.block_table) * self.block_size and (
+                computed // self.block_size >= seq.num_hit_blocks
+                or not self._write_target_shared(seq)):
             return True  # fast path (e.g. decode inside the last block): nothing to do
         if self.blocks_for(seq, num_new_tokens) > self.pool.num_free:
             return False
@@ -129,9 +135,10 @@ class KVCacheManager:
     # ---- after a step / release ----------------------------------------------------------------
     def cache_computed_blocks(self, seq: Sequence) -> None:
         """Register every block that is now full of computed KV under its content hash."""
-        full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
-        if not self.pool.enable_caching or full <= seq.num_registered_blocks:
-            return
+        full = seq.num_computed_tokens // self.block_size
+        if full <= seq.num_registered_blocks or not self.pool.enable_caching:
+            return  # the common case: no block filled up this step
+        full = min(full, len(seq.block_table))
         self.update_hashes(seq)
         for i in range(seq.num_registered_blocks, full):
             self.pool.cache_block(seq.block_table[i], seq.block_hashes[i])
@@ -142,6 +149,7 @@ class KVCacheManager:
         if seq.block_table:
             self.pool.free(seq.block_table)
             seq.block_table = []
+        seq.num_hit_blocks = 0
         seq.num_computed_tokens = 0
         seq.num_registered_blocks = 0
 

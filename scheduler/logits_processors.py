@@ -16,6 +16,12 @@ from scheduler.request import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM)
+
+
+def is_greedy(params: SamplingParams) -> bool:
+    return params.temperature < GREEDY_EPS
+
 
 def needs_processing(params: SamplingParams, num_output: int) -> bool:
     return (

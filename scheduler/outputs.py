@@ -27,15 +27,16 @@ def delta_output(seq: Sequence) -> RequestOutput:
     n_out = seq.num_tokens - n_prompt
     seq.num_reported_tokens = n_out
     finished = seq.status >= SeqStatus.FINISHED_END_ID
+    # positional: this runs once per row per step (field order of RequestOutput)
     return RequestOutput(
-        request_id=seq.request.request_id,
-        new_token_ids=seq.tokens_slice(n_prompt + start),
-        new_logprobs=seq.output_logprobs[start:] if seq.request.params.logprobs else None,
-        finished=finished,
-        finish_reason=seq.finish_reason if finished else None,
-        num_prompt_tokens=n_prompt,
-        num_output_tokens=n_out,
-        num_cached_tokens=seq.num_cached_tokens,
-        error=seq.error,
-        error_type=seq.error_type,
+        seq.request.request_id,
+        seq.tokens_slice(n_prompt + start),
+        seq.output_logprobs[start:] if seq.request.params.logprobs else None,
+        finished,
+        seq.finish_reason if finished else None,
+        n_prompt,
+        n_out,
+        seq.num_cached_tokens,
+        seq.error,
+        seq.error_type,
     )

@@ -19,7 +19,9 @@ class ScheduledSeq:
     seq_id: int  # scheduler-wide id of the sequence (unique while it lives)
     token_ids: list[int]  # tokens to run now: a prefill chunk, or the single newest token
     start_pos: int  # position of token_ids[0] == number of this sequence's tokens already in KV
-    block_table: list[int]  # physical KV block ids in order; covers start_pos + len(token_ids)
+    block_table: list[int]  # physical KV block ids in order; covers start_pos + len(token_ids).
+    # READ-ONLY: it is the sequence's own list (no per-step copy); the executor must not mutate
+    # it, and must not keep it past execute() (the scheduler extends it in later steps)
     want_logits: bool  # logits of the LAST token of token_ids are needed (decode, or prompt done)
 
 

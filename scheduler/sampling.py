@@ -1,6 +1,8 @@
 """Token selection for a batch of logits rows: greedy (vectorized), or sampled per request.
 
-- Greedy rows (temperature < GREEDY_EPS) take argmax of the processed logits.
+- Plain greedy rows (temperature < GREEDY_EPS, nothing that could move the argmax) take the
+  executor's `StepResult.argmax` when it computed one, else one host argmax over those rows.
+- Other greedy rows take argmax of the processed logits.
 - Sampled rows: logits / temperature -> top_k -> softmax -> top_p -> min_p -> inverse-CDF draw
   with exactly one uniform from the request's own numpy Generator. Each row is computed on its
   own (float64), so a seeded request yields the same tokens alone or in any batch.
@@ -16,12 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.logits_processors import needs_processing, process_row
+from scheduler.logits_processors import GREEDY_EPS, is_greedy, needs_processing, process_row
 from scheduler.request import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM)
+__all__ = ["GREEDY_EPS", "SampleInput", "SampleStats", "choose_tokens", "is_greedy", "sample",
+           "sample_row"]
+
 CDF_BLOCK = 256  # two-level inverse-CDF search: block sums, then one block
 
 
@@ -36,26 +40,53 @@ class SampleInput:
     rng: np.random.Generator | None  # None only for greedy rows
 
 
-def is_greedy(params: SamplingParams) -> bool:
-    return params.temperature < GREEDY_EPS
+@dataclass(slots=True)
+class SampleStats:
+    """Counters of the sampled-row paths (the scheduler keeps one; tests and benches read it)."""
+
+    sampled_rows: int = 0  # rows drawn from a distribution
+    full_sort_rows: int = 0  # of those, rows that needed the exact full-vocab nucleus sort
 
 
-def sample(logits: np.ndarray, rows: list[SampleInput]) -> tuple[list[int], list[float | None]]:
-    """Choose one token per row of logits [len(rows), vocab]; return tokens and log-probs."""
+def is_plain_greedy(r: SampleInput) -> bool:
+    """The row's token is the argmax of its raw logits (nothing can move the argmax)."""
+    return is_greedy(r.params) and not needs_processing(r.params, len(r.token_ids) - r.num_prompt)
+
+
+def sample(logits: np.ndarray, rows: list[SampleInput], argmax: np.ndarray | None = None
+           ) -> tuple[list[int], list[float | None]]:
+    """Choose one token per row of logits [len(rows), vocab]; return tokens and log-probs.
+    `argmax` (int64 [rows], optional) is the executor's argmax of each raw logits row."""
     assert logits.shape[0] == len(rows), f"{logits.shape[0]} logits rows for {len(rows)} seqs"
-    tokens = [0] * len(rows)
-    plain_greedy = []
-    for i, r in enumerate(rows):
-        if is_greedy(r.params) and not needs_processing(r.params, len(r.token_ids) - r.num_prompt):
-            plain_greedy.append(i)
-        else:
-            tokens[i] = _choose_processed(logits[i], r)
-    if plain_greedy:
-        sub = logits if len(plain_greedy) == len(rows) else logits[plain_greedy]
-        for i, t in zip(plain_greedy, np.argmax(sub, axis=1).tolist(), strict=True):
-            tokens[i] = t
-    logprobs = [_raw_logprob(logits[i], tokens[i]) if r.params.logprobs else None
-                for i, r in enumerate(rows)]
+    special = [(i, r) for i, r in enumerate(rows) if not is_plain_greedy(r)]
+    want_logprobs = [i for i, r in enumerate(rows) if r.params.logprobs]
+    return choose_tokens(logits, argmax, special, want_logprobs)
+
+
+def choose_tokens(logits: np.ndarray, argmax: np.ndarray | None,
+                  special: list[tuple[int, SampleInput]], want_logprobs: list[int],
+                  stats: SampleStats | None = None) -> tuple[list[int], list[float | None]]:
+    """Tokens for every row of logits: rows not listed in `special` are plain greedy (argmax,
+    from the executor when given, else computed here only over those rows); `special` rows are
+    processed and/or sampled. Log-probs (a pass over the row) only for `want_logprobs` rows."""
+    n = logits.shape[0]
+    if argmax is not None:
+        tokens = argmax.tolist()
+    elif not special:
+        tokens = np.argmax(logits, axis=1).tolist()
+    else:
+        tokens = [0] * n
+        if len(special) < n:
+            plain = np.ones(n, dtype=bool)
+            plain[[i for i, _ in special]] = False
+            rows = np.flatnonzero(plain)
+            for i, t in zip(rows.tolist(), np.argmax(logits[rows], axis=1).tolist(), strict=True):
+                tokens[i] = t
+    for i, r in special:
+        tokens[i] = _choose_processed(logits[i], r)
+    logprobs: list[float | None] = [None] * n
+    for i in want_logprobs:
+        logprobs[i] = _raw_logprob(logits[i], tokens[i])
     return tokens, logprobs
 
 

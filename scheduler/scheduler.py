@@ -11,7 +11,8 @@ Policies (TensorRT-LLM's batch_scheduler_policy):
   the queue, never dropped). No admission in a step that preempted.
 - guaranteed_no_evict: admit only when prompt + max_tokens fits next to what running sequences
   may still claim; never preempts.
-Status transitions happen only here (`_finish`, `_preempt`, `_admit`). `SampledTokens` is
+Status transitions happen only here (`_finish`, `_preempt`, `_admit`); the per-row hot loops
+(plan rows, sampling inputs, token appends) are in scheduler.step_rows. `SampledTokens` is
 re-exported from scheduler.outputs.
 """
 
@@ -29,12 +30,13 @@ from scheduler.block_pool import BlockPool
 from scheduler.config import SchedulerConfig
 from scheduler.kv_cache import KVCacheManager, PrefixHit
 from scheduler.outputs import SampledTokens, delta_output
-from scheduler.plan import ScheduledSeq, StepPlan, StepResult
+from scheduler.plan import StepPlan, StepResult
 from scheduler.request import QueueFullError, Request, RequestError, RequestOutput
-from scheduler.sampling import SampleInput, is_greedy, sample
+from scheduler.sampling import SampleStats, is_greedy
 from scheduler.sequence import SeqStatus, Sequence
 from scheduler.stats import SchedulerStats
-from scheduler.stop import Decode, finish_status
+from scheduler.step_rows import apply_tokens, build_rows, sample_rows
+from scheduler.stop import Decode
 from scheduler.validation import validate_prompt
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class Scheduler:
         self._seed_rng = np.random.default_rng(seed)  # seeds requests that bring no seed
         self._pending: list[RequestOutput] = []  # outputs produced outside update()
         self._logit_seqs: dict[int, list[Sequence]] = {}  # step id -> its logits rows' seqs
+        self._step_seqs: dict[int, list[Sequence]] = {}  # step id -> its rows' seqs
+        self.sample_stats = SampleStats()
         self._next_seq_id = 0
         self.step_id = 0
         self.preemptions_total = 0
@@ -79,7 +83,8 @@ class Scheduler:
         limit = self.config.max_queue_size
         if limit and len(self.waiting) >= limit:
             raise QueueFullError(f"waiting queue is full ({limit} requests)")
-        seq = Sequence(self._next_seq_id, request, self._make_rng(request))
+        seq = Sequence(self._next_seq_id, request, self._make_rng(request), self.eos_token_ids,
+                       self.max_model_len)
         self._next_seq_id += 1
         self.waiting.append(seq)
         self._by_request[request.request_id] = seq
@@ -109,11 +114,12 @@ class Scheduler:
 
     def _schedule_running(self, budget: int) -> tuple[list[tuple[Sequence, int]], int]:
         chosen: list[tuple[Sequence, int]] = []
+        allocate = self.kv.allocate_slots
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed_tokens, budget)
-            if not self._make_room(seq, n):
+            if not allocate(seq, n) and not self._make_room(seq, n):
                 break  # seq itself was preempted; it was the newest
             chosen.append((seq, n))
             budget -= n
@@ -121,6 +127,7 @@ class Scheduler:
         return chosen, budget
 
     def _make_room(self, seq: Sequence, n: int) -> bool:
+        """Preempt the newest running sequences until seq gets room; False if seq was one."""
         while not self.kv.allocate_slots(seq, n):
             assert self.config.policy == "max_utilization", (
                 f"guaranteed_no_evict ran out of blocks for {seq}: reservation bug")
@@ -169,23 +176,11 @@ class Scheduler:
         logger.info("preempted %s (recompute %d tokens)", seq.request_id, seq.num_tokens)
 
     def _build_plan(self, chosen: list[tuple[Sequence, int]]) -> StepPlan:
-        rows = []
-        ctx = gen = 0
-        for seq, n in chosen:
-            start = seq.num_computed_tokens
-            if start >= seq.num_prompt_tokens:
-                gen += 1
-            else:
-                ctx += 1
-            rows.append(ScheduledSeq(seq_id=seq.seq_id,
-                                     token_ids=seq.tokens_slice(start, start + n),
-                                     start_pos=start, block_table=list(seq.block_table),
-                                     want_logits=start + n == seq.num_tokens))
-            seq.num_computed_tokens = start + n
-        self._last_context, self._last_generation = ctx, gen
-        self._last_tokens = sum(n for _, n in chosen)
-        self._logit_seqs[self.step_id] = [seq for seq, _ in chosen
-                                          if seq.num_computed_tokens == seq.num_tokens]
+        rows, self._last_context, self._last_generation, self._last_tokens = build_rows(chosen)
+        seqs = [seq for seq, _ in chosen]
+        self._step_seqs[self.step_id] = seqs
+        self._logit_seqs[self.step_id] = [seq for seq, r in zip(seqs, rows, strict=True)
+                                          if r.want_logits]
         return StepPlan(step_id=self.step_id, seqs=rows, block_copies=self.kv.take_copies())
 
     def _expire_queue_deadlines(self) -> None:
@@ -206,14 +201,7 @@ class Scheduler:
         appended by update(), RNGs are used only here), so the loop runs this in its worker
         thread right after the executor call, keeping sampling off the event loop.
         """
-        if result.step_id != plan.step_id or result.logits.shape[0] != plan.num_logit_rows:
-            raise ValueError(f"step result {result.step_id} with {result.logits.shape[0]} rows "
-                             f"does not match plan {plan.step_id} ({plan.num_logit_rows} rows)")
-        seqs = self._logit_seqs[plan.step_id]
-        inputs = [SampleInput(s.params, s.token_view, s.num_prompt_tokens,
-                              s.params.end_ids or self.eos_token_ids, s.rng) for s in seqs]
-        tokens, logprobs = sample(result.logits, inputs) if seqs else ([], [])
-        return SampledTokens(plan.step_id, seqs, tokens, logprobs)
+        return sample_rows(plan, result, self._logit_seqs[plan.step_id], self.sample_stats)
 
     def update(self, plan: StepPlan, result: StepResult,
                sampled: SampledTokens | None = None) -> list[RequestOutput]:
@@ -223,22 +211,12 @@ class Scheduler:
             sampled = self.sample_step(plan, result)
         assert sampled.step_id == plan.step_id, "sampled tokens of another step"
         self._logit_seqs.pop(plan.step_id, None)
-        for s in plan.seqs:
-            seq = self._by_seq.get(s.seq_id)
-            if seq is not None and seq.status == SeqStatus.RUNNING:
-                self.kv.cache_computed_blocks(seq)
+        cache_blocks = self.kv.cache_computed_blocks
+        for seq in self._step_seqs.pop(plan.step_id, ()):
+            if seq.status is SeqStatus.RUNNING:
+                cache_blocks(seq)
         outputs = self.drain_outputs()
-        for seq, tok, lp in zip(sampled.seqs, sampled.tokens, sampled.logprobs, strict=True):
-            if seq.status != SeqStatus.RUNNING:
-                continue  # aborted while the step ran
-            seq.append_token(tok, lp)
-            status = finish_status(seq, seq.params.end_ids or self.eos_token_ids, self.decode,
-                                   self.max_model_len)
-            if status is not None:
-                self.running.remove(seq)
-                outputs.append(self._finish(seq, status))
-            else:
-                outputs.append(delta_output(seq))
+        outputs += apply_tokens(sampled, self.decode, self.max_model_len, self._finish_running)
         return outputs
 
     def drain_outputs(self) -> list[RequestOutput]:
@@ -247,6 +225,10 @@ class Scheduler:
         return out
 
     # ---- endings ----------
+    def _finish_running(self, seq: Sequence, status: SeqStatus) -> RequestOutput:
+        self.running.remove(seq)
+        return self._finish(seq, status)
+
     def _finish(self, seq: Sequence, status: SeqStatus) -> RequestOutput:
         """The one place a sequence becomes finished: frees its KV and forgets it."""
         assert status.is_finished and not seq.is_finished, f"{seq} -> {status.name}"
@@ -273,6 +255,7 @@ class Scheduler:
         """Finish every unfinished request with ERROR (the engine failed)."""
         outputs = self.drain_outputs()
         self._logit_seqs.clear()
+        self._step_seqs.clear()
         for seq in [*self.running, *self.waiting]:
             seq.error, seq.error_type = error, error_type
             outputs.append(self._finish(seq, SeqStatus.FINISHED_ERROR))

@@ -1,18 +1,21 @@
 """A request's live state inside the scheduler: tokens, KV block table, counters and status.
 
-Only `append_token` adds tokens; everything derived is a property. Only the Scheduler changes
-`status` (in `_admit`, `_preempt`, `_finish`); only the KV cache manager (kv_cache.py) edits
-`block_table`.
+Only `append_token` adds tokens; everything derived is a property, except a few per-request
+constants fixed at construction for the per-step hot path (`stop_ids`, `length_limit`,
+`plain_greedy_from`, `has_stop`). Only the Scheduler changes `status` (in `_admit`, `_preempt`,
+`_finish`); only the KV cache manager (kv_cache.py) edits `block_table` (and `num_hit_blocks`).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import sys
 from collections.abc import Sequence as Sequence_
 
 import numpy as np
 
+from scheduler.logits_processors import is_greedy, needs_processing
 from scheduler.request import FinishReason, Request, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -65,9 +68,17 @@ class Sequence:
         "num_reported_tokens",
         "error",
         "error_type",
+        "num_hit_blocks",
+        "end_ids",
+        "stop_ids",
+        "length_limit",
+        "plain_greedy_from",
+        "has_stop",
     )
 
-    def __init__(self, seq_id: int, request: Request, rng: np.random.Generator | None) -> None:
+    def __init__(self, seq_id: int, request: Request, rng: np.random.Generator | None,
+                 eos_token_ids: tuple[int, ...] = (), max_model_len: int | None = None) -> None:
+        params = request.params
         self.seq_id = seq_id  # scheduler-wide unique id
         self.request = request
         self._token_ids: list[int] = list(request.prompt_token_ids)  # prompt + output
@@ -84,12 +95,26 @@ class Sequence:
         self.num_reported_tokens = 0  # output tokens already sent in a RequestOutput
         self.error: str | None = None
         self.error_type: str | None = None
+        self.num_hit_blocks = 0  # leading table blocks that came from a prefix-cache hit
+        # ---- per-request constants for the hot path ----
+        self.end_ids: tuple[int, ...] = params.end_ids or tuple(eos_token_ids)  # effective
+        self.stop_ids: tuple[int, ...] = () if params.ignore_eos else self.end_ids  # may finish
+        limit = self.num_prompt_tokens + params.max_tokens
+        self.length_limit = limit if max_model_len is None else min(limit, max_model_len)
+        self.has_stop = bool(params.stop)
+        # token count from which a row is plain greedy (argmax of the raw logits is the answer:
+        # temperature 0, no penalties/bans, min_tokens reached); maxsize -> never
+        static_plain = is_greedy(params) and not needs_processing(params, params.min_tokens)
+        self.plain_greedy_from = (self.num_prompt_tokens + params.min_tokens if static_plain
+                                  else sys.maxsize)
 
     # ---- the one mutator of the token list ----------
-    def append_token(self, token_id: int, logprob: float | None = None) -> None:
+    def append_token(self, token_id: int, logprob: float | None = None) -> int:
+        """Append one output token; returns the new number of tokens."""
         self._token_ids.append(token_id)
         if logprob is not None:
             self.output_logprobs.append(logprob)
+        return len(self._token_ids)
 
     # ---- derived values ----------
     @property

@@ -23,12 +23,14 @@ VOCAB = 64
 
 class FakeExecutor:
     def __init__(self, num_blocks: int = 16, block_size: int = 4, vocab_size: int = VOCAB,
-                 max_context: int = 256, fail_at_step: int | None = None) -> None:
+                 max_context: int = 256, fail_at_step: int | None = None,
+                 with_argmax: bool = False) -> None:
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.vocab_size = vocab_size
         self.max_context = max_context
         self.fail_at_step = fail_at_step
+        self.with_argmax = with_argmax  # also return StepResult.argmax, as a device executor does
         self.kv = np.full((num_blocks, block_size), -1, dtype=np.int64)
         self.plans: list[StepPlan] = []
         self.closed = False
@@ -50,7 +52,8 @@ class FakeExecutor:
                 pos = s.start_pos + i
                 self.kv[s.block_table[pos // self.block_size], pos % self.block_size] = tok
         logits = np.stack(rows) if rows else np.zeros((0, self.vocab_size), np.float32)
-        return StepResult(step_id=plan.step_id, logits=logits)
+        argmax = np.argmax(logits, axis=1) if self.with_argmax else None
+        return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
 
     def _read(self, table: list[int], pos: int) -> int:
         return int(self.kv[table[pos // self.block_size], pos % self.block_size])

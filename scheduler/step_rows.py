@@ -1,0 +1,75 @@
+"""The per-step hot loops over the batch: plan rows out, sampled tokens in, deltas out.
+
+Plain functions over `Sequence`s so the Scheduler keeps the decisions (who runs, status
+transitions) and these stay cheap at batch 256: no per-row copies of block tables, finish checks
+only when a token can finish the request, sampling inputs built only for rows that need them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from scheduler.outputs import SampledTokens, delta_output
+from scheduler.plan import ScheduledSeq, StepPlan, StepResult
+from scheduler.request import RequestOutput
+from scheduler.sampling import SampleInput, SampleStats, choose_tokens
+from scheduler.sequence import SeqStatus, Sequence
+from scheduler.stop import Decode, finish_status
+
+logger = logging.getLogger(__name__)
+
+Finish = Callable[[Sequence, SeqStatus], RequestOutput]
+
+
+def build_rows(chosen: list[tuple[Sequence, int]]) -> tuple[list[ScheduledSeq], int, int, int]:
+    """Plan rows for (sequence, tokens to run now) pairs; advances num_computed_tokens.
+    Returns the rows, the number of context (prefill) and generation rows, and of tokens. Rows
+    share the sequence's own block table list (the executor must not mutate it, see plan.py)."""
+    rows = []
+    ctx = tokens = 0
+    for seq, n in chosen:
+        tokens += n
+        start = seq.num_computed_tokens
+        end = start + n
+        ctx += start < seq.num_prompt_tokens
+        rows.append(ScheduledSeq(seq.seq_id, seq.tokens_slice(start, end), start,
+                                 seq.block_table, end == seq.num_tokens))
+        seq.num_computed_tokens = end
+    return rows, ctx, len(rows) - ctx, tokens
+
+
+def sample_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],
+                stats: SampleStats | None = None) -> SampledTokens:
+    """Choose the next token of every logits row of `plan` (`seqs`: one per row, plan order)."""
+    n = len(seqs)
+    if result.step_id != plan.step_id or result.logits.shape[0] != n:
+        raise ValueError(f"step result {result.step_id} with {result.logits.shape[0]} rows "
+                         f"does not match plan {plan.step_id} ({n} rows)")
+    argmax = result.argmax
+    if argmax is not None and argmax.shape != (n,):
+        raise ValueError(f"step result argmax of shape {argmax.shape} for {n} logits rows")
+    if not n:
+        return SampledTokens(plan.step_id, seqs, [], [])
+    special = [(i, SampleInput(s.params, s.token_view, s.num_prompt_tokens, s.end_ids, s.rng))
+               for i, s in enumerate(seqs) if s.num_tokens < s.plain_greedy_from]
+    want_logprobs = [i for i, s in enumerate(seqs) if s.request.params.logprobs]
+    tokens, logprobs = choose_tokens(result.logits, argmax, special, want_logprobs, stats)
+    return SampledTokens(plan.step_id, seqs, tokens, logprobs)
+
+
+def apply_tokens(sampled: SampledTokens, decode: Decode | None, max_model_len: int,
+                 finish: Finish) -> list[RequestOutput]:
+    """Append each running row's token; `finish` the ones it ends, a delta for the others."""
+    outputs = []
+    for seq, tok, lp in zip(sampled.seqs, sampled.tokens, sampled.logprobs, strict=True):
+        if seq.status is not SeqStatus.RUNNING:
+            continue  # aborted while the step ran
+        num_tokens = seq.append_token(tok, lp)
+        if tok in seq.stop_ids or seq.has_stop or num_tokens >= seq.length_limit:
+            status = finish_status(seq, seq.end_ids, decode, max_model_len)
+            if status is not None:
+                outputs.append(finish(seq, status))
+                continue
+        outputs.append(delta_output(seq))
+    return outputs
