@@ -16,6 +16,7 @@ inputs
   logit_index  int64 [R]          packed rows whose logits are wanted (plan order)
 outputs
   logits       float32 [R, vocab]
+  argmax       int64 [R]          argmax of each logits row (first index on ties, like numpy)
   new_kv       dtype [L, 2, KVH, T, D]  roped K and V of this step's tokens; the executor writes
                them into the pool at slot (block_table[pos // BS], pos % BS) after the run
 
@@ -57,12 +58,12 @@ from engine.graph.writer import GraphWriter, save_model
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = "2"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "3"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 INPUT_NAMES = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens", "pad_index",
                "unpad_index", "logit_index")
-OUTPUT_NAMES = ("logits", "new_kv")
+OUTPUT_NAMES = ("logits", "new_kv", "argmax")
 KV_LAYOUT = "L,2,KVH,NB,BS,D"
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -129,7 +130,8 @@ def _io(config: ModelConfig, elem: int) -> tuple[list, list]:
               vi("logit_index", i64, ["R"])]
     outputs = [vi("logits", TensorProto.FLOAT, ["R", config.vocab_size]),
                vi("new_kv", elem, [config.num_layers, 2, config.num_kv_heads, "T",
-                                   config.head_dim])]
+                                   config.head_dim]),
+               vi("argmax", i64, ["R"])]
     return inputs, outputs
 
 
@@ -223,6 +225,7 @@ def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarr
         g.op_to("Identity", [logits], "logits")
     else:
         g.op_to("Cast", [logits], "logits", to=TensorProto.FLOAT)
+    g.op_to("ArgMax", ["logits"], "argmax", axis=-1, keepdims=0)  # on the float32 logits
 
 
 def _check_weights(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> None:

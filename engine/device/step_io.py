@@ -65,6 +65,7 @@ class StagedStep:
     inputs: dict[str, DeviceTensor]  # every graph input, kv_cache included
     logits: DeviceTensor  # where the graph writes logits [R', vocab] (R' >= 1)
     new_kv: DeviceTensor  # where the graph writes new K/V [L, 2, KVH, T, D]
+    argmax: DeviceTensor  # where the graph writes the argmax of each logits row, int64 [R']
     slots_ptr: int  # int64 [T] slot mapping on the device
     num_tokens: int
     num_rows: int  # logit rows the plan wants (R' - num_rows padding rows are dropped)
@@ -122,6 +123,8 @@ class DeviceStepIO:
             logit_bytes = limits.max_batch_size * config.vocab_size * 4
             self.logits = self._own(DeviceBuffer(logit_bytes))
             self.logits_host = self._own(PinnedBuffer(logit_bytes))
+            self.argmax = self._own(DeviceBuffer(limits.max_batch_size * I64))
+            self.argmax_host = self._own(PinnedBuffer(limits.max_batch_size * I64))
             self.stream.synchronize()
         except BaseException:
             self.close()
@@ -157,7 +160,8 @@ class DeviceStepIO:
             inputs=inputs, slots_ptr=ptrs[-2], num_tokens=t, num_rows=num_rows,
             logits=DeviceTensor(self.logits.ptr, (rows, self.config.vocab_size),
                                 np.dtype(np.float32)),
-            new_kv=DeviceTensor(self.new_kv.ptr, kv_shape, np.dtype(g.dtype)))
+            new_kv=DeviceTensor(self.new_kv.ptr, kv_shape, np.dtype(g.dtype)),
+            argmax=DeviceTensor(self.argmax.ptr, (rows,), np.dtype(np.int64)))
 
     def copy_blocks_only(self, plan: StepPlan) -> None:
         """A plan with no sequences may still carry block copies: run them and wait."""
@@ -173,15 +177,24 @@ class DeviceStepIO:
 
     def finish(self, step: StagedStep) -> np.ndarray:
         """After the graph ran on the stream: scatter new K/V, fetch logits [num_rows, vocab]."""
+        return self.finish_with_argmax(step, want_argmax=False)[0]
+
+    def finish_with_argmax(self, step: StagedStep, want_argmax: bool = True
+                           ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Like `finish`, plus the graph's argmax output [num_rows] (int64) when wanted."""
         self.pool.scatter(step.new_kv.ptr, step.slots_ptr, step.num_tokens, self.stream)
         rows, vocab = step.num_rows, self.config.vocab_size
         if rows == 0:
             self.stream.synchronize()
-            return np.zeros((0, vocab), dtype=np.float32)
+            return (np.zeros((0, vocab), dtype=np.float32),
+                    np.zeros(0, dtype=np.int64) if want_argmax else None)
         host = self.logits_host.array((rows, vocab), np.float32)
         self.logits.copy_to_host(host, self.stream)
+        picks = self.argmax_host.array((rows,), np.int64) if want_argmax else None
+        if picks is not None:
+            self.argmax.copy_to_host(picks, self.stream)
         self.stream.synchronize()
-        return host.copy()
+        return host.copy(), (picks.copy() if picks is not None else None)
 
     def close(self) -> None:
         """Releases every owned resource, newest first; idempotent."""

@@ -1,8 +1,9 @@
 """onnxruntime executor: runs the model graph (engine/builder.py) over a host KV pool.
 
 Per step: block copies -> pack the plan into the graph's small index inputs (numpy) -> run via
-IOBinding with the pool bound in place (no per-step copy) -> scatter the returned new K/V into
-the pool by slot mapping -> logits rows in plan order.
+IOBinding with the pool bound in place (no per-step copy) and the outputs bound to numpy arrays
+allocated here (no copy out of onnxruntime's memory) -> scatter the new K/V into the pool by slot
+mapping -> logits rows (and their in-graph argmax) in plan order.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class OrtExecutor:
         self._pool = KVPool(config, num_blocks, block_size, kv_dtype)
         self._lock = threading.Lock()
         self._closed = False
+        self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
+        self._kv_shape = (config.num_layers, 2, config.num_kv_heads, config.head_dim)
         logger.info("onnxruntime session on %s (%s)", self._session.get_providers(), model_path)
 
     @property
@@ -158,41 +161,62 @@ class OrtExecutor:
             self._check(plan)
             self._pool.copy_blocks(plan.block_copies)
             if not plan.seqs:
-                return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
+                return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32),
+                                  np.zeros(0, np.int64) if self._has_argmax else None)
             groups = split_for_padding(plan.seqs, self._pad_slack)
             if len(groups) == 1:
-                return StepResult(step_id=plan.step_id, logits=self._run_group(plan.seqs))
-            rows: dict[int, np.ndarray] = {}
+                logits, argmax = self._run_group(plan.seqs)
+                return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
+            rows: dict[int, tuple[np.ndarray, np.int64 | None]] = {}
             for group in groups:
-                logits = self._run_group([plan.seqs[i] for i in group])
+                logits, argmax = self._run_group([plan.seqs[i] for i in group])
                 wanted = [i for i in group if plan.seqs[i].want_logits]
-                rows.update(zip(wanted, logits, strict=True))
-            return StepResult(step_id=plan.step_id, logits=self._in_plan_order(rows))
+                picks = argmax if argmax is not None else [None] * len(wanted)
+                rows.update(zip(wanted, zip(logits, picks, strict=True), strict=True))
+            return self._in_plan_order(plan.step_id, rows)
 
-    def _run_group(self, seqs: list[ScheduledSeq]) -> np.ndarray:
-        """One graph call: logits of the group's want_logits rows, new K/V into the pool."""
+    def _run_group(self, seqs: list[ScheduledSeq]) -> tuple[np.ndarray, np.ndarray | None]:
+        """One graph call: logits (and argmax) of the group's want_logits rows; new K/V into
+        the pool."""
         packed = pack_seqs(seqs, self.block_size)
-        logits, new_kv = self._run(packed.feeds)
+        logits, argmax, new_kv = self._run(packed.feeds)
         self._pool.write(packed.slot_blocks, packed.slot_offsets, new_kv)
-        return logits
+        return logits, argmax
 
-    def _in_plan_order(self, rows: dict[int, np.ndarray]) -> np.ndarray:
-        if not rows:
-            return np.zeros((0, self.vocab_size), dtype=np.float32)
-        return np.stack([rows[i] for i in sorted(rows)]).astype(np.float32, copy=False)
+    def _in_plan_order(self, step_id: int,
+                       rows: dict[int, tuple[np.ndarray, np.int64 | None]]) -> StepResult:
+        order = sorted(rows)
+        if not order:
+            return StepResult(step_id, np.zeros((0, self.vocab_size), dtype=np.float32),
+                              np.zeros(0, np.int64) if self._has_argmax else None)
+        logits = np.stack([rows[i][0] for i in order]).astype(np.float32, copy=False)
+        argmax = (np.array([rows[i][1] for i in order], dtype=np.int64)
+                  if self._has_argmax else None)
+        return StepResult(step_id, logits, argmax)
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray]
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Runs the graph with every output bound to a fresh numpy array (a new one per step:
+        the caller may still hold the previous step's logits)."""
         binding = self._session.io_binding()
         view = self._pool.graph_view
         binding.bind_input("kv_cache", "cpu", 0, view.dtype.type, list(view.shape),
                            view.ctypes.data)
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        binding.bind_output("logits", "cpu")
-        binding.bind_output("new_kv", "cpu")
+        rows, tokens = len(feeds["logit_index"]), len(feeds["input_ids"])
+        logits = np.empty((rows, self.vocab_size), dtype=np.float32)
+        l, two, kvh, d = self._kv_shape
+        new_kv = np.empty((l, two, kvh, tokens, d), dtype=view.dtype)
+        outputs = [("logits", logits), ("new_kv", new_kv)]
+        argmax = np.empty(rows, dtype=np.int64) if self._has_argmax else None
+        if argmax is not None:
+            outputs.append(("argmax", argmax))
+        for name, array in outputs:
+            binding.bind_output(name, "cpu", 0, array.dtype.type, list(array.shape),
+                                array.ctypes.data)
         self._session.run_with_iobinding(binding)
-        logits, new_kv = binding.get_outputs()
-        return logits.numpy(), new_kv.numpy()
+        return logits, argmax, new_kv
 
     def _check(self, plan: StepPlan) -> None:
         for seq in plan.seqs:

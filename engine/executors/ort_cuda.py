@@ -74,6 +74,7 @@ class OrtCudaExecutor:
         try:
             self._session = _session(model_path, device_id)
             kv_dtype = graph_kv_dtype(self._session)
+            self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
             self._io: DeviceStepIO | None = DeviceStepIO(
                 self._context, config, num_blocks=num_blocks, block_size=block_size,
                 kv_dtype=kv_dtype, limits=self._limits)
@@ -118,11 +119,11 @@ class OrtCudaExecutor:
             staged = io.stage(plan)
             try:
                 self._run(staged)
-                logits = io.finish(staged)
+                logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
             except BaseException:
                 io.stream.synchronize()  # nothing may still read the staging area
                 raise
-            return StepResult(step_id=plan.step_id, logits=logits)
+            return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
 
     def _run(self, staged: StagedStep) -> None:
         io = self._device_io()
@@ -131,7 +132,10 @@ class OrtCudaExecutor:
         for name, t in staged.inputs.items():
             binding.bind_input(name, self.ORT_DEVICE, self._device_id, t.dtype.type,
                                list(t.shape), t.ptr)
-        for name, t in (("logits", staged.logits), ("new_kv", staged.new_kv)):
+        outputs = [("logits", staged.logits), ("new_kv", staged.new_kv)]
+        if self._has_argmax:
+            outputs.append(("argmax", staged.argmax))
+        for name, t in outputs:
             binding.bind_output(name, self.ORT_DEVICE, self._device_id, t.dtype.type,
                                 list(t.shape), t.ptr)
         self._session.run_with_iobinding(binding)  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ from scheduler.plan import StepPlan, StepResult
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("logits", "new_kv")
+OUTPUTS = ("logits", "new_kv", "argmax")
 _TRT_DTYPES = {"half": "float16", "float": "float32", "bf16": "bfloat16"}
 
 
@@ -111,7 +111,9 @@ class TrtExecutor:
             self._exec = self._engine.create_execution_context()
             if self._exec is None:
                 raise TensorRTError(f"{self._trt.label}: could not create an execution context")
-            kv_kind = engine_io(self._trt, self._engine)["kv_cache"][1]
+            io_names = engine_io(self._trt, self._engine)
+            self._has_argmax = io_names.get("argmax", ("", ""))[0] == "output"
+            kv_kind = io_names["kv_cache"][1]
             if kv_kind not in _TRT_DTYPES:
                 raise TensorRTError(f"engine kv_cache dtype {kv_kind} is not supported")
             self._io = DeviceStepIO(self._context, config, num_blocks=num_blocks,
@@ -176,11 +178,11 @@ class TrtExecutor:
             staged = io.stage(plan)
             try:
                 self._run(staged)
-                logits = io.finish(staged)
+                logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
             except BaseException:
                 io.stream.synchronize()
                 raise
-            return StepResult(step_id=plan.step_id, logits=logits)
+            return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
 
     def _run(self, staged: StagedStep) -> None:
         ctx = self._exec
@@ -189,7 +191,10 @@ class TrtExecutor:
                 raise TensorRTError(f"{self._trt.label}: input {name} shape {t.shape} is outside "
                                     "the engine's optimization profile")
             ctx.set_tensor_address(name, t.ptr)
-        for name, t in (("logits", staged.logits), ("new_kv", staged.new_kv)):
+        outputs = [("logits", staged.logits), ("new_kv", staged.new_kv)]
+        if self._has_argmax:
+            outputs.append(("argmax", staged.argmax))
+        for name, t in outputs:
             shape = tuple(ctx.get_tensor_shape(name))
             if shape != t.shape:
                 raise TensorRTError(f"{self._trt.label}: output {name} has shape {shape}, "

@@ -81,6 +81,8 @@ def _check_step(ex: OrtExecutor, model: Model, seqs: list[PagedSeq],
     assert result.logits.dtype == np.float32
     wanted = [(seq, s) for seq, s in zip(seqs, scheduled, strict=True) if s.want_logits]
     assert result.logits.shape == (len(wanted), config.vocab_size)
+    assert result.argmax is not None and result.argmax.dtype == np.int64
+    np.testing.assert_array_equal(result.argmax, result.logits.argmax(axis=-1))
     for row, (seq, s) in zip(result.logits, wanted, strict=True):
         pos = s.start_pos + len(s.token_ids) - 1
         assert_close(row, reference_logits(config, weights, seq.tokens[:pos + 1])[pos])
@@ -204,6 +206,7 @@ def test_rows_without_logits_are_skipped_in_plan_order(model: Model,
              for i, s in enumerate(seqs)]
     none = executor.execute(StepPlan(0, first))
     assert none.logits.shape == (0, config.vocab_size)
+    assert none.argmax is not None and none.argmax.shape == (0,)
     second = [schedule(s, rng.integers(0, 97, 2).tolist(), blocks, BLOCK, want_logits=i != 1)
               for i, s in enumerate(seqs)]
     _check_step(executor, model, seqs, second, step=1)
@@ -244,6 +247,7 @@ def test_fp16_graph_is_valid_onnx(tmp_path: Path) -> None:
     types = {v.name: v.type.tensor_type.elem_type for v in [*m.graph.input, *m.graph.output]}
     assert types["kv_cache"] == types["new_kv"] == onnx.TensorProto.FLOAT16
     assert types["logits"] == onnx.TensorProto.FLOAT
+    assert types["argmax"] == onnx.TensorProto.INT64
     assert any(n.op_type == "Attention" for n in m.graph.node)
 
 
@@ -259,7 +263,9 @@ def test_fp16_graph_matches_reference_loosely(tmp_path: Path) -> None:
     seq = PagedSeq(0)
     tokens = np.random.default_rng(7).integers(0, 97, 17).tolist()
     for step, chunk in enumerate((tokens[:10], tokens[10:])):
-        got = ex.execute(StepPlan(step, [schedule(seq, chunk, blocks, BLOCK)])).logits[0]
+        result = ex.execute(StepPlan(step, [schedule(seq, chunk, blocks, BLOCK)]))
+        got = result.logits[0]
+        assert result.argmax is not None and result.argmax[0] == got.argmax()
         assert_close(got, reference_logits(config, weights, seq.tokens)[-1], rel=1e-2)
     assert ex.pool.data.dtype == np.float16
     ex.close()

@@ -88,7 +88,7 @@ def test_parsed_network_io_matches_the_graph(trt: TrtModule, graph: Path) -> Non
     want_inputs = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens",
                    "pad_index", "unpad_index", "logit_index")
     assert [n for n, (k, _) in io.items() if k == "input"] == list(want_inputs)
-    assert [n for n, (k, _) in io.items() if k == "output"] == ["logits", "new_kv"]
+    assert [n for n, (k, _) in io.items() if k == "output"] == ["logits", "new_kv", "argmax"]
     assert io["kv_cache"][1] == io["new_kv"][1] == "half"
     assert io["logits"][1] == "float"
     assert all(io[n][1] == "int64" for n in want_inputs if n != "kv_cache")
