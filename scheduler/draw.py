@@ -1,0 +1,193 @@
+"""Inverse-CDF draws for sampled rows: vectorized across rows, exact, one uniform per row.
+
+Per row: weights e = exp((x - max x) / temperature) (unnormalized softmax, float32, max 1), mass
+Z = sum(e); top_k keeps the k largest logits (then Z is their sum); top_p keeps the nucleus, the
+smallest most-likely set whose mass reaches top_p * Z (ties at its edge included); min_p keeps
+e >= min_p; the token is the first kept index (vocabulary order) whose float64 running sum of
+kept weights exceeds u * (kept mass).
+
+Fast path for top_p without top_k (`draw_rows`): tokens with e < c = (1 - top_p) * Z / V can
+never be in the nucleus (all of them together weigh less than (1 - top_p) * Z), so the nucleus
+is found by sorting only the candidates {e >= c}: for peaked (real LM) rows a few hundred to a
+few thousand tokens instead of the whole vocab. A threshold set is exactly the head of
+the fully sorted row, so the nucleus edge and the kept tokens are those of the full sort
+(`draw_row(..., full=True)`, the reference), and so is the draw: the same token for the same u
+(barring u within float64 rounding of a CDF step: the two paths sum the same weights in a
+different order; see also `nucleus_edge`). Rows with more than CANDIDATE_WINDOW candidates
+(flat rows) or whose candidates fall short by rounding take the full sort and are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from scheduler.request import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_WINDOW = 8192  # top_p rows with more candidates than this sort the whole row
+ROW_CHUNK = 8  # rows whose weights are computed together (stay in cache for the draws)
+CDF_BLOCK = 256  # two-level inverse-CDF search: block sums, then one block
+
+
+def weights(x: np.ndarray, temperatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """e = exp((x - rowmax) / T) float32 [m, V] and rowmax [m] for logits x [m, V]."""
+    top = x.max(axis=1)
+    with np.errstate(invalid="ignore"):  # all -inf / NaN rows: the caller takes argmax
+        e = x - top[:, None]
+    e *= (1.0 / temperatures).astype(np.float32)[:, None]
+    np.exp(e, out=e)
+    return e, top
+
+
+def draw_rows(x: np.ndarray, params: list[SamplingParams], us: list[float],
+              counts: list[int] | None = None, full: bool = False) -> list[int]:
+    """One token per row of processed logits x [m, V] (float32) with uniforms us.
+    `counts` ([full-sort rows]) is incremented for rows that needed a full-vocab sort;
+    full=True skips the candidate window (the reference)."""
+    m, vocab = x.shape
+    tokens = [0] * m
+    temps = np.array([p.temperature for p in params], dtype=np.float64)
+    for lo in range(0, m, ROW_CHUNK):
+        hi = min(lo + ROW_CHUNK, m)
+        e, top = weights(x[lo:hi], temps[lo:hi])
+        mass = e.sum(axis=1)  # float32 pairwise sums
+        finite = np.isfinite(top).tolist()
+        for k, i in enumerate(range(lo, hi)):
+            p = params[i]
+            if not finite[k]:  # everything banned, or a broken model: degrade to argmax
+                logger.warning("non-finite logits row (max %s); falling back to argmax", top[k])
+                tokens[i] = int(np.argmax(x[i]))
+            elif 0 < p.top_k < vocab:
+                tokens[i] = _draw_top_k(x[i], e[k], p, us[i])
+            else:
+                tokens[i] = draw_row(e[k], float(mass[k]), p, us[i], full, counts)
+    return tokens
+
+
+def draw_row(e: np.ndarray, mass: float, p: SamplingParams, u: float, full: bool,
+             counts: list[int] | None = None) -> int:
+    """Draw from one row's weights e (no top_k) with total `mass`; full=True sorts the whole
+    row for top_p (the reference the candidate window must equal)."""
+    if p.top_p >= 1.0:
+        if p.min_p <= 0.0:
+            return cumsum_search(e, u * float(e.sum(dtype=np.float64)))
+        cand = np.flatnonzero(e >= np.float32(p.min_p))
+        return _draw_kept(cand, e[cand], u)
+    if not full:
+        head = _nucleus_candidates(e, mass, p.top_p)
+        if head is not None:
+            token = _draw_nucleus(head[0], head[1], mass, p, u, complete=False)
+            if token is not None:
+                return token
+            logger.debug("top_p candidates short of the nucleus mass (rounding); full sort")
+        if counts is not None:
+            counts[0] += 1
+    return _draw_nucleus_full(e, mass, p, u)
+
+
+def _draw_nucleus_full(e: np.ndarray, mass: float, p: SamplingParams, u: float) -> int:
+    """The reference: sort the whole row for the nucleus edge, zero the rest, draw (dense
+    two-level search: no index compaction of a large kept set)."""
+    desc = -np.sort(-e)
+    j = nucleus_edge(desc, p.top_p * mass)
+    cut = desc[j if j is not None else desc.shape[0] - 1]
+    if p.min_p > 0.0:
+        cut = max(cut, np.float32(p.min_p))
+    w = np.where(e >= cut, e, np.float32(0.0))
+    return cumsum_search(w, u * float(w.sum(dtype=np.float64)))
+
+
+def _nucleus_candidates(e: np.ndarray, mass: float, top_p: float
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The threshold set {e >= (1 - top_p) * mass / V} (ascending indices, weights), which
+    holds the whole nucleus; None when it has more than CANDIDATE_WINDOW tokens (a flat row:
+    cheaper to sort the whole row than to compact it first)."""
+    mask = e >= np.float32((1.0 - top_p) * mass / e.shape[0])
+    if np.count_nonzero(mask) > CANDIDATE_WINDOW:
+        return None
+    cand = np.flatnonzero(mask)
+    return cand, e[cand]
+
+
+def _draw_nucleus(cand: np.ndarray, vals: np.ndarray, mass: float, p: SamplingParams,
+                  u: float, complete: bool) -> int | None:
+    """top_p (+ min_p) over candidates (ascending indices, weights vals). If their running sum
+    never reaches top_p * mass: None for a partial candidate set (the caller sorts the full
+    row), everything kept for a complete one (rounding)."""
+    desc = -np.sort(-vals)  # descending, contiguous
+    j = nucleus_edge(desc, p.top_p * mass)
+    if j is None:
+        if not complete:
+            return None
+        j = desc.shape[0] - 1
+    thr = desc[j]
+    keep = vals >= (max(thr, np.float32(p.min_p)) if p.min_p > 0.0 else thr)
+    return _draw_kept(cand[keep], vals[keep], u)
+
+
+def nucleus_edge(desc: np.ndarray, target: float) -> int | None:
+    """Index of the first two-level running sum (float64 sums of CDF_BLOCK blocks, then one
+    block) of descending weights that reaches target, stepped back over zero weights; None if
+    their total stays below target. A head of a sorted row gets the same index as the whole
+    row whenever it reaches the target (same blocks, same sums), except when the target falls
+    within float64 rounding of the sum of the head's last, partial block."""
+    n = desc.shape[0]
+    pad = (-n) % CDF_BLOCK
+    v = np.concatenate([desc, np.zeros(pad, desc.dtype)]) if pad else desc
+    cum_blocks = np.cumsum(v.reshape(-1, CDF_BLOCK).sum(axis=1, dtype=np.float64))
+    if target > cum_blocks[-1]:
+        return None
+    j = int(np.searchsorted(cum_blocks, target, side="left"))
+    base = float(cum_blocks[j - 1]) if j else 0.0
+    inner = base + np.cumsum(v[j * CDF_BLOCK : (j + 1) * CDF_BLOCK], dtype=np.float64)
+    i = min(j * CDF_BLOCK + int(np.searchsorted(inner, target, side="left")), n - 1)
+    while i > 0 and desc[i] == 0.0:
+        i -= 1
+    return i
+
+
+def _draw_kept(idx: np.ndarray, vals: np.ndarray, u: float) -> int:
+    """Inverse CDF over kept tokens idx (ascending) with weights vals."""
+    cum = np.cumsum(vals, dtype=np.float64)
+    i = min(int(np.searchsorted(cum, u * float(cum[-1]), side="right")), cum.shape[0] - 1)
+    while i > 0 and vals[i] == 0.0:
+        i -= 1
+    return int(idx[i])
+
+
+def _draw_top_k(x: np.ndarray, e: np.ndarray, p: SamplingParams, u: float) -> int:
+    """top_k first (the k largest logits, vocabulary order), then top_p / min_p within them."""
+    vocab = x.shape[0]
+    cand = np.sort(np.argpartition(x, vocab - p.top_k)[vocab - p.top_k:])
+    vals = e[cand]
+    if p.top_p < 1.0:
+        token = _draw_nucleus(cand, vals, float(vals.sum()), p, u, complete=True)
+        assert token is not None, "a complete candidate set always yields a token"
+        return token
+    if p.min_p > 0.0:
+        keep = vals >= np.float32(p.min_p)
+        cand, vals = cand[keep], vals[keep]
+    return _draw_kept(cand, vals, u)
+
+
+def cumsum_search(values: np.ndarray, target: float, side: str = "right") -> int:
+    """np.searchsorted(np.cumsum(values), target, side) for non-negative values, in two levels
+    (sums of CDF_BLOCK-sized blocks, then one block) and clamped to the last non-zero value, so
+    the returned index always has positive mass. Much cheaper than a full-length cumsum."""
+    n = values.shape[0]
+    pad = (-n) % CDF_BLOCK
+    v = np.concatenate([values, np.zeros(pad, values.dtype)]) if pad else values
+    blocks = v.reshape(-1, CDF_BLOCK).sum(axis=1, dtype=np.float64)
+    cum_blocks = np.cumsum(blocks)
+    j = min(int(np.searchsorted(cum_blocks, target, side=side)), blocks.shape[0] - 1)
+    while j > 0 and blocks[j] == 0.0:  # rounding at the top end: step back to mass
+        j -= 1
+    base = float(cum_blocks[j - 1]) if j else 0.0
+    inner = base + np.cumsum(v[j * CDF_BLOCK : (j + 1) * CDF_BLOCK], dtype=np.float64)
+    i = min(int(np.searchsorted(inner, target, side=side)), CDF_BLOCK - 1)
+    while i > 0 and v[j * CDF_BLOCK + i] == 0.0:
+        i -= 1
+    return j * CDF_BLOCK + i
