@@ -28,42 +28,45 @@ from scheduler.request import SamplingParams
 logger = logging.getLogger(__name__)
 
 CANDIDATE_WINDOW = 8192  # top_p rows with more candidates than this sort the whole row
-ROW_CHUNK = 8  # rows whose weights are computed together (stay in cache for the draws)
+ROW_CHUNK = 8  # rows turned into weights together (they stay in cache for the draws)
 CDF_BLOCK = 256  # two-level inverse-CDF search: block sums, then one block
 
 
-def weights(x: np.ndarray, temperatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """e = exp((x - rowmax) / T) float32 [m, V] and rowmax [m] for logits x [m, V]."""
+def to_weights(x: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """In place: logits x [m, V] float32 -> e = exp((x - rowmax) / T); returns rowmax [m]."""
     top = x.max(axis=1)
     with np.errstate(invalid="ignore"):  # all -inf / NaN rows: the caller takes argmax
-        e = x - top[:, None]
-    e *= (1.0 / temperatures).astype(np.float32)[:, None]
-    np.exp(e, out=e)
-    return e, top
+        x -= top[:, None]
+    x *= (1.0 / temperatures).astype(np.float32)[:, None]
+    np.exp(x, out=x)
+    return top
 
 
 def draw_rows(x: np.ndarray, params: list[SamplingParams], us: list[float],
               counts: list[int] | None = None, full: bool = False) -> list[int]:
-    """One token per row of processed logits x [m, V] (float32) with uniforms us.
-    `counts` ([full-sort rows]) is incremented for rows that needed a full-vocab sort;
-    full=True skips the candidate window (the reference)."""
+    """One token per row of processed logits x [m, V] (float32, CONSUMED: overwritten with the
+    weights) with uniforms us. `counts` ([full-sort rows]) is incremented for rows that needed
+    a full-vocab sort; full=True skips the candidate window (the reference)."""
     m, vocab = x.shape
     tokens = [0] * m
     temps = np.array([p.temperature for p in params], dtype=np.float64)
     for lo in range(0, m, ROW_CHUNK):
         hi = min(lo + ROW_CHUNK, m)
-        e, top = weights(x[lo:hi], temps[lo:hi])
-        mass = e.sum(axis=1)  # float32 pairwise sums
-        finite = np.isfinite(top).tolist()
+        finite = np.isfinite(x[lo:hi].max(axis=1)).tolist()
+        for k in range(hi - lo):
+            if not finite[k]:  # everything banned, or a broken model: degrade to argmax
+                logger.warning("non-finite logits row %d; falling back to argmax", lo + k)
+                tokens[lo + k] = int(np.argmax(x[lo + k]))
+        to_weights(x[lo:hi], temps[lo:hi])
+        mass = x[lo:hi].sum(axis=1)  # float32 pairwise sums
         for k, i in enumerate(range(lo, hi)):
             p = params[i]
-            if not finite[k]:  # everything banned, or a broken model: degrade to argmax
-                logger.warning("non-finite logits row (max %s); falling back to argmax", top[k])
-                tokens[i] = int(np.argmax(x[i]))
-            elif 0 < p.top_k < vocab:
-                tokens[i] = _draw_top_k(x[i], e[k], p, us[i])
+            if not finite[k]:
+                continue
+            if 0 < p.top_k < vocab:
+                tokens[i] = _draw_top_k(x[i], p, us[i])
             else:
-                tokens[i] = draw_row(e[k], float(mass[k]), p, us[i], full, counts)
+                tokens[i] = draw_row(x[i], float(mass[k]), p, us[i], full, counts)
     return tokens
 
 
@@ -96,7 +99,7 @@ def _draw_nucleus_full(e: np.ndarray, mass: float, p: SamplingParams, u: float) 
     cut = desc[j if j is not None else desc.shape[0] - 1]
     if p.min_p > 0.0:
         cut = max(cut, np.float32(p.min_p))
-    w = np.where(e >= cut, e, np.float32(0.0))
+    w = e * (e >= cut)  # zero outside the nucleus (np.where is several times slower here)
     return cumsum_search(w, u * float(w.sum(dtype=np.float64)))
 
 
@@ -158,10 +161,10 @@ def _draw_kept(idx: np.ndarray, vals: np.ndarray, u: float) -> int:
     return int(idx[i])
 
 
-def _draw_top_k(x: np.ndarray, e: np.ndarray, p: SamplingParams, u: float) -> int:
-    """top_k first (the k largest logits, vocabulary order), then top_p / min_p within them."""
-    vocab = x.shape[0]
-    cand = np.sort(np.argpartition(x, vocab - p.top_k)[vocab - p.top_k:])
+def _draw_top_k(e: np.ndarray, p: SamplingParams, u: float) -> int:
+    """top_k first (the k largest weights, vocabulary order), then top_p / min_p within them."""
+    vocab = e.shape[0]
+    cand = np.sort(np.argpartition(e, vocab - p.top_k)[vocab - p.top_k:])
     vals = e[cand]
     if p.top_p < 1.0:
         token = _draw_nucleus(cand, vals, float(vals.sum()), p, u, complete=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.draw import cumsum_search, draw_rows
+from scheduler.draw import ROW_CHUNK, cumsum_search, draw_rows
 from scheduler.logits_processors import GREEDY_EPS, is_greedy, needs_processing, process_row
 from scheduler.request import SamplingParams
 
@@ -106,24 +106,26 @@ def _choose_special(logits: np.ndarray, special: list[tuple[int, SampleInput]],
             sampled.append((i, r))
     if not sampled:
         return 0, 0
-    x = logits[[i for i, _ in sampled]].astype(np.float32)  # a copy: raw logits stay intact
-    us = []
-    for k, (_, r) in enumerate(sampled):
-        if needs_processing(r.params, len(r.token_ids) - r.num_prompt):
-            process_row(x[k], r.params, r.token_ids, r.num_prompt, r.end_ids)
-        assert r.rng is not None, "sampled row without a generator"
-        us.append(float(r.rng.random()))
-    counts = [0]
-    for (i, _), t in zip(sampled, draw_rows(x, [r.params for _, r in sampled], us, counts),
-                         strict=True):
-        tokens[i] = t
-    return len(sampled), counts[0]
+    full_sort = [0]
+    for lo in range(0, len(sampled), ROW_CHUNK):  # chunks: a copy that stays in cache
+        chunk = sampled[lo : lo + ROW_CHUNK]
+        x = logits[[i for i, _ in chunk]].astype(np.float32, copy=False)  # fancy index: a copy
+        us = []
+        for k, (_, r) in enumerate(chunk):
+            if needs_processing(r.params, len(r.token_ids) - r.num_prompt):
+                process_row(x[k], r.params, r.token_ids, r.num_prompt, r.end_ids)
+            assert r.rng is not None, "sampled row without a generator"
+            us.append(float(r.rng.random()))
+        drawn = draw_rows(x, [r.params for _, r in chunk], us, full_sort)
+        for (i, _), t in zip(chunk, drawn, strict=True):
+            tokens[i] = t
+    return len(sampled), full_sort[0]
 
 
 def sample_row(row: np.ndarray, params: SamplingParams, u: float) -> int:
     """Draw one token from a processed logits row given a uniform u in [0, 1): the exact
     reference (full-vocab sort for top_p) that the batched candidate path must equal."""
-    x = np.asarray(row, dtype=np.float32)[None, :]
+    x = np.array(row, dtype=np.float32)[None, :]  # a copy: draw_rows consumes it
     return draw_rows(x, [params], [u], full=True)[0]
 
 
