@@ -76,7 +76,7 @@ def draw_row(e: np.ndarray, mass: float, p: SamplingParams, u: float, full: bool
     row for top_p (the reference the candidate window must equal)."""
     if p.top_p >= 1.0:
         if p.min_p <= 0.0:
-            return cumsum_search(e, u * float(e.sum(dtype=np.float64)))
+            return cumsum_search(e, u, relative=True)
         cand = np.flatnonzero(e >= np.float32(p.min_p))
         return _draw_kept(cand, e[cand], u)
     if not full:
@@ -94,13 +94,13 @@ def draw_row(e: np.ndarray, mass: float, p: SamplingParams, u: float, full: bool
 def _draw_nucleus_full(e: np.ndarray, mass: float, p: SamplingParams, u: float) -> int:
     """The reference: sort the whole row for the nucleus edge, zero the rest, draw (dense
     two-level search: no index compaction of a large kept set)."""
-    desc = -np.sort(-e)
+    desc = np.ascontiguousarray(np.sort(e)[::-1])
     j = nucleus_edge(desc, p.top_p * mass)
     cut = desc[j if j is not None else desc.shape[0] - 1]
     if p.min_p > 0.0:
         cut = max(cut, np.float32(p.min_p))
     w = e * (e >= cut)  # zero outside the nucleus (np.where is several times slower here)
-    return cumsum_search(w, u * float(w.sum(dtype=np.float64)))
+    return cumsum_search(w, u, relative=True)
 
 
 def _nucleus_candidates(e: np.ndarray, mass: float, top_p: float
@@ -120,7 +120,7 @@ def _draw_nucleus(cand: np.ndarray, vals: np.ndarray, mass: float, p: SamplingPa
     """top_p (+ min_p) over candidates (ascending indices, weights vals). If their running sum
     never reaches top_p * mass: None for a partial candidate set (the caller sorts the full
     row), everything kept for a complete one (rounding)."""
-    desc = -np.sort(-vals)  # descending, contiguous
+    desc = np.ascontiguousarray(np.sort(vals)[::-1])
     j = nucleus_edge(desc, p.top_p * mass)
     if j is None:
         if not complete:
@@ -176,15 +176,19 @@ def _draw_top_k(e: np.ndarray, p: SamplingParams, u: float) -> int:
     return _draw_kept(cand, vals, u)
 
 
-def cumsum_search(values: np.ndarray, target: float, side: str = "right") -> int:
+def cumsum_search(values: np.ndarray, target: float, side: str = "right",
+                  relative: bool = False) -> int:
     """np.searchsorted(np.cumsum(values), target, side) for non-negative values, in two levels
     (sums of CDF_BLOCK-sized blocks, then one block) and clamped to the last non-zero value, so
-    the returned index always has positive mass. Much cheaper than a full-length cumsum."""
+    the returned index always has positive mass. Much cheaper than a full-length cumsum.
+    relative=True: target is a fraction of the total (an inverse-CDF draw for uniform target)."""
     n = values.shape[0]
     pad = (-n) % CDF_BLOCK
     v = np.concatenate([values, np.zeros(pad, values.dtype)]) if pad else values
     blocks = v.reshape(-1, CDF_BLOCK).sum(axis=1, dtype=np.float64)
     cum_blocks = np.cumsum(blocks)
+    if relative:
+        target *= float(cum_blocks[-1])
     j = min(int(np.searchsorted(cum_blocks, target, side=side)), blocks.shape[0] - 1)
     while j > 0 and blocks[j] == 0.0:  # rounding at the top end: step back to mass
         j -= 1
