@@ -52,15 +52,29 @@ VARIANTS = {
     "sampled, peaked N(0,4^2) logits": ("sampled", SAMPLED, True, 4.0),
 }
 NOTES = [
-    "Before (commit c6dc4ab, same machine, run just before, `--steps 30`): greedy step 0.020 / "
-    "0.910 / 3.359 ms at batch 1 / 64 / 256 (argmax 1.900 ms of it at 256); sampled ~0.7 ms per "
-    "row (45-48 ms at batch 64, 186-270 ms at batch 256).",
+    "Before / after (same machine; its load from other jobs swings timings up to 2-3x, so "
+    "compare rows of one run, or the A/B runs below):",
+    "- greedy, quiet A/B at 11:15 (`--steps 30`, commit c6dc4ab then 069079f): step 0.020 / "
+    "0.910 / 3.359 ms before at batch 1 / 64 / 256 (argmax 1.900 ms of it) -> 0.017 / 0.708 / "
+    "2.821 ms with host argmax, 0.009 / 0.172 / 0.662 ms with executor argmax.",
+    "- sampled, `Scheduler`-free A/B of `sample()` at batch 64, vocab 49152, temperature 0.8, "
+    "top_p 0.95, interleaved old/new twice (a scratch script timing `sample()` on the same "
+    "logits, run with PYTHONPATH at each tree): flat N(0,1) 47.6 / 48.9 -> 28.7 / 27.6 ms; "
+    "peaked N(0,4^2) 32.5 / 34.1 -> 15.3 / 15.4 ms.",
     "What dominates:",
     "- greedy, host argmax: reading the [batch, 49152] float32 logits once (50 MB at batch 256, "
-    "~2 ms here) is the floor; the scheduler's own work is ~0.85 ms at batch 256 (~3.4 us/seq).",
+    "~2 ms when quiet) is the floor; the scheduler's own work is ~0.85 ms at batch 256.",
     "- greedy, executor argmax: no pass over the logits; what is left is the scheduler's own "
     "per-sequence Python (plan row, allocate_slots fast path, append + finish check, delta "
-    "RequestOutput), ~2.6 us/seq: under issue 3's 1 ms at batch 256.",
+    "RequestOutput), ~2.6-2.9 us/seq: under issue 3's 1 ms at batch 256.",
+    "- sampled, peaked: the candidate window (scheduler/draw.py) replaces the full-vocab sort; "
+    "what is left per row is whole-row numpy passes (copy, max, exp, sum, candidate mask and "
+    "compaction: ~150 us) plus ~20 numpy calls on the few hundred candidates. Further gains need "
+    "the executor to return per-row max/sum and a top-K candidate set (as it now returns argmax) "
+    "or a compiled kernel.",
+    "- sampled, flat: the nucleus is ~2/3 of the vocab, so these rows sort the whole row "
+    "(counted in the last column); the remaining cost is that sort (~160 us) and the dense "
+    "inverse-CDF passes.",
 ]
 
 
