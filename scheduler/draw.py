@@ -1,10 +1,10 @@
 """Inverse-CDF draws for sampled rows: vectorized across rows, exact, one uniform per row.
 
 Per row: weights e = exp((x - max x) / temperature) (unnormalized softmax, float32, max 1), mass
-Z = sum(e); top_k keeps the k largest logits (then Z is their sum); top_p keeps the nucleus, the
-smallest most-likely set whose mass reaches top_p * Z (ties at its edge included); min_p keeps
-e >= min_p; the token is the first kept index (vocabulary order) whose float64 running sum of
-kept weights exceeds u * (kept mass).
+Z = sum(e); top_k keeps the tokens at least as likely as the k-th (ties kept, as HF and vLLM;
+Z is then their sum); top_p keeps the nucleus, the smallest most-likely set whose mass reaches
+top_p * Z (ties at its edge included); min_p keeps e >= min_p; the token is the first kept index
+(vocabulary order) whose float64 running sum of kept weights exceeds u * (kept mass).
 
 Fast path for top_p without top_k (`draw_rows`): tokens with e < c = (1 - top_p) * Z / V can
 never be in the nucleus (all of them together weigh less than (1 - top_p) * Z), so the nucleus
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 CANDIDATE_WINDOW = 8192  # top_p rows with more candidates than this sort the whole row
 ROW_CHUNK = 8  # rows turned into weights together (they stay in cache for the draws)
+TOP_K_STRIDE = 16  # top_k fast path: the cut is estimated from every 16th weight
 CDF_BLOCK = 256  # two-level inverse-CDF search: block sums, then one block
 
 
@@ -64,7 +65,7 @@ def draw_rows(x: np.ndarray, params: list[SamplingParams], us: list[float],
             if not finite[k]:
                 continue
             if 0 < p.top_k < vocab:
-                tokens[i] = _draw_top_k(x[i], p, us[i])
+                tokens[i] = _draw_top_k(x[i], p, us[i], full)
             else:
                 tokens[i] = draw_row(x[i], float(mass[k]), p, us[i], full, counts)
     return tokens
@@ -161,11 +162,9 @@ def _draw_kept(idx: np.ndarray, vals: np.ndarray, u: float) -> int:
     return int(idx[i])
 
 
-def _draw_top_k(e: np.ndarray, p: SamplingParams, u: float) -> int:
-    """top_k first (the k largest weights, vocabulary order), then top_p / min_p within them."""
-    vocab = e.shape[0]
-    cand = np.sort(np.argpartition(e, vocab - p.top_k)[vocab - p.top_k:])
-    vals = e[cand]
+def _draw_top_k(e: np.ndarray, p: SamplingParams, u: float, full: bool) -> int:
+    """top_k first, then top_p / min_p within it (in vocabulary order)."""
+    cand, vals = top_k_set(e, p.top_k, full)
     if p.top_p < 1.0:
         token = _draw_nucleus(cand, vals, float(vals.sum()), p, u, complete=True)
         assert token is not None, "a complete candidate set always yields a token"
@@ -174,6 +173,28 @@ def _draw_top_k(e: np.ndarray, p: SamplingParams, u: float) -> int:
         keep = vals >= np.float32(p.min_p)
         cand, vals = cand[keep], vals[keep]
     return _draw_kept(cand, vals, u)
+
+
+def top_k_set(e: np.ndarray, k: int, full: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens whose weight is at least the k-th largest (ties kept, as HF / vLLM top-k), as
+    ascending indices and weights. Fast path (full=False): the k-th largest of every
+    TOP_K_STRIDE-th weight, taken with margin, is a cut that keeps at least k tokens (checked),
+    so the exact k-th value is found among those few; full=True partitions the whole row."""
+    vocab = e.shape[0]
+    if not full and k * TOP_K_STRIDE * 4 < vocab:
+        sample = e[::TOP_K_STRIDE]
+        r = min(sample.shape[0], 2 * (k // TOP_K_STRIDE) + 8)
+        cut = np.partition(sample, sample.shape[0] - r)[sample.shape[0] - r]
+        mask = e >= cut
+        if k <= np.count_nonzero(mask) <= CANDIDATE_WINDOW:
+            cand = np.flatnonzero(mask)
+            vals = e[cand]
+            kth = np.partition(vals, vals.shape[0] - k)[vals.shape[0] - k]
+            keep = vals >= kth
+            return cand[keep], vals[keep]
+    kth = np.partition(e, vocab - k)[vocab - k]
+    cand = np.flatnonzero(e >= kth)
+    return cand, e[cand]
 
 
 def cumsum_search(values: np.ndarray, target: float, side: str = "right",

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from scheduler.draw import CANDIDATE_WINDOW, draw_rows
+from scheduler.draw import CANDIDATE_WINDOW, draw_rows, top_k_set
 from scheduler.request import SamplingParams
 from scheduler.sampling import sample_row
 
@@ -75,3 +75,15 @@ def test_one_uniform_per_row_regardless_of_batch() -> None:
     us = rng.random(6).tolist()
     batched = draw_rows(x.copy(), [p] * 6, us)
     assert batched == [draw_rows(x[i : i + 1].copy(), [p], [us[i]])[0] for i in range(6)]
+
+
+def test_top_k_keeps_ties_and_fast_cut_matches_partition() -> None:
+    """top_k keeps every token tied with the k-th (HF / vLLM); the sampled-cut fast path gives
+    exactly the full partition's set on random rows."""
+    x = np.array([[3, 3, 1, 0]], np.float32)
+    assert draw_rows(x.copy(), [SamplingParams(temperature=1.0, top_k=1)], [0.999])[0] == 1
+    rng = np.random.default_rng(4)
+    for k in (1, 5, 50, 200):
+        e = np.exp(rng.standard_normal(49152).astype(np.float32) * 3 - 20)
+        fast, full = top_k_set(e, k, full=False), top_k_set(e, k, full=True)
+        assert fast[0].tolist() == full[0].tolist() and fast[0].shape[0] == k
