@@ -216,7 +216,10 @@ class Scheduler:
             if seq.status is SeqStatus.RUNNING:
                 cache_blocks(seq)
         outputs = self.drain_outputs()
-        outputs += apply_tokens(sampled, self.decode, self.max_model_len, self._finish_running)
+        completed_before = self.completed_total
+        outputs += apply_tokens(sampled, self.decode, self.max_model_len, self._finish)
+        if self.completed_total != completed_before:  # one pass, not a remove() per finish
+            self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
         return outputs
 
     def drain_outputs(self) -> list[RequestOutput]:
@@ -225,10 +228,6 @@ class Scheduler:
         return out
 
     # ---- endings ----------
-    def _finish_running(self, seq: Sequence, status: SeqStatus) -> RequestOutput:
-        self.running.remove(seq)
-        return self._finish(seq, status)
-
     def _finish(self, seq: Sequence, status: SeqStatus) -> RequestOutput:
         """The one place a sequence becomes finished: frees its KV and forgets it."""
         assert status.is_finished and not seq.is_finished, f"{seq} -> {status.name}"

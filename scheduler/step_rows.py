@@ -60,7 +60,8 @@ def sample_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],
 
 def apply_tokens(sampled: SampledTokens, decode: Decode | None, max_model_len: int,
                  finish: Finish) -> list[RequestOutput]:
-    """Append each running row's token; `finish` the ones it ends, a delta for the others."""
+    """Append each running row's token; `finish` the ones it ends (the caller then drops them
+    from its running list), a delta for the others."""
     outputs = []
     for seq, tok, lp in zip(sampled.seqs, sampled.tokens, sampled.logprobs, strict=True):
         if seq.status is not SeqStatus.RUNNING:
