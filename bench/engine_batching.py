@@ -126,14 +126,16 @@ async def bench(args: argparse.Namespace) -> tuple[list[tuple[Level, Level]], st
     return rows, model.backend
 
 
-def write(rows: list[tuple[Level, Level]], backend: str, args: argparse.Namespace) -> None:
+def write(rows: list[tuple[Level, Level]], backend: str, args: argparse.Namespace,
+          load_start: float) -> None:
     seq = rows[0][1]
     lines = [
         "# In-flight batching: EngineLoop + CPU executor", "",
         f"- machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{platform.python_implementation()} {platform.python_version()}; backend {backend}",
         f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; 1-min load average "
+        f"{load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end",
         f"- model smollm2-135m-instruct fp32, greedy, {args.new_tokens} output tokens/request, "
         "~35-token prompts, prefix caching off",
         f"- baseline (same run): {seq.concurrency} requests one after another: "
@@ -151,8 +153,7 @@ def write(rows: list[tuple[Level, Level]], backend: str, args: argparse.Namespac
               "these batch sizes, see scheduler_overhead.md). At 64 concurrent all prompts arrive "
               "at once and are prefilled within the 2048-token budget in the first steps, so "
               "every TTFT includes one or two large prefill steps; decode steps at batch 64 are "
-              "dominated by attention over the gathered KV (DESIGN.md). The load average of the "
-              "machine during the run was well above its 2 cores."]
+              "dominated by attention over the gathered KV (DESIGN.md)."]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     logger.info("wrote %s", RESULTS)
@@ -165,8 +166,9 @@ def main() -> None:
     ap.add_argument("--seq-requests", type=int, default=4)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    load_start = os.getloadavg()[0]
     rows, backend = asyncio.run(bench(args))
-    write(rows, backend, args)
+    write(rows, backend, args, load_start)
 
 
 if __name__ == "__main__":
