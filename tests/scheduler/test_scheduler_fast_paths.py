@@ -87,3 +87,14 @@ def test_plan_rows_share_the_sequence_block_table() -> None:
         sched.update(plan, ex.execute(plan))
     # prompt 3 tokens -> 1 block; positions 3 (block 0), 4..7 (block 1), 8 (block 2)
     assert used == [1, 1, 2, 2, 2, 2]
+
+
+def test_scheduler_counts_sampled_rows() -> None:
+    """SampleStats counts every sampled row (greedy rows are not sampled)."""
+    ex = FakeExecutor(num_blocks=32)
+    sched = make_scheduler(ex)
+    sched.add(make_request(5, request_id="s", max_tokens=3, temperature=1.0, top_p=0.9, seed=1))
+    sched.add(make_request(5, request_id="g", max_tokens=3))
+    run_all(sched, ex)
+    assert sched.sample_stats.sampled_rows == 3
+    assert 0 <= sched.sample_stats.full_sort_rows <= 3
