@@ -206,8 +206,8 @@ class OrtExecutor:
             binding.bind_cpu_input(name, value)
         rows, tokens = len(feeds["logit_index"]), len(feeds["input_ids"])
         logits = np.empty((rows, self.vocab_size), dtype=np.float32)
-        l, two, kvh, d = self._kv_shape
-        new_kv = np.empty((l, two, kvh, tokens, d), dtype=view.dtype)
+        layers, two, kvh, d = self._kv_shape
+        new_kv = np.empty((layers, two, kvh, tokens, d), dtype=view.dtype)
         outputs = [("logits", logits), ("new_kv", new_kv)]
         argmax = np.empty(rows, dtype=np.int64) if self._has_argmax else None
         if argmax is not None:
