@@ -10,15 +10,11 @@ is never copied to the host.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
-import numpy as np
-
 from engine.config import ModelConfig
-from engine.device.cuda import CudaContext
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
-from scheduler.plan import StepPlan, StepResult
+from engine.executors.device_base import DeviceExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +50,7 @@ def graph_kv_dtype(session: object) -> str:
     raise ValueError("graph has no kv_cache input")
 
 
-class OrtCudaExecutor:
+class OrtCudaExecutor(DeviceExecutor):
     """`scheduler.plan.Executor` over onnxruntime's CUDA EP with a device-resident KV pool."""
 
     ORT_DEVICE = "cuda"  # IOBinding device of every bound buffer (tests on CPU bind "cpu")
@@ -62,68 +58,20 @@ class OrtCudaExecutor:
     def __init__(self, model_path: Path, config: ModelConfig, *, num_blocks: int,
                  block_size: int, max_context: int, limits: StepLimits | None = None,
                  device_id: int = 0) -> None:
-        self._config = config
+        super().__init__(config, max_context=max_context, limits=limits, device_id=device_id)
         self._device_id = device_id
-        self._limits = limits or StepLimits(max_context=max_context)
-        if self._limits.max_context < max_context:
-            self._limits = StepLimits(self._limits.max_num_tokens, self._limits.max_batch_size,
-                                      max_context)
-        self._max_context = max_context
-        self._lock = threading.Lock()
-        self._context = CudaContext(device_id)
         try:
             self._session = _session(model_path, device_id)
             kv_dtype = graph_kv_dtype(self._session)
             self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
-            self._io: DeviceStepIO | None = DeviceStepIO(
-                self._context, config, num_blocks=num_blocks, block_size=block_size,
-                kv_dtype=kv_dtype, limits=self._limits)
+            self._io = DeviceStepIO(self._context, config, num_blocks=num_blocks,
+                                    block_size=block_size, kv_dtype=kv_dtype,
+                                    limits=self._limits)
         except BaseException:
             self._context.close()
             raise
         logger.info("onnxruntime CUDA executor on device %d (%s), %s KV pool of %d blocks",
                     device_id, self._context.name, kv_dtype, num_blocks)
-
-    @property
-    def block_size(self) -> int:
-        return self._device_io().geometry.block_size
-
-    @property
-    def num_blocks(self) -> int:
-        return self._device_io().geometry.num_blocks
-
-    @property
-    def vocab_size(self) -> int:
-        return self._config.vocab_size
-
-    @property
-    def max_context(self) -> int:
-        return self._max_context
-
-    @property
-    def device_io(self) -> DeviceStepIO:
-        """The pool and step buffers (tests read the pool back through it)."""
-        return self._device_io()
-
-    def _device_io(self) -> DeviceStepIO:
-        if self._io is None:
-            raise RuntimeError("OrtCudaExecutor used after close()")
-        return self._io
-
-    def execute(self, plan: StepPlan) -> StepResult:
-        with self._lock:
-            io = self._device_io()
-            if not plan.seqs:
-                io.copy_blocks_only(plan)
-                return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
-            staged = io.stage(plan)
-            try:
-                self._run(staged)
-                logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
-            except BaseException:
-                io.stream.synchronize()  # nothing may still read the staging area
-                raise
-            return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
 
     def _run(self, staged: StagedStep) -> None:
         io = self._device_io()
@@ -132,10 +80,7 @@ class OrtCudaExecutor:
         for name, t in staged.inputs.items():
             binding.bind_input(name, self.ORT_DEVICE, self._device_id, t.dtype.type,
                                list(t.shape), t.ptr)
-        outputs = [("logits", staged.logits), ("new_kv", staged.new_kv)]
-        if self._has_argmax:
-            outputs.append(("argmax", staged.argmax))
-        for name, t in outputs:
+        for name, t in self._outputs(staged):
             binding.bind_output(name, self.ORT_DEVICE, self._device_id, t.dtype.type,
                                 list(t.shape), t.ptr)
         self._session.run_with_iobinding(binding)  # type: ignore[attr-defined]

@@ -11,15 +11,12 @@ set_tensor_address -> execute_async_v3 -> KV scatter kernel -> logits back throu
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engine.config import ModelConfig
-from engine.device.cuda import CudaContext
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
+from engine.executors.device_base import DeviceExecutor
 from engine.executors.trt_build import (
     DimRange,
     TensorRTError,
@@ -28,7 +25,6 @@ from engine.executors.trt_build import (
     load_or_build,
     make_logger,
 )
-from scheduler.plan import StepPlan, StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -91,21 +87,14 @@ def engine_io(trt: TrtModule, engine: Any) -> dict[str, tuple[str, str]]:
     return out
 
 
-class TrtExecutor:
+class TrtExecutor(DeviceExecutor):
     """`scheduler.plan.Executor` over a TensorRT engine and a device-resident KV pool."""
 
     def __init__(self, onnx_path: Path, config: ModelConfig, *, num_blocks: int,
                  block_size: int, max_context: int, limits: StepLimits | None = None,
                  device_id: int = 0) -> None:
-        self._config = config
-        self._max_context = max_context
-        limits = limits or StepLimits(max_context=max_context)
-        self._limits = StepLimits(limits.max_num_tokens, limits.max_batch_size,
-                                  max(limits.max_context, max_context))
-        self._lock = threading.Lock()
         self._trt = import_tensorrt()
-        self._context = CudaContext(device_id)
-        self._io: DeviceStepIO | None = None
+        super().__init__(config, max_context=max_context, limits=limits, device_id=device_id)
         try:
             self._engine = self._load_engine(onnx_path, block_size, num_blocks)
             self._exec = self._engine.create_execution_context()
@@ -144,46 +133,6 @@ class TrtExecutor:
                     engine_io(self._trt, engine))
         return engine
 
-    @property
-    def block_size(self) -> int:
-        return self._device_io().geometry.block_size
-
-    @property
-    def num_blocks(self) -> int:
-        return self._device_io().geometry.num_blocks
-
-    @property
-    def vocab_size(self) -> int:
-        return self._config.vocab_size
-
-    @property
-    def max_context(self) -> int:
-        return self._max_context
-
-    @property
-    def device_io(self) -> DeviceStepIO:
-        return self._device_io()
-
-    def _device_io(self) -> DeviceStepIO:
-        if self._io is None:
-            raise RuntimeError("TrtExecutor used after close()")
-        return self._io
-
-    def execute(self, plan: StepPlan) -> StepResult:
-        with self._lock:
-            io = self._device_io()
-            if not plan.seqs:
-                io.copy_blocks_only(plan)
-                return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
-            staged = io.stage(plan)
-            try:
-                self._run(staged)
-                logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
-            except BaseException:
-                io.stream.synchronize()
-                raise
-            return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
-
     def _run(self, staged: StagedStep) -> None:
         ctx = self._exec
         for name, t in staged.inputs.items():
@@ -191,10 +140,7 @@ class TrtExecutor:
                 raise TensorRTError(f"{self._trt.label}: input {name} shape {t.shape} is outside "
                                     "the engine's optimization profile")
             ctx.set_tensor_address(name, t.ptr)
-        outputs = [("logits", staged.logits), ("new_kv", staged.new_kv)]
-        if self._has_argmax:
-            outputs.append(("argmax", staged.argmax))
-        for name, t in outputs:
+        for name, t in self._outputs(staged):
             shape = tuple(ctx.get_tensor_shape(name))
             if shape != t.shape:
                 raise TensorRTError(f"{self._trt.label}: output {name} has shape {shape}, "

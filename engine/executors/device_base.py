@@ -1,0 +1,82 @@
+"""What the GPU executors (onnxruntime CUDA, TensorRT) share: the device context, the step I/O
+(KV pool + step buffers, engine/device/step_io.py), the Executor properties and the per-step
+sequence stage -> run -> finish. A subclass only runs its graph in `_run(staged)`."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from engine.config import ModelConfig
+from engine.device.cuda import CudaContext
+from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
+from scheduler.plan import StepPlan, StepResult
+
+
+class DeviceExecutor:
+    """Base of the `scheduler.plan.Executor` implementations with a device-resident KV pool."""
+
+    def __init__(self, config: ModelConfig, *, max_context: int, limits: StepLimits | None,
+                 device_id: int) -> None:
+        self._config = config
+        self._max_context = max_context
+        limits = limits or StepLimits(max_context=max_context)
+        self._limits = StepLimits(limits.max_num_tokens, limits.max_batch_size,
+                                  max(limits.max_context, max_context))
+        self._lock = threading.Lock()
+        self._context = CudaContext(device_id)
+        self._io: DeviceStepIO | None = None
+        self._has_argmax = False  # the graph/engine has an `argmax` output
+
+    @property
+    def block_size(self) -> int:
+        return self._device_io().geometry.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self._device_io().geometry.num_blocks
+
+    @property
+    def vocab_size(self) -> int:
+        return self._config.vocab_size
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    @property
+    def device_io(self) -> DeviceStepIO:
+        """The pool and step buffers (tests read the pool back through it)."""
+        return self._device_io()
+
+    def _device_io(self) -> DeviceStepIO:
+        if self._io is None:
+            raise RuntimeError(f"{type(self).__name__} used after close()")
+        return self._io
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        with self._lock:
+            io = self._device_io()
+            if not plan.seqs:
+                io.copy_blocks_only(plan)
+                return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
+            staged = io.stage(plan)
+            try:
+                self._run(staged)
+                logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
+            except BaseException:
+                io.stream.synchronize()  # nothing may still read the staging area
+                raise
+            return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
+
+    def _run(self, staged: StagedStep) -> None:
+        """Run the graph over the staged inputs, writing the staged outputs (on the stream)."""
+        raise NotImplementedError
+
+    def _outputs(self, staged: StagedStep) -> list[tuple[str, object]]:
+        """The graph outputs to bind and their device tensors."""
+        outputs: list[tuple[str, object]] = [("logits", staged.logits), ("new_kv", staged.new_kv)]
+        if self._has_argmax:
+            outputs.append(("argmax", staged.argmax))
+        return outputs
