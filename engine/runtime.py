@@ -6,6 +6,8 @@ sizes the KV pool and starts the executor. See docs/interfaces.md.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import math
 import os
@@ -95,8 +97,16 @@ def _builder() -> Any:
     return builder
 
 
+@functools.cache
 def builder_version() -> str:
-    return str(getattr(_builder(), "BUILDER_VERSION", "0"))
+    """BUILDER_VERSION plus a digest of the graph-building sources, so a cached graph is rebuilt
+    whenever the code that wrote it changed, even if nobody bumped the version."""
+    builder = _builder()
+    root = Path(builder.__file__).parent
+    digest = hashlib.sha256()
+    for path in [Path(builder.__file__), *sorted((root / "graph").glob("*.py"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{getattr(builder, 'BUILDER_VERSION', '0')}-{digest.hexdigest()[:12]}"
 
 
 def _graph_manifest(spec: Any) -> dict[str, Any]:
