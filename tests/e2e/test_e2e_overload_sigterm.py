@@ -1,4 +1,5 @@
-"""A small server (batch 2, queue 4): overload gives fast 503s; SIGTERM drains 8 streams, exit 0."""
+"""Small servers: batch 2 / queue 4 under overload gives fast 503s; batch 8 / queue 4 drains 8
+streams at SIGTERM and exits 0."""
 
 from __future__ import annotations
 
@@ -27,13 +28,25 @@ def small() -> Iterator[ServerProc]:
         proc.stop()
 
 
+@pytest.fixture(scope="module")
+def tiny() -> Iterator[ServerProc]:
+    proc = ServerProc("--max-batch-size", "2", "--max-queue-size", "4", log_name="tiny")
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
 def test_live_before_ready_during_load(small: ServerProc) -> None:
     """RELIABILITY §7.26: while weights load and warm up, liveness 200 and readiness 503."""
     assert small.live_before_ready
 
 
-def test_overload_excess_503_fast(small: ServerProc) -> None:
-    url = small.url + "/v2/models/ensemble/generate"
+def test_overload_excess_503_fast(tiny: ServerProc) -> None:
+    """Issue 4: queue 4, batch 2, 40 simultaneous requests -> the excess get 503 + Retry-After
+    quickly, no 500s, and every accepted request completes with the right text."""
+    url = tiny.url + "/v2/models/ensemble/generate"
     expected = httpx.post(url, json=BODY, timeout=120).json()["text_output"]
 
     async def one(c: httpx.AsyncClient) -> tuple[int, float, httpx.Response]:
@@ -51,10 +64,13 @@ def test_overload_excess_503_fast(small: ServerProc) -> None:
     assert set(codes) <= {200, 503}, codes
     rejected = [(t, r) for c, t, r in results if c == 503]
     accepted = [r for c, _, r in results if c == 200]
-    assert 4 <= len(accepted) <= 12 and len(rejected) >= 28, codes
-    for t, r in rejected:
+    assert 2 <= len(accepted) <= 10 and len(rejected) >= 30, codes
+    for _, r in rejected:
         assert r.headers["retry-after"] and "error" in r.json()
-        assert t < 1.0, t  # target 100 ms; generous slack for a shared 2-core machine
+    waits = sorted(t for t, _ in rejected)
+    # Issue 4 asks for 100 ms. Client-side times here include this process's own 40 connection
+    # set-ups on the same 2 cores (median 85 ms, max 130 ms when measured); keep a margin.
+    assert waits[len(waits) // 2] < 0.15 and waits[-1] < 1.0, waits
     assert all(r.json()["text_output"] == expected for r in accepted)
 
 
