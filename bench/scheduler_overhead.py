@@ -52,15 +52,14 @@ VARIANTS = {
     "sampled, peaked N(0,4^2) logits": ("sampled", SAMPLED, True, 4.0),
 }
 NOTES = [
-    "Before / after (same machine; its load from other jobs swings timings up to 2-3x, so "
-    "compare rows of one run, or the A/B runs below):",
-    "- greedy, quiet A/B at 11:15 (`--steps 30`, commit c6dc4ab then 069079f): step 0.020 / "
-    "0.910 / 3.359 ms before at batch 1 / 64 / 256 (argmax 1.900 ms of it) -> 0.017 / 0.708 / "
-    "2.821 ms with host argmax, 0.009 / 0.172 / 0.662 ms with executor argmax.",
-    "- sampled, `Scheduler`-free A/B of `sample()` at batch 64, vocab 49152, temperature 0.8, "
-    "top_p 0.95, interleaved old/new twice (a scratch script timing `sample()` on the same "
-    "logits, run with PYTHONPATH at each tree): flat N(0,1) 47.6 / 48.9 -> 28.7 / 27.6 ms; "
-    "peaked N(0,4^2) 32.5 / 34.1 -> 15.3 / 15.4 ms.",
+    "Before / after, quiet A/B at 11:50 (load average ~0.8; commit c6dc4ab's bench, then this "
+    "one, `--steps 30`): greedy step 0.018 / 0.801 / 3.196 ms before at batch 1 / 64 / 256 "
+    "(argmax 1.825 ms of it at 256) -> 0.018 / 0.715 / 2.905 ms with host argmax, 0.010 / "
+    "0.169 / 0.629 ms with executor argmax; sampled on flat logits 0.711 / 44.4 / 179.7 ms -> "
+    "0.405 / 26.0 / 104.8 ms. Peaked logits (not in the old bench): `sample()` alone at batch "
+    "64, interleaved old/new twice (a scratch script, PYTHONPATH at each tree): 31.5 / 30.2 -> "
+    "13.6 / 13.5 ms (flat: 43.8 / 44.8 -> 25.6 / 25.4 ms). Other runs of this machine swing "
+    "2-3x with other jobs' load: compare rows of one run.",
     "What dominates:",
     "- greedy, host argmax: reading the [batch, 49152] float32 logits once (50 MB at batch 256, "
     "~2 ms when quiet) is the floor; the scheduler's own work is ~0.85 ms at batch 256.",
