@@ -62,10 +62,10 @@ NOTES = [
     "2-3x with other jobs' load: compare rows of one run.",
     "What dominates:",
     "- greedy, host argmax: reading the [batch, 49152] float32 logits once (50 MB at batch 256, "
-    "~2 ms when quiet) is the floor; the scheduler's own work is ~0.85 ms at batch 256.",
+    "~2 ms when quiet) is the floor; the scheduler's own work is ~0.9 ms at batch 256.",
     "- greedy, executor argmax: no pass over the logits; what is left is the scheduler's own "
     "per-sequence Python (plan row, allocate_slots fast path, append + finish check, delta "
-    "RequestOutput), ~2.6-2.9 us/seq: under issue 3's 1 ms at batch 256.",
+    "RequestOutput), ~2.4-3 us/seq: under issue 3's 1 ms at batch 256.",
     "- sampled, peaked: the candidate window (scheduler/draw.py) replaces the full-vocab sort; "
     "what is left per row is whole-row numpy passes (copy, max, exp, sum, candidate mask and "
     "compaction: ~150 us) plus ~20 numpy calls on the few hundred candidates. Further gains need "
