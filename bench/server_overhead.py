@@ -119,8 +119,8 @@ def _report(args: argparse.Namespace, rounds: list[tuple[tuple[int, float], tupl
         f"- {args.streams} concurrent requests per run, greedy, min_tokens = max_tokens = "
         f"{args.max_tokens}; direct and HTTP runs alternate; the server is a separate process "
         "(same settings) and the HTTP client shares the same cores.",
-        "- note: the machine's 2 cores were shared with other engineers' jobs during the run; "
-        "the numbers are noisy (compare rounds).", "",
+        f"- load average (1 min) at the end of the run: {os.getloadavg()[0]:.2f} (the bench's "
+        "own load included); compare rounds, the machine's speed drifts.", "",
         "| round | path | tokens | seconds | tokens/s |", "|---|---|---|---|---|", *rows, "",
         f"Aggregate over rounds: direct {d_sum:.1f} tok/s, HTTP {h_sum:.1f} tok/s -> "
         f"HTTP/direct = **{100 * h_sum / d_sum:.1f} %** (best-of: {100 * h_best / d_best:.1f} %; "
