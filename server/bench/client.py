@@ -111,7 +111,10 @@ class OpenAICompletionsEndpoint(Endpoint):
         if "error" in obj:
             return Delta(error=json.dumps(obj["error"]))
         choices = obj.get("choices") or []
-        return Delta(text=str(choices[0].get("text") or "") if choices else "")
+        return Delta(text=self._choice_text(choices[0]) if choices else "")
+
+    def _choice_text(self, choice: dict[str, Any]) -> str:
+        return str(choice.get("text") or "")
 
 
 class OpenAIChatEndpoint(OpenAICompletionsEndpoint):
@@ -125,15 +128,8 @@ class OpenAIChatEndpoint(OpenAICompletionsEndpoint):
                 "messages": [{"role": "user", "content": prompt.prompt}],
                 **_forced_length(prompt.output_len)}
 
-    def parse(self, data: str) -> Delta:
-        if data.strip() == "[DONE]":
-            return Delta(done=True)
-        obj = json.loads(data)
-        if "error" in obj:
-            return Delta(error=json.dumps(obj["error"]))
-        choices = obj.get("choices") or []
-        delta = choices[0].get("delta") or {} if choices else {}
-        return Delta(text=str(delta.get("content") or ""))
+    def _choice_text(self, choice: dict[str, Any]) -> str:
+        return str((choice.get("delta") or {}).get("content") or "")
 
 
 def _forced_length(n: int) -> dict[str, Any]:
