@@ -46,7 +46,8 @@ class ModelConfig:
         for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                      "intermediate_size", "vocab_size", "max_position_embeddings"):
             if getattr(self, name) <= 0:
-                raise ModelError(f"model config: {name} must be positive, got {getattr(self, name)}")
+                value = getattr(self, name)
+                raise ModelError(f"model config: {name} must be positive, got {value}")
         if self.num_heads % self.num_kv_heads:
             raise ModelError(
                 f"model config: num_heads ({self.num_heads}) must be a multiple of "

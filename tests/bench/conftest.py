@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from server.bench.tokenizer import HFTokenizer
+
 from .fake_server import FakeServer
 
 logger = logging.getLogger(__name__)
