@@ -10,7 +10,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from scheduler.request import FinishReason, Request, RequestOutput, SamplingParams
+from scheduler.request import (
+    FinishReason,
+    QueueTimeoutError,
+    Request,
+    RequestOutput,
+    SamplingParams,
+)
 from server.errors import ApiError, UnavailableError, to_api_error
 from server.lifecycle import Lifecycle
 from server.metrics import RequestRecord, ServerMetrics
@@ -65,7 +71,7 @@ class Generation:
     def _final_error(self, out: RequestOutput) -> ApiError | None:
         if out.finish_reason is FinishReason.ERROR:
             msg = out.error or "engine error"
-            if self.num_output_tokens == 0 and "timeout" in msg.lower():
+            if out.error_type == QueueTimeoutError.__name__:
                 return UnavailableError(msg)
             return EngineFailedError(msg)
         if out.finish_reason is FinishReason.ABORT and self._service.lifecycle.shutdown_reason:

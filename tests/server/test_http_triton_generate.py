@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 from fastapi.testclient import TestClient
-from server_fakes import REPLY
+from server_fakes import REPLY, FakeLoop, FakeStream
+
+from scheduler.request import FinishReason, QueueTimeoutError, Request, RequestOutput
 
 GEN = "/v2/models/ensemble/generate"
 STREAM = "/v2/models/ensemble/generate_stream"
@@ -114,3 +116,25 @@ def test_endpoint_load_metrics_header(client: TestClient) -> None:
     data = json.loads(r.headers["endpoint-load-metrics"][len("JSON "):])
     assert data["named_metrics"]["max_token_capacity"] == 64 * 16
     assert "endpoint-load-metrics" not in client.post(GEN, json=body).headers
+
+
+class _TimingOutLoop(FakeLoop):
+    """Every request times out in the queue, as the scheduler reports it (RELIABILITY §7.17)."""
+
+    def add(self, request: Request) -> FakeStream:
+        stream = super().add(request)
+        seq = self.waiting.pop(request.request_id)
+        seq.done = True
+        seq.queue.put_nowait(RequestOutput(
+            request.request_id, finished=True, finish_reason=FinishReason.ERROR,
+            error="queue timeout: waited longer than the request timeout",
+            error_type=QueueTimeoutError.__name__))
+        return stream
+
+
+def test_queue_timeout_is_503_not_500(make_client) -> None:  # noqa: ANN001
+    client = make_client(_TimingOutLoop())
+    for route in ("generate", "generate_stream"):
+        r = client.post(f"/v2/models/ensemble/{route}", json={"text_input": "a", "max_tokens": 4})
+        assert r.status_code == 503, (route, r.text)
+        assert "queue timeout" in r.json()["error"]
