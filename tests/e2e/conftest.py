@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from server_proc import ServerProc
+from server_proc import ServerProc, running_server
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProc]:
-    proc = ServerProc("--max-batch-size", "24", "--max-queue-size", "64", log_name="main")
-    try:
-        proc.wait_ready()
+    with running_server("--max-batch-size", "24", "--max-queue-size", "64",
+                        log_name="main") as proc:
         yield proc
-    finally:
-        proc.stop()

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -62,3 +64,14 @@ class ServerProc:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextmanager
+def running_server(*args: str, log_name: str = "server") -> Iterator[ServerProc]:
+    """A ready server for the duration of the block (fixtures yield from this)."""
+    proc = ServerProc(*args, log_name=log_name)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from server_proc import ServerProc
+from server_proc import ServerProc, running_server
 
 pytestmark = pytest.mark.e2e
 BODY = {"text_input": "Count: one, two,", "max_tokens": 6, "exclude_input_in_output": True}
@@ -19,23 +19,15 @@ BODY = {"text_input": "Count: one, two,", "max_tokens": 6, "exclude_input_in_out
 
 @pytest.fixture(scope="module")
 def small() -> Iterator[ServerProc]:
-    proc = ServerProc("--max-batch-size", "8", "--max-queue-size", "4", "--drain-timeout", "120",
-                      log_name="small")
-    try:
-        proc.wait_ready()
+    with running_server("--max-batch-size", "8", "--max-queue-size", "4", "--drain-timeout",
+                        "120", log_name="small") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
 def tiny() -> Iterator[ServerProc]:
-    proc = ServerProc("--max-batch-size", "2", "--max-queue-size", "4", log_name="tiny")
-    try:
-        proc.wait_ready()
+    with running_server("--max-batch-size", "2", "--max-queue-size", "4", log_name="tiny") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_live_before_ready_during_load(small: ServerProc) -> None:
