@@ -23,10 +23,16 @@ outputs
 The graph never mutates its inputs. Weights are written once to `model.onnx.data` (external
 data); the Q/K/V projections are fused into one MatMul, 1/sqrt(D) is folded into
 the query weights, and the RoPE inverse frequencies (Llama-3 scaling included) are constants.
+
+Given the GGUF Q4 blocks of the layer linears (fp32 graphs only), a second graph with the same
+I/O is written beside it, `model_q4.onnx` + `model_q4.onnx.data`: its layer linears are
+com.microsoft MatMulNBits over those blocks (engine/graph/quant.py), exactly the same weights.
+It is faster only for single-token steps, which the CPU executor runs through it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,13 +60,17 @@ from engine.graph.layers import (
     rope_tables,
     swiglu_mlp,
 )
+from engine.graph.linears import LinearFn, LinearsFactory, dense_linears, q4_linears
 from engine.graph.writer import GraphWriter, save_model
+from engine.loaders.gguf_q4 import Q4Blocks
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = "3"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "4"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+Q4_MODEL_FILE = "model_q4.onnx"
+Q4_DATA_FILE = "model_q4.onnx.data"
 INPUT_NAMES = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens", "pad_index",
                "unpad_index", "logit_index")
 OUTPUT_NAMES = ("logits", "new_kv", "argmax")
@@ -82,6 +92,27 @@ class GraphSpec:
     input_names: tuple[str, ...] = INPUT_NAMES
     output_names: tuple[str, ...] = OUTPUT_NAMES
     builder_version: str = BUILDER_VERSION
+    q4_model_file: str | None = None  # same I/O, MatMulNBits layer linears (single-token steps)
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """How both graphs of one build are written."""
+
+    dtype: np.dtype  # weights, activations, KV pool
+    block_size: int
+    attention: str  # one of ATTENTION_IMPLS
+    rotary_op: bool
+    opset: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    """What the nodes of one decoder layer read."""
+
+    index: int
+    norms: tuple[str, str]  # input_layernorm and post_attention_layernorm weights
+    linear: LinearFn  # (input, "qkv" | "o" | "gate" | "up" | "down") -> output
 
 
 def default_attention(dtype: str) -> str:
@@ -93,8 +124,10 @@ def default_attention(dtype: str) -> str:
 def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], out_dir: Path, *,
                       dtype: str = "float32", block_size: int = 16,
                       attention_impl: str | None = None, rotary_op: bool | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> GraphSpec:
-    """Writes out_dir/model.onnx + model.onnx.data and returns their GraphSpec.
+                      progress: Callable[[int, int], None] | None = None,
+                      blocks: Mapping[str, Q4Blocks] | None = None) -> GraphSpec:
+    """Writes out_dir/model.onnx + model.onnx.data and returns their GraphSpec; with `blocks`
+    (the Q4 layer linears, engine/loaders/gguf_q4.py) and dtype float32, model_q4.onnx too.
 
     Defaults: fp32 -> decomposed attention + RotaryEmbedding op (the onnxruntime CPU graph,
     opset 23); fp16 -> opset-23 Attention + decomposed RoPE (the TensorRT graph). Passing
@@ -106,18 +139,35 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     if impl not in ATTENTION_IMPLS:
         raise ModelError(f"unknown attention {impl!r}; one of {ATTENTION_IMPLS}")
     rotary = impl == DECOMPOSED if rotary_op is None else rotary_op
-    opset = 23 if rotary or impl == ONNX_ATTENTION else 18
+    opts = _Options(dtype=np.dtype(_DTYPES[dtype]), block_size=block_size, attention=impl,
+                    rotary_op=rotary, opset=23 if rotary or impl == ONNX_ATTENTION else 18)
     _check_weights(config, weights)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np_dtype = np.dtype(_DTYPES[dtype])
-    with open(out_dir / DATA_FILE, "wb") as data:
-        g = GraphWriter(data, DATA_FILE)
-        inputs, outputs = _io(config, onnx_type(np_dtype))
-        _body(g, config, weights, np_dtype, block_size, impl, rotary, progress)
-    save_model(g, out_dir / MODEL_FILE, inputs=inputs, outputs=outputs, opset=opset,
+    graphs = [(MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype))]
+    if blocks is not None and dtype == "float32":
+        graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks)))
+    tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
+    for model_file, data_file, linears in graphs:
+        _write_graph(out_dir, model_file, data_file, config, weights, linears, opts, tick)
+    return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=opts.opset, attention=impl,
+                     rotary_op=rotary, block_size=block_size,
+                     q4_model_file=Q4_MODEL_FILE if len(graphs) > 1 else None)
+
+
+def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
+    done = itertools.count(1)
+    return lambda: None if progress is None else progress(next(done), total)
+
+
+def _write_graph(out_dir: Path, model_file: str, data_file: str, config: ModelConfig,
+                 weights: Mapping[str, np.ndarray], linears: LinearsFactory, opts: _Options,
+                 tick: Callable[[], None]) -> None:
+    with open(out_dir / data_file, "wb") as data:
+        g = GraphWriter(data, data_file)
+        inputs, outputs = _io(config, onnx_type(opts.dtype))
+        _body(g, config, weights, linears, opts, tick)
+    save_model(g, out_dir / model_file, inputs=inputs, outputs=outputs, opset=opts.opset,
                graph_name=f"trtserve_{config.architecture}")
-    return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=opset, attention=impl,
-                     rotary_op=rotary, block_size=block_size)
 
 
 def _io(config: ModelConfig, elem: int) -> tuple[list, list]:
@@ -136,41 +186,41 @@ def _io(config: ModelConfig, elem: int) -> tuple[list, list]:
 
 
 def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
-          dtype: np.dtype, block_size: int, impl: str, rotary: bool,
-          progress: Callable[[int, int], None] | None) -> None:
+          linears: LinearsFactory, opts: _Options, tick: Callable[[], None]) -> None:
+    dtype = opts.dtype
     inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables", past_lens="past_lens",
                      pad_index="pad_index", unpad_index="unpad_index")
-    st = step_tensors(g, config, inp, block_size, dtype)
-    tables = rope_half_tables if rotary else rope_tables
+    st = step_tensors(g, config, inp, opts.block_size, dtype)
+    tables = rope_half_tables if opts.rotary_op else rope_tables
     cos, sin = tables(g, config, "positions", dtype)
     embed = g.weight("model.embed_tokens.weight", weights["model.embed_tokens.weight"]
                      .astype(dtype))
     x = g.op("Gather", [embed, "input_ids"], axis=0)  # [T, hidden]
     new_kv: list[str] = []
-    for layer in range(config.num_layers):
-        x = _decoder_layer(g, config, weights, dtype, st, layer, x, (cos, sin, rotary), impl,
-                           new_kv)
-        if progress is not None:
-            progress(layer + 1, config.num_layers + 1)
+    for index in range(config.num_layers):
+        p = f"model.layers.{index}."
+        norms = (g.weight(f"{p}input_layernorm.weight",
+                          weights[f"{p}input_layernorm.weight"].astype(dtype)),
+                 g.weight(f"{p}post_attention_layernorm.weight",
+                          weights[f"{p}post_attention_layernorm.weight"].astype(dtype)))
+        layer = _Layer(index, norms, linears(g, index))
+        x = _decoder_layer(g, config, st, opts, layer, x, (cos, sin), new_kv)
+        tick()
     kv = g.op("Concat", new_kv, axis=0)  # [L*2*KVH, T, D]
     g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, config.num_kv_heads, -1,
                                    config.head_dim])], "new_kv")
     _lm_head(g, config, weights, dtype, x)
-    if progress is not None:
-        progress(config.num_layers + 1, config.num_layers + 1)
+    tick()
 
 
-def _decoder_layer(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
-                   dtype: np.dtype, st: StepTensors, layer: int, x: str,
-                   rope: tuple[str, str, bool], impl: str, new_kv: list[str]) -> str:
-    p = f"model.layers.{layer}."
+def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors, opts: _Options,
+                   layer: _Layer, x: str, rope: tuple[str, str], new_kv: list[str]) -> str:
     h, kvh, d = config.num_heads, config.num_kv_heads, config.head_dim
-    w = _layer_weights(g, config, weights, dtype, p)
-    n = rms_norm(g, x, w["ln1"], config.rms_norm_eps, dtype)
-    qkv = g.op("Reshape", [g.op("MatMul", [n, w["qkv"]]), g.i64([0, h + 2 * kvh, d])])
+    n = rms_norm(g, x, layer.norms[0], config.rms_norm_eps, opts.dtype)
+    qkv = g.op("Reshape", [layer.linear(n, "qkv"), g.i64([0, h + 2 * kvh, d])])
     qk, v = g.op_n("Split", [qkv, g.i64([h + kvh, kvh])], outputs=2, axis=1)
-    cos, sin, rotary = rope
-    if rotary:
+    cos, sin = rope
+    if opts.rotary_op:
         qk = apply_rope_op(g, qk, cos, sin, h + kvh, d)  # [T, H+KVH, D]
     else:
         qk = apply_rope(g, qk, cos, sin, d)  # [T, H+KVH, D]
@@ -178,33 +228,10 @@ def _decoder_layer(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np
     k_heads = g.op("Transpose", [k], perm=[1, 0, 2])  # [KVH, T, D]
     v_heads = g.op("Transpose", [v], perm=[1, 0, 2])  # [KVH, T, D]
     new_kv += [k_heads, v_heads]
-    attn = attention(g, st, config, layer, q, k_heads, v_heads, impl)  # [T, H*D]
-    x = g.op("Add", [x, g.op("MatMul", [attn, w["o"]])])
-    n = rms_norm(g, x, w["ln2"], config.rms_norm_eps, dtype)
-    return g.op("Add", [x, swiglu_mlp(g, n, w["gate"], w["up"], w["down"])])
-
-
-def _layer_weights(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
-                   dtype: np.dtype, p: str) -> dict[str, str]:
-    """Fused, transposed ([in, out]) weights of one layer, written to the data file."""
-    scale = 1.0 / np.sqrt(config.head_dim)
-    a = f"{p}self_attn."
-    m = f"{p}mlp."
-    q = weights[f"{a}q_proj.weight"].astype(np.float64) * scale
-    qkv = np.concatenate([q, weights[f"{a}k_proj.weight"], weights[f"{a}v_proj.weight"]])
-    return {
-        "ln1": g.weight(f"{p}input_layernorm.weight",
-                        weights[f"{p}input_layernorm.weight"].astype(dtype)),
-        "qkv": g.weight(f"{a}qkv.weight_t", qkv.T.astype(dtype)),
-        "o": g.weight(f"{a}o_proj.weight_t", weights[f"{a}o_proj.weight"].T.astype(dtype)),
-        "ln2": g.weight(f"{p}post_attention_layernorm.weight",
-                        weights[f"{p}post_attention_layernorm.weight"].astype(dtype)),
-        "gate": g.weight(f"{m}gate_proj.weight_t", weights[f"{m}gate_proj.weight"].T
-                         .astype(dtype)),
-        "up": g.weight(f"{m}up_proj.weight_t", weights[f"{m}up_proj.weight"].T.astype(dtype)),
-        "down": g.weight(f"{m}down_proj.weight_t", weights[f"{m}down_proj.weight"].T
-                         .astype(dtype)),
-    }
+    attn = attention(g, st, config, layer.index, q, k_heads, v_heads, opts.attention)  # [T, H*D]
+    x = g.op("Add", [x, layer.linear(attn, "o")])
+    n = rms_norm(g, x, layer.norms[1], config.rms_norm_eps, opts.dtype)
+    return g.op("Add", [x, swiglu_mlp(g, n, layer.linear)])
 
 
 def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],

@@ -1,9 +1,10 @@
 """The on-disk cache of built model graphs: ~/.cache/trtserve/models/<name>-<key>/.
 
-A cache entry holds model.onnx (+ its external data), the tokenizer files and manifest.json. The
-key hashes the source (file identity and content), the builder version, the dtype and the
-KV block size the graph is built for, so an entry
-is rebuilt only when one of those changes. Entries are built in a temporary sibling directory and
+A cache entry holds model.onnx (+ its external data; for a Q4 GGUF on the fp32 CPU path also
+model_q4.onnx, named by manifest["graph"]["q4_model_file"]), the tokenizer files and
+manifest.json. The key hashes the source (file identity and content), the builder version, the
+dtype and the KV block size the graph is built for, so an entry is rebuilt only when one of
+those changes. Entries are built in a temporary sibling directory and
 renamed into place under a per-entry file lock: readers never see half an entry.
 """
 

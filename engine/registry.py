@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.config import ModelConfig, ModelError
 from engine.loaders import source_kind
+from engine.loaders.gguf_q4 import Q4Blocks
 from engine.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class SourceModel:
     config: ModelConfig
     weights: dict[str, np.ndarray]  # HF names, float32
     tokenizer: Tokenizer
+    blocks: dict[str, Q4Blocks] | None = None  # layer linears as 4-bit blocks (GGUF Q4 only)
 
 
 def _package_file(package: str, filename: str) -> Path:
@@ -81,12 +83,14 @@ def resolve_model(model: str) -> ModelSource:
 
 def _read_gguf(source: ModelSource, progress: ProgressFn | None) -> SourceModel:
     from engine.loaders.gguf import config_from_gguf, open_gguf, weights_from_gguf
+    from engine.loaders.gguf_q4 import blocks_from_gguf
     from engine.loaders.gguf_tokenizer import tokenizer_from_gguf_reader
 
     reader = open_gguf(source.path)
     config = config_from_gguf(reader, source.path)
     tokenizer = tokenizer_from_gguf_reader(reader, source.path)
-    return SourceModel(config, weights_from_gguf(reader, config, source.path, progress), tokenizer)
+    weights = weights_from_gguf(reader, config, source.path, progress)
+    return SourceModel(config, weights, tokenizer, blocks_from_gguf(reader, config, source.path))
 
 
 def _read_hf(source: ModelSource, progress: ProgressFn | None) -> SourceModel:
@@ -100,7 +104,7 @@ def _read_hf(source: ModelSource, progress: ProgressFn | None) -> SourceModel:
 
 
 def read_source(source: ModelSource, progress: ProgressFn | None = None) -> SourceModel:
-    """Config, float32 weights and tokenizer of a source."""
+    """Config, float32 weights and tokenizer of a source (and the Q4 blocks of a Q4 GGUF)."""
     if source.kind == "gguf":
         return _read_gguf(source, progress)
     return _read_hf(source, progress)

@@ -54,6 +54,7 @@ class EngineOptions:
     kv_cache_fraction: float = 0.1  # of free host/device memory, when blocks not given
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     max_context: int | None = None  # None -> model's max_position_embeddings
+    q4_decode: bool = True  # CPU: single-token steps through the MatMulNBits graph when built
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -124,7 +125,8 @@ def _build(source: ModelSource, dtype: str, options: EngineOptions, digest: str,
     model = read_source(source, ConsoleProgress(f"loading {source.name}"))
     spec = _builder().build_model_graph(model.config, model.weights, out_dir, dtype=dtype,
                                         block_size=options.block_size,
-                                        progress=ConsoleProgress(f"building {source.name}"))
+                                        progress=ConsoleProgress(f"building {source.name}"),
+                                        blocks=model.blocks)
     model.tokenizer.save(out_dir)
     return {"name": source.name, "source": str(source.path), "kind": source.kind,
             "config": config_to_json(model.config), "dtype": dtype,
@@ -205,14 +207,22 @@ def device_kv_blocks(options: EngineOptions, config: ModelConfig, max_context: i
     return max(blocks, math.ceil(max_context / options.block_size))
 
 
+def q4_model_path(entry: Path, manifest: dict[str, Any], options: EngineOptions) -> Path | None:
+    """The entry's single-token MatMulNBits graph, when it has one and options want it."""
+    name = manifest.get("graph", {}).get("q4_model_file")
+    return entry / name if name and options.q4_decode else None
+
+
 def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
-              options: EngineOptions, max_context: int, dtype: str) -> Executor:
+              options: EngineOptions, max_context: int, dtype: str,
+              single_token_model: Path | None) -> Executor:
     if backend.name == "onnxruntime-cpu":
         from engine.executors.ort import OrtExecutor
 
         blocks = kv_cache_blocks(options, config, max_context, dtype)
         return OrtExecutor(model_path, config, num_blocks=blocks, block_size=options.block_size,
-                           max_context=max_context, providers=backend.providers, kv_dtype=dtype)
+                           max_context=max_context, providers=backend.providers, kv_dtype=dtype,
+                           single_token_model=single_token_model)
     blocks = device_kv_blocks(options, config, max_context, dtype)
     if backend.name == "tensorrt":
         from engine.executors.trt import TrtExecutor
@@ -228,11 +238,13 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
 def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
     dtype = resolve_dtype(options, backend)
     source, entry = _prepare(options, dtype)
-    config = config_from_json(read_manifest(entry)["config"])
+    manifest = read_manifest(entry)
+    config = config_from_json(manifest["config"])
     max_context = check_max_context(options, config)
     logger.info("starting %s on %s (%s), block size %d, max context %d (pid %d)",
                 source.name, backend.name, dtype, options.block_size, max_context, os.getpid())
-    executor = _executor(backend, entry / MODEL_FILE, config, options, max_context, dtype)
+    executor = _executor(backend, entry / MODEL_FILE, config, options, max_context, dtype,
+                         q4_model_path(entry, manifest, options))
     return LoadedModel(name=source.name, config=config, tokenizer=Tokenizer.from_dir(entry),
                        executor=executor, backend=backend.name)
 

@@ -4,6 +4,10 @@ Per step: block copies -> pack the plan into the graph's small index inputs (num
 IOBinding with the pool bound in place (no per-step copy) and the outputs bound to numpy arrays
 allocated here (no copy out of onnxruntime's memory) -> scatter the new K/V into the pool by slot
 mapping -> logits rows (and their in-graph argmax) in plan order.
+
+Given a second graph with the same I/O for single-token steps (the MatMulNBits graph of a Q4
+GGUF, engine/graph/quant.py), every graph call of exactly one token runs through it instead:
+single-sequence decode reads 4-bit weights rather than fp32 ones. Everything else stays dense.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from scheduler.plan import ScheduledSeq, StepPlan, StepResult
 logger = logging.getLogger(__name__)
 
 PAD_SLACK = 128  # padded query slots tolerated beyond 2 x tokens before a plan is split
+DENSE = "dense"  # the model graph
+SINGLE_TOKEN = "single_token"  # the graph for calls of one token, when given
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +112,26 @@ def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     return opts
 
 
+def open_session(path: Path, providers: Sequence[str], intra_op_threads: int | None,
+                 profile_prefix: str | None) -> ort.InferenceSession:
+    """An InferenceSession with `session_options`; profiled when `profile_prefix` is given."""
+    opts = session_options(intra_op_threads)
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+
+
+def _check_same_io(dense: ort.InferenceSession, other: ort.InferenceSession, path: Path) -> None:
+    def io(s: ort.InferenceSession) -> tuple[list[str], list[str]]:
+        return [i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()]
+    if io(dense) != io(other):
+        raise ValueError(f"{path}: inputs/outputs {io(other)} differ from the model's {io(dense)}")
+
+
 class OrtExecutor:
-    """`scheduler.plan.Executor` over onnxruntime with a numpy KV pool bound by pointer."""
+    """`scheduler.plan.Executor` over onnxruntime with a numpy KV pool bound by pointer;
+    `single_token_model` (same I/O) runs the graph calls of one token."""
 
     def __init__(self, model_path: Path, config: ModelConfig, *, num_blocks: int,
                  block_size: int, max_context: int,
@@ -115,11 +139,18 @@ class OrtExecutor:
                  kv_dtype: np.dtype | str = np.float32,
                  intra_op_threads: int | None = None,
                  enable_profiling: bool = False,
-                 pad_slack: int = PAD_SLACK) -> None:
-        opts = session_options(intra_op_threads)
-        opts.enable_profiling = enable_profiling
-        self._session = ort.InferenceSession(str(model_path), sess_options=opts,
-                                             providers=list(providers))
+                 pad_slack: int = PAD_SLACK,
+                 single_token_model: Path | None = None) -> None:
+        def session(path: Path, name: str) -> ort.InferenceSession:
+            prefix = f"onnxruntime_profile_{name}" if enable_profiling else None
+            return open_session(path, providers, intra_op_threads, prefix)
+
+        self._session = session(model_path, DENSE)
+        self._single: ort.InferenceSession | None = None
+        if single_token_model is not None:
+            self._single = session(single_token_model, SINGLE_TOKEN)
+            _check_same_io(self._session, self._single, single_token_model)
+        self._runs = {DENSE: 0, SINGLE_TOKEN: 0}
         self._config = config
         self._max_context = max_context
         self._pad_slack = pad_slack
@@ -128,7 +159,8 @@ class OrtExecutor:
         self._closed = False
         self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
         self._kv_shape = (config.num_layers, 2, config.num_kv_heads, config.head_dim)
-        logger.info("onnxruntime session on %s (%s)", self._session.get_providers(), model_path)
+        logger.info("onnxruntime session on %s (%s; single-token graph %s)",
+                    self._session.get_providers(), model_path, single_token_model)
 
     @property
     def block_size(self) -> int:
@@ -153,6 +185,15 @@ class OrtExecutor:
     @property
     def session(self) -> ort.InferenceSession:
         return self._session
+
+    @property
+    def single_token_session(self) -> ort.InferenceSession | None:
+        return self._single
+
+    @property
+    def runs(self) -> dict[str, int]:
+        """Graph calls so far per session: {"dense": n, "single_token": m}."""
+        return dict(self._runs)
 
     def execute(self, plan: StepPlan) -> StepResult:
         with self._lock:
@@ -198,7 +239,8 @@ class OrtExecutor:
              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Runs the graph with every output bound to a fresh numpy array (a new one per step:
         the caller may still hold the previous step's logits)."""
-        binding = self._session.io_binding()
+        session = self._session_for(len(feeds["input_ids"]))
+        binding = session.io_binding()
         view = self._pool.graph_view
         binding.bind_input("kv_cache", "cpu", 0, view.dtype.type, list(view.shape),
                            view.ctypes.data)
@@ -215,8 +257,16 @@ class OrtExecutor:
         for name, array in outputs:
             binding.bind_output(name, "cpu", 0, array.dtype.type, list(array.shape),
                                 array.ctypes.data)
-        self._session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return logits, argmax, new_kv
+
+    def _session_for(self, tokens: int) -> ort.InferenceSession:
+        """The single-token graph for a call of one token (when given), else the dense one."""
+        if tokens == 1 and self._single is not None:
+            self._runs[SINGLE_TOKEN] += 1
+            return self._single
+        self._runs[DENSE] += 1
+        return self._session
 
     def _check(self, plan: StepPlan) -> None:
         for seq in plan.seqs:
@@ -231,8 +281,12 @@ class OrtExecutor:
                 raise ValueError(f"block copy {src}->{dst} outside 0..{self.num_blocks - 1}")
 
     def end_profiling(self) -> str:
-        """Stops onnxruntime's profiler and returns the trace file path."""
+        """Stops onnxruntime's profiler and returns the dense session's trace file path."""
         return self._session.end_profiling()
+
+    def end_single_token_profiling(self) -> str | None:
+        """Stops the single-token session's profiler; its trace file path (None without it)."""
+        return None if self._single is None else self._single.end_profiling()
 
     def close(self) -> None:
         with self._lock:
@@ -240,4 +294,5 @@ class OrtExecutor:
                 return
             self._closed = True
             self._session = None  # type: ignore[assignment]
+            self._single = None
             self._pool.data = np.zeros(0, dtype=self._pool.data.dtype)

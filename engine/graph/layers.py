@@ -7,6 +7,7 @@ All activations here are packed tokens: [T, ...]. Shapes are noted at every resh
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from onnx import helper
@@ -100,13 +101,14 @@ def rms_norm(g: GraphWriter, x: str, weight: str, eps: float, dtype: np.dtype) -
     return g.op("Mul", [normed, weight])
 
 
-def swiglu_mlp(g: GraphWriter, x: str, w_gate: str, w_up: str, w_down: str) -> str:
-    """down(silu(gate(x)) * up(x)). Two MatMuls rather than one fused [hidden, 2F] MatMul and a
-    Split: the Split's copy cost more than the extra node (measured, batch-16 decode)."""
-    gate = g.op("MatMul", [x, w_gate])  # [T, F]
-    up = g.op("MatMul", [x, w_up])  # [T, F]
+def swiglu_mlp(g: GraphWriter, x: str, linear: Callable[[str, str], str]) -> str:
+    """down(silu(gate(x)) * up(x)), `linear(input, "gate" | "up" | "down")` writing each
+    projection. Two projections rather than one fused [hidden, 2F] MatMul and a Split: the
+    Split's copy cost more than the extra node (measured, batch-16 decode)."""
+    gate = linear(x, "gate")  # [T, F]
+    up = linear(x, "up")  # [T, F]
     act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
-    return g.op("MatMul", [act, w_down])  # [T, hidden]
+    return linear(act, "down")  # [T, hidden]
 
 
 def onnx_type(dtype: np.dtype) -> int:

@@ -98,8 +98,9 @@ def save_model(writer: GraphWriter, path: Path, *, inputs: list[onnx.ValueInfoPr
     """Writes model.onnx (the data file was written by `writer.weight` already)."""
     graph = helper.make_graph(writer.nodes, graph_name, inputs, outputs,
                               initializer=writer.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="trtserve")
+    domains = sorted({node.domain for node in writer.nodes} - {""})  # e.g. com.microsoft
+    imports = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, 1) for d in domains)]
+    model = helper.make_model(graph, opset_imports=imports, producer_name="trtserve")
     model.ir_version = 10
     with open(path, "wb") as f:
         f.write(model.SerializeToString())

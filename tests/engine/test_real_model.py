@@ -20,8 +20,8 @@ CASES = REFERENCE["cases"]
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("trtserve-cache")
+def cache_dir(smollm2_cache: Path) -> Path:
+    return smollm2_cache
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +82,9 @@ def test_cache_is_reused(smollm2: LoadedModel, cache_dir: Path) -> None:
     assert manifest["dtype"] == "float32" and manifest["block_size"] == 16
     assert manifest["graph"]["input_names"][0] == "input_ids"
     assert sorted(p.name for p in entry.iterdir()) == [
-        "manifest.json", "model.onnx", "model.onnx.data", "tokenizer.json",
-        "tokenizer_config.json"]
+        "manifest.json", "model.onnx", "model.onnx.data", "model_q4.onnx", "model_q4.onnx.data",
+        "tokenizer.json", "tokenizer_config.json"]
+    assert manifest["graph"]["q4_model_file"] == "model_q4.onnx"
     assert [p.name for p in (cache_dir / "models").iterdir() if p.name.startswith(".tmp")] == []
 
 

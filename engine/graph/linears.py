@@ -1,0 +1,79 @@
+"""The layer linears of the decoder graph, handed to it one layer at a time as a function
+(input [T, in], key) -> [T, out], key one of "qkv", "o", "gate", "up", "down".
+
+- dense: MatMul over transposed ([in, out]) fp32/fp16 weights (every graph);
+- q4: MatMulNBits over the GGUF Q4 blocks (engine/graph/quant.py), the single-token fp32 graph.
+
+Both write the same two weight transforms: Q, K and V fused along the output dim into one qkv
+weight, and 1/sqrt(head_dim) folded into the Q rows (on blocks: into their scale and minimum,
+exact when head_dim is a power of 4, as 64 is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from engine.config import ModelConfig
+from engine.graph.quant import block_sums, q4_linear
+from engine.graph.writer import GraphWriter
+from engine.loaders.gguf_q4 import Q4Blocks, concat_rows
+
+LinearFn = Callable[[str, str], str]  # (input value, key) -> output value
+LinearsFactory = Callable[[GraphWriter, int], LinearFn]  # (writer, layer) -> its linears
+KEYS = ("qkv", "o", "gate", "up", "down")
+_NAMES = {"qkv": "self_attn.qkv", "o": "self_attn.o_proj", "gate": "mlp.gate_proj",
+          "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def query_scale(config: ModelConfig) -> float:
+    return 1.0 / float(np.sqrt(config.head_dim))
+
+
+def dense_linears(config: ModelConfig, weights: Mapping[str, np.ndarray],
+                  dtype: np.dtype) -> LinearsFactory:
+    """Each layer's five weights written transposed in `dtype`; MatMul nodes."""
+    def layer(g: GraphWriter, index: int) -> LinearFn:
+        p = f"model.layers.{index}."
+        w = {key: g.weight(f"{p}{_NAMES[key]}.weight_t", array.T.astype(dtype))
+             for key, array in _dense_layer(config, weights, p).items()}
+        return lambda x, key: g.op("MatMul", [x, w[key]])
+    return layer
+
+
+def _dense_layer(config: ModelConfig, weights: Mapping[str, np.ndarray],
+                 p: str) -> dict[str, np.ndarray]:
+    """[out, in] weights of one layer, qkv fused (float64 while scaling, as built since v1)."""
+    a, m = f"{p}self_attn.", f"{p}mlp."
+    q = weights[f"{a}q_proj.weight"].astype(np.float64) * query_scale(config)
+    qkv = np.concatenate([q, weights[f"{a}k_proj.weight"], weights[f"{a}v_proj.weight"]])
+    return {"qkv": qkv, "o": weights[f"{a}o_proj.weight"],
+            "gate": weights[f"{m}gate_proj.weight"], "up": weights[f"{m}up_proj.weight"],
+            "down": weights[f"{m}down_proj.weight"]}
+
+
+def q4_layer_blocks(config: ModelConfig, blocks: Mapping[str, Q4Blocks],
+                    p: str) -> dict[str, Q4Blocks]:
+    """The blocks of one layer's five linears, qkv fused and Q scaled like `_dense_layer`."""
+    a, m = f"{p}self_attn.", f"{p}mlp."
+    q = blocks[f"{a}q_proj"].scaled(query_scale(config))
+    return {"qkv": concat_rows([q, blocks[f"{a}k_proj"], blocks[f"{a}v_proj"]]),
+            "o": blocks[f"{a}o_proj"], "gate": blocks[f"{m}gate_proj"],
+            "up": blocks[f"{m}up_proj"], "down": blocks[f"{m}down_proj"]}
+
+
+def q4_linears(config: ModelConfig, blocks: Mapping[str, Q4Blocks]) -> LinearsFactory:
+    """MatMulNBits nodes; the block sums of an input are computed once (gate and up share)."""
+    def layer(g: GraphWriter, index: int) -> LinearFn:
+        p = f"model.layers.{index}."
+        w = q4_layer_blocks(config, blocks, p)
+        sums: dict[str, str] = {}
+
+        def linear(x: str, key: str) -> str:
+            b = w[key]
+            if b.minimum is not None and x not in sums:
+                sums[x] = block_sums(g, x, b.shape[1])
+            return q4_linear(g, f"{p}{_NAMES[key]}", x, b, sums.get(x))
+        return linear
+    return layer

@@ -1,0 +1,69 @@
+"""The 4-bit linear: onnxruntime's com.microsoft MatMulNBits straight from GGUF Q4 blocks, with
+no new quantization error.
+
+A block of 32 weights along K is w = s * (q - zp) + m (engine/loaders/gguf_q4.py). MatMulNBits
+(bits=4, block_size=32) computes x @ [s * (q - zp)]^T from packed codes, so
+
+    x @ w^T = MatMulNBits(x; q, s, zp) + blocksum(x) @ m^T,   blocksum(x)[t, b] = sum of the
+                                                              32 inputs x[t, 32b : 32b + 32]
+
+(for Q4_0, m = 0 and zp = 8: no second term). Choices measured on a 2-core CPU (onnxruntime
+1.32, the 150 SmolLM2 layer linears at M=1): uint8 zero points and accuracy_level=1 (float32
+activations) are the fast path, 12.5 ms against 19.6 ms dense fp32; float zero points and
+bits=8 fall on a ~10x slower path; accuracy_level=4 would quantize the activations to int8.
+At M=2 MatMulNBits is already slower than dense (32.8 ms against 21.0 ms), so the graph built
+from these is run for single-token steps only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.graph.writer import GraphWriter
+from engine.loaders.gguf_q4 import QK, Q4Blocks
+
+MS_DOMAIN = "com.microsoft"
+ACCURACY_LEVEL = 1  # float32 compute; 4 would quantize activations to int8
+
+
+@dataclass(frozen=True, slots=True)
+class NBitsWeights:
+    """MatMulNBits's constant inputs for one [N, K] weight (bits=4, block_size=32)."""
+
+    packed: np.ndarray  # uint8 [N, K/32, 16]: byte i of a block = element 2i | element 2i+1 << 4
+    scales: np.ndarray  # float32 [N * K/32]
+    zero_points: np.ndarray  # uint8 [N * ceil(K/32 / 2)]: block 2j low nibble, 2j+1 high nibble
+
+
+def pack_nbits(blocks: Q4Blocks) -> NBitsWeights:
+    n, k = blocks.shape
+    q = blocks.q.reshape(n, k // QK, QK)  # [N, K/32, 32]
+    packed = q[..., 0::2] | (q[..., 1::2] << np.uint8(4))  # [N, K/32, 16]
+    zp_bytes = -(-(k // QK) // 2)
+    zp = np.full(n * zp_bytes, blocks.zero_point * 0x11, dtype=np.uint8)
+    return NBitsWeights(np.ascontiguousarray(packed), blocks.scale.reshape(-1).copy(), zp)
+
+
+def block_sums(g: GraphWriter, x: str, k: int) -> str:
+    """x [T, K] -> [T, K/32], the sum of each block of 32 inputs."""
+    blocks = g.op("Reshape", [x, g.i64([-1, k // QK, QK])])  # [T, K/32, 32]
+    return g.op("ReduceSum", [blocks, g.i64([-1])], keepdims=0)  # [T, K/32]
+
+
+def q4_linear(g: GraphWriter, name: str, x: str, blocks: Q4Blocks, sums: str | None) -> str:
+    """x [T, K] @ w^T -> [T, N] for w given as blocks; `sums` = block_sums(x) (needed when the
+    blocks have a minimum, shareable by linears reading the same x)."""
+    n, k = blocks.shape
+    nbits = pack_nbits(blocks)
+    inputs = [x, g.weight(f"{name}.q4", nbits.packed), g.weight(f"{name}.q4_scales", nbits.scales),
+              g.weight(f"{name}.q4_zero_points", nbits.zero_points)]
+    y = g.op("MatMulNBits", inputs, domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=QK,
+             accuracy_level=ACCURACY_LEVEL)  # [T, N]
+    if blocks.minimum is None:
+        return y
+    if sums is None:
+        raise ValueError(f"{name}: blocks with a minimum need the input's block sums")
+    mins = g.weight(f"{name}.q4_mins_t", np.ascontiguousarray(blocks.minimum.T))  # [K/32, N]
+    return g.op("Add", [y, g.op("MatMul", [sums, mins])])  # [T, N]

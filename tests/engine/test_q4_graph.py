@@ -1,0 +1,125 @@
+"""The MatMulNBits single-token graph on a tiny Q4_1 model: same I/O as the dense graph, same
+logits as the float64 reference, and OrtExecutor runs exactly the one-token calls through it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import gguf
+import numpy as np
+import onnx
+import pytest
+from gguf.quants import quantize
+from tiny_llama import PagedSeq, ShuffledBlocks, assert_close, random_weights, schedule
+
+from engine.builder import MODEL_FILE, Q4_MODEL_FILE, GraphSpec, build_model_graph
+from engine.config import ModelConfig
+from engine.executors.ort import DENSE, SINGLE_TOKEN, OrtExecutor
+from engine.loaders.gguf_q4 import LINEARS, Q4Blocks, decode_blocks
+from engine.reference import reference_logits
+from scheduler.plan import StepPlan
+
+BLOCK = 4
+NUM_BLOCKS = 64
+# every linear's input dim a multiple of 32; head_dim 16 -> the query scale 1/4 is exact
+CONFIG = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                     intermediate_size=96, vocab_size=97, rope_theta=10000.0,
+                     tie_word_embeddings=True, max_position_embeddings=256)
+Model = tuple[dict[str, np.ndarray], Path, GraphSpec]
+
+
+def q4_model(kind: str) -> tuple[dict[str, np.ndarray], dict[str, Q4Blocks]]:
+    """Random weights whose layer linears went through gguf's quantizer: the float32 weights are
+    exactly the blocks' dequantized values."""
+    weights = random_weights(CONFIG, seed=11)
+    blocks = {}
+    for i in range(CONFIG.num_layers):
+        for linear in LINEARS:
+            name = f"model.layers.{i}.{linear}"
+            raw = quantize(weights[f"{name}.weight"], gguf.GGMLQuantizationType[kind])
+            blocks[name] = decode_blocks(raw, kind)
+            weights[f"{name}.weight"] = blocks[name].dequantize()
+    return weights, blocks
+
+
+@pytest.fixture(scope="module", params=["Q4_1", "Q4_0"])
+def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Model:
+    weights, blocks = q4_model(request.param)
+    out = tmp_path_factory.mktemp(f"q4-{request.param}")
+    spec = build_model_graph(CONFIG, weights, out, block_size=BLOCK, blocks=blocks)
+    return weights, out, spec
+
+
+@pytest.fixture
+def executor(model: Model) -> Iterator[OrtExecutor]:
+    _, out, spec = model
+    assert spec.q4_model_file == Q4_MODEL_FILE
+    ex = OrtExecutor(out / MODEL_FILE, CONFIG, num_blocks=NUM_BLOCKS, block_size=BLOCK,
+                     max_context=256, intra_op_threads=1, single_token_model=out / Q4_MODEL_FILE)
+    yield ex
+    ex.close()
+
+
+def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
+    """Same inputs/outputs as model.onnx; every layer linear is a MatMulNBits, lm_head dense."""
+    _, out, _ = model
+    dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
+    q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
+    assert q4.graph.input == dense.graph.input and q4.graph.output == dense.graph.output
+    ops = [n.op_type for n in q4.graph.node]
+    assert ops.count("MatMulNBits") == 5 * CONFIG.num_layers
+    assert {(o.domain, o.version) for o in q4.opset_import} >= {("com.microsoft", 1)}
+    assert not any(n.op_type == "MatMulNBits" for n in dense.graph.node)
+    nbits = next(n for n in q4.graph.node if n.op_type == "MatMulNBits")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nbits.attribute}
+    assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (4, 32, 1)
+
+
+def test_decode_routes_single_tokens_to_q4_graph(model: Model, executor: OrtExecutor) -> None:
+    """Prefill and two-sequence steps run dense, one-token steps run the q4 graph; every logits
+    row matches the float64 reference on the dequantized weights."""
+    weights = model[0]
+    rng = np.random.default_rng(3)
+    blocks = ShuffledBlocks(NUM_BLOCKS, seed=3)
+    a, b = PagedSeq(0), PagedSeq(1)
+
+    def step(seqs: list[PagedSeq], lengths: list[int], step_id: int) -> None:
+        plan = [schedule(s, rng.integers(0, 97, n).tolist(), blocks, BLOCK)
+                for s, n in zip(seqs, lengths, strict=True)]
+        result = executor.execute(StepPlan(step_id, plan))
+        for row, seq in zip(result.logits, seqs, strict=True):
+            assert_close(row, reference_logits(CONFIG, weights, seq.tokens)[-1])
+
+    step([a], [9], 0)
+    assert executor.runs == {DENSE: 1, SINGLE_TOKEN: 0}
+    for i in range(1, 6):
+        step([a], [1], i)
+    assert executor.runs == {DENSE: 1, SINGLE_TOKEN: 5}
+    step([b], [6], 6)
+    step([a, b], [1, 1], 7)
+    assert executor.runs == {DENSE: 3, SINGLE_TOKEN: 5}
+    step([b], [1], 8)
+    assert executor.runs == {DENSE: 3, SINGLE_TOKEN: 6}
+
+
+def test_executor_without_q4_graph_runs_dense_only(model: Model) -> None:
+    _, out, _ = model
+    ex = OrtExecutor(out / MODEL_FILE, CONFIG, num_blocks=NUM_BLOCKS, block_size=BLOCK,
+                     max_context=256, intra_op_threads=1)
+    seq = PagedSeq(0)
+    blocks = ShuffledBlocks(NUM_BLOCKS, seed=4)
+    for step_id, tokens in enumerate(([1, 2, 3], [4], [5])):
+        ex.execute(StepPlan(step_id, [schedule(seq, tokens, blocks, BLOCK)]))
+    assert ex.runs == {DENSE: 3, SINGLE_TOKEN: 0} and ex.single_token_session is None
+    ex.close()
+
+
+def test_no_q4_graph_for_fp16_or_without_blocks(tmp_path: Path) -> None:
+    """fp16 (TensorRT) graphs and dense-only sources get no MatMulNBits variant."""
+    weights, blocks = q4_model("Q4_1")
+    fp16 = build_model_graph(CONFIG, weights, tmp_path / "fp16", dtype="float16", blocks=blocks)
+    plain = build_model_graph(CONFIG, weights, tmp_path / "plain")
+    assert fp16.q4_model_file is None and plain.q4_model_file is None
+    assert not (tmp_path / "fp16" / Q4_MODEL_FILE).exists()
+    assert not (tmp_path / "plain" / Q4_MODEL_FILE).exists()
