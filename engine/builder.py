@@ -16,7 +16,9 @@ inputs
   logit_index  int64 [R]          packed rows whose logits are wanted (plan order)
 outputs
   logits       float32 [R, vocab]
-  argmax       int64 [R]          argmax of each logits row (first index on ties, like numpy)
+  argmax       int64 [R]          argmax of each logits row (first index on ties, like numpy);
+                                  half-precision (GPU) graphs only: onnxruntime's CPU ArgMax runs
+                                  on one thread and costs more than the sampler's numpy argmax
   new_kv       dtype [L, 2, KVH, T, D]  roped K and V of this step's tokens; the executor writes
                them into the pool at slot (block_table[pos // BS], pos % BS) after the run
 
@@ -66,7 +68,7 @@ from engine.loaders.gguf_q4 import Q4Blocks
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = "4"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "5"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 Q4_MODEL_FILE = "model_q4.onnx"
@@ -104,6 +106,7 @@ class _Options:
     attention: str  # one of ATTENTION_IMPLS
     rotary_op: bool
     opset: int
+    argmax: bool  # emit the `argmax` output
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +143,8 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
         raise ModelError(f"unknown attention {impl!r}; one of {ATTENTION_IMPLS}")
     rotary = impl == DECOMPOSED if rotary_op is None else rotary_op
     opts = _Options(dtype=np.dtype(_DTYPES[dtype]), block_size=block_size, attention=impl,
-                    rotary_op=rotary, opset=23 if rotary or impl == ONNX_ATTENTION else 18)
+                    rotary_op=rotary, opset=23 if rotary or impl == ONNX_ATTENTION else 18,
+                    argmax=dtype != "float32")
     _check_weights(config, weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = [(MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype))]
@@ -151,6 +155,7 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
         _write_graph(out_dir, model_file, data_file, config, weights, linears, opts, tick)
     return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=opts.opset, attention=impl,
                      rotary_op=rotary, block_size=block_size,
+                     output_names=OUTPUT_NAMES if opts.argmax else OUTPUT_NAMES[:2],
                      q4_model_file=Q4_MODEL_FILE if len(graphs) > 1 else None)
 
 
@@ -164,13 +169,13 @@ def _write_graph(out_dir: Path, model_file: str, data_file: str, config: ModelCo
                  tick: Callable[[], None]) -> None:
     with open(out_dir / data_file, "wb") as data:
         g = GraphWriter(data, data_file)
-        inputs, outputs = _io(config, onnx_type(opts.dtype))
+        inputs, outputs = _io(config, onnx_type(opts.dtype), opts.argmax)
         _body(g, config, weights, linears, opts, tick)
     save_model(g, out_dir / model_file, inputs=inputs, outputs=outputs, opset=opts.opset,
                graph_name=f"trtserve_{config.architecture}")
 
 
-def _io(config: ModelConfig, elem: int) -> tuple[list, list]:
+def _io(config: ModelConfig, elem: int, argmax: bool) -> tuple[list, list]:
     i64 = TensorProto.INT64
     vi = helper.make_tensor_value_info
     inputs = [vi("input_ids", i64, ["T"]), vi("positions", i64, ["T"]),
@@ -180,8 +185,9 @@ def _io(config: ModelConfig, elem: int) -> tuple[list, list]:
               vi("logit_index", i64, ["R"])]
     outputs = [vi("logits", TensorProto.FLOAT, ["R", config.vocab_size]),
                vi("new_kv", elem, [config.num_layers, 2, config.num_kv_heads, "T",
-                                   config.head_dim]),
-               vi("argmax", i64, ["R"])]
+                                   config.head_dim])]
+    if argmax:
+        outputs.append(vi("argmax", i64, ["R"]))
     return inputs, outputs
 
 
@@ -209,7 +215,7 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
     kv = g.op("Concat", new_kv, axis=0)  # [L*2*KVH, T, D]
     g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, config.num_kv_heads, -1,
                                    config.head_dim])], "new_kv")
-    _lm_head(g, config, weights, dtype, x)
+    _lm_head(g, config, weights, dtype, x, opts.argmax)
     tick()
 
 
@@ -235,7 +241,7 @@ def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors, opts: _
 
 
 def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
-             dtype: np.dtype, x: str) -> None:
+             dtype: np.dtype, x: str, argmax: bool) -> None:
     """Final norm and lm_head over the R wanted rows only.
 
     The head is stored transposed ([hidden, vocab], a second copy when tied): onnxruntime
@@ -252,7 +258,8 @@ def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarr
         g.op_to("Identity", [logits], "logits")
     else:
         g.op_to("Cast", [logits], "logits", to=TensorProto.FLOAT)
-    g.op_to("ArgMax", ["logits"], "argmax", axis=-1, keepdims=0)  # on the float32 logits
+    if argmax:
+        g.op_to("ArgMax", ["logits"], "argmax", axis=-1, keepdims=0)  # on the float32 logits
 
 
 def _check_weights(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> None:
