@@ -78,6 +78,7 @@ class LoadedModel:
     tokenizer: Tokenizer  # engine/tokenizer.py
     executor: Executor  # scheduler.plan.Executor
     backend: str  # "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"
+    max_num_tokens: int | None = None  # the backend's preferred token budget per step, if any
 
     def close(self) -> None:
         self.executor.close()
@@ -246,7 +247,8 @@ def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
     executor = _executor(backend, entry / MODEL_FILE, config, options, max_context, dtype,
                          q4_model_path(entry, manifest, options))
     return LoadedModel(name=source.name, config=config, tokenizer=Tokenizer.from_dir(entry),
-                       executor=executor, backend=backend.name)
+                       executor=executor, backend=backend.name,
+                       max_num_tokens=backend.max_num_tokens)
 
 
 def load_model(options: EngineOptions) -> LoadedModel:

@@ -28,9 +28,12 @@ def engine_options(settings: ServerSettings) -> EngineOptions:
                          kv_cache_fraction=settings.kv_cache_fraction)
 
 
-def scheduler_config(settings: ServerSettings) -> SchedulerConfig:
+def scheduler_config(settings: ServerSettings, backend_tokens: int | None = None
+                     ) -> SchedulerConfig:
+    """The user's settings; an unset token budget is the backend's, else the scheduler's."""
+    budget = settings.max_num_tokens or backend_tokens
     return SchedulerConfig(max_batch_size=settings.max_batch_size,
-                           max_num_tokens=settings.max_num_tokens,
+                           **({"max_num_tokens": budget} if budget else {}),
                            max_queue_size=settings.max_queue_size,
                            policy=settings.scheduler_policy,
                            enable_prefix_caching=settings.enable_prefix_caching)
@@ -56,7 +59,7 @@ async def load_serving_model(settings: ServerSettings, metrics: ServerMetrics) -
     started = time.monotonic()
     lm = await asyncio.to_thread(load_model, engine_options(settings))
     tok = lm.tokenizer
-    cfg = scheduler_config(settings)
+    cfg = scheduler_config(settings, lm.max_num_tokens)
 
     def decode(ids: Sequence[int]) -> str:
         return tok.decode(ids, skip_special_tokens=True)

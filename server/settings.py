@@ -37,8 +37,10 @@ class ServerSettings(BaseSettings):
                               "also served on --port.")
     max_batch_size: int = Field(_S.max_batch_size, ge=1,
                                 description="Sequences per engine step at most.")
-    max_num_tokens: int = Field(_S.max_num_tokens, ge=1,
-                                description="Token budget per step (chunked prefill).")
+    max_num_tokens: int | None = Field(
+        None, ge=1, description=f"Token budget per step (chunked prefill). Default: the "
+        f"backend's (256 on onnxruntime-cpu, where prefill is compute-bound and smaller chunks "
+        f"keep running streams moving), else {_S.max_num_tokens}.")
     kv_cache_blocks: int | None = Field(_E.kv_cache_blocks, ge=1, description="Exact number "
                                         "of KV blocks; overrides --kv-cache-fraction.")
     kv_cache_fraction: float = Field(_E.kv_cache_fraction, gt=0.0, le=1.0, description="Share "
