@@ -151,8 +151,10 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     if blocks is not None and dtype == "float32":
         graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks)))
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
+    shared: dict[str, TensorProto] = {}  # q4 graph: embedding, lm_head from model.onnx.data
     for model_file, data_file, linears in graphs:
-        _write_graph(out_dir, model_file, data_file, config, weights, linears, opts, tick)
+        shared = _write_graph(out_dir, model_file, data_file, config, weights, linears, opts,
+                              tick, shared)
     return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=opts.opset, attention=impl,
                      rotary_op=rotary, block_size=block_size,
                      output_names=OUTPUT_NAMES if opts.argmax else OUTPUT_NAMES[:2],
@@ -166,13 +168,16 @@ def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable
 
 def _write_graph(out_dir: Path, model_file: str, data_file: str, config: ModelConfig,
                  weights: Mapping[str, np.ndarray], linears: LinearsFactory, opts: _Options,
-                 tick: Callable[[], None]) -> None:
+                 tick: Callable[[], None], shared: dict[str, TensorProto]
+                 ) -> dict[str, TensorProto]:
+    """Writes one graph; returns its external tensors plus `shared` (for the next graph)."""
     with open(out_dir / data_file, "wb") as data:
-        g = GraphWriter(data, data_file)
+        g = GraphWriter(data, data_file, shared)
         inputs, outputs = _io(config, onnx_type(opts.dtype), opts.argmax)
         _body(g, config, weights, linears, opts, tick)
     save_model(g, out_dir / model_file, inputs=inputs, outputs=outputs, opset=opts.opset,
                graph_name=f"trtserve_{config.architecture}")
+    return {**shared, **g.external}
 
 
 def _io(config: ModelConfig, elem: int, argmax: bool) -> tuple[list, list]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -20,15 +21,24 @@ _INLINE_MAX_BYTES = 1024  # smaller constants stay inside model.onnx
 
 
 class GraphWriter:
-    """Accumulates nodes and initializers; `weight()` appends tensor bytes to the data file."""
+    """Accumulates nodes and initializers; `weight()` appends tensor bytes to the data file.
 
-    def __init__(self, data_file: BinaryIO, data_location: str) -> None:
+    `shared`: external tensors already written by another graph of the same build (its
+    writer's `external`), referenced where this graph adds a weight of the same name, dtype and
+    shape instead of being written twice. Names identify content within one build: every graph
+    of a build writes its non-linear weights (embedding, norms, lm_head) by the same code.
+    """
+
+    def __init__(self, data_file: BinaryIO, data_location: str,
+                 shared: Mapping[str, TensorProto] | None = None) -> None:
         self._data = data_file
         self._location = data_location
         self._offset = 0
         self._count = 0
+        self._shared = shared or {}
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
+        self.external: dict[str, TensorProto] = {}  # name -> tensor written to the data file
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -40,12 +50,18 @@ class GraphWriter:
         if array.nbytes <= _INLINE_MAX_BYTES:
             self.initializers.append(_inline_tensor(name, array))
             return name
+        elem = helper.np_dtype_to_tensor_dtype(array.dtype)
+        other = self._shared.get(name)
+        if other is not None and other.data_type == elem and tuple(other.dims) == array.shape:
+            self.initializers.append(TensorProto())
+            self.initializers[-1].CopyFrom(other)
+            return name
         pad = (-self._offset) % _ALIGN
         if pad:
             self._data.write(b"\0" * pad)
             self._offset += pad
         self._data.write(array.tobytes())
-        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor = TensorProto(name=name, data_type=elem)
         tensor.dims.extend(array.shape)
         tensor.data_location = TensorProto.EXTERNAL
         for key, value in (("location", self._location), ("offset", str(self._offset)),
@@ -53,6 +69,7 @@ class GraphWriter:
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
         self.initializers.append(tensor)
+        self.external[name] = tensor
         self._offset += array.nbytes
         return name
 

@@ -13,7 +13,14 @@ import pytest
 from gguf.quants import quantize
 from tiny_llama import PagedSeq, ShuffledBlocks, assert_close, random_weights, schedule
 
-from engine.builder import MODEL_FILE, Q4_MODEL_FILE, GraphSpec, build_model_graph
+from engine.builder import (
+    DATA_FILE,
+    MODEL_FILE,
+    Q4_DATA_FILE,
+    Q4_MODEL_FILE,
+    GraphSpec,
+    build_model_graph,
+)
 from engine.config import ModelConfig
 from engine.executors.ort import DENSE, SINGLE_TOKEN, OrtExecutor
 from engine.loaders.gguf_q4 import LINEARS, Q4Blocks, decode_blocks
@@ -74,6 +81,26 @@ def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
     nbits = next(n for n in q4.graph.node if n.op_type == "MatMulNBits")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nbits.attribute}
     assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (4, 32, 1)
+
+
+def test_q4_graph_reads_shared_weights_from_the_dense_data_file(model: Model) -> None:
+    """Embedding and lm_head are written once (model.onnx.data) and referenced by both graphs;
+    the q4 data file holds only what the q4 graph alone uses."""
+    _, out, _ = model
+
+    def external(path: Path) -> dict[str, dict[str, str]]:
+        m = onnx.load(str(path), load_external_data=False)
+        return {t.name: {e.key: e.value for e in t.external_data} for t in m.graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL}
+
+    dense, q4 = external(out / MODEL_FILE), external(out / Q4_MODEL_FILE)
+    for name in ("model.embed_tokens.weight", "lm_head.weight_t"):
+        assert q4[name] == dense[name] and q4[name]["location"] == DATA_FILE
+    assert all(ref["location"] == DATA_FILE for ref in dense.values())
+    own = {n: ref for n, ref in q4.items() if ref["location"] != DATA_FILE}
+    assert own and not own.keys() & dense.keys()
+    end = max(int(ref["offset"]) + int(ref["length"]) for ref in own.values())
+    assert (out / Q4_DATA_FILE).stat().st_size == end
 
 
 def test_decode_routes_single_tokens_to_q4_graph(model: Model, executor: OrtExecutor) -> None:
