@@ -62,7 +62,14 @@ from engine.graph.layers import (
     rope_tables,
     swiglu_mlp,
 )
-from engine.graph.linears import LinearFn, LinearsFactory, dense_linears, q4_linears
+from engine.graph.linears import (
+    HeadFn,
+    LinearFn,
+    LinearsFactory,
+    dense_linears,
+    q4_head,
+    q4_linears,
+)
 from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 
@@ -147,14 +154,15 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
                     argmax=dtype != "float32")
     _check_weights(config, weights)
     out_dir.mkdir(parents=True, exist_ok=True)
-    graphs = [(MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype))]
+    graphs: list[tuple[str, str, LinearsFactory, HeadFn | None]] = [
+        (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None)]
     if blocks is not None and dtype == "float32":
-        graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks)))
+        graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks), q4_head(blocks)))
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
     shared: dict[str, TensorProto] = {}  # q4 graph: embedding, lm_head from model.onnx.data
-    for model_file, data_file, linears in graphs:
-        shared = _write_graph(out_dir, model_file, data_file, config, weights, linears, opts,
-                              tick, shared)
+    for model_file, data_file, linears, head in graphs:
+        shared = _write_graph(out_dir, model_file, data_file, config, weights, (linears, head),
+                              opts, tick, shared)
     return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=opts.opset, attention=impl,
                      rotary_op=rotary, block_size=block_size,
                      output_names=OUTPUT_NAMES if opts.argmax else OUTPUT_NAMES[:2],
@@ -167,7 +175,8 @@ def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable
 
 
 def _write_graph(out_dir: Path, model_file: str, data_file: str, config: ModelConfig,
-                 weights: Mapping[str, np.ndarray], linears: LinearsFactory, opts: _Options,
+                 weights: Mapping[str, np.ndarray],
+                 linears: tuple[LinearsFactory, HeadFn | None], opts: _Options,
                  tick: Callable[[], None], shared: dict[str, TensorProto]
                  ) -> dict[str, TensorProto]:
     """Writes one graph; returns its external tensors plus `shared` (for the next graph)."""
@@ -197,7 +206,10 @@ def _io(config: ModelConfig, elem: int, argmax: bool) -> tuple[list, list]:
 
 
 def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
-          linears: LinearsFactory, opts: _Options, tick: Callable[[], None]) -> None:
+          linears: tuple[LinearsFactory, HeadFn | None], opts: _Options,
+          tick: Callable[[], None]) -> None:
+    """The decoder; `linears` = (each layer's linears, the lm_head (None: dense))."""
+    layer_linears, head = linears
     dtype = opts.dtype
     inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables", past_lens="past_lens",
                      pad_index="pad_index", unpad_index="unpad_index")
@@ -214,13 +226,13 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
                           weights[f"{p}input_layernorm.weight"].astype(dtype)),
                  g.weight(f"{p}post_attention_layernorm.weight",
                           weights[f"{p}post_attention_layernorm.weight"].astype(dtype)))
-        layer = _Layer(index, norms, linears(g, index))
+        layer = _Layer(index, norms, layer_linears(g, index))
         x = _decoder_layer(g, config, st, opts, layer, x, (cos, sin), new_kv)
         tick()
     kv = g.op("Concat", new_kv, axis=0)  # [L*2*KVH, T, D]
     g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, config.num_kv_heads, -1,
                                    config.head_dim])], "new_kv")
-    _lm_head(g, config, weights, dtype, x, opts.argmax)
+    _lm_head(g, config, weights, dtype, x, opts.argmax, head)
     tick()
 
 
@@ -246,7 +258,7 @@ def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors, opts: _
 
 
 def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
-             dtype: np.dtype, x: str, argmax: bool) -> None:
+             dtype: np.dtype, x: str, argmax: bool, head: HeadFn | None) -> None:
     """Final norm and lm_head over the R wanted rows only.
 
     The head is stored transposed ([hidden, vocab], a second copy when tied): onnxruntime
@@ -256,9 +268,12 @@ def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarr
     rows = g.op("Gather", [x, "logit_index"], axis=0)  # [R, hidden]
     norm_w = g.weight("model.norm.weight", weights["model.norm.weight"].astype(dtype))
     rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
-    key = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
-    head = g.weight("lm_head.weight_t", weights[key].T.astype(dtype))  # [hidden, vocab]
-    logits = g.op("MatMul", [rows, head])  # [R, vocab]
+    if head is None:
+        key = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
+        w = g.weight("lm_head.weight_t", weights[key].T.astype(dtype))  # [hidden, vocab]
+        logits = g.op("MatMul", [rows, w])  # [R, vocab]
+    else:
+        logits = head(g, rows)
     if dtype == np.float32:
         g.op_to("Identity", [logits], "logits")
     else:

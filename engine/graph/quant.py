@@ -12,7 +12,9 @@ A block of 32 weights along K is w = s * (q - zp) + m (engine/loaders/gguf_q4.py
 activations) are the fast path, 12.5 ms against 19.6 ms dense fp32; float zero points and
 bits=8 fall on a ~10x slower path; accuracy_level=4 would quantize the activations to int8.
 At M=2 MatMulNBits is already slower than dense (32.8 ms against 21.0 ms), so the graph built
-from these is run for single-token steps only.
+from these is run for single-token steps only. A Q8_0 head runs as two 4-bit parts (its codes'
+high and low nibbles, engine/loaders/gguf_q4.py): SmolLM2 single-token steps went from 108% to
+117% of the dense fp32 matmul roofline's speed (in-process A/B, 12 rounds).
 """
 
 from __future__ import annotations

@@ -6,12 +6,17 @@ A GGUF 4-bit block covers 32 consecutive weights along the input dim K of one ou
   Q4_1, 20 bytes: d fp16 | m fp16 | qs[16]   w = d * q + m
   Q4_0, 18 bytes: d fp16 | qs[16]            w = d * (q - 8)
 Byte j of qs holds element j in its low nibble and element j + 16 in its high nibble.
+
+The lm_head (output.weight, or token_embd.weight when tied) is kept too when it is Q4 or Q8_0:
+  Q8_0, 34 bytes: d fp16 | qs int8[32]       w = d * q
+as two exact 4-bit parts of u = q + 128 = 16 * hi + lo:  w = 16d * (hi - 8) + d * lo
+(every product and the sum are exact in float32: d has 11 significant bits).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ QK = 32  # weights per block
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _FORMATS = {"Q4_1": (20, 0), "Q4_0": (18, 8)}  # GGUF type -> (bytes per block, zero point)
+HEAD = "lm_head"  # blocks key prefix of the head's parts: "lm_head.0", "lm_head.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,34 @@ def decode_blocks(raw: np.ndarray, kind: str) -> Q4Blocks:
     return Q4Blocks(scale, minimum, q.reshape(rows, -1), zero_point)
 
 
+def decode_q8_0(raw: np.ndarray) -> list[Q4Blocks]:
+    """uint8 [N, K/32 * 34] (a GGUF Q8_0 tensor's data) -> two parts whose sum is w, [N, K]."""
+    rows = raw.shape[0]
+    blocks = np.asarray(raw, dtype=np.uint8).reshape(rows, -1, 2 + QK)  # [N, K/32, 34]
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    u = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+    u = u.reshape(rows, -1)  # [N, K], 0..255
+    return [Q4Blocks(d * np.float32(16), None, u >> np.uint8(4), 8),
+            Q4Blocks(d, None, u & np.uint8(0x0F), 0)]
+
+
+def head_parts(blocks: Mapping[str, Q4Blocks]) -> list[Q4Blocks]:
+    """The lm_head's 4-bit parts in `blocks` (their dequantized sum is the head), or []."""
+    return [blocks[k] for k in sorted(k for k in blocks if k.startswith(f"{HEAD}."))]
+
+
+def _head_blocks(reader: Any) -> list[Q4Blocks]:
+    """The head's parts when it is stored as Q8_0, Q4_1 or Q4_0; [] otherwise."""
+    tensors = {t.name: t for t in reader.tensors}
+    tensor = tensors.get("output.weight", tensors.get("token_embd.weight"))
+    kind = None if tensor is None else tensor.tensor_type.name
+    if kind == "Q8_0":
+        return decode_q8_0(tensor.data)
+    if kind in _FORMATS:
+        return [decode_blocks(tensor.data, kind)]
+    return []
+
+
 def _linear_tensors(reader: Any) -> dict[str, Any]:
     """HF name (without ".weight") -> GGUF tensor, for every layer linear."""
     found = {}
@@ -99,8 +133,9 @@ def _linear_tensors(reader: Any) -> dict[str, Any]:
 
 def blocks_from_gguf(reader: Any, config: ModelConfig,
                      path: str | Path) -> dict[str, Q4Blocks] | None:
-    """HF linear name (e.g. "model.layers.0.mlp.up_proj") -> its blocks, Q/K rows in HF order;
-    None unless every layer linear is stored as Q4_1, or every one as Q4_0."""
+    """HF linear name (e.g. "model.layers.0.mlp.up_proj") -> its blocks, Q/K rows in HF order,
+    plus the head's parts (`head_parts`) when it is Q8_0 or Q4; None unless every layer linear
+    is stored as Q4_1, or every one as Q4_0."""
     tensors = _linear_tensors(reader)
     kinds = {t.tensor_type.name for t in tensors.values()}
     if len(tensors) != len(LINEARS) * config.num_layers or len(kinds) != 1 or \
@@ -117,4 +152,5 @@ def blocks_from_gguf(reader: Any, config: ModelConfig,
         elif name.endswith("k_proj"):
             b = b.unpermute_qk(config.num_kv_heads)
         blocks[name] = b
+    blocks |= {f"{HEAD}.{i}": part for i, part in enumerate(_head_blocks(reader))}
     return blocks

@@ -17,7 +17,15 @@ from onnx import helper
 from engine.graph.quant import block_sums, pack_nbits, q4_linear
 from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf import config_from_gguf, open_gguf, unpermute_qk
-from engine.loaders.gguf_q4 import Q4Blocks, blocks_from_gguf, concat_rows, decode_blocks
+from engine.loaders.gguf_q4 import (
+    HEAD,
+    Q4Blocks,
+    blocks_from_gguf,
+    concat_rows,
+    decode_blocks,
+    decode_q8_0,
+    head_parts,
+)
 from engine.registry import DEFAULT_MODEL, resolve_model
 
 Q4 = gguf.GGMLQuantizationType
@@ -55,7 +63,7 @@ def test_smollm2_blocks_follow_the_loader(reader: Any) -> None:
     path = resolve_model(DEFAULT_MODEL).path
     config = config_from_gguf(reader, path)
     blocks = blocks_from_gguf(reader, config, path)
-    assert blocks is not None and len(blocks) == 7 * config.num_layers
+    assert blocks is not None and len(blocks) == 7 * config.num_layers + 2  # + the head's parts
     for gguf_name, hf, heads in (("blk.5.attn_q.weight", "self_attn.q_proj", config.num_heads),
                                  ("blk.5.attn_k.weight", "self_attn.k_proj",
                                   config.num_kv_heads)):
@@ -82,6 +90,35 @@ def test_synthetic_blocks_round_trip(kind: str) -> None:
     both = concat_rows([blocks, blocks.scaled(0.5)])
     np.testing.assert_array_equal(bits(both.dequantize()),
                                   bits(np.concatenate([ref, ref * np.float32(0.5)])))
+
+
+def test_q8_0_as_two_exact_4bit_parts() -> None:
+    """A Q8_0 tensor (gguf's quantizer, extreme codes included) = 16d * (hi - 8) + d * lo, bit
+    for bit against gguf's dequantize."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((20, 64)).astype(np.float32)
+    w[0, :32] = np.linspace(-1, 1, 32)  # codes -127..127 in one block
+    raw = quantize(w, gguf.GGMLQuantizationType.Q8_0)
+    hi, lo = decode_q8_0(raw)
+    assert (hi.zero_point, lo.zero_point) == (8, 0) and hi.minimum is None is lo.minimum
+    assert hi.q.max() <= 15 and lo.q.max() <= 15
+    np.testing.assert_array_equal(bits(hi.dequantize() + lo.dequantize()),
+                                  bits(dequantize(raw, gguf.GGMLQuantizationType.Q8_0)))
+
+
+def test_smollm2_head_parts_reconstruct_the_q8_0_embedding(reader: Any) -> None:
+    """The tied head (token_embd, Q8_0) is kept as two parts whose sum is gguf's dequantize."""
+    path = resolve_model(DEFAULT_MODEL).path
+    config = config_from_gguf(reader, path)
+    blocks = blocks_from_gguf(reader, config, path)
+    assert blocks is not None
+    parts = head_parts(blocks)
+    assert len(parts) == 2 and sorted(k for k in blocks if k.startswith(HEAD)) == [
+        f"{HEAD}.0", f"{HEAD}.1"]
+    tensor = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    assert tensor.tensor_type.name == "Q8_0"
+    np.testing.assert_array_equal(bits(parts[0].dequantize() + parts[1].dequantize()),
+                                  bits(dequantize(tensor.data, tensor.tensor_type)))
 
 
 def test_pack_nbits_layout() -> None:

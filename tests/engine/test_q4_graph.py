@@ -23,7 +23,7 @@ from engine.builder import (
 )
 from engine.config import ModelConfig
 from engine.executors.ort import DENSE, SINGLE_TOKEN, OrtExecutor
-from engine.loaders.gguf_q4 import LINEARS, Q4Blocks, decode_blocks
+from engine.loaders.gguf_q4 import HEAD, LINEARS, Q4Blocks, decode_blocks, decode_q8_0
 from engine.reference import reference_logits
 from scheduler.plan import StepPlan
 
@@ -36,11 +36,16 @@ CONFIG = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, 
 Model = tuple[dict[str, np.ndarray], Path, GraphSpec]
 
 
-def q4_model(kind: str) -> tuple[dict[str, np.ndarray], dict[str, Q4Blocks]]:
-    """Random weights whose layer linears went through gguf's quantizer: the float32 weights are
-    exactly the blocks' dequantized values."""
+def q4_model(kind: str, head_kind: str
+             ) -> tuple[dict[str, np.ndarray], dict[str, Q4Blocks]]:
+    """Random weights whose layer linears and (tied) head went through gguf's quantizer: the
+    float32 weights are exactly the blocks' dequantized values."""
     weights = random_weights(CONFIG, seed=11)
-    blocks = {}
+    embed = "model.embed_tokens.weight"
+    raw = quantize(weights[embed], gguf.GGMLQuantizationType[head_kind])
+    parts = decode_q8_0(raw) if head_kind == "Q8_0" else [decode_blocks(raw, head_kind)]
+    weights[embed] = sum(p.dequantize() for p in parts)
+    blocks = {f"{HEAD}.{i}": p for i, p in enumerate(parts)}
     for i in range(CONFIG.num_layers):
         for linear in LINEARS:
             name = f"model.layers.{i}.{linear}"
@@ -50,10 +55,11 @@ def q4_model(kind: str) -> tuple[dict[str, np.ndarray], dict[str, Q4Blocks]]:
     return weights, blocks
 
 
-@pytest.fixture(scope="module", params=["Q4_1", "Q4_0"])
+@pytest.fixture(scope="module", params=[("Q4_1", "Q8_0"), ("Q4_0", "Q4_1")],
+                ids=["q4_1-head_q8_0", "q4_0-head_q4_1"])
 def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Model:
-    weights, blocks = q4_model(request.param)
-    out = tmp_path_factory.mktemp(f"q4-{request.param}")
+    weights, blocks = q4_model(*request.param)
+    out = tmp_path_factory.mktemp(f"q4-{request.param[0]}")
     spec = build_model_graph(CONFIG, weights, out, block_size=BLOCK, blocks=blocks)
     return weights, out, spec
 
@@ -69,13 +75,16 @@ def executor(model: Model) -> Iterator[OrtExecutor]:
 
 
 def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
-    """Same inputs/outputs as model.onnx; every layer linear is a MatMulNBits, lm_head dense."""
+    """Same inputs/outputs as model.onnx; every layer linear and the head's parts are
+    MatMulNBits."""
     _, out, _ = model
     dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
     q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
     assert q4.graph.input == dense.graph.input and q4.graph.output == dense.graph.output
     ops = [n.op_type for n in q4.graph.node]
-    assert ops.count("MatMulNBits") == 5 * CONFIG.num_layers
+    head = [n for n in q4.graph.node if n.op_type == "MatMulNBits"
+            and n.input[1].startswith(f"{HEAD}.")]
+    assert len(head) in (1, 2) and ops.count("MatMulNBits") == 5 * CONFIG.num_layers + len(head)
     assert {(o.domain, o.version) for o in q4.opset_import} >= {("com.microsoft", 1)}
     assert not any(n.op_type == "MatMulNBits" for n in dense.graph.node)
     nbits = next(n for n in q4.graph.node if n.op_type == "MatMulNBits")
@@ -84,8 +93,8 @@ def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
 
 
 def test_q4_graph_reads_shared_weights_from_the_dense_data_file(model: Model) -> None:
-    """Embedding and lm_head are written once (model.onnx.data) and referenced by both graphs;
-    the q4 data file holds only what the q4 graph alone uses."""
+    """The embedding is written once (model.onnx.data) and referenced by both graphs; the q4
+    data file holds only what the q4 graph alone uses (its head is 4-bit parts)."""
     _, out, _ = model
 
     def external(path: Path) -> dict[str, dict[str, str]]:
@@ -94,8 +103,9 @@ def test_q4_graph_reads_shared_weights_from_the_dense_data_file(model: Model) ->
                 if t.data_location == onnx.TensorProto.EXTERNAL}
 
     dense, q4 = external(out / MODEL_FILE), external(out / Q4_MODEL_FILE)
-    for name in ("model.embed_tokens.weight", "lm_head.weight_t"):
-        assert q4[name] == dense[name] and q4[name]["location"] == DATA_FILE
+    name = "model.embed_tokens.weight"
+    assert q4[name] == dense[name] and q4[name]["location"] == DATA_FILE
+    assert "lm_head.weight_t" in dense and "lm_head.weight_t" not in q4
     assert all(ref["location"] == DATA_FILE for ref in dense.values())
     own = {n: ref for n, ref in q4.items() if ref["location"] != DATA_FILE}
     assert own and not own.keys() & dense.keys()
@@ -144,7 +154,7 @@ def test_executor_without_q4_graph_runs_dense_only(model: Model) -> None:
 
 def test_no_q4_graph_for_fp16_or_without_blocks(tmp_path: Path) -> None:
     """fp16 (TensorRT) graphs and dense-only sources get no MatMulNBits variant."""
-    weights, blocks = q4_model("Q4_1")
+    weights, blocks = q4_model("Q4_1", "Q8_0")
     fp16 = build_model_graph(CONFIG, weights, tmp_path / "fp16", dtype="float16", blocks=blocks)
     plain = build_model_graph(CONFIG, weights, tmp_path / "plain")
     assert fp16.q4_model_file is None and plain.q4_model_file is None
