@@ -155,10 +155,12 @@ def write(rows: list[tuple[Level, Level]], backend: str, args: argparse.Namespac
                      f"{lvl.pct('itl', 50):.1f} | {lvl.pct('itl', 90):.1f} | {lvl.wall_s:.1f} |")
     lines += ["", "Targets: 16 concurrent >= 400 tok/s with TTFT p50 < 400 ms, >= 4x sequential.",
               "", "Notes: step time is the executor's (scheduler overhead per step is < 1 ms at "
-              "these batch sizes, see scheduler_overhead.md). At 64 concurrent all prompts arrive "
-              f"at once and are prefilled within the {budget}-token budget in the first steps, so "
-              "every TTFT includes one or two large prefill steps; decode steps at batch 64 are "
-              "dominated by attention over the gathered KV (DESIGN.md)."]
+              "these batch sizes, see scheduler_overhead.md). All requests of a level arrive at "
+              f"once; their prompts are prefilled {budget} tokens per step (chunked prefill) "
+              "beside the decodes of those already admitted, so TTFT grows with a request's "
+              "place in the queue. Aggregate tok/s at 16 and 64 is bound by the engine's "
+              "batched decode step (bench/results/engine_cpu.md); at 64 that step is dominated "
+              "by attention over the gathered KV (DESIGN.md)."]
     out = args.out or RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

@@ -32,12 +32,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.roofline import MatmulRoofline  # noqa: E402
 from engine.builder import MODEL_FILE, Q4_MODEL_FILE, build_model_graph  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
-from engine.loaders.gguf_q4 import Q4Blocks  # noqa: E402
 from engine.executors.ort import OrtExecutor  # noqa: E402
+from engine.loaders.gguf_q4 import Q4Blocks  # noqa: E402
 from engine.reference import random_weights  # noqa: E402
-from bench.roofline import MatmulRoofline  # noqa: E402
 from scheduler.plan import ScheduledSeq, StepPlan, StepResult  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -159,20 +159,24 @@ def _hf_config(cls: Callable, c: ModelConfig) -> object:
                torch_dtype="float32")
 
 
-def profile_summary(trace: Path, top: int = 12) -> list[tuple[str, float, float]]:
-    """(op type, ms per run, share) from an onnxruntime profile, the first (prefill) run left
-    out so that the table describes decode steps."""
-    events = json.loads(trace.read_text())
+def profile_summary(traces: list[tuple[Path, int]], top: int = 12
+                    ) -> list[tuple[str, float, float]]:
+    """(op type, ms per run, share) over onnxruntime profiles, each (trace, runs to leave out):
+    the dense session's first run is the prefill, so the table describes decode steps, whichever
+    session (dense, or the single-token q4 graph) ran them."""
     per_op: dict[str, float] = collections.defaultdict(float)
-    starts = sorted(e["ts"] for e in events
-                    if e.get("cat") == "Session" and e["name"] == "model_run")
-    if len(starts) < 2:
-        return []
-    runs = len(starts) - 1
-    for e in events:
-        if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-                and e["ts"] >= starts[1]):
-            per_op[e["args"]["op_name"]] += e["dur"]
+    runs = 0
+    for trace, skip in traces:
+        events = json.loads(trace.read_text())
+        starts = sorted(e["ts"] for e in events
+                        if e.get("cat") == "Session" and e["name"] == "model_run")
+        if len(starts) <= skip:
+            continue
+        runs += len(starts) - skip
+        for e in events:
+            if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                    and e["ts"] >= starts[skip]):
+                per_op[e["args"]["op_name"]] += e["dur"]
     total = sum(per_op.values()) or 1.0
     rows = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
     return [(op, us / 1e3 / max(runs, 1), us / total) for op, us in rows]
@@ -209,7 +213,8 @@ def write_report(path: Path, args: argparse.Namespace, runs: list[Run],
                      f"{target_cell} | {hf_cells} |")
     for batch, profile in profiles.items():
         lines += ["", f"onnxruntime profile, batch {batch}, 15 decode steps after the prefill "
-                  "(kernel time per step, top ops; profiling inflates every op by several us, "
+                  f"({'q4 single-token graph' if batch == 1 and not args.no_q4 else 'dense graph'};"
+                  " kernel time per step, top ops; profiling inflates every op by several us, "
                   "so small ops look costlier than they are):", "",
                   "| op | ms/step | share |", "|---|---|---|"]
         lines += [f"| {op} | {ms:.2f} | {share:.1%} |" for op, ms, share in profile]
@@ -244,9 +249,12 @@ def _profiled_engine(graph_dir: Path, config: ModelConfig, prompts: np.ndarray,
     ex = _executor(graph_dir, config, prompts, 16, args, profiled=True)
     try:
         engine_decode(ex, prompts, 16)
-        trace = Path(ex.end_profiling())
-        summary = profile_summary(trace)
-        trace.unlink()
+        traces = [(Path(ex.end_profiling()), 1)]
+        if (single := ex.end_single_token_profiling()) is not None:
+            traces.append((Path(single), 0))
+        summary = profile_summary(traces)
+        for trace, _ in traces:
+            trace.unlink()
         return summary
     finally:
         ex.close()
