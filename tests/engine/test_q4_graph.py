@@ -152,6 +152,21 @@ def test_executor_without_q4_graph_runs_dense_only(model: Model) -> None:
     ex.close()
 
 
+def test_two_sessions_stop_spinning_after_each_run(model: Model, executor: OrtExecutor) -> None:
+    """With a q4 graph the two sessions take turns on the same cores, so neither may leave its
+    workers spinning after a run; a lone dense session keeps onnxruntime's default."""
+    key = "session.force_spinning_stop"
+    for session in (executor.session, executor.single_token_session):
+        assert session is not None
+        assert session.get_session_options().get_session_config_entry(key) == "1"
+    _, out, _ = model
+    alone = OrtExecutor(out / MODEL_FILE, CONFIG, num_blocks=NUM_BLOCKS, block_size=BLOCK,
+                        max_context=256, intra_op_threads=1)
+    with pytest.raises(Exception, match=key):
+        alone.session.get_session_options().get_session_config_entry(key)
+    alone.close()
+
+
 def test_no_q4_graph_for_fp16_or_without_blocks(tmp_path: Path) -> None:
     """fp16 (TensorRT) graphs and dense-only sources get no MatMulNBits variant."""
     weights, blocks = q4_model("Q4_1", "Q8_0")
