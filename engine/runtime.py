@@ -101,13 +101,16 @@ def _builder() -> Any:
 
 @functools.cache
 def builder_version() -> str:
-    """BUILDER_VERSION plus a digest of the graph-building sources, so a cached graph is rebuilt
-    whenever the code that wrote it changed, even if nobody bumped the version."""
+    """BUILDER_VERSION plus a digest of the graph-building sources (the builder, engine/graph/
+    and the loaders that turn a source into the weights and 4-bit blocks it writes), so a cached
+    graph is rebuilt whenever the code that wrote it changed, even if nobody bumped the version."""
     builder = _builder()
     root = Path(builder.__file__).parent
     digest = hashlib.sha256()
-    for path in [Path(builder.__file__), *sorted((root / "graph").glob("*.py"))]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    sources = [Path(builder.__file__), *sorted((root / "graph").glob("*.py")),
+               *sorted((root / "loaders").glob("*.py"))]
+    for path in sources:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return f"{getattr(builder, 'BUILDER_VERSION', '0')}-{digest.hexdigest()[:12]}"
 
 

@@ -70,16 +70,19 @@ def test_explicit_tensorrt_refusal_is_a_model_error(monkeypatch: pytest.MonkeyPa
 
 def test_builder_version_follows_the_graph_sources(tmp_path, monkeypatch: pytest.MonkeyPatch
                                                    ) -> None:
-    """A cached graph is keyed on the builder's code, not only on BUILDER_VERSION."""
-    (tmp_path / "graph").mkdir()
+    """A cached graph is keyed on the builder's code (graph/ and the loaders too), not only on
+    BUILDER_VERSION."""
+    for folder in ("graph", "loaders"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "part.py").write_text("X = 1\n")
     (tmp_path / "builder.py").write_text("BUILDER_VERSION = '7'\n")
-    (tmp_path / "graph" / "attention.py").write_text("X = 1\n")
     fake = type("Builder", (), {"__file__": str(tmp_path / "builder.py"), "BUILDER_VERSION": "7"})
     monkeypatch.setattr(rt, "_builder", lambda: fake)
+    versions = []
+    for edit in (None, "graph", "loaders"):
+        if edit is not None:
+            (tmp_path / edit / "part.py").write_text(f"X = '{edit}'\n")
+        rt.builder_version.cache_clear()
+        versions.append(rt.builder_version())
     rt.builder_version.cache_clear()
-    first = rt.builder_version()
-    (tmp_path / "graph" / "attention.py").write_text("X = 2\n")
-    rt.builder_version.cache_clear()
-    second = rt.builder_version()
-    rt.builder_version.cache_clear()
-    assert first.startswith("7-") and second.startswith("7-") and first != second
+    assert all(v.startswith("7-") for v in versions) and len(set(versions)) == 3
