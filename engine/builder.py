@@ -27,9 +27,11 @@ data); the Q/K/V projections are fused into one MatMul, 1/sqrt(D) is folded into
 the query weights, and the RoPE inverse frequencies (Llama-3 scaling included) are constants.
 
 Given the GGUF Q4 blocks of the layer linears (fp32 graphs only), a second graph with the same
-I/O is written beside it, `model_q4.onnx` + `model_q4.onnx.data`: its layer linears are
-com.microsoft MatMulNBits over those blocks (engine/graph/quant.py), exactly the same weights.
-It is faster only for single-token steps, which the CPU executor runs through it.
+I/O is written beside it, `model_q4.onnx` + `model_q4.onnx.data`: its layer linears (and the
+head, when the GGUF stores it as Q8_0 or Q4) are com.microsoft MatMulNBits over those blocks
+(engine/graph/quant.py), exactly the same weights; what both graphs hold (the embedding, a
+dense head) it reads from model.onnx.data. It is faster only for single-token steps, which the
+CPU executor runs through it.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     if blocks is not None and dtype == "float32":
         graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks), q4_head(blocks)))
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
-    shared: dict[str, TensorProto] = {}  # q4 graph: embedding, lm_head from model.onnx.data
+    shared: dict[str, TensorProto] = {}  # external tensors written so far, by name
     for model_file, data_file, linears, head in graphs:
         shared = _write_graph(out_dir, model_file, data_file, config, weights, (linears, head),
                               opts, tick, shared)
