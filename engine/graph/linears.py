@@ -23,7 +23,6 @@ from engine.loaders.gguf_q4 import HEAD, Q4Blocks, concat_rows, head_parts
 LinearFn = Callable[[str, str], str]  # (input value, key) -> output value
 LinearsFactory = Callable[[GraphWriter, int], LinearFn]  # (writer, layer) -> its linears
 HeadFn = Callable[[GraphWriter, str], str]  # (writer, normed rows [R, hidden]) -> [R, vocab]
-KEYS = ("qkv", "o", "gate", "up", "down")
 _NAMES = {"qkv": "self_attn.qkv", "o": "self_attn.o_proj", "gate": "mlp.gate_proj",
           "up": "mlp.up_proj", "down": "mlp.down_proj"}
 
