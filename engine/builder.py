@@ -74,6 +74,7 @@ from engine.graph.linears import (
 )
 from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
+from engine.loaders.shapes import check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     opts = _Options(dtype=np.dtype(_DTYPES[dtype]), block_size=block_size, attention=impl,
                     rotary_op=rotary, opset=23 if rotary or impl == ONNX_ATTENTION else 18,
                     argmax=dtype != "float32")
-    _check_weights(config, weights)
+    check_weights(weights, config, "the graph builder's weights")
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs: list[tuple[str, str, LinearsFactory, HeadFn | None]] = [
         (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None)]
@@ -282,26 +283,3 @@ def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarr
         g.op_to("Cast", [logits], "logits", to=TensorProto.FLOAT)
     if argmax:
         g.op_to("ArgMax", ["logits"], "argmax", axis=-1, keepdims=0)  # on the float32 logits
-
-
-def _check_weights(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> None:
-    hd = config.hidden_size
-    expect = {"model.embed_tokens.weight": (config.vocab_size, hd), "model.norm.weight": (hd,)}
-    if not config.tie_word_embeddings:
-        expect["lm_head.weight"] = (config.vocab_size, hd)
-    qd, kd = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    ffn = config.intermediate_size
-    for i in range(config.num_layers):
-        p = f"model.layers.{i}."
-        expect |= {f"{p}input_layernorm.weight": (hd,),
-                   f"{p}post_attention_layernorm.weight": (hd,),
-                   f"{p}self_attn.q_proj.weight": (qd, hd), f"{p}self_attn.k_proj.weight": (kd, hd),
-                   f"{p}self_attn.v_proj.weight": (kd, hd), f"{p}self_attn.o_proj.weight": (hd, qd),
-                   f"{p}mlp.gate_proj.weight": (ffn, hd), f"{p}mlp.up_proj.weight": (ffn, hd),
-                   f"{p}mlp.down_proj.weight": (hd, ffn)}
-    for name, shape in expect.items():
-        if name not in weights:
-            raise ModelError(f"model weights: missing tensor {name}")
-        if tuple(weights[name].shape) != shape:
-            raise ModelError(f"model weights: {name} has shape {tuple(weights[name].shape)}, "
-                             f"expected {shape}")

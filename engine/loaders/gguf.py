@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import ModelConfig, ModelError, RopeScaling
+from engine.loaders.shapes import check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -190,40 +191,6 @@ def _dequantize(tensor: Any, path: str | Path) -> np.ndarray:
         raise ModelError(f"cannot dequantize tensor {tensor.name} "
                          f"({tensor.tensor_type.name}) in {path}: {exc}") from None
     return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """HF weight name -> shape, for every tensor a Llama decoder needs."""
-    h, d, i = config.hidden_size, config.head_dim, config.intermediate_size
-    shapes: dict[str, tuple[int, ...]] = {
-        "model.embed_tokens.weight": (config.vocab_size, h),
-        "model.norm.weight": (h,),
-    }
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (config.vocab_size, h)
-    per_layer = {
-        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-        "self_attn.q_proj.weight": (config.num_heads * d, h),
-        "self_attn.k_proj.weight": (config.num_kv_heads * d, h),
-        "self_attn.v_proj.weight": (config.num_kv_heads * d, h),
-        "self_attn.o_proj.weight": (h, config.num_heads * d),
-        "mlp.gate_proj.weight": (i, h), "mlp.up_proj.weight": (i, h),
-        "mlp.down_proj.weight": (h, i),
-    }
-    for layer in range(config.num_layers):
-        for name, shape in per_layer.items():
-            shapes[f"model.layers.{layer}.{name}"] = shape
-    return shapes
-
-
-def check_weights(weights: dict[str, np.ndarray], config: ModelConfig, path: str | Path) -> None:
-    """Every needed tensor present with its expected shape, else ModelError naming the first."""
-    for name, shape in expected_shapes(config).items():
-        if name not in weights:
-            raise ModelError(f"weight {name} missing in {path}")
-        if tuple(weights[name].shape) != shape:
-            raise ModelError(f"weight {name} has shape {tuple(weights[name].shape)}, "
-                             f"expected {shape} in {path}")
 
 
 def weights_from_gguf(reader: Any, config: ModelConfig, path: str | Path,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import ModelConfig, ModelError, RopeScaling
-from engine.loaders.gguf import check_weights
+from engine.loaders.shapes import check_weights
 from engine.loaders.st_reader import load_safetensors
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ from tiny_hf import TINY, random_weights, write_config, write_safetensors
 
 from engine.config import ModelConfig, RopeScaling
 from engine.loaders import load_weights
-from engine.loaders.gguf import expected_shapes, llama3_rope_factors, load_gguf, unpermute_qk
+from engine.loaders.gguf import llama3_rope_factors, load_gguf, unpermute_qk
 from engine.loaders.hf import load_hf
+from engine.loaders.shapes import expected_shapes
 from engine.registry import DEFAULT_MODEL, resolve_model
 
 

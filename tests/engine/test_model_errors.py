@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tiny_hf import TINY, random_weights, write_config, write_safetensors, write_tiny_tokenizer
 
+from engine.builder import build_model_graph
 from engine.config import ModelConfig, ModelError
 from engine.generate import greedy_generate
 from engine.loaders import load_weights
@@ -116,6 +117,20 @@ def test_hf_wrong_weight_shape(tmp_path: Path) -> None:
     write_safetensors(tmp_path / "model.safetensors", weights)
     with pytest.raises(ModelError, match=r"model.norm.weight has shape \(9,\), expected \(8,\)"):
         load_hf(tmp_path)
+
+
+def test_builder_rejects_missing_or_misshaped_weights(tmp_path: Path) -> None:
+    """The builder runs the loaders' check on what it is given, before writing anything."""
+    weights = random_weights(TINY)
+    del weights["model.layers.0.mlp.up_proj.weight"]
+    with pytest.raises(ModelError, match=r"weight model.layers.0.mlp.up_proj.weight missing in "
+                                         r"the graph builder's weights"):
+        build_model_graph(TINY, weights, tmp_path / "a")
+    weights = random_weights(TINY)
+    weights["model.norm.weight"] = np.zeros(9, np.float32)
+    with pytest.raises(ModelError, match=r"model.norm.weight has shape \(9,\), expected \(8,\)"):
+        build_model_graph(TINY, weights, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_directory_without_config(tmp_path: Path) -> None:

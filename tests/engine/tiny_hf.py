@@ -12,7 +12,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 from engine.config import ModelConfig
-from engine.loaders.gguf import expected_shapes
+from engine.loaders.shapes import expected_shapes
 
 TINY = ModelConfig(hidden_size=8, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=2,
                    intermediate_size=12, vocab_size=32, tie_word_embeddings=False)
