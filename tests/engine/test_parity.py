@@ -19,7 +19,8 @@ from tiny_llama import (
 
 from engine.builder import BUILDER_VERSION, DATA_FILE, MODEL_FILE, build_model_graph
 from engine.config import ModelConfig
-from engine.executors.ort import OrtExecutor, split_for_padding
+from engine.executors.ort import OrtExecutor
+from engine.executors.packing import split_for_padding
 from engine.kv_pool import KVPool, blocks_for_budget, bytes_per_block
 from engine.reference import reference_logits
 from scheduler.plan import ScheduledSeq, StepPlan
