@@ -30,6 +30,12 @@ class ServerSettings(BaseSettings):
                                    "graphs / TensorRT engines (default ~/.cache/trtserve).")
     backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
         _E.backend, description="Executor: tensorrt on a supported GPU, else onnxruntime.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        _E.dtype, description="Graph / engine precision; auto: the backend's own (float32 on "
+        "onnxruntime CPU, float16 on GPUs).")
+    q4_decode: bool = Field(_E.q4_decode, description="onnxruntime CPU with a Q4 GGUF: run "
+                            "single-token steps through the 4-bit MatMulNBits graph (same weights "
+                            "exactly; ~120 MB more memory).")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (Triton's HTTP port).")
     metrics_port: int = Field(8002, ge=0, le=65535, description="Second listener serving only "

@@ -9,8 +9,10 @@ import httpx
 import pytest
 from server_fakes import FakeLoop, fake_model, loader_for
 
+from engine.runtime import EngineOptions
 from server.cli import build_parser
 from server.cmd_serve import serve, settings_from_args
+from server.model_loader import engine_options
 from server.settings import ServerSettings
 
 
@@ -32,6 +34,19 @@ def test_cli_defaults_come_from_settings_and_env(monkeypatch: pytest.MonkeyPatch
     assert s.max_batch_size == ServerSettings.model_fields["max_batch_size"].default
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--backend", "cuda"])
+
+
+def test_engine_options_follow_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every engine option the server offers reaches EngineOptions; unset ones keep its defaults."""
+    assert engine_options(ServerSettings()) == EngineOptions()
+    monkeypatch.setenv("TRTSERVE_Q4_DECODE", "false")
+    args = build_parser().parse_args(["serve", "--dtype", "float16", "--block-size", "32",
+                                      "--kv-cache-blocks", "64", "--backend", "onnxruntime"])
+    opts = engine_options(settings_from_args(args))
+    assert (opts.dtype, opts.q4_decode, opts.block_size) == ("float16", False, 32)
+    assert (opts.kv_cache_blocks, opts.backend) == (64, "onnxruntime")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--dtype", "int8"])
 
 
 def test_engine_death_exits_nonzero() -> None:
