@@ -20,6 +20,9 @@ class BackendChoice:
     # stall for ~0.2 s instead of ~1.5 s (measured: 16 concurrent SmolLM2 requests, TTFT p50
     # 579 -> 372 ms, same tok/s; bench/results/engine_batching.md)
     max_num_tokens: int | None = None
+    # graph dtypes the executor can run (onnxruntime's CPU kernels have no bfloat16 MatMul,
+    # Where, ...: a bf16 graph fails to load there)
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
 
 def _gpu_reason() -> str | None:
@@ -53,7 +56,7 @@ def _tensorrt_reason() -> str | None:
 TENSORRT = BackendChoice("tensorrt", (), "float16")
 ORT_CUDA = BackendChoice("onnxruntime-cuda", ("CUDAExecutionProvider",), "float16")
 ORT_CPU = BackendChoice("onnxruntime-cpu", ("CPUExecutionProvider",), "float32",
-                        max_num_tokens=256)
+                        max_num_tokens=256, dtypes=("float32", "float16"))
 
 
 def backend_candidates(requested: str) -> list[BackendChoice]:

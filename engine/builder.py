@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 from onnx import TensorProto, helper
 
@@ -87,7 +88,7 @@ INPUT_NAMES = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens"
                "unpad_index", "logit_index")
 OUTPUT_NAMES = ("logits", "new_kv", "argmax")
 KV_LAYOUT = "L,2,KVH,NB,BS,D"
-_DTYPES = {"float32": np.float32, "float16": np.float16}
+_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,7 @@ class GraphSpec:
     """What the manifest records about a built graph and what executors need to bind it."""
 
     model_file: str  # relative to the build directory
-    dtype: str  # "float32" | "float16": weights, activations, KV pool
+    dtype: str  # "float32" | "float16" | "bfloat16": weights, activations, KV pool
     opset: int
     attention: str  # one of ATTENTION_IMPLS
     rotary_op: bool  # RoPE as the opset-23 RotaryEmbedding op (else Mul/Slice decomposition)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from engine.config import ModelConfig
@@ -43,6 +44,11 @@ class PoolGeometry:
     @property
     def itemsize(self) -> int:
         return STORAGE_TYPES[self.dtype][1]
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        """numpy's element type of the pool (bfloat16 through ml_dtypes)."""
+        return np.dtype(ml_dtypes.bfloat16 if self.dtype == "bfloat16" else self.dtype)
 
     @property
     def num_planes(self) -> int:  # (layer, K|V) slabs

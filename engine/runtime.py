@@ -241,6 +241,9 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
 
 def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
     dtype = resolve_dtype(options, backend)
+    if dtype not in backend.dtypes:
+        raise ModelError(f"{backend.name} cannot run {dtype} graphs (it runs "
+                         f"{', '.join(backend.dtypes)}); choose another --dtype, or a GPU backend")
     source, entry = _prepare(options, dtype)
     manifest = read_manifest(entry)
     config = config_from_json(manifest["config"])

@@ -150,7 +150,7 @@ class DeviceStepIO:
         ptrs = self.staging.upload([feeds[n] for n in names] + [slots, pairs], self.stream)
         inputs = {n: DeviceTensor(p, feeds[n].shape, np.dtype(np.int64))
                   for n, p in zip(names, ptrs, strict=False)}
-        inputs["kv_cache"] = DeviceTensor(self.pool.ptr, g.graph_shape, np.dtype(g.dtype))
+        inputs["kv_cache"] = DeviceTensor(self.pool.ptr, g.graph_shape, g.np_dtype)
         if len(pairs):
             self.pool.copy_blocks(ptrs[-1], len(pairs), self.stream)
         t = plan.num_tokens
@@ -160,7 +160,7 @@ class DeviceStepIO:
             inputs=inputs, slots_ptr=ptrs[-2], num_tokens=t, num_rows=num_rows,
             logits=DeviceTensor(self.logits.ptr, (rows, self.config.vocab_size),
                                 np.dtype(np.float32)),
-            new_kv=DeviceTensor(self.new_kv.ptr, kv_shape, np.dtype(g.dtype)),
+            new_kv=DeviceTensor(self.new_kv.ptr, kv_shape, g.np_dtype),
             argmax=DeviceTensor(self.argmax.ptr, (rows,), np.dtype(np.int64)))
 
     def copy_blocks_only(self, plan: StepPlan) -> None:

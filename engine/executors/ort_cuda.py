@@ -1,5 +1,6 @@
-"""onnxruntime CUDA executor: the model graph on onnxruntime-gpu's CUDA execution provider, with
-the KV pool and every step buffer allocated by cuda-python and bound by pointer (IOBinding).
+"""onnxruntime CUDA executor: the model graph (fp16, bf16 or fp32) on onnxruntime-gpu's CUDA
+execution provider, with the KV pool and every step buffer allocated by cuda-python and bound by
+pointer (IOBinding).
 
 Per step (engine/device/step_io.py): inputs staged in one H2D copy, block copies by kernel,
 graph run with `kv_cache` bound in place and `new_kv`/`logits` bound to device buffers, new K/V
@@ -12,13 +13,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import ml_dtypes
+import numpy as np
+from onnx import TensorProto
+
 from engine.config import ModelConfig
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
 from engine.executors.device_base import DeviceExecutor
 
 logger = logging.getLogger(__name__)
 
-_ORT_TYPES = {"tensor(float16)": "float16", "tensor(float)": "float32"}
+_ORT_TYPES = {"tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+              "tensor(float)": "float32"}
+
+
+def element_type(dtype: np.dtype) -> type | int:
+    """What IOBinding takes as a buffer's element type: the numpy type, or for bfloat16 (which
+    onnxruntime does not know as a numpy type) the ONNX type number."""
+    return TensorProto.BFLOAT16 if dtype == ml_dtypes.bfloat16 else dtype.type
 
 
 class OrtCudaUnavailableError(RuntimeError):
@@ -78,10 +90,10 @@ class OrtCudaExecutor(DeviceExecutor):
         io.stream.synchronize()  # staged inputs and block copies land before onnxruntime reads
         binding = self._session.io_binding()  # type: ignore[attr-defined]
         for name, t in staged.inputs.items():
-            binding.bind_input(name, self.ORT_DEVICE, self._device_id, t.dtype.type,
+            binding.bind_input(name, self.ORT_DEVICE, self._device_id, element_type(t.dtype),
                                list(t.shape), t.ptr)
         for name, t in self._outputs(staged):
-            binding.bind_output(name, self.ORT_DEVICE, self._device_id, t.dtype.type,
+            binding.bind_output(name, self.ORT_DEVICE, self._device_id, element_type(t.dtype),
                                 list(t.shape), t.ptr)
         self._session.run_with_iobinding(binding)  # type: ignore[attr-defined]
         binding.synchronize_outputs()

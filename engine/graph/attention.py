@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from engine.config import ModelConfig
@@ -84,7 +85,7 @@ def step_tensors(g: GraphWriter, config: ModelConfig, inp: StepInputs, block_siz
                                   g.op("Unsqueeze", [t, g.i64([1])])])  # [Tq(t), Tq(u)]
     new_ok = g.op("Expand", [causal, g.op("Concat", [b1, tq1, tq1], axis=0)])  # [B, Tq, Tq]
     valid = g.op("Concat", [past_ok, new_ok], axis=-1)  # [B, Tq, S + Tq]
-    neg = float(np.finfo(dtype).min) if dtype != np.float32 else -1e30
+    neg = float(ml_dtypes.finfo(dtype).min) if dtype != np.float32 else -1e30
     bias = g.op("Where", [valid, g.const(0.0, dtype), g.const(neg, dtype)])
     bias = g.op("Unsqueeze", [bias, g.i64([0, 3])])  # [1, B, Tq, 1, S + Tq]
     kvh1, grp1 = g.i64([kvh]), g.i64([config.group_size])

@@ -75,6 +75,19 @@ def test_parsed_network_io_matches_the_graph(trt: TrtModule, graph: Path) -> Non
     assert all(io[n][1] == "int64" for n in want_inputs if n != "kv_cache")
 
 
+def test_bf16_graph_builds_into_a_bf16_engine(trt: TrtModule, tmp_path: Path) -> None:
+    """The bfloat16 graph variant parses with bf16 KV I/O and float32 logits, and builds."""
+    if trt.flavor != "tensorrt_rtx":
+        pytest.skip("only TensorRT for RTX builds for an explicit target without a GPU")
+    build_model_graph(CFG, random_weights(CFG), tmp_path, dtype="bfloat16", block_size=BLOCK)
+    io = trt_build.network_io(tmp_path / "model.onnx", trt)
+    assert io["kv_cache"][1] == io["new_kv"][1] == "bf16"
+    assert io["logits"][1] == "float"
+    path, blob = trt_build.load_or_build(tmp_path / "model.onnx", dims(), targets=TARGETS,
+                                         trt=trt)
+    assert path.exists() and len(blob) > 10_000
+
+
 def test_profile_covers_every_symbolic_dim(graph: Path) -> None:
     """Each dynamic graph dim gets a (min, opt, max) range; the pool dim rounds up to 2^k."""
     shapes = trt_build.profile_shapes(trt_build.onnx_input_shapes(graph), dims(num_blocks=20))

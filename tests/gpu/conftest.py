@@ -40,6 +40,7 @@ def stream(cuda_ctx: CudaContext) -> Iterator[Stream]:
 
 @pytest.fixture(scope="session")
 def tiny_graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny model built twice: float32 (CPU reference executor) and float16 (GPU)."""
+    """The tiny model in float32 (the CPU reference executor), float16 and bfloat16 (GPU)."""
     root = tmp_path_factory.mktemp("tiny_graphs")
-    return {dtype: build_graph(root / dtype, dtype) for dtype in ("float32", "float16")}
+    return {dtype: build_graph(root / dtype, dtype)
+            for dtype in ("float32", "float16", "bfloat16")}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All the work of one GPU lease: the device-layer/executor checks, then the embedded model end to
 # end on the GPU (backend auto -> TensorRT refuses sm_90 -> ONNX Runtime CUDA), then an explicit
-# `--backend tensorrt` to show its one-line refusal. Logs under $OUT; a summary prints last.
+# `--backend tensorrt` to show its one-line refusal, and the bf16 graph through ONNX Runtime CUDA.
+# Logs under $OUT; a summary prints last.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -15,6 +16,9 @@ auto_rc=$?
 python3 -m server.cli generate --chat --prompt "$PROMPT" --max-tokens 24 --backend onnxruntime \
   --dtype float32 >"$OUT/generate_cuda_fp32.txt" 2>&1
 fp32_rc=$?
+python3 -m server.cli generate --chat --prompt "$PROMPT" --max-tokens 24 --backend onnxruntime \
+  --dtype bfloat16 >"$OUT/generate_cuda_bf16.txt" 2>&1
+bf16_rc=$?
 python3 -m server.cli generate --chat --prompt "$PROMPT" --max-tokens 8 --backend tensorrt \
   >"$OUT/generate_tensorrt.txt" 2>&1
 trt_rc=$?
@@ -36,6 +40,7 @@ kill -TERM $srv; wait $srv; serve_rc=$?
 tail -n 25 "$OUT/run_on_device.txt"
 echo "---- generate --backend auto (rc=$auto_rc)";        grep -v "^\s*$" "$OUT/generate_auto.txt" | tail -n 8
 echo "---- generate --backend onnxruntime fp32 (rc=$fp32_rc)"; grep -v "^\s*$" "$OUT/generate_cuda_fp32.txt" | tail -n 5
+echo "---- generate --backend onnxruntime bf16 (rc=$bf16_rc)"; grep -v "^\s*$" "$OUT/generate_cuda_bf16.txt" | tail -n 5
 echo "---- generate --backend tensorrt (rc=$trt_rc)";    tail -n 3 "$OUT/generate_tensorrt.txt"
 [ -f "$OUT/engine_gpu.txt" ] && { echo "---- engine_gpu"; tail -n 20 "$OUT/engine_gpu.txt"; }
 echo "---- trtserve bench against trtserve serve on the GPU (bench rc=$bench_rc, serve exit=$serve_rc)"
