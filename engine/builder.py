@@ -130,7 +130,7 @@ class _Layer:
 
 
 def default_attention(dtype: str) -> str:
-    """fp32 -> the opset-18 decomposition (CPU, and TensorRT's only fp32 route); fp16 ->
+    """fp32 -> the opset-18 decomposition (CPU, and TensorRT's only fp32 route); fp16 / bf16 ->
     opset-23 Attention (TensorRT IAttention)."""
     return DECOMPOSED if dtype == "float32" else ONNX_ATTENTION
 
@@ -144,7 +144,8 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     (the Q4 layer linears, engine/loaders/gguf_q4.py) and dtype float32, model_q4.onnx too.
 
     Defaults: fp32 -> decomposed attention + RotaryEmbedding op (the onnxruntime CPU graph,
-    opset 23); fp16 -> opset-23 Attention + decomposed RoPE (the TensorRT graph). Passing
+    opset 23); fp16 / bf16 -> opset-23 Attention + decomposed RoPE (the GPU graphs; RMSNorm,
+    RoPE tables and the logits in float32, bf16 weights rounded to nearest even). Passing
     attention_impl="decomposed", rotary_op=False gives a pure opset-18 graph.
     """
     if dtype not in _DTYPES:
