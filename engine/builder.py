@@ -42,11 +42,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 from onnx import TensorProto, helper
 
 from engine.config import ModelConfig, ModelError
+from engine.dtypes import NUMPY_DTYPES
 from engine.graph.attention import (
     ATTENTION_IMPLS,
     DECOMPOSED,
@@ -88,7 +88,6 @@ INPUT_NAMES = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens"
                "unpad_index", "logit_index")
 OUTPUT_NAMES = ("logits", "new_kv", "argmax")
 KV_LAYOUT = "L,2,KVH,NB,BS,D"
-_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +147,13 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     RoPE tables and the logits in float32, bf16 weights rounded to nearest even). Passing
     attention_impl="decomposed", rotary_op=False gives a pure opset-18 graph.
     """
-    if dtype not in _DTYPES:
-        raise ModelError(f"unsupported graph dtype {dtype!r}; one of {sorted(_DTYPES)}")
+    if dtype not in NUMPY_DTYPES:
+        raise ModelError(f"unsupported graph dtype {dtype!r}; one of {sorted(NUMPY_DTYPES)}")
     impl = attention_impl or default_attention(dtype)
     if impl not in ATTENTION_IMPLS:
         raise ModelError(f"unknown attention {impl!r}; one of {ATTENTION_IMPLS}")
     rotary = impl == DECOMPOSED if rotary_op is None else rotary_op
-    opts = _Options(dtype=np.dtype(_DTYPES[dtype]), block_size=block_size, attention=impl,
+    opts = _Options(dtype=NUMPY_DTYPES[dtype], block_size=block_size, attention=impl,
                     rotary_op=rotary, opset=23 if rotary or impl == ONNX_ATTENTION else 18,
                     argmax=dtype != "float32")
     check_weights(weights, config, "the graph builder's weights")

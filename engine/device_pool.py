@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from engine.config import ModelConfig
 from engine.device.cuda import Stream
 from engine.device.kernels import STORAGE_TYPES, KVKernels
 from engine.device.memory import DeviceBuffer
+from engine.dtypes import NUMPY_DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class PoolGeometry:
     @property
     def np_dtype(self) -> np.dtype:
         """numpy's element type of the pool (bfloat16 through ml_dtypes)."""
-        return np.dtype(ml_dtypes.bfloat16 if self.dtype == "bfloat16" else self.dtype)
+        return NUMPY_DTYPES[self.dtype]
 
     @property
     def num_planes(self) -> int:  # (layer, K|V) slabs

@@ -28,6 +28,7 @@ from engine.cache import (
     weights_hash,
 )
 from engine.config import ModelConfig, ModelError
+from engine.dtypes import NUMPY_DTYPES
 from engine.registry import DEFAULT_MODEL, ModelSource, read_source, resolve_model
 from engine.tokenizer import Tokenizer
 from scheduler.plan import Executor
@@ -35,8 +36,7 @@ from scheduler.plan import Executor
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DTYPES = ("auto", *NUMPY_DTYPES)
 MODEL_FILE = "model.onnx"
 KV_BUDGET_CAP_BYTES = 2 * 1024**3  # host pool never sized beyond this from free memory
 FALLBACK_AVAILABLE_BYTES = 2 * 1024**3  # when free memory cannot be read
@@ -101,13 +101,14 @@ def _builder() -> Any:
 
 @functools.cache
 def builder_version() -> str:
-    """BUILDER_VERSION plus a digest of the graph-building sources (the builder, engine/graph/
-    and the loaders that turn a source into the weights and 4-bit blocks it writes), so a cached
-    graph is rebuilt whenever the code that wrote it changed, even if nobody bumped the version."""
+    """BUILDER_VERSION plus a digest of the graph-building sources (the builder, its dtype table,
+    engine/graph/ and the loaders that turn a source into the weights and 4-bit blocks it
+    writes), so a cached graph is rebuilt whenever the code that wrote it changed, even if nobody
+    bumped the version."""
     builder = _builder()
     root = Path(builder.__file__).parent
     digest = hashlib.sha256()
-    sources = [Path(builder.__file__), *sorted((root / "graph").glob("*.py")),
+    sources = [Path(builder.__file__), root / "dtypes.py", *sorted((root / "graph").glob("*.py")),
                *sorted((root / "loaders").glob("*.py"))]
     for path in sources:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
@@ -178,7 +179,7 @@ def available_memory_bytes() -> int:
 def kv_block_bytes(config: ModelConfig, block_size: int, dtype: str) -> int:
     """K and V of every layer for one block of tokens."""
     per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim
-    return per_token * block_size * DTYPE_BYTES[dtype]
+    return per_token * block_size * NUMPY_DTYPES[dtype].itemsize
 
 
 def kv_cache_blocks(options: EngineOptions, config: ModelConfig, max_context: int,

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 from onnx import TensorProto
 
 from engine.config import ModelConfig
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
+from engine.dtypes import NUMPY_DTYPES
 from engine.executors.device_base import DeviceExecutor
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ _ORT_TYPES = {"tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
 def element_type(dtype: np.dtype) -> type | int:
     """What IOBinding takes as a buffer's element type: the numpy type, or for bfloat16 (which
     onnxruntime does not know as a numpy type) the ONNX type number."""
-    return TensorProto.BFLOAT16 if dtype == ml_dtypes.bfloat16 else dtype.type
+    return TensorProto.BFLOAT16 if dtype == NUMPY_DTYPES["bfloat16"] else dtype.type
 
 
 class OrtCudaUnavailableError(RuntimeError):

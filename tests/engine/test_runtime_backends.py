@@ -70,19 +70,20 @@ def test_explicit_tensorrt_refusal_is_a_model_error(monkeypatch: pytest.MonkeyPa
 
 def test_builder_version_follows_the_graph_sources(tmp_path, monkeypatch: pytest.MonkeyPatch
                                                    ) -> None:
-    """A cached graph is keyed on the builder's code (graph/ and the loaders too), not only on
-    BUILDER_VERSION."""
+    """A cached graph is keyed on the builder's code (its dtype table, graph/ and the loaders
+    too), not only on BUILDER_VERSION."""
     for folder in ("graph", "loaders"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "part.py").write_text("X = 1\n")
+    (tmp_path / "dtypes.py").write_text("X = 1\n")
     (tmp_path / "builder.py").write_text("BUILDER_VERSION = '7'\n")
     fake = type("Builder", (), {"__file__": str(tmp_path / "builder.py"), "BUILDER_VERSION": "7"})
     monkeypatch.setattr(rt, "_builder", lambda: fake)
     versions = []
-    for edit in (None, "graph", "loaders"):
+    for edit in (None, "graph/part.py", "loaders/part.py", "dtypes.py"):
         if edit is not None:
-            (tmp_path / edit / "part.py").write_text(f"X = '{edit}'\n")
+            (tmp_path / edit).write_text(f"X = '{edit}'\n")
         rt.builder_version.cache_clear()
         versions.append(rt.builder_version())
     rt.builder_version.cache_clear()
-    assert all(v.startswith("7-") for v in versions) and len(set(versions)) == 3
+    assert all(v.startswith("7-") for v in versions) and len(set(versions)) == 4
