@@ -82,4 +82,5 @@ def process_row(
         if banned:
             row[banned] = -np.inf
     if len(output_ids) < params.min_tokens and end_ids:
-        row[list(end_ids)] = -np.inf
+        vocab = row.shape[0]  # an end id past the vocabulary is never produced: nothing to ban
+        row[[e for e in end_ids if e < vocab]] = -np.inf

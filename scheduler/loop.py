@@ -7,7 +7,8 @@ deltas to the per-request queues and call `on_step` while N+1 runs; stream consu
 (detokenization, SSE writes) run on the event loop during the executor call. Scheduling of N+1
 itself cannot overlap execution of N: its decode tokens are the samples of N.
 Idle: the loop awaits an asyncio.Event set by `add` (no polling), after running the integrity
-check. On any executor/update exception every unfinished request gets a final ERROR output,
+check and handing `on_step` one idle snapshot (nothing scheduled, step_time_s 0), so gauges
+fed from it do not keep the last step's counts. On any executor/update exception every unfinished request gets a final ERROR output,
 `dead` is set and `add` raises EngineDeadError.
 """
 
@@ -165,7 +166,7 @@ class EngineLoop:
                 pass
             return
         self._scheduler.check_integrity()
-        self._stats = self._scheduler.stats()
+        self._publish([], self._scheduler.stats())  # on_step sees the idle snapshot (counts 0)
         await self._wake.wait()
 
     def _publish(self, outputs: list[RequestOutput], stats: SchedulerStats | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from scheduler.request import RequestOutput
+from scheduler.request import RequestOutput, TopLogprobs
 from scheduler.sequence import SeqStatus, Sequence
 
 logger = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ class SampledTokens:
     seqs: list[Sequence]  # one per logits row, plan order
     tokens: list[int]
     logprobs: list[float | None]
+    top: list[TopLogprobs | None] | None = None  # per row, when some row asked top_logprobs
 
 
 def delta_output(seq: Sequence) -> RequestOutput:
@@ -39,4 +40,5 @@ def delta_output(seq: Sequence) -> RequestOutput:
         seq.num_cached_tokens,
         seq.error,
         seq.error_type,
+        seq.output_top_logprobs[start:] if seq.request.params.top_logprobs else None,
     )

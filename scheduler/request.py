@@ -55,6 +55,7 @@ class SamplingParams:
     bad_words_ids: tuple[tuple[int, ...], ...] = ()  # token sequences that must never be produced
     stop: tuple[str, ...] = ()  # stop strings, matched on decoded text across token boundaries
     logprobs: bool = False  # report the log-prob of each chosen token
+    top_logprobs: int = 0  # with logprobs: also the k most likely tokens of each position
 
     def validate(self, max_context: int, vocab_size: int) -> None:
         """Raise RequestError naming the first invalid field (bounds: scheduler/validation.py)."""
@@ -76,6 +77,9 @@ class Request:
     cache_salt: str = ""  # prefix-cache namespace (e.g. model/adapter id); equal salts share KV
 
 
+TopLogprobs = tuple[tuple[int, float], ...]  # (token id, raw log-prob), most likely first
+
+
 @dataclass(slots=True)
 class RequestOutput:
     """One delta of a request's progress, pushed after every step that touched it."""
@@ -91,3 +95,4 @@ class RequestOutput:
     error: str | None = None  # set with finish_reason ERROR (or a queue timeout)
     error_type: str | None = None  # with error: taxonomy class name, "QueueTimeoutError" for a
     # queue timeout (HTTP 503), "EngineError" when the executor failed
+    new_top_logprobs: list[TopLogprobs] | None = None  # per new token, when params.top_logprobs

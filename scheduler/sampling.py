@@ -9,7 +9,8 @@
   Every row's arithmetic depends on that row alone, so a seeded request yields the same tokens
   alone or in any batch.
 - Log-probs follow vLLM's default (`logprobs_mode="raw_logprobs"`): log_softmax of the RAW model
-  logits (before penalties, bans and temperature), evaluated at the chosen token.
+  logits (before penalties, bans and temperature), evaluated at the chosen token, and for
+  `top_logprobs` rows at the k most likely tokens (`top_logprobs`, same arithmetic).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import numpy as np
 
 from scheduler.draw import ROW_CHUNK, cumsum_search, draw_rows
 from scheduler.logits_processors import GREEDY_EPS, is_greedy, needs_processing, process_row
-from scheduler.request import SamplingParams
+from scheduler.request import SamplingParams, TopLogprobs
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["GREEDY_EPS", "SampleInput", "SampleStats", "choose_tokens", "cumsum_search",
-           "is_greedy", "sample", "sample_row"]
+           "is_greedy", "sample", "sample_row", "top_logprobs"]
 
 
 @dataclass(slots=True)
@@ -133,3 +134,15 @@ def _raw_logprob(raw: np.ndarray, token: int) -> float:
     x = raw.astype(np.float64)
     m = x.max()
     return float(x[token] - m - np.log(np.exp(x - m).sum()))
+
+
+def top_logprobs(raw: np.ndarray, k: int) -> TopLogprobs:
+    """The k most likely tokens of a raw logits row with their log-probs (as `_raw_logprob`),
+    most likely first (ties: lower id first)."""
+    x = raw.astype(np.float64)
+    m = x.max()
+    log_mass = np.log(np.exp(x - m).sum())
+    k = min(k, x.shape[0])
+    idx = np.argpartition(-x, k - 1)[:k]
+    idx = idx[np.lexsort((idx, -x[idx]))]
+    return tuple((int(i), float(x[i] - m - log_mass)) for i in idx)

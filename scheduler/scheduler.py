@@ -107,7 +107,8 @@ class Scheduler:
         chosen, budget = self._schedule_running(budget)
         if self.preemptions_total == preemptions_before:
             chosen += self._admit_waiting(budget)
-        if not chosen:
+        if not chosen:  # nothing runs: the per-step counts of stats() read 0, not the last step's
+            self._last_context = self._last_generation = self._last_tokens = 0
             return None
         self.step_id += 1
         return self._build_plan(chosen)

@@ -16,7 +16,7 @@ from collections.abc import Sequence as Sequence_
 import numpy as np
 
 from scheduler.logits_processors import is_greedy, needs_processing
-from scheduler.request import FinishReason, Request, SamplingParams
+from scheduler.request import FinishReason, Request, SamplingParams, TopLogprobs
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Sequence:
         "_token_ids",
         "num_prompt_tokens",
         "output_logprobs",
+        "output_top_logprobs",
         "block_table",
         "block_hashes",
         "num_registered_blocks",
@@ -84,6 +85,7 @@ class Sequence:
         self._token_ids: list[int] = list(request.prompt_token_ids)  # prompt + output
         self.num_prompt_tokens = len(request.prompt_token_ids)
         self.output_logprobs: list[float] = []  # log-prob per output token (when requested)
+        self.output_top_logprobs: list[TopLogprobs] = []  # per output token (top_logprobs > 0)
         self.block_table: list[int] = []  # physical KV blocks, in order (KV manager only)
         self.block_hashes: list[int] = []  # chained hashes of the full blocks of _token_ids
         self.num_registered_blocks = 0  # leading table blocks already offered to the cache

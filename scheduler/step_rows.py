@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from scheduler.outputs import SampledTokens, delta_output
 from scheduler.plan import ScheduledSeq, StepPlan, StepResult
-from scheduler.request import RequestOutput
-from scheduler.sampling import SampleInput, SampleStats, choose_tokens
+from scheduler.request import RequestOutput, TopLogprobs
+from scheduler.sampling import SampleInput, SampleStats, choose_tokens, top_logprobs
 from scheduler.sequence import SeqStatus, Sequence
 from scheduler.stop import Decode, finish_status
 
@@ -55,7 +55,13 @@ def sample_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],
                for i, s in enumerate(seqs) if s.num_tokens < s.plain_greedy_from]
     want_logprobs = [i for i, s in enumerate(seqs) if s.request.params.logprobs]
     tokens, logprobs = choose_tokens(result.logits, argmax, special, want_logprobs, stats)
-    return SampledTokens(plan.step_id, seqs, tokens, logprobs)
+    top: list[TopLogprobs | None] | None = None
+    for i in want_logprobs:  # usually none: no per-row cost otherwise
+        k = seqs[i].request.params.top_logprobs
+        if k:
+            top = top or [None] * n
+            top[i] = top_logprobs(result.logits[i], k)
+    return SampledTokens(plan.step_id, seqs, tokens, logprobs, top)
 
 
 def apply_tokens(sampled: SampledTokens, decode: Decode | None, max_model_len: int,
@@ -63,6 +69,10 @@ def apply_tokens(sampled: SampledTokens, decode: Decode | None, max_model_len: i
     """Append each running row's token; `finish` the ones it ends (the caller then drops them
     from its running list), a delta for the others."""
     outputs = []
+    if sampled.top is not None:
+        for seq, top in zip(sampled.seqs, sampled.top, strict=True):
+            if top is not None and seq.status is SeqStatus.RUNNING:
+                seq.output_top_logprobs.append(top)
     for seq, tok, lp in zip(sampled.seqs, sampled.tokens, sampled.logprobs, strict=True):
         if seq.status is not SeqStatus.RUNNING:
             continue  # aborted while the step ran

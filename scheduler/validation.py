@@ -6,7 +6,10 @@ Bounds (documented choices):
 - repetition_penalty in (0, 100]; presence/frequency penalties in [-2, 2] (OpenAI's range)
 - 1 <= max_tokens <= max_context; 0 <= min_tokens <= max_tokens
 - seed in [0, 2**64) (Triton's random_seed is uint64)
-- every token id (end_ids, pad_id, bad_words_ids, prompt) in [0, vocab_size)
+- token ids of bad_words_ids and the prompt in [0, vocab_size)
+- end_ids and pad_id: non-negative int32 (Triton's type); an end id outside the vocabulary is
+  never produced, so it means "never stop on an end token" (TensorRT-LLM accepts it too)
+- top_logprobs in [0, MAX_TOP_LOGPROBS], and only with logprobs
 - stop strings non-empty, at most MAX_STOP_STRINGS
 """
 
@@ -26,6 +29,8 @@ MAX_TEMPERATURE = 2.0
 MAX_REPETITION_PENALTY = 100.0
 MAX_ABS_PRESENCE_FREQUENCY = 2.0
 MAX_STOP_STRINGS = 16
+MAX_TOP_LOGPROBS = 20  # OpenAI's chat limit
+INT32_MAX = 2**31 - 1
 SEED_LIMIT = 2**64
 
 
@@ -81,9 +86,11 @@ def validate_params(params: SamplingParams, max_context: int, vocab_size: int) -
     _check_float("frequency_penalty", params.frequency_penalty, -m, m)
     if params.seed is not None:
         _check_int("seed", params.seed, 0, SEED_LIMIT - 1)
-    check_token_ids("end_ids", params.end_ids, vocab_size)
+    check_token_ids("end_ids", params.end_ids, INT32_MAX + 1)
     if params.pad_id is not None:
-        check_token_ids("pad_id", [params.pad_id], vocab_size)
+        check_token_ids("pad_id", [params.pad_id], INT32_MAX + 1)
+    _check_int("top_logprobs", params.top_logprobs, 0,
+               MAX_TOP_LOGPROBS if params.logprobs else 0)
     for word in params.bad_words_ids:
         if len(word) == 0:
             raise _fail("bad_words_ids", word, "each bad word needs at least one token")

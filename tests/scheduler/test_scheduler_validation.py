@@ -17,7 +17,8 @@ from scheduler.request import RequestError, SamplingParams
     ("temperature", math.inf), ("top_k", -1), ("top_p", 0.0), ("top_p", 1.5),
     ("top_p", math.nan), ("min_p", -0.1), ("min_p", 1.1), ("repetition_penalty", 0.0),
     ("repetition_penalty", -1.0), ("presence_penalty", 3.0), ("frequency_penalty", -2.5),
-    ("seed", -1), ("seed", 2**64), ("end_ids", (64,)), ("end_ids", (-1,)), ("pad_id", 99),
+    ("seed", -1), ("seed", 2**64), ("end_ids", (2**31,)), ("end_ids", (-1,)), ("pad_id", -1),
+    ("pad_id", 2**31), ("top_logprobs", 21), ("top_logprobs", -1),
     ("bad_words_ids", ((),)), ("bad_words_ids", ((1, 64),)), ("stop", ("",)),
 ])
 def test_invalid_field_named(field: str, value: object) -> None:
@@ -32,7 +33,19 @@ def test_valid_params_pass() -> None:
     SamplingParams(max_tokens=32, temperature=2.0, top_k=5, top_p=0.5, min_p=0.1,
                    repetition_penalty=1.2, presence_penalty=-2.0, frequency_penalty=2.0,
                    seed=2**64 - 1, min_tokens=3, end_ids=(0, 63), bad_words_ids=((1, 2),),
-                   stop=("\n",), logprobs=True).validate(max_context=512, vocab_size=64)
+                   stop=("\n",), logprobs=True, top_logprobs=20).validate(max_context=512,
+                                                                           vocab_size=64)
+
+
+def test_end_and_pad_ids_past_the_vocab_are_valid() -> None:
+    """Triton clients send end_id >= vocab to mean "never stop on an end token"."""
+    SamplingParams(end_ids=(64, 2**31 - 1), pad_id=1048576).validate(max_context=512,
+                                                                      vocab_size=64)
+
+
+def test_top_logprobs_needs_logprobs() -> None:
+    with pytest.raises(RequestError, match="invalid top_logprobs="):
+        SamplingParams(top_logprobs=2).validate(max_context=512, vocab_size=64)
 
 
 @pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_num_tokens": 0},
