@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from server import routes_kserve, routes_openai, routes_triton
+from server import routes_kserve, routes_openai, routes_root, routes_triton
 from server.app_state import AppState
+from server.cors import JsonCORSMiddleware
 from server.errors import ApiError, ValidationError, error_body, error_headers, to_api_error
 from server.generation import GenerationService
 from server.lifecycle import Lifecycle
@@ -110,15 +110,16 @@ def create_app(settings: ServerSettings, loader: Loader,
     app = FastAPI(title="trtserve", version="0.1.0", lifespan=lifespan,
                   description="Triton/TensorRT-LLM compatible LLM server")
     app.state.trtserve = state
-    for module in (routes_triton, routes_kserve, routes_openai):
+    for module in (routes_root, routes_triton, routes_kserve, routes_openai):
         app.include_router(module.router)
     _install_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
     if settings.cors_origin_list:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
-                           allow_credentials=False, allow_methods=["GET", "POST", "OPTIONS"],
+        app.add_middleware(JsonCORSMiddleware, allow_origins=settings.cors_origin_list,
+                           allow_credentials=False,
+                           allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"])
     return app
 

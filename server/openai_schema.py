@@ -14,12 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticError
 
 from scheduler.request import SamplingParams
+from scheduler.validation import MAX_TOP_LOGPROBS
 from server.errors import ValidationError
 
 logger = logging.getLogger(__name__)
 
 MAX_TOKENS_DEFAULT = 16  # OpenAI's completions default
 MAX_STOP = 16
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions `logprobs`
 
 
 class _Base(BaseModel):
@@ -43,6 +45,7 @@ class _Base(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    include_stop_str_in_output: bool = False  # vLLM's extension: keep the stop string
     user: str | None = None
 
     @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
@@ -64,26 +67,34 @@ class _Base(BaseModel):
         opts = self.stream_options or {}
         return bool(opts.get("include_usage", False))
 
-    def sampling(self, logprobs: bool) -> SamplingParams:
+    def sampling(self) -> SamplingParams:
         sampling_named = any(v is not None for v in (self.temperature, self.top_p, self.min_p)) \
             or self.top_k not in (None, -1, 0)
         temperature = self.temperature if self.temperature is not None else (
             1.0 if sampling_named else 0.0)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        logprobs, top_logprobs = self.logprob_counts()
         return SamplingParams(
             max_tokens=self.max_completion_tokens or self.max_tokens or MAX_TOKENS_DEFAULT,
             temperature=temperature, top_k=max(self.top_k or 0, 0), top_p=self.top_p or 1.0,
             min_p=self.min_p or 0.0, repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             seed=self.seed, min_tokens=self.min_tokens, ignore_eos=self.ignore_eos,
-            stop=tuple(s for s in stop if s), logprobs=logprobs)
+            stop=tuple(s for s in stop if s), logprobs=logprobs, top_logprobs=top_logprobs)
+
+    def logprob_counts(self) -> tuple[bool, int]:
+        """(log-probs of the chosen tokens?, how many top alternatives per token)."""
+        return False, 0
 
 
 class CompletionRequest(_Base):
     prompt: str | list[str] | list[int]
-    logprobs: int | None = Field(None, ge=0, le=5)
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
     suffix: str | None = None
+
+    def logprob_counts(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
 
 
 class ChatMessage(BaseModel):
@@ -96,7 +107,12 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Base):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=0)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def logprob_counts(self) -> tuple[bool, int]:
+        if self.top_logprobs and not self.logprobs:
+            raise ValidationError("'top_logprobs' needs 'logprobs': true")
+        return self.logprobs, self.top_logprobs or 0
 
 
 def _describe(exc: PydanticError) -> str:

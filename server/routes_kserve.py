@@ -1,4 +1,7 @@
-"""KServe v2 health/metadata (TRITON_API.md §3), /metrics, and a JSON scheduler-stats route."""
+"""KServe v2 health/metadata (TRITON_API.md §3), /metrics, and a JSON scheduler-stats route.
+
+The health and model-ready routes also answer HEAD (status only), for load balancers.
+"""
 
 from __future__ import annotations
 
@@ -34,12 +37,14 @@ def _empty(status: int) -> Response:
 
 
 @router.get("/v2/health/live")
+@router.head("/v2/health/live", include_in_schema=False)
 async def health_live(request: Request) -> Response:
     lc = get_state(request).lifecycle
     return _empty(200) if lc.live else _json({"error": f"engine is dead: {lc.failure}"}, 503)
 
 
 @router.get("/v2/health/ready")
+@router.head("/v2/health/ready", include_in_schema=False)
 async def health_ready(request: Request) -> Response:
     lc = get_state(request).lifecycle
     if lc.model is not None and lc.model.loop.dead is not None:
@@ -60,7 +65,9 @@ async def model_meta(request: Request, model_name: str, version: str | None = No
 
 
 @router.get("/v2/models/{model_name}/ready")
+@router.head("/v2/models/{model_name}/ready", include_in_schema=False)
 @router.get("/v2/models/{model_name}/versions/{version}/ready")
+@router.head("/v2/models/{model_name}/versions/{version}/ready", include_in_schema=False)
 async def model_ready(request: Request, model_name: str, version: str | None = None) -> Response:
     state = get_state(request)
     resolve_model(state, model_name, version)

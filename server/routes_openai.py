@@ -12,23 +12,30 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from scheduler.request import FinishReason, RequestOutput
+from scheduler.request import FinishReason, RequestOutput, TopLogprobs
 from server.app_state import AppState, get_state
 from server.detokenizer import IncrementalDetokenizer
 from server.disconnect import abort_on_disconnect
-from server.errors import ApiError, UnknownModelError, ValidationError, to_api_error
-from server.generation import Generation
+from server.errors import (
+    ApiError,
+    UnavailableError,
+    UnknownModelError,
+    ValidationError,
+    to_api_error,
+)
+from server.generation import EngineFailedError, Generation
 from server.json_body import check_text, parse_json_body
+from server.openai_logprobs import LogprobRenderer
 from server.openai_schema import ChatRequest, CompletionRequest, _Base, message_text, validate_body
 from server.openapi_docs import CHAT_BODY, COMPLETIONS_BODY
 from server.serving import ServingModel
+from server.stop_trim import StopTrimmer
 from server.triton_schema import TEXT_MODELS
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-_FINISH = {FinishReason.LENGTH: "length", FinishReason.STOP: "stop", FinishReason.END_ID: "stop",
-           FinishReason.ABORT: "abort", FinishReason.ERROR: "error"}
+_EMPTY = RequestOutput("")  # no tokens: a chunk without log-probs
 
 
 def _dumps(obj: Any) -> bytes:
@@ -62,43 +69,48 @@ class _Job:
         self.id = ("cmpl-" if kind == "text_completion" else "chatcmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.detok = IncrementalDetokenizer(model.tokenizer, gen.request.prompt_token_ids)
+        params = gen.request.params
+        self.trim = StopTrimmer(params.stop, req.include_stop_str_in_output) \
+            if params.stop else None
+        self.lp = LogprobRenderer(model.tokenizer) if params.logprobs else None
+        self.text = ""  # everything sent (stop strings trimmed)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
+        self.tops: list[TopLogprobs] = []
         self.finish: str | None = None
 
     def feed(self, out: RequestOutput) -> str:
+        """The text to send for one delta; raises ApiError when the engine aborted it."""
         self.tokens.extend(out.new_token_ids)
         self.logprobs.extend(out.new_logprobs or [])
+        self.tops.extend(out.new_top_logprobs or [])
         text = self.detok.step(out.new_token_ids)
         if out.finished:
             text += self.detok.finish()
-            self.finish = _FINISH.get(out.finish_reason or FinishReason.LENGTH, "stop")
+        if self.trim is not None:
+            text = self.trim.feed(text, final=out.finished)
+        if out.finished:
+            self.finish = _finish_reason(out, self.trim)
+        self.text += text
         return text
 
     def usage(self) -> dict[str, int]:
         p, c = self.gen.num_prompt_tokens, len(self.tokens)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
-    def token_strs(self, ids: list[int]) -> list[str]:
-        return [self.model.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
-
-    def logprobs_obj(self, ids: list[int], lps: list[float], offset: int) -> Any:
-        if not self.gen.request.params.logprobs:
+    def logprobs_obj(self, ids: list[int], lps: list[float], tops: list[TopLogprobs],
+                     offset: int) -> Any:
+        if self.lp is None:
             return None
-        toks = self.token_strs(ids)
         if self.kind == "chat.completion":
-            return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()),
-                                 "top_logprobs": []} for t, lp in zip(toks, lps, strict=False)]}
-        offsets, pos = [], offset
-        for t in toks:
-            offsets.append(pos)
-            pos += len(t)
-        return {"tokens": toks, "token_logprobs": lps, "top_logprobs": None,
-                "text_offset": offsets}
+            return self.lp.chat(ids, lps, tops)
+        return self.lp.completion(ids, lps, tops, offset)
 
-    def choice(self, text: str, finish: str | None, ids: list[int], lps: list[float],
+    def choice(self, text: str, finish: str | None, out: RequestOutput | None,
                offset: int, chunk: bool) -> dict[str, Any]:
-        c: dict[str, Any] = {"index": 0, "logprobs": self.logprobs_obj(ids, lps, offset),
+        ids, lps, tops = (self.tokens, self.logprobs, self.tops) if out is None else (
+            out.new_token_ids, out.new_logprobs or [], out.new_top_logprobs or [])
+        c: dict[str, Any] = {"index": 0, "logprobs": self.logprobs_obj(ids, lps, tops, offset),
                              "finish_reason": finish}
         if self.kind == "text_completion":
             c["text"] = text
@@ -114,13 +126,25 @@ class _Job:
                 "model": self.req.model, "choices": [choice]}
 
 
+def _finish_reason(out: RequestOutput, trim: StopTrimmer | None) -> str:
+    """OpenAI's finish reasons are only "stop" and "length": an aborted or failed request is an
+    error object instead (Generation already raises for failures it can classify)."""
+    reason = out.finish_reason
+    if reason is FinishReason.ERROR:
+        raise EngineFailedError(out.error or "engine error")
+    if reason is FinishReason.ABORT:
+        raise UnavailableError("the request was aborted by the server")
+    if trim is not None and trim.hit:
+        return "stop"
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
 async def _whole(request: Request, job: _Job) -> Response:
     gen = job.gen
     async with abort_on_disconnect(request, gen.abort, gen.request_id):
         async for out in gen.outputs():
             job.feed(out)
-    body = job.envelope(job.choice(job.detok.text, job.finish, job.tokens, job.logprobs, 0,
-                                   chunk=False), chunk=False)
+    body = job.envelope(job.choice(job.text, job.finish, None, 0, chunk=False), chunk=False)
     body["usage"] = job.usage()
     return Response(_dumps(body), media_type="application/json")
 
@@ -135,20 +159,19 @@ async def _stream(request: Request, job: _Job) -> AsyncIterator[bytes]:
     try:
         async with abort_on_disconnect(request, gen.abort, gen.request_id):
             if job.kind == "chat.completion":
-                first = job.choice("", None, [], [], 0, chunk=True)
+                first = job.choice("", None, _EMPTY, 0, chunk=True)
                 first["delta"] = {"role": "assistant", "content": ""}
                 yield _sse(job.envelope(first, chunk=True))
             try:
                 async for out in outputs:
-                    offset = len(job.detok.text)
+                    offset = len(job.text)
                     text = job.feed(out)
                     if not text and not out.finished and not out.new_token_ids:
                         continue
-                    choice = job.choice(text, job.finish, out.new_token_ids,
-                                        list(out.new_logprobs or []), offset, chunk=True)
+                    choice = job.choice(text, job.finish, out, offset, chunk=True)
                     yield _sse(job.envelope(choice, chunk=True))
                 if job.req.include_usage():
-                    tail = job.envelope(job.choice("", None, [], [], 0, True), chunk=True)
+                    tail = job.envelope(job.choice("", None, _EMPTY, 0, True), chunk=True)
                     tail["choices"] = []
                     tail["usage"] = job.usage()
                     yield _sse(tail)
@@ -168,7 +191,7 @@ async def _run(request: Request, cls: type[_Base], kind: str,
     req = validate_body(cls, parse_json_body(await request.body()))
     label = _check_model(state, req.model)
     model = state.service.admit(label)
-    params = req.sampling(logprobs=bool(getattr(req, "logprobs", None)))
+    params = req.sampling()
     prompt_ids = to_ids(model, req)
     if not prompt_ids:
         raise ValidationError("the prompt is empty")

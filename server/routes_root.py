@@ -1,0 +1,34 @@
+"""`GET /`: a short JSON index (server name, version, model, readiness, routes) that answers 200
+whenever the process is up, for clients that poll the base URL."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from server.app_state import get_state
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+def _routes(request: Request) -> list[dict[str, object]]:
+    """The documented routes (the app's OpenAPI schema, built once and cached by FastAPI)."""
+    paths = request.app.openapi().get("paths", {})
+    return [{"path": path, "methods": sorted(m.upper() for m in ops)}
+            for path, ops in paths.items()]
+
+
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+async def index(request: Request) -> Response:
+    state = get_state(request)
+    lc = state.lifecycle
+    body = {"name": request.app.title, "version": request.app.version,
+            "model": lc.model.name if lc.model else state.settings.model,
+            "phase": lc.phase.value, "ready": lc.ready, "routes": _routes(request)}
+    return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+                    media_type="application/json")
