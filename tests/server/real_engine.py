@@ -35,6 +35,7 @@ class ScriptedExecutor:
     def _row(self, pos: int) -> np.ndarray:
         rng = np.random.default_rng(pos)
         row = rng.standard_normal(self.vocab_size).astype(np.float32)
+        row[128:] -= SCRIPT_MARGIN  # alternatives stay ASCII: distinct token strings
         want = self.script[pos] if pos < len(self.script) else FILLER
         row[want] = row.max() + SCRIPT_MARGIN
         return row

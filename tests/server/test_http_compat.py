@@ -129,3 +129,138 @@ def test_scheduled_and_generation_gauges_zero_when_idle(app: TestClient) -> None
         time.sleep(0.02)
     assert values == (0, 0, 0)
     assert _gauge(m, "nv_trt_llm_general_metrics", "iteration_counter") >= 6
+
+
+# ---- OpenAI: stop strings ----------------------------------------------------------------------
+def _completion(c: TestClient, stream: bool, **body: object) -> tuple[str, str | None, list[str]]:
+    """(text, finish_reason, the streamed deltas) of one /v1/completions call."""
+    body = {"model": "fake-model", "prompt": "a", "max_tokens": 40, "stream": stream, **body}
+    r = c.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    if not stream:
+        choice = r.json()["choices"][0]
+        return choice["text"], choice["finish_reason"], [choice["text"]]
+    chunks = [e["choices"][0] for e in sse(r.text) if e.get("choices")]
+    deltas = [ch["text"] for ch in chunks]
+    return "".join(deltas), chunks[-1]["finish_reason"], deltas
+
+
+def _chat(c: TestClient, stream: bool, **body: object) -> tuple[str, str | None, list[str]]:
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "a"}],
+            "max_tokens": 40, "stream": stream, **body}
+    r = c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    if not stream:
+        choice = r.json()["choices"][0]
+        return choice["message"]["content"], choice["finish_reason"], []
+    chunks = [e["choices"][0] for e in sse(r.text) if e.get("choices")]
+    deltas = [ch["delta"].get("content") or "" for ch in chunks]
+    return "".join(deltas), chunks[-1]["finish_reason"], deltas
+
+
+@pytest.mark.parametrize("call", [_completion, _chat])
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_trimmed_from_output(app: TestClient, call: Callable, stream: bool) -> None:
+    text, finish, deltas = call(app, stream, stop=["STOP"])
+    assert (text, finish) == ("Hello world! ", "stop")
+    if stream:  # "S", "ST", "STO" were held back, never sent
+        assert not any("S" in d for d in deltas), deltas
+    text, finish, _ = call(app, stream, stop=["zzz", " here."], include_stop_str_in_output=True)
+    assert (text, finish) == ("Hello world! STOP here.", "stop")
+
+
+@pytest.mark.parametrize("call", [_completion, _chat])
+def test_held_back_prefix_released(app: TestClient, call: Callable) -> None:
+    """Text that looked like the start of a stop string is sent once it is not one, and at the
+    end of a request that stopped for length."""
+    text, finish, deltas = call(app, True, stop=["world?"])
+    assert text == SCRIPT + "x" * 8 and finish == "length"
+    assert "Hello world!" in "".join(deltas[:14]), deltas
+    text, finish, deltas = call(app, True, stop=["The end?"], max_tokens=30)
+    assert text == SCRIPT[:30] and finish == "length"
+    assert text.endswith(" The en") and deltas[-1] == "The en"  # held, released at the end
+
+
+# ---- OpenAI: top_logprobs ---------------------------------------------------------------------
+def test_completions_top_logprobs(app: TestClient) -> None:
+    body = {"model": "fake-model", "prompt": "a", "max_tokens": 5, "logprobs": 3}
+    for stream in (False, True):
+        r = app.post("/v1/completions", json=dict(body, stream=stream))
+        assert r.status_code == 200, r.text
+        events = [r.json()] if not stream else [e for e in sse(r.text) if e.get("choices")]
+        tokens, lps, tops = [], [], []
+        for e in events:
+            lp = e["choices"][0]["logprobs"]
+            tokens += lp["tokens"]
+            lps += lp["token_logprobs"]
+            tops += lp["top_logprobs"]
+        assert "".join(tokens) == "Hello"
+        assert len(tops) == 5
+        for tok, lp, top in zip(tokens, lps, tops, strict=True):
+            assert isinstance(top, dict) and 3 <= len(top) <= 4
+            assert max(top, key=top.get) == tok and top[tok] == lp  # the script token is likeliest
+            assert all(v <= lp for v in top.values())
+
+
+def test_chat_top_logprobs(app: TestClient) -> None:
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "a"}],
+            "max_tokens": 4, "logprobs": True, "top_logprobs": 2}
+    r = app.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    content = r.json()["choices"][0]["logprobs"]["content"]
+    assert "".join(c["token"] for c in content) == "Hell"
+    for c in content:
+        assert len(c["top_logprobs"]) == 2
+        first, second = c["top_logprobs"]
+        assert first == {"token": c["token"], "logprob": c["logprob"], "bytes": c["bytes"]}
+        assert second["logprob"] < first["logprob"] and set(second) == {"token", "logprob", "bytes"}
+
+
+@pytest.mark.parametrize(("route", "extra"), [
+    ("/v1/completions", {"prompt": "a", "logprobs": 6}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "logprobs": True,
+                              "top_logprobs": 21}),
+])
+def test_bad_logprob_counts_400(app: TestClient, route: str, extra: dict) -> None:
+    r = app.post(route, json={"model": "fake-model", "max_tokens": 2, **extra})
+    assert r.status_code == 400 and "logprobs" in r.json()["error"]["message"]
+
+
+# ---- OpenAI: finish reasons ------------------------------------------------------------------
+def test_aborted_request_is_an_error_not_a_finish_reason() -> None:
+    """A request the server aborts (e.g. the engine loop stopping) gets an OpenAI error object,
+    never finish_reason "abort"."""
+    async def main() -> list[httpx.Response]:
+        app = create_app(ServerSettings(model="fake-model"), scripted_loader(SCRIPT, 0.01))
+        ctx = app.router.lifespan_context(app)
+        await ctx.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        try:
+            while (await client.get("/v2/health/ready")).status_code != 200:
+                await asyncio.sleep(0.01)
+            loop = app.state.trtserve.lifecycle.model.loop
+            body = {"model": "fake-model", "prompt": "a", "max_tokens": 200}
+            calls = [client.post("/v1/completions", json=dict(body, stream=s)) for s in (False, True)]
+            calls.append(client.post("/v1/chat/completions", json={
+                "model": "fake-model", "messages": [{"role": "user", "content": "a"}],
+                "max_tokens": 200, "stream": True}))
+            tasks = [asyncio.create_task(c) for c in calls]
+            while len(loop.scheduler.request_ids()) < 3:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            for rid in loop.scheduler.request_ids():
+                loop.abort(rid)
+            return list(await asyncio.gather(*tasks))
+        finally:
+            await client.aclose()
+            await ctx.__aexit__(None, None, None)
+
+    whole, stream, chat = asyncio.run(asyncio.wait_for(main(), 30))
+    assert whole.status_code == 503 and whole.json()["error"]["type"] == "server_error"
+    for r in (stream, chat):
+        assert r.status_code == 200
+        events = sse(r.text)
+        assert "\"abort\"" not in r.text
+        assert events[-1]["error"]["message"] and r.text.rstrip().endswith("data: [DONE]")
+        assert all(e["choices"][0]["finish_reason"] is None for e in events if e.get("choices"))
