@@ -18,7 +18,6 @@ from sched_fakes import (
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
 from scheduler.request import FinishReason
-from scheduler.sampling import top_logprobs
 from scheduler.stats import SchedulerStats
 
 
@@ -64,6 +63,8 @@ def test_top_logprobs_per_token_match_reference_and_chosen() -> None:
 
 
 def test_top_logprobs_helper_orders_ties_by_id() -> None:
+    from scheduler.sampling import top_logprobs  # here: the module collects on older commits
+
     row = np.array([1.0, 3.0, 3.0, -1.0], dtype=np.float32)
     top = top_logprobs(row, 3)
     assert [t for t, _ in top] == [1, 2, 0]
