@@ -95,3 +95,21 @@ def test_stop_and_bad_words(server: ServerProc) -> None:
                         json=dict(body, bad_words=["subset"])).json()["text_output"]
     assert stopped.endswith("intelligence") and len(stopped) < len(plain)
     assert "subset" not in banned
+
+
+def test_end_id_past_vocab_streams_full_length(server: ServerProc) -> None:
+    """Benchmark clients send end_id >= vocab with min_tokens = max_tokens to force full-length
+    outputs: exactly 64 tokens stream (and the non-stream route returns 64)."""
+    body = {"text_input": "Say hi.", "max_tokens": 64, "min_tokens": 64, "end_id": 1048576,
+            "return_num_output_tokens": True}
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        r = c.post("/v2/models/ensemble/generate_stream", json=dict(body, stream=True))
+        whole = c.post("/v2/models/ensemble/generate", json=body)
+        root = c.get("/")
+        head = c.head("/v2/health/ready")
+    assert r.status_code == 200, r.text
+    events = _events(r.text)
+    assert events[-1]["num_output_tokens"] == 64 and "error" not in events[-1]
+    assert whole.status_code == 200 and whole.json()["num_output_tokens"] == 64
+    assert root.status_code == 200 and root.json()["ready"] is True
+    assert head.status_code == 200 and head.content == b""
