@@ -200,6 +200,9 @@ def test_completions_top_logprobs(app: TestClient) -> None:
             assert isinstance(top, dict) and 3 <= len(top) <= 4
             assert max(top, key=top.get) == tok and top[tok] == lp  # the script token is likeliest
             assert all(v <= lp for v in top.values())
+    r = app.post("/v1/completions", json=dict(body, logprobs=0))
+    lp = r.json()["choices"][0]["logprobs"]
+    assert [list(d) for d in lp["top_logprobs"]] == [[t] for t in lp["tokens"]]  # chosen only
 
 
 def test_chat_top_logprobs(app: TestClient) -> None:
