@@ -38,7 +38,7 @@ _SAMPLING = {
     "max_completion_tokens": {"type": ["integer", "null"]}, "temperature": _NUM, "top_p": _NUM,
     "top_k": _INT, "min_p": _NUM, "n": _INT, "stream": _BOOL, "seed": _INT, "stop": _WORDS,
     "presence_penalty": _NUM, "frequency_penalty": _NUM, "repetition_penalty": _NUM,
-    "ignore_eos": _BOOL, "min_tokens": _INT,
+    "ignore_eos": _BOOL, "min_tokens": _INT, "include_stop_str_in_output": _BOOL,
     "stream_options": {"type": "object", "properties": {"include_usage": _BOOL}},
 }
 
