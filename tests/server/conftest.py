@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from server_fakes import FakeLoop, fake_model, loader_for
 
-from server.app import create_app
+from server.app import Loader, create_app
 from server.settings import ServerSettings
 
 MakeClient = Callable[..., TestClient]
@@ -26,10 +26,12 @@ def wait_ready(client: TestClient, timeout: float = 5.0) -> None:
 def make_client() -> Iterator[MakeClient]:
     clients: list[TestClient] = []
 
-    def make(loop: FakeLoop | None = None, **settings: object) -> TestClient:
+    def make(loop: FakeLoop | None = None, loader: Loader | None = None,
+             **settings: object) -> TestClient:
+        """The app over a FakeLoop, or over what `loader` loads (e.g. real_engine.py)."""
         model = fake_model(loop)
         settings.setdefault("model", "fake-model")
-        app = create_app(ServerSettings(**settings), loader_for(model))
+        app = create_app(ServerSettings(**settings), loader or loader_for(model))
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
-from conftest import wait_ready
 from fastapi.testclient import TestClient
 from real_engine import scripted_loader
 from server_fakes import EOS
@@ -24,22 +23,11 @@ MakeApp = Callable[..., TestClient]
 
 
 @pytest.fixture
-def make_app() -> Iterator[MakeApp]:
-    clients: list[TestClient] = []
-
+def make_app(make_client: Callable[..., TestClient]) -> MakeApp:
     def make(script: str | list[int] = SCRIPT, step_s: float = 0.0,
              **settings: object) -> TestClient:
-        app = create_app(ServerSettings(model="fake-model", **settings),  # type: ignore[arg-type]
-                         scripted_loader(script, step_s))
-        client = TestClient(app, raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        wait_ready(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+        return make_client(loader=scripted_loader(script, step_s), **settings)
+    return make
 
 
 @pytest.fixture
