@@ -1,6 +1,6 @@
 """Size limits on request bodies, checked on the parsed JSON before any validation or tokenising.
 
-Every limit is a setting (docs/interfaces.md "Request limits"); each check does work bounded by
+Every limit is a setting (docs/limits.md); each check does work bounded by
 its limit (it stops counting past it), so a 4 MiB list costs no more than a short one. A value of
 the wrong type is left to the route's own validation, which names it.
 """
