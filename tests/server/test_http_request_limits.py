@@ -4,15 +4,17 @@ setting; large bodies are parsed off the event loop (process pool) with the same
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
-from conftest import MakeClient
+from fastapi.testclient import TestClient
 from server_fakes import FakeTokenizer
 
 from server.cli import build_parser
 from server.cmd_serve import settings_from_args
 
 TRITON = "/v2/models/ensemble/generate"
+MakeClient = Callable[..., TestClient]
 
 
 class CountingTokenizer(FakeTokenizer):
