@@ -6,7 +6,8 @@ much; bodies over INLINE_PARSE_BYTES are therefore parsed, size-checked (server/
 and validated in a small process pool, which sends back only the bounded, validated result. The
 tokenizer's `encode_batch` releases the GIL, so tokenising and chat templates run on a thread
 pool. Both pools are bounded: a flood of huge bodies queues for them while the event loop keeps
-answering health checks. The process pool starts on the first large body.
+answering health checks. The process pool starts with `trtserve serve` (`warm`), else at the
+first large body.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ class RequestPrep:
                 self._processes = None
                 pool.shutdown(wait=False, cancel_futures=True)
             raise UnavailableError("request parser restarted; retry the request") from None
+
+    def warm(self) -> None:
+        """Start the parser processes now rather than at the first large body (`serve` does)."""
+        if self._num_processes:
+            pool = self._process_pool()
+            for _ in range(self._num_processes):
+                pool.submit(int)
 
     def _process_pool(self) -> Executor:
         if self._processes is None:
