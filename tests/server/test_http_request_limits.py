@@ -4,6 +4,9 @@ setting; large bodies are parsed off the event loop (process pool) with the same
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -19,20 +22,24 @@ MakeClient = Callable[..., TestClient]
 
 class CountingTokenizer(FakeTokenizer):
     calls = 0
+    threads: set[str] = set()
 
     def encode(self, text: str, **kwargs: bool) -> list[int]:
         CountingTokenizer.calls += 1
+        CountingTokenizer.threads.add(threading.current_thread().name)
         return super().encode(text, **kwargs)
 
     def apply_chat_template(self, messages: list[dict[str, str]],
                             add_generation_prompt: bool = True) -> list[int]:
         CountingTokenizer.calls += 1
+        CountingTokenizer.threads.add(threading.current_thread().name)
         return super().apply_chat_template(messages, add_generation_prompt)
 
 
 def _counting(client) -> None:  # noqa: ANN001
     client.app.state.trtserve.lifecycle.model.tokenizer = CountingTokenizer()
     CountingTokenizer.calls = 0
+    CountingTokenizer.threads = set()
 
 
 def _assert_400(r, *words: str) -> None:  # noqa: ANN001
@@ -154,3 +161,30 @@ def test_limit_settings_have_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> N
     s = settings_from_args(args)
     assert (s.max_prompt_chars, s.max_chat_messages, s.max_word_list, s.max_word_list_chars,
             s.max_logit_bias, s.parse_processes, s.tokenize_threads) == (1000, 9, 5, 50, 7, 0, 3)
+
+
+def test_tokenising_runs_on_the_prep_threads(make_client: MakeClient) -> None:
+    """Not on the event loop's thread: prompts, bad_words and chat templates."""
+    c = make_client(tokenize_threads=3)
+    _counting(c)
+    assert c.post(TRITON, json=_triton(bad_words=["ab"])).status_code == 200
+    assert c.post("/v1/completions", json={"model": "fake-model", "prompt": "hi",
+                                            "max_tokens": 2}).status_code == 200
+    assert c.post("/v1/chat/completions", json=_chat(2)).status_code == 200
+    assert CountingTokenizer.calls >= 4
+    assert CountingTokenizer.threads and all(
+        name.startswith("trtserve-prep") for name in CountingTokenizer.threads), \
+        CountingTokenizer.threads
+
+
+def test_a_dead_parser_process_is_a_503_then_replaced(make_client: MakeClient) -> None:
+    c = make_client(parse_processes=1)
+    big = _triton(pad="p" * 20_000)
+    assert c.post(TRITON, json=big).status_code == 200
+    pool = c.app.state.trtserve.prep._processes
+    for pid in list(pool._processes):  # the worker processes of the pool
+        os.kill(pid, signal.SIGKILL)
+    r = c.post(TRITON, json=big)
+    assert r.status_code == 503 and r.headers["retry-after"], r.text  # the broken pool
+    assert c.post(TRITON, json=big).status_code == 200
+    assert c.get("/v2/health/live").status_code == 200
