@@ -21,9 +21,9 @@ from server.errors import ApiError, UnknownModelError, ValidationError, to_api_e
 from server.generation import Generation
 from server.json_body import dumps_compact
 from server.openapi_docs import TRITON_GENERATE_BODY
-from server.serving import ServingModel
 from server.request_limits import limits_for
 from server.request_prep import parse_triton_request
+from server.serving import ServingModel
 from server.triton_parse import TritonInputs
 from server.triton_sampling import TritonOptions, triton_to_sampling
 from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, TEXT_MODELS
