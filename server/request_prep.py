@@ -6,8 +6,8 @@ much; bodies over INLINE_PARSE_BYTES are therefore parsed, size-checked (server/
 and validated in a small process pool, which sends back only the bounded, validated result. The
 tokenizer's `encode_batch` releases the GIL, so tokenising and chat templates run on a thread
 pool. Both pools are bounded: a flood of huge bodies queues for them while the event loop keeps
-answering health checks. The process pool starts with `trtserve serve` (`warm`), else at the
-first large body.
+answering health checks. The processes start with `trtserve serve` (`warm`), else at the first
+large body; until they run, large bodies are parsed on the threads.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import logging
 import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
@@ -63,6 +63,7 @@ class RequestPrep:
         self._num_processes = processes
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="trtserve-prep")
         self._processes: ProcessPoolExecutor | None = None
+        self._warming: list[Future[int]] = []  # one no-op per worker process
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
@@ -71,30 +72,40 @@ class RequestPrep:
         """fn(raw, *args): inline for small bodies, else on the process (or thread) pool."""
         if len(raw) <= INLINE_PARSE_BYTES:
             return fn(raw, *args)
-        if self._num_processes == 0:
+        pool = self._processes
+        if pool is None or not self.processes_ready:
+            self._drop_if_broken()
+            self.warm()  # until the processes run (a spawn takes ~1 s), parse on a thread
             return await self.in_thread(fn, raw, *args)
-        pool = self._process_pool()
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn, raw, *args)
         except BrokenProcessPool:
             logger.error("a request parser process died; starting a new pool")
             if self._processes is pool:
-                self._processes = None
+                self._processes, self._warming = None, []
                 pool.shutdown(wait=False, cancel_futures=True)
             raise UnavailableError("request parser restarted; retry the request") from None
 
-    def warm(self) -> None:
-        """Start the parser processes now rather than at the first large body (`serve` does)."""
-        if self._num_processes:
-            pool = self._process_pool()
-            for _ in range(self._num_processes):
-                pool.submit(int)
+    @property
+    def processes_ready(self) -> bool:
+        """True once every parser process has started (never with parse_processes 0)."""
+        return bool(self._warming) and all(f.done() and f.exception() is None
+                                           for f in self._warming)
 
-    def _process_pool(self) -> Executor:
-        if self._processes is None:
-            context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-            self._processes = ProcessPoolExecutor(self._num_processes, mp_context=context)
-        return self._processes
+    def warm(self) -> None:
+        """Start the parser processes (in the background); `serve` calls it at startup."""
+        if self._num_processes == 0 or self._processes is not None:
+            return
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        self._processes = ProcessPoolExecutor(self._num_processes, mp_context=context)
+        self._warming = [self._processes.submit(int) for _ in range(self._num_processes)]
+
+    def _drop_if_broken(self) -> None:
+        if self._processes is not None and any(f.done() and f.exception() is not None
+                                               for f in self._warming):
+            logger.error("request parser processes failed to start; retrying")
+            self._processes.shutdown(wait=False, cancel_futures=True)
+            self._processes, self._warming = None, []
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)

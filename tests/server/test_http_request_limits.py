@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -50,6 +51,15 @@ def _assert_400(r, *words: str) -> None:  # noqa: ANN001
         assert w in msg, msg
 
 
+def _wait_for_parser_processes(client: TestClient) -> None:
+    prep = client.app.state.trtserve.prep
+    prep.warm()
+    deadline = time.monotonic() + 60
+    while not prep.processes_ready:
+        assert time.monotonic() < deadline, "parser processes never started"
+        time.sleep(0.05)
+
+
 def _triton(**extra: object) -> dict[str, object]:
     return {"text_input": "hi", "max_tokens": 2, **extra}
 
@@ -64,6 +74,8 @@ def _chat(n: int, content: str = "w") -> dict[str, object]:
 def test_prompt_chars_limit_before_tokenising(make_client: MakeClient, processes: int,
                                               pad: int) -> None:
     c = make_client(max_prompt_chars=100, parse_processes=processes)
+    if processes:
+        _wait_for_parser_processes(c)
     _counting(c)
     filler = "p" * pad  # an ignored parameter (Triton) / the OpenAI "user" field
     _assert_400(c.post(TRITON, json=_triton(text_input="a" * 101, pad=filler)),
@@ -140,6 +152,7 @@ def test_logit_bias_limits(make_client: MakeClient) -> None:
 
 def test_large_valid_bodies_are_served_from_the_worker(make_client: MakeClient) -> None:
     c = make_client(parse_processes=1)
+    _wait_for_parser_processes(c)
     pad = "x" * 40_000  # an ignored string parameter makes the body large
     r = c.post(TRITON, json=_triton(pad=pad, bad_words=["zz"]))
     assert r.status_code == 200, r.text
@@ -180,11 +193,14 @@ def test_tokenising_runs_on_the_prep_threads(make_client: MakeClient) -> None:
 def test_a_dead_parser_process_is_a_503_then_replaced(make_client: MakeClient) -> None:
     c = make_client(parse_processes=1)
     big = _triton(pad="p" * 20_000)
-    assert c.post(TRITON, json=big).status_code == 200
+    assert c.post(TRITON, json=big).status_code == 200  # parsed on a thread, starts the pool
+    _wait_for_parser_processes(c)
     pool = c.app.state.trtserve.prep._processes
     for pid in list(pool._processes):  # the worker processes of the pool
         os.kill(pid, signal.SIGKILL)
     r = c.post(TRITON, json=big)
     assert r.status_code == 503 and r.headers["retry-after"], r.text  # the broken pool
+    assert c.post(TRITON, json=big).status_code == 200  # on a thread while a new pool starts
+    _wait_for_parser_processes(c)
     assert c.post(TRITON, json=big).status_code == 200
     assert c.get("/v2/health/live").status_code == 200
