@@ -38,8 +38,8 @@ TRITON = "/v2/models/ensemble/generate"
 
 
 def _fill(prefix: str, unit: str, suffix: str, size: int) -> bytes:
-    """prefix + unit * n + suffix with n as large as fits in size bytes (units have no comma
-    problem: the caller's unit carries its own separators)."""
+    """prefix + unit * n + suffix, n as large as fits in `size` bytes (the unit carries its own
+    separator, the suffix closes the JSON)."""
     n = (size - len(prefix) - len(suffix)) // len(unit)
     return (prefix + unit * n + suffix).encode()
 
