@@ -204,7 +204,8 @@ class Tokenizer:
     def encode(self, text: str, *, parse_special: bool = True,
                add_special_tokens: bool = True) -> list[int]:
         backend = self._special if parse_special else self._plain
-        ids = backend.encode(text, add_special_tokens=False).ids
+        # encode_batch releases the GIL (encode does not): other threads run meanwhile
+        ids = backend.encode_batch([text], add_special_tokens=False)[0].ids
         if add_special_tokens and self.add_bos and self.bos_token_id is not None:
             return [self.bos_token_id, *ids]
         return ids
@@ -242,16 +243,35 @@ class Tokenizer:
         return self._encode_rendered(text, content_spans)
 
     def _encode_rendered(self, text: str, content_spans: list[tuple[int, int]]) -> list[int]:
-        """Split at special markers outside message contents; tokenize the rest as plain text."""
-        ids: list[int] = []
-        start = 0
+        """Split at special markers outside message contents; tokenize the rest as plain text.
+
+        Linear in the text: markers and content spans are both walked once in order, and the
+        plain pieces are encoded in one batch (which also releases the GIL).
+        """
+        pieces: list[str | int] = []  # plain text, or a special id
+        spans = sorted(content_spans)
+        start, span = 0, 0
         for match in self._marker_re.finditer(text) if self._marker_re else ():
-            if any(s <= match.start() < e for s, e in content_spans):
-                continue
-            if match.start() > start:
-                ids += self._plain.encode(text[start:match.start()], add_special_tokens=False).ids
-            ids.append(self._special_texts[match.group()])
+            at = match.start()
+            while span < len(spans) and spans[span][1] <= at:
+                span += 1
+            if span < len(spans) and spans[span][0] <= at:
+                continue  # inside a message content: stays plain text
+            if at > start:
+                pieces.append(text[start:at])
+            pieces.append(self._special_texts[match.group()])
             start = match.end()
         if start < len(text):
-            ids += self._plain.encode(text[start:], add_special_tokens=False).ids
+            pieces.append(text[start:])
+        return self._join_pieces(pieces)
+
+    def _join_pieces(self, pieces: list[str | int]) -> list[int]:
+        texts = [p for p in pieces if isinstance(p, str)]
+        encoded = iter(self._plain.encode_batch(texts, add_special_tokens=False) if texts else ())
+        ids: list[int] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                ids += next(encoded).ids
+            else:
+                ids.append(piece)
         return ids

@@ -24,6 +24,7 @@ from server.generation import GenerationService
 from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
 from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from server.request_prep import RequestPrep
 from server.serving import ServingModel
 from server.settings import ServerSettings
 from server.triton_schema import ALL_TRITON_MODELS
@@ -94,7 +95,8 @@ def create_app(settings: ServerSettings, loader: Loader,
     served = settings.model
     metrics = metrics or ServerMetrics(list(dict.fromkeys((*ALL_TRITON_MODELS, served))))
     state = AppState(settings, lifecycle, metrics,
-                     GenerationService(lifecycle, metrics, settings.request_timeout))
+                     GenerationService(lifecycle, metrics, settings.request_timeout),
+                     RequestPrep(settings.parse_processes, settings.tokenize_threads))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,6 +108,7 @@ def create_app(settings: ServerSettings, loader: Loader,
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await _unload(lifecycle)
+            state.prep.close()
 
     app = FastAPI(title="trtserve", version="0.1.0", lifespan=lifespan,
                   description="Triton/TensorRT-LLM compatible LLM server")

@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from server.generation import GenerationService
 from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
+from server.request_prep import RequestPrep
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ class AppState:
     lifecycle: Lifecycle
     metrics: ServerMetrics
     service: GenerationService
+    prep: RequestPrep  # parsing/tokenising pools (off the event loop)
 
 
 def get_state(conn: HTTPConnection) -> AppState:

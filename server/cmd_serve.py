@@ -94,6 +94,7 @@ def _servers(settings: ServerSettings, loader: Loader | None) -> tuple[list[_Ser
 async def serve(settings: ServerSettings, loader: Loader | None = None) -> int:
     """Run until SIGTERM/SIGINT (exit code 0 after the drain) or engine death (1)."""
     servers, state = _servers(settings, loader)
+    state.prep.warm()
     lifecycle = state.lifecycle
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []

@@ -1,6 +1,7 @@
 """Read a request body as JSON whatever its Content-Type, with Triton's strictness and better codes.
 
-- invalid UTF-8, malformed JSON, nesting deeper than MAX_DEPTH -> ValidationError (400)
+- invalid UTF-8, malformed JSON, nesting deeper than MAX_DEPTH, an integer longer than Python's
+  int-digits limit -> ValidationError (400): every decoding failure is a client error
 - a key repeated in one object -> ValidationError "... already exists in request"
 - lone surrogates in strings (e.g. "\\ud800") -> ValidationError naming the field
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
 
 from server.errors import ValidationError
@@ -72,6 +74,13 @@ def _quick_depth_guard(text: str) -> None:
             depth -= 1
 
 
+def _reason(exc: ValueError) -> str:
+    text = str(exc)
+    if "integer string conversion" in text:
+        return f"an integer has more than {sys.get_int_max_str_digits()} digits"
+    return text.split(";")[0]
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """Body bytes -> top-level JSON object (an empty body is `{}`)."""
     if not raw.strip():
@@ -90,6 +99,8 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
             f"failed to parse the request JSON buffer: {exc.msg} at {exc.pos}") from None
     except RecursionError:
         raise ValidationError(f"JSON nesting deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. an integer over Python's int-digits limit (4300)
+        raise ValidationError(f"failed to parse the request JSON buffer: {_reason(exc)}") from None
     if not _depth_ok(value):
         raise ValidationError(f"JSON nesting deeper than {MAX_DEPTH} levels")
     if not isinstance(value, dict):

@@ -93,13 +93,18 @@ async def infer(request: Request, model_name: str, version: str | None = None) -
         "HTTP end point doesn't support models with decoupled transaction policy")
 
 
+def _ready_only(raw: bytes) -> bool:
+    """The index request's `ready` flag (a large body is parsed in a prep worker)."""
+    ready = parse_json_body(raw).get("ready", False)
+    if not isinstance(ready, bool):
+        raise ValidationError("'ready' must be a boolean")
+    return ready
+
+
 @router.post("/v2/repository/index", openapi_extra={"requestBody": REPOSITORY_INDEX_BODY})
 async def repository_index(request: Request) -> Response:
-    body = parse_json_body(await request.body())
-    ready_only = body.get("ready", False)
-    if not isinstance(ready_only, bool):
-        raise ValidationError("'ready' must be a boolean")
     state = get_state(request)
+    ready_only = await state.prep.parse(_ready_only, await request.body())
     served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
     st = "READY" if state.lifecycle.ready else "UNAVAILABLE"
     entries = []

@@ -24,10 +24,12 @@ from server.errors import (
     to_api_error,
 )
 from server.generation import EngineFailedError, Generation
-from server.json_body import check_text, parse_json_body
+from server.json_body import check_text
 from server.openai_logprobs import LogprobRenderer
-from server.openai_schema import ChatRequest, CompletionRequest, _Base, message_text, validate_body
+from server.openai_schema import ChatRequest, CompletionRequest, _Base, message_text
 from server.openapi_docs import CHAT_BODY, COMPLETIONS_BODY
+from server.request_limits import limits_for
+from server.request_prep import parse_openai_request
 from server.serving import ServingModel
 from server.stop_trim import StopTrimmer
 from server.triton_schema import TEXT_MODELS
@@ -188,11 +190,12 @@ async def _run(request: Request, cls: type[_Base], kind: str,
                to_ids: Callable[[ServingModel, Any], list[int]]) -> Response:
     arrival = time.monotonic()
     state = get_state(request)
-    req = validate_body(cls, parse_json_body(await request.body()))
+    limits = limits_for(state.settings, state.lifecycle.model)
+    req = await state.prep.parse(parse_openai_request, await request.body(), cls, limits)
     label = _check_model(state, req.model)
     model = state.service.admit(label)
     params = req.sampling()
-    prompt_ids = to_ids(model, req)
+    prompt_ids = await state.prep.in_thread(to_ids, model, req)
     if not prompt_ids:
         raise ValidationError("the prompt is empty")
     gen = state.service.submit(model, prompt_ids, params, label, arrival)

@@ -13,16 +13,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from scheduler.request import RequestOutput
+from scheduler.request import RequestOutput, SamplingParams
 from server.app_state import AppState, get_state
 from server.detokenizer import IncrementalDetokenizer
 from server.disconnect import abort_on_disconnect
 from server.errors import ApiError, UnknownModelError, ValidationError, to_api_error
 from server.generation import Generation
-from server.json_body import dumps_compact, parse_json_body
+from server.json_body import dumps_compact
 from server.openapi_docs import TRITON_GENERATE_BODY
+from server.request_limits import limits_for
+from server.request_prep import parse_triton_request
 from server.serving import ServingModel
-from server.triton_parse import parse_triton_body
+from server.triton_parse import TritonInputs
 from server.triton_sampling import TritonOptions, triton_to_sampling
 from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, TEXT_MODELS
 
@@ -189,17 +191,25 @@ async def _stream_response(request: Request, model: ServingModel, gen: Generatio
                              headers=headers)
 
 
+def _tokenize(inputs: TritonInputs, model: ServingModel
+              ) -> tuple[SamplingParams, TritonOptions, list[int]]:
+    """Sampling parameters (bad_words are tokenised) and prompt ids; runs on a prep thread."""
+    params, opts = triton_to_sampling(inputs, model.tokenizer)
+    prompt_ids = model.tokenizer.encode(inputs.get("text_input"))
+    if not prompt_ids:
+        raise ValidationError("input 'text_input' tokenizes to no tokens")
+    return params, opts, prompt_ids
+
+
 async def _generate(request: Request, name: str, version: str | None, stream_route: bool
                     ) -> Response:
     arrival = time.monotonic()
     state = get_state(request)
     label = _text_model(state, name, version)
-    inputs = parse_triton_body(parse_json_body(await request.body()))
+    limits = limits_for(state.settings, state.lifecycle.model)
+    inputs = await state.prep.parse(parse_triton_request, await request.body(), limits)
     model = state.service.admit(label)
-    params, opts = triton_to_sampling(inputs, model.tokenizer)
-    prompt_ids = model.tokenizer.encode(inputs.get("text_input"))
-    if not prompt_ids:
-        raise ValidationError("input 'text_input' tokenizes to no tokens")
+    params, opts, prompt_ids = await state.prep.in_thread(_tokenize, inputs, model)
     gen = state.service.submit(model, prompt_ids, params, label, arrival)
     base = _base(label, inputs.request_id)
     logger.info("[%s] %s %s: %d prompt tokens, max_tokens %d, stream %s", gen.request_id,

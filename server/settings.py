@@ -63,6 +63,25 @@ class ServerSettings(BaseSettings):
                                    "total (queue + generation) before it is aborted; 0 = none.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body "
                                 "accepted; larger ones get 413.")
+    max_prompt_chars: int | None = Field(
+        None, ge=1, description="Longest text prompt (or sum of chat message texts) in "
+        "characters, checked before tokenising; longer ones get 400. Default: "
+        "32 x the model's max context in tokens.")
+    max_chat_messages: int | None = Field(
+        None, ge=1, description="Messages per chat request at most (400 beyond). Default: the "
+        "model's max context in tokens (every message costs at least one token).")
+    max_word_list: int = Field(256, ge=1, description="Entries at most in each of bad_words, "
+                               "stop_words (Triton) and stop (OpenAI); 400 beyond.")
+    max_word_list_chars: int = Field(16384, ge=1, description="Total characters at most in "
+                                     "each of bad_words, stop_words and stop; 400 beyond.")
+    max_logit_bias: int = Field(300, ge=0, description="Entries at most in logit_bias (OpenAI) "
+                                "and embedding_bias_words/_weights (Triton); 400 beyond.")
+    parse_processes: int = Field(2, ge=0, description="Worker processes that parse request "
+                                 "bodies over 16 KiB (json.loads holds the GIL, so threads "
+                                 "would stall the event loop); 0 = parse them on "
+                                 "--tokenize-threads instead.")
+    tokenize_threads: int = Field(2, ge=1, description="Threads that tokenise prompts and "
+                                  "render chat templates off the event loop.")
     drain_timeout: float = Field(30.0, ge=0.0, description="At SIGTERM, seconds in-flight "
                                  "requests get to finish before they are aborted.")
     api_key: SecretStr | None = Field(None, description="Require `Authorization: Bearer <key>` "

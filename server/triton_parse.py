@@ -83,9 +83,13 @@ def _convert_element(spec: TensorSpec, value: Any) -> Any:
     if dt == "FP32":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValidationError(f"input '{name}' must be a number, got {_type_name(value)}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)  # an int past the float range raises OverflowError
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
             raise ValidationError(f"input '{name}' must be a finite number")
-        return float(value)
+        return number
     raise ValidationError(f"receiving {dt} data via JSON is not supported (input '{name}')")
 
 

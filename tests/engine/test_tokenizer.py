@@ -4,7 +4,10 @@ record_hf_reference.py), exact byte-level round trips, special-token handling, c
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +120,43 @@ def test_bos_from_post_processor(tmp_path: Path) -> None:
     assert (tok.add_bos, tok.bos_token_id) == (True, 30)
     assert tok.encode("ab") == [30, 0, 1]
     assert tok.encode("ab", add_special_tokens=False) == [0, 1]
+
+
+def _traced_lines(fn: Callable[[], object]) -> tuple[object, int]:
+    """fn() and the number of Python lines it ran inside engine/tokenizer.py (operation count)."""
+    import engine.tokenizer
+
+    target = engine.tokenizer.__file__
+    count = 0
+
+    def local(frame: Any, event: str, arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def global_(frame: Any, event: str, arg: object) -> Any:
+        return local if frame.f_code.co_filename == target else None
+
+    sys.settrace(global_)
+    try:
+        result = fn()
+    finally:
+        sys.settrace(None)
+    return result, count
+
+
+def test_chat_tokenisation_is_linear_in_messages(tok: Tokenizer) -> None:
+    """Issue 10.1: N one-word messages cost O(N) lines of tokenizer code, not O(N^2); the ids are
+    the system turn followed by N identical user turns."""
+    def chat(n: int) -> list[dict[str, str]]:
+        return [{"role": "system", "content": "S"}] + [{"role": "user", "content": "w"}] * n
+
+    one = tok.apply_chat_template(chat(1), add_generation_prompt=False)
+    two = tok.apply_chat_template(chat(2), add_generation_prompt=False)
+    system, turn = one[:len(one) - (len(two) - len(one))], two[len(one):]
+    ids_n, work_n = _traced_lines(lambda: tok.apply_chat_template(chat(200), False))
+    ids_4n, work_4n = _traced_lines(lambda: tok.apply_chat_template(chat(800), False))
+    assert ids_n == system + turn * 200
+    assert ids_4n == system + turn * 800
+    assert work_4n < 6 * work_n, (work_n, work_4n)  # linear: ~4x; quadratic: ~16x
