@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install install-test serve test tools clean
+.PHONY: install install-test serve test tools lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ serve: install
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Re-pin the images' packages (requirements/constraints-*.txt) from pyproject.toml.
+lock: | $(BIN)/python
+	$(BIN)/python scripts/lock.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
