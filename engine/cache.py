@@ -42,7 +42,7 @@ HF_INPUT_GLOBS = ("config.json", "generation_config.json", "tokenizer.json",
 
 
 def cache_root(override: str | None = None) -> Path:
-    """The cache root: EngineOptions.engine_dir, else $TRTSERVE_CACHE_DIR,
+    """The cache root: EngineOptions.cache_dir, else $TRTSERVE_CACHE_DIR,
     else ~/.cache/trtserve."""
     root = override or os.environ.get(CACHE_ENV) or str(DEFAULT_ROOT)
     return Path(root).expanduser()

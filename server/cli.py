@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 # subcommand -> module that implements it
 SUBCOMMANDS: dict[str, str] = {
     "serve": "server.cmd_serve",
+    "build": "server.cmd_build",
     "prepare": "server.cmd_prepare",
     "generate": "server.cmd_generate",
     "bench": "server.bench.cmd",

@@ -26,8 +26,11 @@ class ServerSettings(BaseSettings):
 
     model: str = Field(_E.model, description="Model to serve: registry name (the embedded "
                        "SmolLM2 by default), a .gguf file or a Hugging Face directory.")
-    engine_dir: str | None = Field(_E.engine_dir, description="Cache root for built ONNX "
-                                   "graphs / TensorRT engines (default ~/.cache/trtserve).")
+    cache_dir: str | None = Field(_E.cache_dir, description="Cache root for built ONNX "
+                                  "graphs / TensorRT engines (default ~/.cache/trtserve).")
+    engine_dir: str | None = Field(_E.engine_dir, description="Serve this `trtserve build` "
+                                   "output directory as built (no rebuild; its limits are "
+                                   "adopted, larger flags refused).")
     backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
         _E.backend, description="Executor: tensorrt on a supported GPU, else onnxruntime.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
