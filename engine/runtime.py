@@ -28,7 +28,7 @@ from engine.cache import (
     weights_hash,
 )
 from engine.config import ModelConfig, ModelError
-from engine.dtypes import NUMPY_DTYPES
+from engine.dtypes import DTYPE_NAMES
 from engine.registry import DEFAULT_MODEL, ModelSource, read_source, resolve_model
 from engine.tokenizer import Tokenizer
 from scheduler.plan import Executor
@@ -36,7 +36,7 @@ from scheduler.plan import Executor
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-DTYPES = ("auto", *NUMPY_DTYPES)
+DTYPES = ("auto", *DTYPE_NAMES)
 MODEL_FILE = "model.onnx"
 KV_BUDGET_CAP_BYTES = 2 * 1024**3  # host pool never sized beyond this from free memory
 FALLBACK_AVAILABLE_BYTES = 2 * 1024**3  # when free memory cannot be read
@@ -180,6 +180,8 @@ def available_memory_bytes() -> int:
 
 def kv_block_bytes(config: ModelConfig, block_size: int, dtype: str) -> int:
     """K and V of every layer for one block of tokens."""
+    from engine.dtypes import NUMPY_DTYPES
+
     per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim
     return per_token * block_size * NUMPY_DTYPES[dtype].itemsize
 

@@ -1,6 +1,6 @@
 """On the GPU machine: a TensorRT engine directory built for another GPU is refused by
 `trtserve serve --engine-dir` with one line (on the H200/H100: TensorRT for RTX does not run
-sm_90), before any model loads; an onnxruntime build directory is served there as built.
+sm_90), before any model loads.
 Skipped without a GPU (fails instead with TRTSERVE_REQUIRE_GPU=1). Run on the device with
 `python -m pytest tests/gpu/test_engine_dir_gpu.py -q`."""
 
