@@ -23,7 +23,13 @@ from pydantic import ValidationError as PydanticError
 
 from server.app import Loader, create_app, create_metrics_app
 from server.app_state import AppState
-from server.preflight import PreflightError, adopt_engine_limits, bind_ports
+from server.log_format import configure_logging
+from server.preflight import (
+    PreflightError,
+    adopt_engine_limits,
+    bind_ports,
+    read_chat_template,
+)
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -40,13 +46,16 @@ def _add_option(parser: argparse.ArgumentParser, name: str, field: Any) -> None:
     env = f"TRTSERVE_{name.upper()}"
     default = field.default.get_secret_value() if hasattr(field.default, "get_secret_value") \
         else field.default
-    shown = "unset" if default in (None, "") else default
+    shown = "unset" if default in (None, "", ()) else default
     help_text = f"{field.description} [default: {shown}; env {env}]"
     kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
     annotation = field.annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if annotation is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(typing.get_args(annotation)[0] if typing.get_origin(annotation)
+                           is typing.Annotated else annotation) is tuple:
+        kwargs["nargs"] = "+"
     elif typing.get_origin(annotation) is typing.Literal:
         kwargs["choices"] = list(typing.get_args(annotation))
     elif annotation in (int, float):
@@ -156,11 +165,13 @@ def run(args: argparse.Namespace) -> int:
             loc = ".".join(str(p) for p in err["loc"])
             logger.error("invalid option %s: %s", _flag(loc) if loc else "", err["msg"])
         return 2
-    logging.getLogger().setLevel(settings.log_level.upper())
+    configure_logging(settings.log_format, settings.log_level)
     from engine.config import ModelError
 
     try:  # before the model loads: a busy port or an unusable --engine-dir fails at once
         settings = adopt_engine_limits(settings)
+        if settings.chat_template:
+            read_chat_template(settings.chat_template)
         sockets = bind_ports(settings)
     except (PreflightError, ModelError) as exc:
         logger.error("%s", " ".join(str(exc).split()))

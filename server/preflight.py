@@ -66,3 +66,14 @@ def adopt_engine_limits(settings: ServerSettings) -> ServerSettings:
     logger.info("engine %s: %s", settings.engine_dir,
                 ", ".join(f"{k} {v}" for k, v in adopted.items()))
     return settings.model_copy(update=update)
+
+
+def read_chat_template(path: str) -> str:
+    """The text of a --chat-template file (PreflightError when unreadable or empty)."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PreflightError(f"--chat-template {path}: cannot read it ({exc})") from None
+    if not text.strip():
+        raise PreflightError(f"--chat-template {path} is empty")
+    return text

@@ -14,6 +14,7 @@ from server.errors import NotImplementedApiError, ValidationError
 from server.json_body import parse_json_body
 from server.openapi_docs import REPOSITORY_INDEX_BODY
 from server.routes_triton import resolve_model
+from server.served_names import served_names
 from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, model_config, model_metadata
 
 logger = logging.getLogger(__name__)
@@ -93,10 +94,9 @@ async def repository_index(request: Request) -> Response:
     if not isinstance(ready_only, bool):
         raise ValidationError("'ready' must be a boolean")
     state = get_state(request)
-    served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
     st = "READY" if state.lifecycle.ready else "UNAVAILABLE"
     entries = []
-    for name in (*ALL_TRITON_MODELS, served):
+    for name in (*ALL_TRITON_MODELS, *served_names(state)):
         if ready_only and st != "READY":
             continue
         entry = {"name": name, "version": MODEL_VERSION, "state": st}

@@ -21,6 +21,7 @@ from server.generation import Generation
 from server.json_body import check_text, parse_json_body
 from server.openai_schema import ChatRequest, CompletionRequest, _Base, message_text, validate_body
 from server.openapi_docs import CHAT_BODY, COMPLETIONS_BODY
+from server.served_names import served_names
 from server.serving import ServingModel
 from server.triton_schema import TEXT_MODELS
 
@@ -36,11 +37,11 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _served(state: AppState) -> str:
-    return state.lifecycle.model.name if state.lifecycle.model else state.settings.model
+    return served_names(state)[0]
 
 
 def _check_model(state: AppState, name: str) -> str:
-    if name != _served(state) and name not in TEXT_MODELS:
+    if name not in served_names(state) and name not in TEXT_MODELS:
         raise UnknownModelError(f"The model '{name}' does not exist")
     return name
 

@@ -21,6 +21,7 @@ from server.errors import ApiError, UnknownModelError, ValidationError, to_api_e
 from server.generation import Generation
 from server.json_body import dumps_compact, parse_json_body
 from server.openapi_docs import TRITON_GENERATE_BODY
+from server.served_names import served_names
 from server.serving import ServingModel
 from server.triton_parse import parse_triton_body
 from server.triton_sampling import TritonOptions, triton_to_sampling
@@ -34,8 +35,7 @@ SSE_MEDIA = "text/event-stream; charset=utf-8"
 
 def resolve_model(state: AppState, name: str, version: str | None) -> str:
     """404 for unknown models/versions (Triton's texts); the name is the metrics label."""
-    served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
-    if name not in ALL_TRITON_MODELS and name != served:
+    if name not in ALL_TRITON_MODELS and name not in served_names(state):
         raise UnknownModelError(f"Request for unknown model: '{name}' is not found")
     if version is not None and version != MODEL_VERSION:
         raise UnknownModelError(
@@ -45,8 +45,7 @@ def resolve_model(state: AppState, name: str, version: str | None) -> str:
 
 def _text_model(state: AppState, name: str, version: str | None) -> str:
     label = resolve_model(state, name, version)
-    served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
-    if label not in TEXT_MODELS and label != served:
+    if label not in TEXT_MODELS and label not in served_names(state):
         raise ValidationError(f"model '{label}' does not take the generate text inputs; "
                               "use 'ensemble' or 'tensorrt_llm_bls'")
     return label
