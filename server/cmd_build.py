@@ -48,20 +48,14 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _progress(backend: str) -> Any:
-    """A tqdm bar over the build's stages (on stderr)."""
-    from tqdm import tqdm
-
+def _stages(backend: str) -> Any:
+    """Logs "[i/n] stage" as each starts; the graph stage draws its own tqdm bars."""
     names = [s for s in STAGES if s != "engine" or backend == "tensorrt"]
-    bar = tqdm(total=len(names), desc="build", unit="stage", file=sys.stderr,
-               bar_format="{desc}: {n}/{total} stages |{bar:20}| {elapsed} {postfix}")
 
     def stage(name: str) -> None:
-        if bar.n or name != names[0]:
-            bar.update(1)
-        bar.set_postfix_str(STAGES[name])
+        logger.info("[%d/%d] %s", names.index(name) + 1, len(names), STAGES[name])
 
-    return bar, stage
+    return stage
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,10 +70,7 @@ def run(args: argparse.Namespace) -> int:
                             max_num_tokens=args.max_num_tokens, max_model_len=args.max_model_len,
                             block_size=args.block_size, max_kv_blocks=args.max_kv_blocks,
                             gpu_archs=tuple(a for a in args.gpu_arch.split(",") if a))
-        bar, stage = _progress(opts.backend)
-        with bar:
-            config = build_engine_dir(opts, stage)
-            bar.update(bar.total - bar.n)
+        config = build_engine_dir(opts, _stages(opts.backend))
     except (ModelError, TensorRTError, ValueError) as exc:
         sys.stderr.write(f"trtserve build: error: {' '.join(str(exc).split())}\n")
         return 1

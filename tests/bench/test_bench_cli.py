@@ -30,7 +30,7 @@ def test_cli_writes_table_json_and_plot(server: FakeServer, fake_tok: object, tm
     captured = capsys.readouterr()
     assert "| concurrency |" in captured.out and "TTFT" in captured.out
     assert "dropped=2, error_event=2, http_503=2" in captured.out
-    assert "8/8 failed=6" in captured.err  # the progress bar, on stderr
+    assert "8/8, failed=6" in captured.err  # the progress bar (tqdm), on stderr
     doc = json.loads(out_json.read_text())
     assert set(doc) == {"date", "machine", "config", "runs"}
     assert doc["config"]["concurrency"] == [1, 2] and doc["machine"]["cpu_count"] >= 1
