@@ -1,4 +1,5 @@
-"""KServe v2 health/metadata (TRITON_API.md §3), /metrics, and a JSON scheduler-stats route."""
+"""KServe v2 health/metadata (docs/triton-generate.md §3), /metrics, and a JSON scheduler-stats
+route."""
 
 from __future__ import annotations
 

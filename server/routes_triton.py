@@ -1,5 +1,5 @@
-"""Triton generate / generate_stream (TRITON_API.md §1) for `ensemble`, `tensorrt_llm_bls` and the
-served model's own name, with and without `/versions/{v}`.
+"""Triton generate / generate_stream (docs/triton-generate.md §1) for `ensemble`,
+`tensorrt_llm_bls` and the served model's own name, with and without `/versions/{v}`.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ async def _whole(request: Request, model: ServingModel, gen: Generation, opts: T
 
 
 def load_report(request: Request, model: ServingModel) -> dict[str, str]:
-    """ORCA-style `endpoint-load-metrics` header when asked for (TRITON_API.md §1.7)."""
+    """ORCA-style `endpoint-load-metrics` header when asked for (docs/triton-generate.md §1.7)."""
     fmt = request.headers.get("endpoint-load-metrics-format", "").lower()
     if fmt not in ("text", "json"):
         return {}
