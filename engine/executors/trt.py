@@ -94,9 +94,10 @@ class TrtExecutor(DeviceExecutor):
                  block_size: int, max_context: int, limits: StepLimits | None = None,
                  device_id: int = 0, engine_file: Path | None = None) -> None:
         self._trt = import_tensorrt()
+        self._engine_file = engine_file  # a `trtserve build` engine, loaded as built
         super().__init__(config, max_context=max_context, limits=limits, device_id=device_id)
         try:
-            self._engine = self._load_engine(onnx_path, block_size, num_blocks, engine_file)
+            self._engine = self._load_engine(onnx_path, block_size, num_blocks)
             self._exec = self._engine.create_execution_context()
             if self._exec is None:
                 raise TensorRTError(f"{self._trt.label}: could not create an execution context")
@@ -116,12 +117,11 @@ class TrtExecutor(DeviceExecutor):
         major, minor = self._context.compute_capability
         return f"{self._context.name}, compute capability {major}.{minor}"
 
-    def _load_engine(self, onnx_path: Path, block_size: int, num_blocks: int,
-                     engine_file: Path | None) -> Any:
+    def _load_engine(self, onnx_path: Path, block_size: int, num_blocks: int) -> Any:
         dims = profile_dims(self._config, self._limits, block_size, num_blocks)
         cc = self._context.compute_capability
         try:  # a `trtserve build` engine as built, else the cached one (built on a miss)
-            blob = engine_file.read_bytes() if engine_file else \
+            blob = self._engine_file.read_bytes() if self._engine_file else \
                 load_or_build(onnx_path, dims, cc=cc, trt=self._trt)[1]
         except TensorRTError as exc:
             sm = f"SM{cc[0]}{cc[1]}"
