@@ -144,6 +144,14 @@ async def serve(settings: ServerSettings, loader: Loader | None = None,
     lifecycle.on_exit = lambda code: loop.call_later(DEAD_EXIT_DELAY_S, stop_servers)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if not await _run_listeners(servers, sockets, settings):
+        return 1
+    return lifecycle.exit_code
+
+
+async def _run_listeners(servers: list[_Server], sockets: list[Any],
+                         settings: ServerSettings) -> bool:
+    """Serve on the bound sockets until the servers stop; False when a listener failed."""
     announce = asyncio.create_task(_announce(servers, sockets, settings))
     results = await asyncio.gather(*(s.serve(sockets=[sock]) for s, sock in
                                      zip(servers, sockets, strict=True)), return_exceptions=True)
@@ -151,10 +159,8 @@ async def serve(settings: ServerSettings, loader: Loader | None = None,
     for result in results:
         if isinstance(result, BaseException):
             logger.error("listener failed: %r", result)
-            return 1
-    if not all(s.started for s in servers):
-        return 1
-    return lifecycle.exit_code
+            return False
+    return all(s.started for s in servers)
 
 
 def run(args: argparse.Namespace) -> int:
