@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import ml_dtypes  # noqa: F401  (registers np.dtype("bfloat16") for safetensors' numpy API)
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
@@ -26,6 +25,8 @@ def _widen(array: np.ndarray) -> np.ndarray:
 
 def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """Every tensor of one file; floating tensors widened to float32."""
+    import ml_dtypes  # noqa: F401  (registers np.dtype("bfloat16"); imported here: ~0.6 s)
+
     path = Path(path)
     try:
         with safe_open(str(path), framework="np") as f:
