@@ -2,7 +2,8 @@
 interpreter. With --base DIR (a checkout of another commit, e.g. `git archive 6e60b69 | tar -x -C
 DIR`) the same commands run alternately from that tree with the same interpreter, for an A/B.
 
-    .venv/bin/python bench/cli_startup.py --runs 9 --base /tmp/base --out bench/results/cli_startup.md
+    .venv/bin/python bench/cli_startup.py --runs 9 --base /tmp/base \
+        --out bench/results/cli_startup.md
 """
 
 from __future__ import annotations
