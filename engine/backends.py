@@ -30,7 +30,7 @@ def _gpu_reason() -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("cuda") is None:
-        return "cuda-python is not installed (pip install 'trtserve[gpu]')"
+        return "cuda-python is not installed (pip install -e '.[gpu]' in the trtserve checkout)"
     from engine.device.cuda import gpu_available
 
     return gpu_available()

@@ -42,7 +42,7 @@ HF_INPUT_GLOBS = ("config.json", "generation_config.json", "tokenizer.json",
 
 
 def cache_root(override: str | None = None) -> Path:
-    """The cache root: EngineOptions.engine_dir, else $TRTSERVE_CACHE_DIR,
+    """The cache root: EngineOptions.cache_dir, else $TRTSERVE_CACHE_DIR,
     else ~/.cache/trtserve."""
     root = override or os.environ.get(CACHE_ENV) or str(DEFAULT_ROOT)
     return Path(root).expanduser()
@@ -158,26 +158,22 @@ def config_from_json(data: dict[str, Any]) -> ModelConfig:
 
 
 class ConsoleProgress:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, in steps otherwise)."""
-
-    WIDTH = 30
+    """A tqdm progress bar on stderr fed by `(done, total)` callbacks (loaders, graph builder)."""
 
     def __init__(self, label: str, stream: Any = None) -> None:
         self.label = label
         self.stream = stream or sys.stderr
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last_shown = -1
+        self._bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
-        percent = 100 if total <= 0 else min(100, int(100 * done / total))
-        if not self._tty and percent // 25 == self._last_shown // 25 and percent != 100:
-            return
-        if percent == self._last_shown:
-            return
-        self._last_shown = percent
-        filled = self.WIDTH * percent // 100
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        start = "\r" if self._tty else ""
-        end = "\n" if percent == 100 or not self._tty else ""
-        self.stream.write(f"{start}{self.label} [{bar}] {percent:3d}%{end}")
-        self.stream.flush()
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=max(total, 1), desc=self.label, file=self.stream,
+                             mininterval=0.2, bar_format="{desc} |{bar:30}| {percentage:3.0f}% "
+                             "{elapsed}")
+        self._bar.n = min(done, self._bar.total)
+        self._bar.refresh()
+        if done >= total:
+            self._bar.close()
+            self._bar = None

@@ -1,13 +1,27 @@
 """The graph / KV-pool element types by name, as numpy dtypes (bfloat16 through ml_dtypes, which
-numpy itself lacks). One table for the builder, the runtime and the device pool."""
+numpy itself lacks). One table for the builder, the runtime and the device pool.
+
+`DTYPE_NAMES` needs no import; `NUMPY_DTYPES` imports numpy and ml_dtypes on first use (ml_dtypes
+alone takes ~0.6 s, which `trtserve serve --help` need not pay)."""
 
 from __future__ import annotations
 
-import ml_dtypes
-import numpy as np
+from typing import Any
 
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
+DTYPE_NAMES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+
+
+def _numpy_dtypes() -> dict[str, Any]:
+    import ml_dtypes
+    import numpy as np
+
+    return {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+            "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NUMPY_DTYPES":
+        table = _numpy_dtypes()
+        globals()[name] = table
+        return table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,7 @@ from engine.cache import (
     weights_hash,
 )
 from engine.config import ModelConfig, ModelError
-from engine.dtypes import NUMPY_DTYPES
+from engine.dtypes import DTYPE_NAMES
 from engine.registry import DEFAULT_MODEL, ModelSource, read_source, resolve_model
 from engine.tokenizer import Tokenizer
 from scheduler.plan import Executor
@@ -36,7 +36,7 @@ from scheduler.plan import Executor
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-DTYPES = ("auto", *NUMPY_DTYPES)
+DTYPES = ("auto", *DTYPE_NAMES)
 MODEL_FILE = "model.onnx"
 KV_BUDGET_CAP_BYTES = 2 * 1024**3  # host pool never sized beyond this from free memory
 FALLBACK_AVAILABLE_BYTES = 2 * 1024**3  # when free memory cannot be read
@@ -48,7 +48,8 @@ class EngineOptions:
 
     model: str = DEFAULT_MODEL  # registry name, a .gguf path, or an HF directory
     backend: str = "auto"  # auto | onnxruntime | tensorrt
-    engine_dir: str | None = None  # cache root override (default ~/.cache/trtserve)
+    cache_dir: str | None = None  # cache root override (default ~/.cache/trtserve)
+    engine_dir: str | None = None  # a `trtserve build` output directory: served as built
     block_size: int = 16
     kv_cache_blocks: int | None = None  # exact count; None -> from kv_cache_fraction
     kv_cache_fraction: float = 0.1  # of free host/device memory, when blocks not given
@@ -123,8 +124,9 @@ def _graph_manifest(spec: Any) -> dict[str, Any]:
     return dict(vars(spec)) if hasattr(spec, "__dict__") else {"spec": repr(spec)}
 
 
-def _build(source: ModelSource, dtype: str, options: EngineOptions, digest: str,
-           out_dir: Path) -> dict[str, Any]:
+def build_graph(source: ModelSource, dtype: str, options: EngineOptions, digest: str,
+                out_dir: Path) -> dict[str, Any]:
+    """Write the graph and tokenizer of `source` into out_dir; return the manifest."""
     logger.info("building the %s graph of %s (%s) into %s", dtype, source.name, source.path,
                 out_dir)
     model = read_source(source, ConsoleProgress(f"loading {source.name}"))
@@ -145,8 +147,8 @@ def _prepare(options: EngineOptions, dtype: str) -> tuple[ModelSource, Path]:
     source = resolve_model(options.model)
     digest = weights_hash(source.path)
     key = cache_key(digest, builder_version(), dtype, options.block_size)
-    entry = entry_dir(cache_root(options.engine_dir), source.name, key)
-    return source, build_entry(entry, lambda tmp: _build(source, dtype, options, digest, tmp))
+    entry = entry_dir(cache_root(options.cache_dir), source.name, key)
+    return source, build_entry(entry, lambda tmp: build_graph(source, dtype, options, digest, tmp))
 
 
 def prepare_model(options: EngineOptions) -> Path:
@@ -178,6 +180,8 @@ def available_memory_bytes() -> int:
 
 def kv_block_bytes(config: ModelConfig, block_size: int, dtype: str) -> int:
     """K and V of every layer for one block of tokens."""
+    from engine.dtypes import NUMPY_DTYPES
+
     per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim
     return per_token * block_size * NUMPY_DTYPES[dtype].itemsize
 
@@ -232,8 +236,14 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
     if backend.name == "tensorrt":
         from engine.executors.trt import TrtExecutor
 
-        return TrtExecutor(model_path, config, num_blocks=blocks,
-                           block_size=options.block_size, max_context=max_context)
+        engine_file = None
+        if options.engine_dir:  # the built engine, as built: its pool size is capped
+            from engine.engine_dir import ENGINE_FILE, read_config
+
+            engine_file = Path(options.engine_dir) / ENGINE_FILE
+            blocks = min(blocks, read_config(Path(options.engine_dir)).max_kv_blocks)
+        return TrtExecutor(model_path, config, num_blocks=blocks, block_size=options.block_size,
+                           max_context=max_context, engine_file=engine_file)
     from engine.executors.ort_cuda import OrtCudaExecutor
 
     return OrtCudaExecutor(model_path, config, num_blocks=blocks,
@@ -245,15 +255,15 @@ def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
     if dtype not in backend.dtypes:
         raise ModelError(f"{backend.name} cannot run {dtype} graphs (it runs "
                          f"{', '.join(backend.dtypes)}); choose another --dtype, or a GPU backend")
-    source, entry = _prepare(options, dtype)
+    entry = Path(options.engine_dir) if options.engine_dir else _prepare(options, dtype)[1]
     manifest = read_manifest(entry)
     config = config_from_json(manifest["config"])
     max_context = check_max_context(options, config)
     logger.info("starting %s on %s (%s), block size %d, max context %d (pid %d)",
-                source.name, backend.name, dtype, options.block_size, max_context, os.getpid())
+                manifest["name"], backend.name, dtype, options.block_size, max_context, os.getpid())
     executor = _executor(backend, entry / MODEL_FILE, config, options, max_context, dtype,
                          q4_model_path(entry, manifest, options))
-    return LoadedModel(name=source.name, config=config, tokenizer=Tokenizer.from_dir(entry),
+    return LoadedModel(name=manifest["name"], config=config, tokenizer=Tokenizer.from_dir(entry),
                        executor=executor, backend=backend.name,
                        max_num_tokens=backend.max_num_tokens)
 
@@ -263,7 +273,12 @@ def load_model(options: EngineOptions) -> LoadedModel:
 
     With `--backend auto`, an executor that refuses this machine (e.g. TensorRT for RTX on an
     sm_90 GPU) is logged in one line and the next candidate is tried."""
-    candidates = backend_candidates(options.backend)
+    if options.engine_dir:
+        from engine.engine_dir_here import engine_dir_options
+
+        options, candidates = engine_dir_options(options)
+    else:
+        candidates = backend_candidates(options.backend)
     for backend, fallback in zip(candidates, [*candidates[1:], None], strict=True):
         try:
             loaded = _start(backend, options)

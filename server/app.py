@@ -25,6 +25,7 @@ from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
 from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from server.request_prep import RequestPrep
+from server.request_log import RouteContext
 from server.serving import ServingModel
 from server.settings import ServerSettings
 from server.triton_schema import ALL_TRITON_MODELS
@@ -92,7 +93,7 @@ async def _unload(lifecycle: Lifecycle) -> None:
 def create_app(settings: ServerSettings, loader: Loader,
                metrics: ServerMetrics | None = None) -> FastAPI:
     lifecycle = Lifecycle()
-    served = settings.model
+    served = settings.served_model_name[0] if settings.served_model_name else settings.model
     metrics = metrics or ServerMetrics(list(dict.fromkeys((*ALL_TRITON_MODELS, served))))
     state = AppState(settings, lifecycle, metrics,
                      GenerationService(lifecycle, metrics, settings.request_timeout),
@@ -117,6 +118,7 @@ def create_app(settings: ServerSettings, loader: Loader,
         app.include_router(module.router)
     _install_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RouteContext)  # the route in each finished request's log line
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
     if settings.cors_origin_list:

@@ -2,6 +2,7 @@
 
 Each subcommand module exposes `add_parser(subparsers) -> None` (registering its parser with
 `set_defaults(run=...)`) where `run(args: argparse.Namespace) -> int` returns the exit code.
+Only the module of the subcommand being run is imported (`trtserve --help` stays fast).
 """
 
 from __future__ import annotations
@@ -13,19 +14,39 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-# subcommand -> module that implements it
-SUBCOMMANDS: dict[str, str] = {
-    "serve": "server.cmd_serve",
-    "prepare": "server.cmd_prepare",
-    "generate": "server.cmd_generate",
-    "bench": "server.bench.cmd",
+# subcommand -> (module that implements it, one-line help shown by `trtserve --help`)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("server.cmd_serve", "Run the HTTP inference server."),
+    "build": ("server.cmd_build", "build a graph/TensorRT engine into a directory for "
+                                  "serve --engine-dir"),
+    "prepare": ("server.cmd_prepare", "build and cache the model graph"),
+    "generate": ("server.cmd_generate", "greedy generation from a prompt"),
+    "bench": ("server.bench.cmd", "benchmark a running server (streaming load)"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trtserve", description=__doc__.splitlines()[0])
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("trtserve")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with `only`, the other subcommands are listed but not imported."""
+    parser = argparse.ArgumentParser(
+        prog="trtserve", description="LLM inference server: Triton generate/KServe v2/OpenAI "
+        "HTTP routes, in-flight batching, TensorRT and ONNX Runtime executors.",
+        epilog="`trtserve COMMAND --help` lists a command's options.")
+    parser.add_argument("--version", action="version", version=f"trtserve {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in SUBCOMMANDS.items():
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -40,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    command = next((w for w in words if not w.startswith("-")), "")
+    args = build_parser(only=command).parse_args(argv)
     return int(args.run(args))
 
 

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model/--backend/--dtype/--engine-dir, defaults read from EngineOptions."""
+    """--model/--backend/--dtype/--cache-dir, defaults read from EngineOptions."""
     defaults = EngineOptions()
     parser.add_argument("--model", default=defaults.model,
                         help="registry name, a .gguf file or a Hugging Face directory "
@@ -23,13 +23,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("auto", "onnxruntime", "tensorrt"))
     parser.add_argument("--dtype", default=defaults.dtype,
                         choices=("auto", "float32", "float16", "bfloat16"))
-    parser.add_argument("--engine-dir", default=defaults.engine_dir,
+    parser.add_argument("--cache-dir", default=defaults.cache_dir,
                         help="cache root (default: $TRTSERVE_CACHE_DIR or ~/.cache/trtserve)")
 
 
 def options_from_args(args: argparse.Namespace, **extra: Any) -> EngineOptions:
     return EngineOptions(model=args.model, backend=args.backend, dtype=args.dtype,
-                         engine_dir=args.engine_dir, **extra)
+                         cache_dir=args.cache_dir, **extra)
 
 
 def run(args: argparse.Namespace) -> int:

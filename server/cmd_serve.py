@@ -23,6 +23,13 @@ from pydantic import ValidationError as PydanticError
 
 from server.app import Loader, create_app, create_metrics_app
 from server.app_state import AppState
+from server.log_format import configure_logging
+from server.preflight import (
+    PreflightError,
+    adopt_engine_limits,
+    bind_ports,
+    read_chat_template,
+)
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -39,13 +46,16 @@ def _add_option(parser: argparse.ArgumentParser, name: str, field: Any) -> None:
     env = f"TRTSERVE_{name.upper()}"
     default = field.default.get_secret_value() if hasattr(field.default, "get_secret_value") \
         else field.default
-    shown = "unset" if default in (None, "") else default
+    shown = "unset" if default in (None, "", ()) else default
     help_text = f"{field.description} [default: {shown}; env {env}]"
     kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
     annotation = field.annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if annotation is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(typing.get_args(annotation)[0] if typing.get_origin(annotation)
+                           is typing.Annotated else annotation) is tuple:
+        kwargs["nargs"] = "+"
     elif typing.get_origin(annotation) is typing.Literal:
         kwargs["choices"] = list(typing.get_args(annotation))
     elif annotation in (int, float):
@@ -91,8 +101,23 @@ def _servers(settings: ServerSettings, loader: Loader | None) -> tuple[list[_Ser
     return servers, app.state.trtserve
 
 
-async def serve(settings: ServerSettings, loader: Loader | None = None) -> int:
-    """Run until SIGTERM/SIGINT (exit code 0 after the drain) or engine death (1)."""
+async def _announce(servers: list[_Server], sockets: list[Any], settings: ServerSettings
+                    ) -> None:
+    """"listening on" once every listener accepts connections (after the model loaded)."""
+    while not all(s.started for s in servers):
+        if any(s.should_exit for s in servers):
+            return
+        await asyncio.sleep(0.05)
+    ports = [sock.getsockname()[1] for sock in sockets]
+    logger.info("listening on http://%s:%d (metrics on %s)", settings.host, ports[0],
+                ports[1] if len(ports) > 1 else "the main port only")
+
+
+async def serve(settings: ServerSettings, loader: Loader | None = None,
+                sockets: list[Any] | None = None) -> int:
+    """Run until SIGTERM/SIGINT (exit code 0 after the drain) or engine death (1). `sockets`:
+    the ports bound before loading (bind_ports); bound here when not given."""
+    sockets = sockets if sockets is not None else bind_ports(settings)
     servers, state = _servers(settings, loader)
     state.prep.warm()
     lifecycle = state.lifecycle
@@ -120,16 +145,23 @@ async def serve(settings: ServerSettings, loader: Loader | None = None) -> int:
     lifecycle.on_exit = lambda code: loop.call_later(DEAD_EXIT_DELAY_S, stop_servers)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    logger.info("listening on http://%s:%d (metrics on %s)", settings.host, settings.port,
-                settings.metrics_port or "the main port only")
-    results = await asyncio.gather(*(s.serve() for s in servers), return_exceptions=True)
+    if not await _run_listeners(servers, sockets, settings):
+        return 1
+    return lifecycle.exit_code
+
+
+async def _run_listeners(servers: list[_Server], sockets: list[Any],
+                         settings: ServerSettings) -> bool:
+    """Serve on the bound sockets until the servers stop; False when a listener failed."""
+    announce = asyncio.create_task(_announce(servers, sockets, settings))
+    results = await asyncio.gather(*(s.serve(sockets=[sock]) for s, sock in
+                                     zip(servers, sockets, strict=True)), return_exceptions=True)
+    announce.cancel()
     for result in results:
         if isinstance(result, BaseException):
             logger.error("listener failed: %r", result)
-            return 1
-    if not all(s.started for s in servers):
-        return 1
-    return lifecycle.exit_code
+            return False
+    return all(s.started for s in servers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,9 +172,19 @@ def run(args: argparse.Namespace) -> int:
             loc = ".".join(str(p) for p in err["loc"])
             logger.error("invalid option %s: %s", _flag(loc) if loc else "", err["msg"])
         return 2
-    logging.getLogger().setLevel(settings.log_level.upper())
+    configure_logging(settings.log_format, settings.log_level)
+    from engine.config import ModelError
+
+    try:  # before the model loads: a busy port or an unusable --engine-dir fails at once
+        settings = adopt_engine_limits(settings)
+        if settings.chat_template:
+            read_chat_template(settings.chat_template)
+        sockets = bind_ports(settings)
+    except (PreflightError, ModelError) as exc:
+        logger.error("%s", " ".join(str(exc).split()))
+        return 2
     try:
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, sockets=sockets))
     except KeyboardInterrupt:  # pragma: no cover
         return 130
 

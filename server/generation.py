@@ -20,6 +20,7 @@ from scheduler.request import (
 from server.errors import ApiError, UnavailableError, to_api_error
 from server.lifecycle import Lifecycle
 from server.metrics import RequestRecord, ServerMetrics
+from server.request_log import log_finished
 from server.serving import RequestStreamLike, ServingModel
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,8 @@ class GenerationService:
 
     def finish(self, gen: Generation, failure: str | None) -> None:
         self.lifecycle.untrack(gen.request_id)
-        self.metrics.request_finished(gen.record(failure))
-        logger.debug("[%s] finished: %s (%d tokens)", gen.request_id,
-                     failure or gen.finish_reason, gen.num_output_tokens)
+        record = gen.record(failure)
+        self.metrics.request_finished(record)
+        log_finished(gen.request_id, record.model, record.num_input_tokens,
+                     record.num_output_tokens, record.ttft_s, record.e2e_s,
+                     failure or str(gen.finish_reason or "-"))

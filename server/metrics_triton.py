@@ -1,4 +1,4 @@
-"""The Triton core per-model families (`nv_inference_*`), TRITON_API.md §4.1.
+"""The Triton core per-model families (`nv_inference_*`), docs/triton-generate.md §4.1.
 
 Counters use Triton's exact names (no `_total`), durations are cumulative microseconds, and every
 `reason` of `nv_inference_request_failure` exists at 0 from start-up for every known model.

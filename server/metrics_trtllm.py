@@ -1,4 +1,4 @@
-"""The TensorRT-LLM backend families (`nv_trt_llm_*`, `nv_llm_*`), TRITON_API.md §4.2.
+"""The TensorRT-LLM backend families (`nv_trt_llm_*`, `nv_llm_*`), docs/triton-generate.md §4.2.
 
 Every series carries `model="tensorrt_llm"`, `version="1"` and one category label; every category
 value exists from start-up. Gauges are *set* from each `SchedulerStats`; the token-length

@@ -12,8 +12,10 @@ from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
 from scheduler.request import Request, SamplingParams
 from server.metrics import ServerMetrics
+from server.preflight import read_chat_template
 from server.serving import ServingModel
 from server.settings import ServerSettings
+from server.stats_log import StatsLogger
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ WARMUP_TOKENS = 2
 def engine_options(settings: ServerSettings) -> EngineOptions:
     return EngineOptions(model=settings.model, backend=settings.backend, dtype=settings.dtype,
                          q4_decode=settings.q4_decode,
+                         cache_dir=settings.cache_dir,
                          engine_dir=settings.engine_dir, block_size=settings.block_size,
                          kv_cache_blocks=settings.kv_cache_blocks,
                          kv_cache_fraction=settings.kv_cache_fraction)
@@ -49,8 +52,10 @@ async def warm_up(loop: EngineLoop, prompt_ids: list[int]) -> None:
             raise RuntimeError(f"warm-up failed: {out.error}")
 
 
-def _serving(lm: LoadedModel, loop: EngineLoop, cfg: SchedulerConfig) -> ServingModel:
-    return ServingModel(name=lm.name, tokenizer=lm.tokenizer, loop=loop,
+def _serving(lm: LoadedModel, loop: EngineLoop, cfg: SchedulerConfig,
+             names: tuple[str, ...] = ()) -> ServingModel:
+    return ServingModel(name=names[0] if names else lm.name, aliases=names[1:],
+                        tokenizer=lm.tokenizer, loop=loop,
                         max_context=cfg.resolve_max_model_len(lm.executor.max_context),
                         max_batch_size=cfg.max_batch_size, max_queue_size=cfg.max_queue_size,
                         backend=lm.backend, close=lm.close)
@@ -60,13 +65,15 @@ async def load_serving_model(settings: ServerSettings, metrics: ServerMetrics) -
     started = time.monotonic()
     lm = await asyncio.to_thread(load_model, engine_options(settings))
     tok = lm.tokenizer
+    if settings.chat_template:  # --chat-template FILE replaces the model's own
+        tok.chat_template = read_chat_template(settings.chat_template)
     cfg = scheduler_config(settings, lm.max_num_tokens)
 
     def decode(ids: Sequence[int]) -> str:
         return tok.decode(ids, skip_special_tokens=True)
 
     loop = EngineLoop(lm.executor, cfg, decode=decode, eos_token_ids=tok.eos_token_ids,
-                      on_step=metrics.observe_step)
+                      on_step=StatsLogger(settings.stats_interval, metrics.observe_step))
     await loop.start()
     try:
         await warm_up(loop, tok.encode(WARMUP_PROMPT))
@@ -76,4 +83,4 @@ async def load_serving_model(settings: ServerSettings, metrics: ServerMetrics) -
         raise
     logger.info("loaded %s on %s in %.1fs (%d KV blocks of %d tokens)", lm.name, lm.backend,
                 time.monotonic() - started, lm.executor.num_blocks, lm.executor.block_size)
-    return _serving(lm, loop, cfg)
+    return _serving(lm, loop, cfg, settings.served_model_name)

@@ -1,4 +1,5 @@
-"""KServe v2 health/metadata (TRITON_API.md §3), /metrics, and a JSON scheduler-stats route.
+"""KServe v2 health/metadata (docs/triton-generate.md §3), /metrics, and a JSON scheduler-stats
+route.
 
 The health and model-ready routes also answer HEAD (status only), for load balancers.
 """
@@ -17,6 +18,7 @@ from server.errors import NotImplementedApiError, ValidationError
 from server.json_body import parse_json_body
 from server.openapi_docs import REPOSITORY_INDEX_BODY
 from server.routes_triton import resolve_model
+from server.served_names import served_names
 from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, model_config, model_metadata
 
 logger = logging.getLogger(__name__)
@@ -105,10 +107,9 @@ def _ready_only(raw: bytes) -> bool:
 async def repository_index(request: Request) -> Response:
     state = get_state(request)
     ready_only = await state.prep.parse(_ready_only, await request.body())
-    served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
     st = "READY" if state.lifecycle.ready else "UNAVAILABLE"
     entries = []
-    for name in (*ALL_TRITON_MODELS, served):
+    for name in (*ALL_TRITON_MODELS, *served_names(state)):
         if ready_only and st != "READY":
             continue
         entry = {"name": name, "version": MODEL_VERSION, "state": st}

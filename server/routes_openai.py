@@ -30,6 +30,7 @@ from server.openai_schema import ChatRequest, CompletionRequest, _Base, message_
 from server.openapi_docs import CHAT_BODY, COMPLETIONS_BODY
 from server.request_limits import limits_for
 from server.request_prep import parse_openai_request
+from server.served_names import served_names
 from server.serving import ServingModel
 from server.stop_trim import StopTrimmer
 from server.triton_schema import TEXT_MODELS
@@ -45,11 +46,11 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _served(state: AppState) -> str:
-    return state.lifecycle.model.name if state.lifecycle.model else state.settings.model
+    return served_names(state)[0]
 
 
 def _check_model(state: AppState, name: str) -> str:
-    if name != _served(state) and name not in TEXT_MODELS:
+    if name not in served_names(state) and name not in TEXT_MODELS:
         raise UnknownModelError(f"The model '{name}' does not exist")
     return name
 

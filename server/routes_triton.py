@@ -1,5 +1,5 @@
-"""Triton generate / generate_stream (TRITON_API.md §1) for `ensemble`, `tensorrt_llm_bls` and the
-served model's own name, with and without `/versions/{v}`.
+"""Triton generate / generate_stream (docs/triton-generate.md §1) for `ensemble`,
+`tensorrt_llm_bls` and the served model's own name, with and without `/versions/{v}`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from server.json_body import dumps_compact
 from server.openapi_docs import TRITON_GENERATE_BODY
 from server.request_limits import limits_for
 from server.request_prep import parse_triton_request
+from server.served_names import served_names
 from server.serving import ServingModel
 from server.triton_parse import TritonInputs
 from server.triton_sampling import TritonOptions, triton_to_sampling
@@ -36,8 +37,7 @@ SSE_MEDIA = "text/event-stream; charset=utf-8"
 
 def resolve_model(state: AppState, name: str, version: str | None) -> str:
     """404 for unknown models/versions (Triton's texts); the name is the metrics label."""
-    served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
-    if name not in ALL_TRITON_MODELS and name != served:
+    if name not in ALL_TRITON_MODELS and name not in served_names(state):
         raise UnknownModelError(f"Request for unknown model: '{name}' is not found")
     if version is not None and version != MODEL_VERSION:
         raise UnknownModelError(
@@ -47,8 +47,7 @@ def resolve_model(state: AppState, name: str, version: str | None) -> str:
 
 def _text_model(state: AppState, name: str, version: str | None) -> str:
     label = resolve_model(state, name, version)
-    served = state.lifecycle.model.name if state.lifecycle.model else state.settings.model
-    if label not in TEXT_MODELS and label != served:
+    if label not in TEXT_MODELS and label not in served_names(state):
         raise ValidationError(f"model '{label}' does not take the generate text inputs; "
                               "use 'ensemble' or 'tensorrt_llm_bls'")
     return label
@@ -106,7 +105,7 @@ async def _whole(request: Request, model: ServingModel, gen: Generation, opts: T
 
 
 def load_report(request: Request, model: ServingModel) -> dict[str, str]:
-    """ORCA-style `endpoint-load-metrics` header when asked for (TRITON_API.md §1.7)."""
+    """ORCA-style `endpoint-load-metrics` header when asked for (docs/triton-generate.md §1.7)."""
     fmt = request.headers.get("endpoint-load-metrics-format", "").lower()
     if fmt not in ("text", "json"):
         return {}

@@ -59,4 +59,5 @@ class ServingModel:
     max_batch_size: int
     max_queue_size: int  # 0 -> unbounded
     backend: str = "fake"
+    aliases: tuple[str, ...] = ()  # more names clients may use (--served-model-name)
     close: Callable[[], None] = field(default=_noop)  # frees executor resources

@@ -7,10 +7,10 @@ its defaults from here. Nothing else in the server reads the environment.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.runtime import EngineOptions
 from scheduler.config import SchedulerConfig
@@ -26,8 +26,11 @@ class ServerSettings(BaseSettings):
 
     model: str = Field(_E.model, description="Model to serve: registry name (the embedded "
                        "SmolLM2 by default), a .gguf file or a Hugging Face directory.")
-    engine_dir: str | None = Field(_E.engine_dir, description="Cache root for built ONNX "
-                                   "graphs / TensorRT engines (default ~/.cache/trtserve).")
+    cache_dir: str | None = Field(_E.cache_dir, description="Cache root for built ONNX "
+                                  "graphs / TensorRT engines (default ~/.cache/trtserve).")
+    engine_dir: str | None = Field(_E.engine_dir, description="Serve this `trtserve build` "
+                                   "output directory as built (no rebuild; its limits are "
+                                   "adopted, larger flags refused).")
     backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
         _E.backend, description="Executor: tensorrt on a supported GPU, else onnxruntime.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -90,12 +93,31 @@ class ServerSettings(BaseSettings):
                               "(off when empty).")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level.")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or "
+                                                "as one JSON object per line.")
+    stats_interval: float = Field(10.0, ge=0.0, description="Seconds between the stats lines "
+                                  "(running, waiting, KV use, tok/s) logged while the engine "
+                                  "is busy; 0 turns them off.")
+    served_model_name: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Model name(s) clients use (OpenAI `model`, Triton/KServe model name); "
+        "several allowed, the first is the one listed. Default: the model's own name.")
+    chat_template: str | None = Field(None, description="A Jinja chat template file used "
+                                      "instead of the model's own (OpenAI chat route).")
 
     @field_validator("api_key")
     @classmethod
     def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value():
             return None
+        return value
+
+    @field_validator("served_model_name", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):  # env / one CLI word: comma- or space-separated
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return tuple(n for v in value for n in str(v).replace(",", " ").split())
         return value
 
     @field_validator("log_level", mode="before")

@@ -1,4 +1,5 @@
-"""Triton generate body -> typed inputs, key by key (TRITON_API.md §1.2); 400s name the field.
+"""Triton generate body -> typed inputs, key by key; 400s name the field.
+(docs/triton-generate.md §1.2)
 
 Top-level keys and the keys of `parameters` are merged; an input given twice (also via an old
 alias such as `min_length`/`min_tokens`) is a 400 "already exists". Keys that are not inputs are

@@ -1,4 +1,5 @@
-"""Map Triton/TensorRT-LLM generate inputs onto scheduler SamplingParams (TRITON_API.md §2.1).
+"""Map Triton/TensorRT-LLM generate inputs onto scheduler SamplingParams.
+(docs/triton-generate.md §2.1)
 
 TensorRT-LLM semantics: top_k=0 and top_p=0 (the defaults) mean greedy, whatever the
 temperature; top_p <= 0 is "unset"; min_tokens defaults to 1.

@@ -1,4 +1,5 @@
-"""The ensemble's inputs/outputs (TRITON_API.md §2) and the KServe metadata/config built from them.
+"""The ensemble's inputs/outputs (docs/triton-generate.md §2) and the KServe metadata/config built
+from them.
 
 The same table drives the generate conversion (triton_parse) and what /v2/models/{m} reports.
 """

@@ -41,7 +41,7 @@ def bindings() -> tuple[ModuleType, ModuleType, ModuleType]:
         return _import_bindings()
     except ImportError as exc:
         raise CudaError(f"cuda-python is not installed ({exc}); "
-                        "pip install 'trtserve[gpu]'") from exc
+                        "pip install -e '.[gpu]' in the trtserve checkout") from exc
 
 
 def _status_text(status: Any) -> str:

@@ -92,8 +92,9 @@ class TrtExecutor(DeviceExecutor):
 
     def __init__(self, onnx_path: Path, config: ModelConfig, *, num_blocks: int,
                  block_size: int, max_context: int, limits: StepLimits | None = None,
-                 device_id: int = 0) -> None:
+                 device_id: int = 0, engine_file: Path | None = None) -> None:
         self._trt = import_tensorrt()
+        self._engine_file = engine_file  # a `trtserve build` engine, loaded as built
         super().__init__(config, max_context=max_context, limits=limits, device_id=device_id)
         try:
             self._engine = self._load_engine(onnx_path, block_size, num_blocks)
@@ -119,8 +120,9 @@ class TrtExecutor(DeviceExecutor):
     def _load_engine(self, onnx_path: Path, block_size: int, num_blocks: int) -> Any:
         dims = profile_dims(self._config, self._limits, block_size, num_blocks)
         cc = self._context.compute_capability
-        try:
-            _, blob = load_or_build(onnx_path, dims, cc=cc, trt=self._trt)
+        try:  # a `trtserve build` engine as built, else the cached one (built on a miss)
+            blob = self._engine_file.read_bytes() if self._engine_file else \
+                load_or_build(onnx_path, dims, cc=cc, trt=self._trt)[1]
         except TensorRTError as exc:
             sm = f"SM{cc[0]}{cc[1]}"
             if self._trt.flavor == "tensorrt_rtx" and not hasattr(

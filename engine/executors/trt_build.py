@@ -69,7 +69,8 @@ def import_tensorrt() -> TrtModule:
     except ImportError as exc:
         reasons.append(f"tensorrt_rtx: {exc}")
     raise TensorRTError("no usable TensorRT (" + "; ".join(reasons)
-                        + "); pip install 'trtserve[tensorrt]' or use --backend onnxruntime")
+                        + "); pip install -e '.[tensorrt]' in the trtserve checkout, or use "
+                        "--backend onnxruntime")
 
 
 def make_logger(trt: ModuleType) -> Any:

@@ -35,21 +35,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p = subparsers.add_parser("bench", help="benchmark a running server (streaming load)",
                               description=__doc__)
     p.add_argument("--url", default=_D["url"].default, help="server base URL")
-    p.add_argument("--endpoint", choices=ENDPOINTS, default=_D["endpoint"].default)
+    p.add_argument("--endpoint", choices=ENDPOINTS, default=_D["endpoint"].default,
+                   help="triton: /v2/models/M/generate_stream; openai: /v1/completions "
+                        "(streamed) [%(default)s]")
     p.add_argument("--model", default=_D["model"].default,
                    help="model name in the URL (triton) or the body (openai)")
     load = p.add_mutually_exclusive_group(required=True)
     load.add_argument("--concurrency", type=_ints, help="closed loop, e.g. 1,4,16,64")
     load.add_argument("--request-rate", type=_floats, help="open loop req/s, e.g. 1,2,inf")
-    p.add_argument("--num-prompts", type=int, default=_D["num_prompts"].default)
-    p.add_argument("--input-len", type=int, default=_D["input_len"].default)
-    p.add_argument("--output-len", type=int, default=_D["output_len"].default)
-    p.add_argument("--dataset", default=_D["dataset"].default, help="'random' or a JSONL file")
-    p.add_argument("--seed", type=int, default=_D["seed"].default)
-    p.add_argument("--output-json", default=None, help="write all runs here")
-    p.add_argument("--plot", default=None, help="write a PNG here")
-    p.add_argument("--slo-ttft-ms", type=float, default=None)
-    p.add_argument("--slo-tpot-ms", type=float, default=None)
+    p.add_argument("--num-prompts", type=int, default=_D["num_prompts"].default,
+                   help="requests per run (per concurrency / rate value) [%(default)s]")
+    p.add_argument("--input-len", type=int, default=_D["input_len"].default,
+                   help="prompt tokens per request (random dataset) [%(default)s]")
+    p.add_argument("--output-len", type=int, default=_D["output_len"].default,
+                   help="tokens to generate per request (max_tokens, EOS ignored) "
+                        "[%(default)s]")
+    p.add_argument("--dataset", default=_D["dataset"].default,
+                   help="'random' or a JSONL file of prompts [%(default)s]")
+    p.add_argument("--seed", type=int, default=_D["seed"].default,
+                   help="seed of the random prompts and arrival times [%(default)s]")
+    p.add_argument("--output-json", default=None, help="write all runs here (JSON)")
+    p.add_argument("--plot", default=None, help="write a PNG of throughput and latency "
+                   "against load here (needs matplotlib: checked before the run starts)")
+    p.add_argument("--slo-ttft-ms", type=float, default=None,
+                   help="goodput: count only requests with TTFT at most this many ms")
+    p.add_argument("--slo-tpot-ms", type=float, default=None,
+                   help="goodput: count only requests with time per output token at most this")
     p.add_argument("--tokenizer", default=_D["tokenizer"].default,
                    help="engine model name, .gguf, HF directory or tokenizer.json")
     p.add_argument("--timeout", type=float, default=_D["timeout_s"].default,
@@ -74,9 +85,13 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     try:
         config = config_from_args(args)
+        if config.plot:  # a missing optional package fails now, not after the whole run
+            from server.bench.plot import import_pyplot
+
+            import_pyplot()
         tok = load_tokenizer(config.tokenizer)
         runs = run_benchmark(config, tok)
-    except (BenchConfigError, ValueError, OSError) as exc:
+    except (BenchConfigError, ValueError, OSError, ImportError) as exc:
         sys.stderr.write(f"trtserve bench: error: {exc}\n")
         return 2
     sys.stdout.write(render(runs) + "\n")

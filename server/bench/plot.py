@@ -15,11 +15,13 @@ logger = logging.getLogger(__name__)
 _PCTS: tuple[str, ...] = ("p50", "p90", "p99")
 
 
-def _import_pyplot() -> Any:
+def import_pyplot() -> Any:
+    """matplotlib's pyplot (Agg), or ImportError saying how to get it."""
     try:
         import matplotlib
     except ImportError as exc:
-        raise RuntimeError("--plot needs matplotlib: pip install 'trtserve[bench]'") from exc
+        raise ImportError("--plot needs matplotlib, which is not installed: `make install` "
+                          "brings it (or pip install matplotlib)") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -50,7 +52,7 @@ def plot_runs(runs: Sequence[RunStats], path: str | Path, title: str = "") -> No
     """Write a 2x2 figure: throughput, TTFT, TPOT, end-to-end latency."""
     if not runs:
         raise ValueError("nothing to plot")
-    plt = _import_pyplot()
+    plt = import_pyplot()
     xs = _xs(runs)
     xlabel = "concurrency" if runs[0].mode == "concurrency" else "request rate (req/s)"
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=90)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from server.bench.client import RequestResult
 
 logger = logging.getLogger(__name__)
@@ -64,14 +66,10 @@ class RunStats:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default); NaN for an empty input."""
+    """numpy's linear-interpolation percentile; NaN for an empty input."""
     if not values:
         return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(rank)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+    return float(np.percentile(values, q))
 
 
 def summarize(values_s: Sequence[float]) -> Summary:

@@ -30,7 +30,7 @@ def test_cli_writes_table_json_and_plot(server: FakeServer, fake_tok: object, tm
     captured = capsys.readouterr()
     assert "| concurrency |" in captured.out and "TTFT" in captured.out
     assert "dropped=2, error_event=2, http_503=2" in captured.out
-    assert "8/8 failed=6" in captured.err  # the progress bar, on stderr
+    assert "8/8, failed=6" in captured.err  # the progress bar (tqdm), on stderr
     doc = json.loads(out_json.read_text())
     assert set(doc) == {"date", "machine", "config", "runs"}
     assert doc["config"]["concurrency"] == [1, 2] and doc["machine"]["cpu_count"] >= 1
@@ -54,3 +54,37 @@ def test_cli_exit_1_when_everything_failed(server: FakeServer, fake_tok: object,
                "--num-prompts", "2", "--input-len", "4", "--output-len", "2", "--no-progress",
                "--tokenizer", _write_tokenizer(fake_tok, tmp_path)])
     assert rc == 1
+
+
+def test_missing_matplotlib_is_reported_before_the_run(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--plot without matplotlib: exit 2 at once, no request sent (the URL is unreachable)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: object, **kwargs: object) -> object:
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    rc = main(["bench", "--url", "http://127.0.0.1:9", "--concurrency", "1", "--num-prompts",
+               "1", "--tokenizer", str(tmp_path / "never-read.json"), "--plot",
+               str(tmp_path / "p.png")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err and "make install" in err
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_every_bench_flag_has_help() -> None:
+    """`trtserve bench --help` explains each option."""
+    from server.cli import build_parser
+
+    parser = build_parser(only="bench")
+    sub = next(a for a in parser._actions if a.dest == "command")
+    bench = sub.choices["bench"]  # type: ignore[attr-defined]
+    missing = [a.option_strings for a in bench._actions if a.option_strings and not a.help]
+    assert not missing

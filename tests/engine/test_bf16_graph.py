@@ -80,7 +80,7 @@ def test_cpu_backend_refuses_bf16_before_building(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """onnxruntime's CPU kernels have no bfloat16: one clear error, and nothing gets built."""
     monkeypatch.setattr("engine.runtime.backend_candidates", lambda requested: [ORT_CPU])
-    opts = EngineOptions(backend="onnxruntime", dtype="bfloat16", engine_dir=str(tmp_path))
+    opts = EngineOptions(backend="onnxruntime", dtype="bfloat16", cache_dir=str(tmp_path))
     with pytest.raises(ModelError, match="onnxruntime-cpu cannot run bfloat16 graphs"):
         load_model(opts)
     assert not any(tmp_path.rglob("*.onnx"))

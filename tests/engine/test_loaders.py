@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tiny_hf import TINY, random_weights, write_config, write_safetensors
 
-from engine.config import ModelConfig, RopeScaling
+from engine.config import ModelConfig, ModelError, RopeScaling
 from engine.loaders import load_weights
 from engine.loaders.gguf import llama3_rope_factors, load_gguf, unpermute_qk
 from engine.loaders.hf import load_hf
@@ -155,3 +155,13 @@ def test_tiny_gguf_round_trip(tmp_path: Path) -> None:
     assert loaded_config == config
     assert loaded.keys() == weights.keys()
     assert all(np.array_equal(loaded[k], weights[k]) for k in weights)
+
+
+def test_corrupt_safetensors_is_one_model_error(tmp_path: Path) -> None:
+    """The safetensors library's error becomes a ModelError naming the file."""
+    from engine.loaders.st_reader import load_safetensors
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10" + b"\x00" * 7 + b'{"a":1}')
+    with pytest.raises(ModelError, match="corrupt safetensors file .*bad.safetensors"):
+        load_safetensors(bad)

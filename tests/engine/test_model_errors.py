@@ -47,7 +47,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedModel]:
     cache = tmp_path_factory.mktemp("tiny-cache")
-    model = load_model(EngineOptions(model=str(tiny_dir), engine_dir=str(cache),
+    model = load_model(EngineOptions(model=str(tiny_dir), cache_dir=str(cache),
                                      kv_cache_blocks=8, max_context=64))
     yield model
     model.close()
@@ -160,7 +160,7 @@ def test_context_beyond_max() -> None:
 def test_load_model_context_beyond_max(tiny: LoadedModel, tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="max_context 4096 exceeds the model's maximum context "
                                          "of 128 tokens"):
-        load_model(EngineOptions(model=str(tiny_dir), engine_dir=str(tmp_path),
+        load_model(EngineOptions(model=str(tiny_dir), cache_dir=str(tmp_path),
                                  max_context=4096))
 
 

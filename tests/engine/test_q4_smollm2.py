@@ -37,7 +37,7 @@ def dense_initializer(entry: Path, name: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def entry(smollm2_cache: Path) -> Path:
-    return prepare_model(EngineOptions(engine_dir=str(smollm2_cache)))
+    return prepare_model(EngineOptions(cache_dir=str(smollm2_cache)))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_fused_blocks_equal_dense_graph_weights(
 @pytest.fixture(scope="module")
 def pair(smollm2_cache: Path) -> Iterator[tuple[LoadedModel, LoadedModel]]:
     """The same entry loaded twice: dense only (q4_decode=False) and with the q4 graph."""
-    opts = {"engine_dir": str(smollm2_cache), "kv_cache_blocks": 8}
+    opts = {"cache_dir": str(smollm2_cache), "kv_cache_blocks": 8}
     dense = load_model(EngineOptions(**opts, q4_decode=False))
     q4 = load_model(EngineOptions(**opts))
     yield dense, q4

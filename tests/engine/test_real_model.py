@@ -26,7 +26,7 @@ def cache_dir(smollm2_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2(cache_dir: Path) -> Iterator[LoadedModel]:
-    model = load_model(EngineOptions(engine_dir=str(cache_dir), kv_cache_blocks=16))
+    model = load_model(EngineOptions(cache_dir=str(cache_dir), kv_cache_blocks=16))
     yield model
     model.close()
 
@@ -72,11 +72,11 @@ def test_eos_stops_generation(smollm2: LoadedModel) -> None:
 
 def test_cache_is_reused(smollm2: LoadedModel, cache_dir: Path) -> None:
     """A second prepare finds the entry: same directory, manifest untouched, no rebuild."""
-    entry = prepare_model(EngineOptions(engine_dir=str(cache_dir)))
+    entry = prepare_model(EngineOptions(cache_dir=str(cache_dir)))
     manifest = json.loads((entry / "manifest.json").read_text())
     before = (entry / "manifest.json").stat().st_mtime_ns
     start = time.monotonic()
-    assert prepare_model(EngineOptions(engine_dir=str(cache_dir))) == entry
+    assert prepare_model(EngineOptions(cache_dir=str(cache_dir))) == entry
     assert time.monotonic() - start < 5.0
     assert (entry / "manifest.json").stat().st_mtime_ns == before
     assert manifest["dtype"] == "float32" and manifest["block_size"] == 16
@@ -92,6 +92,6 @@ def test_cli_generate_chat(smollm2: LoadedModel, cache_dir: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
     """`trtserve generate --chat` prints the greedy answer and stops at eos."""
     code = cli_main(["generate", "--chat", "--prompt", "What is the capital of France?",
-                     "--max-tokens", "32", "--engine-dir", str(cache_dir)])
+                     "--max-tokens", "32", "--cache-dir", str(cache_dir)])
     assert code == 0
     assert capsys.readouterr().out == "The capital of France is Paris.\n"

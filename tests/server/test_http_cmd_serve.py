@@ -38,6 +38,7 @@ def test_cli_defaults_come_from_settings_and_env(monkeypatch: pytest.MonkeyPatch
 
 def test_engine_options_follow_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every engine option the server offers reaches EngineOptions; unset ones keep its defaults."""
+    monkeypatch.delenv("TRTSERVE_CACHE_DIR", raising=False)  # a setting now (--cache-dir)
     assert engine_options(ServerSettings()) == EngineOptions()
     monkeypatch.setenv("TRTSERVE_Q4_DECODE", "false")
     args = build_parser().parse_args(["serve", "--dtype", "float16", "--block-size", "32",

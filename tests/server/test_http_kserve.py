@@ -1,4 +1,4 @@
-"""KServe v2 health/metadata shapes (TRITON_API.md §3)."""
+"""KServe v2 health/metadata shapes (docs/triton-generate.md §3)."""
 
 from __future__ import annotations
 
