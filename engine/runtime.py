@@ -29,8 +29,10 @@ from engine.cache import (
 )
 from engine.config import ModelConfig, ModelError
 from engine.dtypes import NUMPY_DTYPES
+from engine.limits import StepLimits, decide_limits
 from engine.registry import DEFAULT_MODEL, ModelSource, read_source, resolve_model
 from engine.tokenizer import Tokenizer
+from scheduler.config import SchedulerConfig
 from scheduler.plan import Executor
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ DTYPES = ("auto", *NUMPY_DTYPES)
 MODEL_FILE = "model.onnx"
 KV_BUDGET_CAP_BYTES = 2 * 1024**3  # host pool never sized beyond this from free memory
 FALLBACK_AVAILABLE_BYTES = 2 * 1024**3  # when free memory cannot be read
+_SCHED = SchedulerConfig()  # step-limit defaults, defined once there
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,8 @@ class EngineOptions:
     kv_cache_fraction: float = 0.1  # of free host/device memory, when blocks not given
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     max_context: int | None = None  # None -> model's max_position_embeddings
+    max_batch_size: int = _SCHED.max_batch_size  # sequences per step (executor + scheduler)
+    max_num_tokens: int | None = None  # tokens per step; None -> the backend's, else scheduler's
     q4_decode: bool = True  # CPU: single-token steps through the MatMulNBits graph when built
 
     def __post_init__(self) -> None:
@@ -67,8 +72,10 @@ class EngineOptions:
             raise ValueError(f"kv_cache_blocks must be positive, got {self.kv_cache_blocks}")
         if not 0.0 < self.kv_cache_fraction <= 1.0:
             raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
-        if self.max_context is not None and self.max_context <= 0:
-            raise ValueError(f"max_context must be positive, got {self.max_context}")
+        for name in ("max_context", "max_batch_size", "max_num_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
 
 
 @dataclass
@@ -78,7 +85,11 @@ class LoadedModel:
     tokenizer: Tokenizer  # engine/tokenizer.py
     executor: Executor  # scheduler.plan.Executor
     backend: str  # "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"
-    max_num_tokens: int | None = None  # the backend's preferred token budget per step, if any
+    limits: StepLimits  # the largest step, given to the executor and read by the scheduler
+
+    @property
+    def max_num_tokens(self) -> int:
+        return self.limits.max_num_tokens
 
     def close(self) -> None:
         self.executor.close()
@@ -219,8 +230,9 @@ def q4_model_path(entry: Path, manifest: dict[str, Any], options: EngineOptions)
 
 
 def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
-              options: EngineOptions, max_context: int, dtype: str,
+              options: EngineOptions, limits: StepLimits, dtype: str,
               single_token_model: Path | None) -> Executor:
+    max_context = limits.max_context
     if backend.name == "onnxruntime-cpu":
         from engine.executors.ort import OrtExecutor
 
@@ -233,11 +245,13 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
         from engine.executors.trt import TrtExecutor
 
         return TrtExecutor(model_path, config, num_blocks=blocks,
-                           block_size=options.block_size, max_context=max_context)
+                           block_size=options.block_size, max_context=max_context,
+                           limits=limits)
     from engine.executors.ort_cuda import OrtCudaExecutor
 
     return OrtCudaExecutor(model_path, config, num_blocks=blocks,
-                           block_size=options.block_size, max_context=max_context)
+                           block_size=options.block_size, max_context=max_context,
+                           limits=limits)
 
 
 def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
@@ -248,14 +262,14 @@ def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
     source, entry = _prepare(options, dtype)
     manifest = read_manifest(entry)
     config = config_from_json(manifest["config"])
-    max_context = check_max_context(options, config)
-    logger.info("starting %s on %s (%s), block size %d, max context %d (pid %d)",
-                source.name, backend.name, dtype, options.block_size, max_context, os.getpid())
-    executor = _executor(backend, entry / MODEL_FILE, config, options, max_context, dtype,
+    limits = decide_limits(options.max_batch_size, options.max_num_tokens,
+                           backend.max_num_tokens, check_max_context(options, config))
+    logger.info("starting %s on %s (%s), block size %d, step limits %s (pid %d)",
+                source.name, backend.name, dtype, options.block_size, limits, os.getpid())
+    executor = _executor(backend, entry / MODEL_FILE, config, options, limits, dtype,
                          q4_model_path(entry, manifest, options))
     return LoadedModel(name=source.name, config=config, tokenizer=Tokenizer.from_dir(entry),
-                       executor=executor, backend=backend.name,
-                       max_num_tokens=backend.max_num_tokens)
+                       executor=executor, backend=backend.name, limits=limits)
 
 
 def load_model(options: EngineOptions) -> LoadedModel:

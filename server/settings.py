@@ -47,6 +47,9 @@ class ServerSettings(BaseSettings):
         None, ge=1, description=f"Token budget per step (chunked prefill). Default: the "
         f"backend's (256 on onnxruntime-cpu, where prefill is compute-bound and smaller chunks "
         f"keep running streams moving), else {_S.max_num_tokens}.")
+    max_model_len: int | None = Field(
+        _E.max_context, ge=2, description="Prompt + output tokens per request at most (the "
+        "executor's context limit); default: the model's maximum context.")
     kv_cache_blocks: int | None = Field(_E.kv_cache_blocks, ge=1, description="Exact number "
                                         "of KV blocks; overrides --kv-cache-fraction.")
     kv_cache_fraction: float = Field(_E.kv_cache_fraction, gt=0.0, le=1.0, description="Share "

@@ -21,7 +21,8 @@ from engine.device.kernels import KVKernels
 from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea
 from engine.device_pool import DeviceKVPool, PoolGeometry, geometry_for
 from engine.executors.packing import pack_plan
-from scheduler.plan import StepPlan
+from engine.limits import StepLimits
+from scheduler.plan import StepPlan, StepRefusedError
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +34,6 @@ class _Closeable(Protocol):
 
 
 _C = TypeVar("_C", bound=_Closeable)
-
-
-@dataclass(frozen=True, slots=True)
-class StepLimits:
-    """The largest step a GPU executor accepts (sizes its buffers and TensorRT profile)."""
-
-    max_num_tokens: int = 2048  # packed tokens per step
-    max_batch_size: int = 64  # sequences per step
-    max_context: int = 2048  # tokens per sequence
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_tokens", "max_batch_size", "max_context"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,25 +67,25 @@ def staging_bytes(limits: StepLimits, block_size: int, num_blocks: int) -> int:
 
 
 def check_plan(plan: StepPlan, limits: StepLimits, block_size: int, num_blocks: int) -> None:
-    """Refuse a plan the buffers cannot hold (ValueError naming the limit)."""
+    """Refuse a plan the buffers cannot hold (StepRefusedError naming the limit)."""
     if plan.num_tokens > limits.max_num_tokens:
-        raise ValueError(f"step has {plan.num_tokens} tokens, max_num_tokens is "
-                         f"{limits.max_num_tokens}")
+        raise StepRefusedError(f"step has {plan.num_tokens} tokens, max_num_tokens is "
+                               f"{limits.max_num_tokens}")
     if len(plan.seqs) > limits.max_batch_size:
-        raise ValueError(f"step has {len(plan.seqs)} sequences, max_batch_size is "
-                         f"{limits.max_batch_size}")
+        raise StepRefusedError(f"step has {len(plan.seqs)} sequences, max_batch_size is "
+                               f"{limits.max_batch_size}")
     for seq in plan.seqs:
         end = seq.start_pos + len(seq.token_ids)
         if not seq.token_ids or end > limits.max_context:
-            raise ValueError(f"seq {seq.seq_id}: {len(seq.token_ids)} tokens at {seq.start_pos} "
-                             f"do not fit max_context {limits.max_context}")
+            raise StepRefusedError(f"seq {seq.seq_id}: {len(seq.token_ids)} tokens at "
+                                   f"{seq.start_pos} do not fit max_context {limits.max_context}")
         if len(seq.block_table) * block_size < end:
-            raise ValueError(f"seq {seq.seq_id}: block table too short for {end} tokens")
+            raise StepRefusedError(f"seq {seq.seq_id}: block table too short for {end} tokens")
         if any(not 0 <= b < num_blocks for b in seq.block_table[: -(-end // block_size)]):
-            raise ValueError(f"seq {seq.seq_id}: block id outside 0..{num_blocks - 1}")
+            raise StepRefusedError(f"seq {seq.seq_id}: block id outside 0..{num_blocks - 1}")
     for src, dst in plan.block_copies:
         if not (0 <= src < num_blocks and 0 <= dst < num_blocks):
-            raise ValueError(f"block copy {src}->{dst} outside 0..{num_blocks - 1}")
+            raise StepRefusedError(f"block copy {src}->{dst} outside 0..{num_blocks - 1}")
 
 
 class DeviceStepIO:

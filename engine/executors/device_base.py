@@ -46,6 +46,16 @@ class DeviceExecutor:
         return self._max_context
 
     @property
+    def max_batch_size(self) -> int:
+        """Sequences per step at most (the scheduler plans within it)."""
+        return self._limits.max_batch_size
+
+    @property
+    def max_num_tokens(self) -> int:
+        """Packed tokens per step at most (the scheduler plans within it)."""
+        return self._limits.max_num_tokens
+
+    @property
     def device_io(self) -> DeviceStepIO:
         """The pool and step buffers (tests read the pool back through it)."""
         return self._device_io()

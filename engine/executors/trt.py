@@ -25,6 +25,7 @@ from engine.executors.trt_build import (
     load_or_build,
     make_logger,
 )
+from scheduler.plan import StepRefusedError
 
 logger = logging.getLogger(__name__)
 
@@ -137,14 +138,14 @@ class TrtExecutor(DeviceExecutor):
         ctx = self._exec
         for name, t in staged.inputs.items():
             if not ctx.set_input_shape(name, t.shape):
-                raise TensorRTError(f"{self._trt.label}: input {name} shape {t.shape} is outside "
-                                    "the engine's optimization profile")
+                raise StepRefusedError(f"{self._trt.label}: input {name} shape {t.shape} is "
+                                       "outside the engine's optimization profile")
             ctx.set_tensor_address(name, t.ptr)
         for name, t in self._outputs(staged):
             shape = tuple(ctx.get_tensor_shape(name))
             if shape != t.shape:
-                raise TensorRTError(f"{self._trt.label}: output {name} has shape {shape}, "
-                                    f"expected {t.shape}")
+                raise StepRefusedError(f"{self._trt.label}: output {name} has shape {shape}, "
+                                       f"expected {t.shape}")
             ctx.set_tensor_address(name, t.ptr)
         if not ctx.execute_async_v3(int(self._device_io().stream)):
             raise TensorRTError(f"{self._trt.label}: execute_async_v3 failed (see log above)")
