@@ -60,6 +60,7 @@ class EngineOptions:
     max_batch_size: int = _SCHED.max_batch_size  # sequences per step (executor + scheduler)
     max_num_tokens: int | None = None  # tokens per step; None -> the backend's, else scheduler's
     q4_decode: bool = True  # CPU: single-token steps through the MatMulNBits graph when built
+    cuda_graphs: bool = True  # onnxruntime CUDA: decode steps replayed as CUDA graphs
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -251,7 +252,7 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
 
     return OrtCudaExecutor(model_path, config, num_blocks=blocks,
                            block_size=options.block_size, max_context=max_context,
-                           limits=limits)
+                           limits=limits, cuda_graphs=options.cuda_graphs)
 
 
 def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:

@@ -36,6 +36,9 @@ class ServerSettings(BaseSettings):
     q4_decode: bool = Field(_E.q4_decode, description="onnxruntime CPU with a Q4 GGUF: run "
                             "single-token steps through the 4-bit MatMulNBits graph (same weights "
                             "exactly; ~120 MB more memory).")
+    cuda_graphs: bool = Field(_E.cuda_graphs, description="onnxruntime CUDA: replay decode "
+                              "steps as CUDA graphs (one captured session per padded batch and "
+                              "context bucket, made on first use).")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (Triton's HTTP port).")
     metrics_port: int = Field(8002, ge=0, le=65535, description="Second listener serving only "

@@ -11,6 +11,7 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.device.cuda import CudaContext
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
+from engine.executors.cuda_graphs import Bucket, BucketSessions, decode_bucket
 from scheduler.plan import StepPlan, StepResult
 
 
@@ -28,6 +29,7 @@ class DeviceExecutor:
         self._context = CudaContext(device_id)
         self._io: DeviceStepIO | None = None
         self._has_argmax = False  # the graph/engine has an `argmax` output
+        self._graphs: BucketSessions | None = None  # decode steps replayed as CUDA graphs
 
     @property
     def block_size(self) -> int:
@@ -71,7 +73,7 @@ class DeviceExecutor:
             if not plan.seqs:
                 io.copy_blocks_only(plan)
                 return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
-            staged = io.stage(plan)
+            staged = io.stage(plan, self._captured_bucket(plan))
             try:
                 self._run(staged)
                 logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
@@ -79,6 +81,20 @@ class DeviceExecutor:
                 io.stream.synchronize()  # nothing may still read the staging area
                 raise
             return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
+
+    def _captured_bucket(self, plan: StepPlan) -> Bucket | None:
+        """The bucket a decode plan is padded to when its CUDA graph can run, else None."""
+        if self._graphs is None:
+            return None
+        lim, bs = self._limits, self._device_io().geometry.block_size
+        bucket = decode_bucket(plan, bs, min(lim.max_batch_size, lim.max_num_tokens),
+                               -(-lim.max_context // bs))
+        return bucket if bucket is not None and self._graphs.usable(bucket) else None
+
+    @property
+    def graph_replays(self) -> int:
+        """Decode steps run through a captured CUDA graph so far."""
+        return 0 if self._graphs is None else self._graphs.replays
 
     def _run(self, staged: StagedStep) -> None:
         """Run the graph over the staged inputs, writing the staged outputs (on the stream)."""
