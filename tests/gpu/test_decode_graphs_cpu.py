@@ -114,7 +114,8 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches 1, 2, 3, 5, 6 (row buckets 1, 2, 4 and 8 capped to max_batch_size 6): the same
-    greedy tokens as without graphs, logits within fp16 noise; every replay of a bucket binds the same addresses."""
+    greedy tokens as without graphs, logits within fp16 noise; every replay of a bucket binds
+    the same addresses."""
     made: list[_RecordingSession] = []
 
     def factory(path: Path, device: int, dims: dict[str, int]) -> _RecordingSession:
