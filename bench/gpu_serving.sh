@@ -90,7 +90,7 @@ serve_part() {
   stop_server
 }
 
-{ date -u; nvidia-smi -L; git log --oneline -1 2>/dev/null; } | tee "$SUM"
+{ date -u; nvidia-smi -L; cat COMMIT 2>/dev/null || git log --oneline -1; } | tee "$SUM"
 case "$PART" in
   serve) serve_part ;;
   hf) timeout 560 $PY bench/hf_gpu_baseline.py --out "$LOG/hf.md" >"$LOG/hf.txt" 2>&1
