@@ -106,6 +106,13 @@ class BucketSessions:
         self.replays += 1
         return session
 
+    def disable(self, bucket: Bucket, exc: BaseException) -> None:
+        """A captured run failed (e.g. a kernel that refuses capture): run it uncaptured."""
+        logger.warning("decode bucket %s runs without a CUDA graph from now on: %s", bucket,
+                       " ".join(str(exc).split())[:500])
+        self._sessions[bucket] = None
+        self.replays -= 1
+
     def _make(self, bucket: Bucket) -> object | None:
         try:
             session = self._factory(bucket)

@@ -113,8 +113,15 @@ class OrtCudaExecutor(DeviceExecutor):
     def _run(self, staged: StagedStep) -> None:
         io = self._device_io()
         io.stream.synchronize()  # staged inputs and block copies land before onnxruntime reads
-        session = (self._session if staged.bucket is None or self._graphs is None
-                   else self._graphs.get(staged.bucket))
+        if staged.bucket is not None and self._graphs is not None:
+            try:
+                self._run_session(self._graphs.get(staged.bucket), staged)
+                return
+            except Exception as exc:  # capture refused: this bucket runs uncaptured from now on
+                self._graphs.disable(staged.bucket, exc)
+        self._run_session(self._session, staged)
+
+    def _run_session(self, session: object, staged: StagedStep) -> None:
         binding = session.io_binding()  # type: ignore[attr-defined]
         for name, t in staged.inputs.items():
             binding.bind_input(name, self.ORT_DEVICE, self._device_id, element_type(t.dtype),

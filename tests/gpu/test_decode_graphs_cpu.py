@@ -168,3 +168,34 @@ def test_a_bucket_that_cannot_be_captured_runs_uncaptured(
     finally:
         ex.close()
     assert cuda_graphs.MAX_SESSIONS >= 9  # 1..256 rows fit without evicting
+
+
+def test_a_bucket_whose_capture_fails_at_run_time_runs_uncaptured(
+        fake: object, graph: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime can refuse a kernel only when it captures (e.g. CUDA Concat with more than 32
+    inputs): the step is rerun uncaptured and the bucket stays uncaptured; the engine goes on."""
+    class _Refusing(_RecordingSession):
+        def run_with_iobinding(self, _: object) -> None:
+            raise RuntimeError("CUDA Concat supports at most 32 inputs during CUDA Graph capture")
+
+    made: list[_Refusing] = []
+
+    def factory(path: Path, device: int, dims: dict[str, int]) -> _Refusing:
+        made.append(_Refusing(path, dims))
+        return made[-1]
+
+    monkeypatch.setattr(ort_cuda, "_graph_session", factory)
+    kwargs = dict(num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
+                  max_context=TINY.max_position_embeddings,
+                  limits=StepLimits(64, 4, TINY.max_position_embeddings))
+    plain = ort_cuda.OrtCudaExecutor(graph, TINY, **kwargs)  # type: ignore[arg-type]
+    ex = ort_cuda.OrtCudaExecutor(graph, TINY, cuda_graphs=True, **kwargs)  # type: ignore[arg-type]
+    try:
+        prompts = [[1, 2, 3], [4, 5]]
+        want, _ = greedy_tokens(plain, prompts, block_size=BLOCK_SIZE, steps=5)
+        got, _ = greedy_tokens(ex, prompts, block_size=BLOCK_SIZE, steps=5)
+        assert got == want and ex.graph_replays == 0
+        assert len({(s.dims["B"], s.dims["MB"]) for s in made}) == len(made)  # never retried
+    finally:
+        plain.close()
+        ex.close()
