@@ -11,8 +11,9 @@ import collections
 import sys
 from pathlib import Path
 
-INCLUSIVE = ("run_with_iobinding", "execute", "sample_step", "stage", "finish_with_argmax",
-             "_publish", "schedule", "update", "select", "_run_once")
+INCLUSIVE = ("_execute_and_sample", "run_with_iobinding", "_create_inference_session", "stage",
+             "finish_with_argmax", "sample_step", "schedule", "update", "_publish",
+             "_run_once", "select")
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
         frames = stack.split(";")
         total += n
         own[frames[-1]] += n
-        names = {f.split(" (")[0].strip() for f in frames}
+        names = {f.split(" (")[0].strip().rsplit(".", 1)[-1] for f in frames}
         for key in INCLUSIVE:
             if key in names:
                 under[key] += n

@@ -1,16 +1,16 @@
 """Decode steps replayed as CUDA graphs: the bucket of a decode step and its padded inputs.
 
 A decode step (every sequence runs one token and wants its logits) is padded to a bucket so its
-shapes repeat: the batch to the next power of two (at most max_batch_size; pad rows run token 0
-at position 0 with no past, their slot is -1 so the KV scatter skips them, their logits are
-dropped) and the past blocks per sequence to the next power of two (at most the context's
-blocks; pad columns name block 0 and are masked by past_lens). The onnxruntime CUDA executor
-runs each bucket in its own session whose symbolic dims are fixed (free-dimension overrides):
-with every shape static, onnxruntime folds the graph's shape arithmetic into constants, every
-node runs on the CUDA EP, and `enable_cuda_graph` captures the step once and replays it. The
-step's inputs and outputs sit at the same device addresses at every step of a bucket
-(DeviceStepIO stages them in a fixed order into one staging area). Prefill and mixed steps run
-uncaptured through the dynamic-shape session.
+shapes repeat: the batch to the next power of two (at most max_batch_size; pad rows run token 0 at
+position 0 with no past, their slot is -1 so the KV scatter skips them, their logits are dropped)
+and the past blocks per sequence to the next power of two, at least MIN_BLOCKS (at most the
+context's blocks; pad columns name block 0 and are masked by past_lens). The onnxruntime CUDA
+executor runs each bucket in its own session whose symbolic dims are fixed (free-dimension
+overrides): with every shape static, onnxruntime folds the graph's shape arithmetic into constants,
+every node runs on the CUDA EP, and `enable_cuda_graph` captures the step once and replays it. The
+step's inputs and outputs sit at the same device addresses at every step of a bucket (DeviceStepIO
+stages them in a fixed order into one staging area). Prefill and mixed steps run uncaptured through
+the dynamic-shape session.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from scheduler.plan import ScheduledSeq, StepPlan
 logger = logging.getLogger(__name__)
 
 MAX_SESSIONS = 32  # captured buckets kept; each session holds its own copy of the weights
+MIN_BLOCKS = 16  # past blocks of the smallest context bucket: short contexts share one bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,15 @@ def decode_bucket(plan: StepPlan, block_size: int, max_batch_size: int,
     needed = max(1, max(-(-s.start_pos // block_size) for s in seqs))
     if len(seqs) > max_batch_size or needed > max_blocks:
         return None  # over the limits: check_plan refuses it
-    return Bucket(min(next_pow2(len(seqs)), max_batch_size), min(next_pow2(needed), max_blocks))
+    return Bucket(min(next_pow2(len(seqs)), max_batch_size),
+                  min(max(next_pow2(needed), MIN_BLOCKS), max_blocks))
+
+
+def startup_buckets(max_batch_size: int, max_blocks: int) -> list[Bucket]:
+    """The buckets captured at start-up: every batch bucket at the shortest context bucket."""
+    blocks = min(MIN_BLOCKS, max_blocks)
+    batches = sorted({min(1 << i, max_batch_size) for i in range(max_batch_size.bit_length() + 1)})
+    return [Bucket(b, blocks) for b in batches]
 
 
 def pack_decode(seqs: Sequence[ScheduledSeq], block_size: int, bucket: Bucket
@@ -89,7 +98,7 @@ class BucketSessions:
         self._factory = factory
         self._max = max_sessions
         self._sessions: dict[Bucket, object | None] = {}
-        self.replays = 0  # steps run through a captured session
+        self.replays = 0  # serving steps run through a captured session (the executor counts)
 
     def usable(self, bucket: Bucket) -> bool:
         """Whether `bucket` runs captured (its session is made here on first use)."""
@@ -103,7 +112,6 @@ class BucketSessions:
         """The captured session of a usable bucket."""
         session = self._sessions[bucket]
         assert session is not None, f"bucket {bucket} is not usable"
-        self.replays += 1
         return session
 
     def disable(self, bucket: Bucket, exc: BaseException) -> None:
@@ -111,7 +119,6 @@ class BucketSessions:
         logger.warning("decode bucket %s runs without a CUDA graph from now on: %s", bucket,
                        " ".join(str(exc).split())[:500])
         self._sessions[bucket] = None
-        self.replays -= 1
 
     def _make(self, bucket: Bucket) -> object | None:
         try:

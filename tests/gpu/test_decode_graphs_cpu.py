@@ -13,7 +13,7 @@ import pytest
 
 from engine.device import cuda, kernels, memory
 from engine.executors import cuda_graphs, ort_cuda
-from engine.executors.cuda_graphs import Bucket, decode_bucket, pack_decode
+from engine.executors.cuda_graphs import Bucket, decode_bucket, pack_decode, startup_buckets
 from engine.executors.ort import session_options
 from engine.limits import StepLimits
 from scheduler.plan import ScheduledSeq, StepPlan
@@ -29,10 +29,13 @@ def test_decode_bucket_pads_batch_and_blocks() -> None:
         return ScheduledSeq(i, [1] * n, start, list(range(10)), True)
 
     assert decode_bucket(StepPlan(0, [seq(0, 1, 9), seq(1, 1, 3), seq(2, 1, 0)]),
-                         4, 64, 16) == Bucket(4, 4)  # 3 rows -> 4; ceil(9/4)=3 blocks -> 4
-    assert decode_bucket(StepPlan(0, [seq(0, 1, 0)]), 4, 64, 16) == Bucket(1, 1)
+                         4, 64, 64) == Bucket(4, 16)  # 3 rows -> 4; 3 blocks -> MIN_BLOCKS
+    assert decode_bucket(StepPlan(0, [seq(0, 1, 70)]), 4, 64, 64) == Bucket(1, 32)
+    assert decode_bucket(StepPlan(0, [seq(0, 1, 0)]), 4, 64, 8) == Bucket(1, 8)  # context cap
     assert decode_bucket(StepPlan(0, [seq(0, 2, 0)]), 4, 64, 16) is None  # prefill
-    assert decode_bucket(StepPlan(0, [seq(i, 1, 0) for i in range(5)]), 4, 6, 16) == Bucket(6, 1)
+    assert decode_bucket(StepPlan(0, [seq(i, 1, 0) for i in range(5)]), 4, 6, 16) == Bucket(6, 16)
+    assert startup_buckets(6, 64) == [Bucket(b, 16) for b in (1, 2, 4, 6)]
+    assert startup_buckets(256, 8) == [Bucket(1 << i, 8) for i in range(9)]
     assert decode_bucket(StepPlan(0, [seq(i, 1, 0) for i in range(7)]), 4, 6, 16) is None
     no_logits = StepPlan(0, [ScheduledSeq(0, [1], 4, [0, 1], False)])
     assert decode_bucket(no_logits, 4, 64, 16) is None
