@@ -149,3 +149,23 @@ class FakeCuda:
 
     def bindings(self) -> tuple[Any, Any, Any]:
         return self.driver, None, self.nvrtc
+
+
+def install_fake(monkeypatch: Any, host_ort_cuda: bool = False) -> FakeCuda:
+    """Patch the device layer onto a FakeCuda; with `host_ort_cuda`, the onnxruntime CUDA
+    executor also opens CPU sessions and binds host pointers (onnxruntime CPU stands in)."""
+    from engine.device import cuda, kernels, memory
+
+    fake = FakeCuda()
+    for module in (cuda, memory, kernels):
+        monkeypatch.setattr(module, "bindings", fake.bindings)
+    if host_ort_cuda:
+        import onnxruntime as ort
+
+        from engine.executors import ort_cuda
+        from engine.executors.ort import session_options
+
+        monkeypatch.setattr(ort_cuda, "_session", lambda p, d: ort.InferenceSession(
+            str(p), sess_options=session_options(1), providers=["CPUExecutionProvider"]))
+        monkeypatch.setattr(ort_cuda.OrtCudaExecutor, "ORT_DEVICE", "cpu")
+    return fake

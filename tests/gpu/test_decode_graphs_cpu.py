@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.device import cuda, kernels, memory
 from engine.executors import cuda_graphs, ort_cuda
 from engine.executors.cuda_graphs import Bucket, decode_bucket, pack_decode, startup_buckets
 from engine.executors.ort import session_options
@@ -54,17 +53,9 @@ def test_pack_decode_pad_rows_are_inert() -> None:
 @pytest.fixture()
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     pytest.importorskip("cuda.bindings", reason="the fake reuses cuda-python's enum types")
-    import onnxruntime as ort
+    from .fake_cuda import install_fake
 
-    from .fake_cuda import FakeCuda
-
-    fake = FakeCuda()
-    for module in (cuda, memory, kernels):
-        monkeypatch.setattr(module, "bindings", fake.bindings)
-    monkeypatch.setattr(ort_cuda, "_session", lambda p, d: ort.InferenceSession(
-        str(p), sess_options=session_options(1), providers=["CPUExecutionProvider"]))
-    monkeypatch.setattr(ort_cuda.OrtCudaExecutor, "ORT_DEVICE", "cpu")
-    yield fake
+    yield install_fake(monkeypatch, host_ort_cuda=True)
 
 
 class _RecordingSession:

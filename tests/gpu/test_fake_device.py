@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.device import cuda, kernels, memory
 from engine.device.step_io import StepLimits
 from engine.executors import ort_cuda
 from engine.executors.ort import OrtExecutor, session_options
@@ -27,12 +26,9 @@ NUM_BLOCKS = 64
 @pytest.fixture()
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     pytest.importorskip("cuda.bindings", reason="the fake reuses cuda-python's enum types")
-    from .fake_cuda import FakeCuda
+    from .fake_cuda import install_fake
 
-    fake = FakeCuda()
-    for module in (cuda, memory, kernels):
-        monkeypatch.setattr(module, "bindings", fake.bindings)
-    yield fake
+    yield install_fake(monkeypatch)
 
 
 @pytest.fixture(scope="module")

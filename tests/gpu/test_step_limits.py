@@ -13,9 +13,7 @@ import pytest
 
 from engine import runtime
 from engine.backends import ORT_CPU, ORT_CUDA
-from engine.device import cuda, kernels, memory
 from engine.executors import ort_cuda
-from engine.executors.ort import session_options
 from engine.limits import decide_limits
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
@@ -31,17 +29,9 @@ NUM_BLOCKS = 64
 @pytest.fixture()
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     pytest.importorskip("cuda.bindings", reason="the fake reuses cuda-python's enum types")
-    import onnxruntime as ort
+    from .fake_cuda import install_fake
 
-    from .fake_cuda import FakeCuda
-
-    fake = FakeCuda()
-    for module in (cuda, memory, kernels):
-        monkeypatch.setattr(module, "bindings", fake.bindings)
-    monkeypatch.setattr(ort_cuda, "_session", lambda p, d: ort.InferenceSession(
-        str(p), sess_options=session_options(1), providers=["CPUExecutionProvider"]))
-    monkeypatch.setattr(ort_cuda.OrtCudaExecutor, "ORT_DEVICE", "cpu")  # onnxruntime CPU binds
-    yield fake
+    yield install_fake(monkeypatch, host_ort_cuda=True)
 
 
 @pytest.fixture(scope="module")
