@@ -247,7 +247,7 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
 
         return TrtExecutor(model_path, config, num_blocks=blocks,
                            block_size=options.block_size, max_context=max_context,
-                           limits=limits)
+                           limits=limits, cuda_graphs=options.cuda_graphs)
     from engine.executors.ort_cuda import OrtCudaExecutor
 
     return OrtCudaExecutor(model_path, config, num_blocks=blocks,
