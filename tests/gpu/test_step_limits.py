@@ -39,10 +39,16 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_graph(tmp_path_factory.mktemp("tiny") / "float16", "float16")
 
 
-def test_settings_reach_the_engine_options() -> None:
-    settings = ServerSettings(max_batch_size=7, max_num_tokens=300, max_model_len=96)
+def test_settings_reach_the_engine_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ServerSettings(max_batch_size=7, max_num_tokens=300, max_model_len=96,
+                              cuda_graphs=False)
     options = engine_options(settings)
     assert (options.max_batch_size, options.max_num_tokens, options.max_context) == (7, 300, 96)
+    assert options.cuda_graphs is False and runtime.EngineOptions().cuda_graphs is True
+    monkeypatch.setenv("TRTSERVE_MAX_MODEL_LEN", "1000")
+    monkeypatch.setenv("TRTSERVE_CUDA_GRAPHS", "false")
+    from_env = engine_options(ServerSettings())
+    assert from_env.max_context == 1000 and from_env.cuda_graphs is False
 
 
 def test_unset_token_budget_is_the_backends() -> None:
