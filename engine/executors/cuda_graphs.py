@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.plan import ScheduledSeq, StepPlan
+from scheduler.plan import ScheduledSeq, StepPlan, StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,33 @@ def startup_buckets(max_batch_size: int, max_blocks: int) -> list[Bucket]:
     blocks = min(MIN_BLOCKS, max_blocks)
     batches = sorted({min(1 << i, max_batch_size) for i in range(max_batch_size.bit_length() + 1)})
     return [Bucket(b, blocks) for b in batches]
+
+
+def split_mixed(plan: StepPlan) -> tuple[StepPlan, StepPlan] | None:
+    """A mixed plan as (its decode rows, the rest), so the decodes run as a captured bucket and
+    the prefill chunks alone (padding them together would give every decode row the chunk's
+    query length); None when the plan is not mixed. The block copies go with the first part."""
+    decodes = [s for s in plan.seqs if len(s.token_ids) == 1 and s.want_logits]
+    if not decodes or len(decodes) == len(plan.seqs):
+        return None
+    rest = [s for s in plan.seqs if not (len(s.token_ids) == 1 and s.want_logits)]
+    return (StepPlan(plan.step_id, decodes, plan.block_copies), StepPlan(plan.step_id, rest))
+
+
+def merge_results(plan: StepPlan, parts: tuple[StepPlan, StepPlan],
+                  results: Sequence[StepResult]) -> StepResult:
+    """The parts' logits (and argmax) rows back in the plan's order."""
+    rows: dict[int, tuple[np.ndarray, int | None]] = {}
+    for part, result in zip(parts, results, strict=True):
+        wanted = [s.seq_id for s in part.seqs if s.want_logits]
+        for k, seq_id in enumerate(wanted):
+            pick = None if result.argmax is None else int(result.argmax[k])
+            rows[seq_id] = (result.logits[k], pick)
+    order = [rows[s.seq_id] for s in plan.seqs if s.want_logits]
+    logits = np.stack([r[0] for r in order]) if order else results[0].logits[:0]
+    has_argmax = all(r.argmax is not None for r in results)
+    argmax = np.array([r[1] for r in order], dtype=np.int64) if has_argmax else None
+    return StepResult(plan.step_id, logits, argmax)
 
 
 def pack_decode(seqs: Sequence[ScheduledSeq], block_size: int, bucket: Bucket

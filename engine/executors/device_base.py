@@ -11,7 +11,13 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.device.cuda import CudaContext
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
-from engine.executors.cuda_graphs import Bucket, BucketSessions, decode_bucket
+from engine.executors.cuda_graphs import (
+    Bucket,
+    BucketSessions,
+    decode_bucket,
+    merge_results,
+    split_mixed,
+)
 from scheduler.plan import StepPlan, StepResult
 
 
@@ -73,14 +79,21 @@ class DeviceExecutor:
             if not plan.seqs:
                 io.copy_blocks_only(plan)
                 return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
-            staged = io.stage(plan, self._captured_bucket(plan))
-            try:
-                self._run(staged)
-                logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
-            except BaseException:
-                io.stream.synchronize()  # nothing may still read the staging area
-                raise
-            return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
+            parts = split_mixed(plan) if self._graphs is not None else None
+            if parts is None:
+                return self._execute_one(io, plan)
+            return merge_results(plan, parts, [self._execute_one(io, p) for p in parts])
+
+    def _execute_one(self, io: DeviceStepIO, plan: StepPlan) -> StepResult:
+        """One graph call over `plan` (a decode plan through its captured bucket if any)."""
+        staged = io.stage(plan, self._captured_bucket(plan))
+        try:
+            self._run(staged)
+            logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
+        except BaseException:
+            io.stream.synchronize()  # nothing may still read the staging area
+            raise
+        return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
 
     def _captured_bucket(self, plan: StepPlan) -> Bucket | None:
         """The bucket a decode plan is padded to when its CUDA graph can run, else None."""

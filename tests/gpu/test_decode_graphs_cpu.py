@@ -193,3 +193,42 @@ def test_a_bucket_whose_capture_fails_at_run_time_runs_uncaptured(
     finally:
         plain.close()
         ex.close()
+
+
+def test_mixed_steps_split_into_captured_decodes_and_prefill(
+        fake: object, graph: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step mixing decodes with prefill chunks runs its decodes through their bucket and the
+    chunks alone; logits (and argmax) come back in plan order, equal to the unsplit step's."""
+    monkeypatch.setattr(ort_cuda, "_graph_session",
+                        lambda path, device, dims: _RecordingSession(path, dims))
+    kwargs = dict(num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
+                  max_context=TINY.max_position_embeddings,
+                  limits=StepLimits(64, 8, TINY.max_position_embeddings))
+    plain = ort_cuda.OrtCudaExecutor(graph, TINY, **kwargs)  # type: ignore[arg-type]
+    ex = ort_cuda.OrtCudaExecutor(graph, TINY, cuda_graphs=True, **kwargs)  # type: ignore[arg-type]
+    prefill = StepPlan(0, [ScheduledSeq(0, [1, 2, 3, 4, 5], 0, [0, 1], True),
+                           ScheduledSeq(1, [6, 7, 8], 0, [2, 3], True)])
+    mixed = StepPlan(1, [ScheduledSeq(2, [9, 10, 11, 12, 13, 14], 0, [4, 5], False),
+                         ScheduledSeq(0, [20], 5, [0, 1], True),
+                         ScheduledSeq(3, [15, 16], 0, [6], True),
+                         ScheduledSeq(1, [21], 3, [2, 3], True)], [(2, 7)])
+    try:
+        for executor in (plain, ex):
+            executor.execute(prefill)
+        want, got = plain.execute(mixed), ex.execute(mixed)
+        assert ex.graph_replays == 1  # the two decode rows, as one bucket
+        assert got.logits.shape == want.logits.shape == (3, TINY.vocab_size)
+        np.testing.assert_allclose(got.logits, want.logits, rtol=0,
+                                   atol=2e-2 * np.abs(want.logits).max())
+        assert got.argmax is not None and want.argmax is not None
+        assert got.argmax.tolist() == want.argmax.tolist()
+        pools = []
+        for executor in (plain, ex):  # the block copy ran, and every new K/V landed
+            pools.append(np.empty(executor.device_io.geometry.shape, np.float16))
+            executor.device_io.pool.buffer.copy_to_host(pools[-1], executor.device_io.stream)
+        np.testing.assert_allclose(pools[1].astype(np.float32), pools[0].astype(np.float32),
+                                   rtol=0, atol=2e-2 * float(np.abs(pools[0]).max()))
+        assert np.abs(pools[1][:, :, :, 7]).max() > 0
+    finally:
+        plain.close()
+        ex.close()
