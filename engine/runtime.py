@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,11 @@ from engine.cache import (
 )
 from engine.config import ModelConfig, ModelError
 from engine.dtypes import DTYPE_NAMES
+from engine.kv_sizing import device_kv_blocks, kv_cache_blocks
+from engine.limits import StepLimits, decide_limits
 from engine.registry import DEFAULT_MODEL, ModelSource, read_source, resolve_model
 from engine.tokenizer import Tokenizer
+from scheduler.config import SchedulerConfig
 from scheduler.plan import Executor
 
 logger = logging.getLogger(__name__)
@@ -38,8 +40,7 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 DTYPES = ("auto", *DTYPE_NAMES)
 MODEL_FILE = "model.onnx"
-KV_BUDGET_CAP_BYTES = 2 * 1024**3  # host pool never sized beyond this from free memory
-FALLBACK_AVAILABLE_BYTES = 2 * 1024**3  # when free memory cannot be read
+_SCHED = SchedulerConfig()  # step-limit defaults, defined once there
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,10 @@ class EngineOptions:
     kv_cache_fraction: float = 0.1  # of free host/device memory, when blocks not given
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     max_context: int | None = None  # None -> model's max_position_embeddings
+    max_batch_size: int = _SCHED.max_batch_size  # sequences per step (executor + scheduler)
+    max_num_tokens: int | None = None  # tokens per step; None -> the backend's, else scheduler's
     q4_decode: bool = True  # CPU: single-token steps through the MatMulNBits graph when built
+    cuda_graphs: bool = True  # onnxruntime CUDA: decode steps replayed as CUDA graphs
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -68,8 +72,10 @@ class EngineOptions:
             raise ValueError(f"kv_cache_blocks must be positive, got {self.kv_cache_blocks}")
         if not 0.0 < self.kv_cache_fraction <= 1.0:
             raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
-        if self.max_context is not None and self.max_context <= 0:
-            raise ValueError(f"max_context must be positive, got {self.max_context}")
+        for name in ("max_context", "max_batch_size", "max_num_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
 
 
 @dataclass
@@ -79,7 +85,11 @@ class LoadedModel:
     tokenizer: Tokenizer  # engine/tokenizer.py
     executor: Executor  # scheduler.plan.Executor
     backend: str  # "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"
-    max_num_tokens: int | None = None  # the backend's preferred token budget per step, if any
+    limits: StepLimits  # the largest step, given to the executor and read by the scheduler
+
+    @property
+    def max_num_tokens(self) -> int:
+        return self.limits.max_num_tokens
 
     def close(self) -> None:
         self.executor.close()
@@ -166,56 +176,6 @@ def check_max_context(options: EngineOptions, config: ModelConfig) -> int:
     return options.max_context
 
 
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (Linux), else a conservative constant."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return FALLBACK_AVAILABLE_BYTES
-
-
-def kv_block_bytes(config: ModelConfig, block_size: int, dtype: str) -> int:
-    """K and V of every layer for one block of tokens."""
-    from engine.dtypes import NUMPY_DTYPES
-
-    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim
-    return per_token * block_size * NUMPY_DTYPES[dtype].itemsize
-
-
-def kv_cache_blocks(options: EngineOptions, config: ModelConfig, max_context: int,
-                    dtype: str, available: int | None = None) -> int:
-    """options.kv_cache_blocks, or a fraction of free memory (capped), but always room for one
-    sequence of max_context tokens."""
-    if options.kv_cache_blocks is not None:
-        return options.kv_cache_blocks
-    free = available_memory_bytes() if available is None else available
-    budget = min(int(free * options.kv_cache_fraction), KV_BUDGET_CAP_BYTES)
-    blocks = budget // kv_block_bytes(config, options.block_size, dtype)
-    return max(int(blocks), math.ceil(max_context / options.block_size))
-
-
-def device_kv_blocks(options: EngineOptions, config: ModelConfig, max_context: int,
-                     dtype: str) -> int:
-    """options.kv_cache_blocks, or kv_cache_fraction of free device memory."""
-    if options.kv_cache_blocks is not None:
-        return options.kv_cache_blocks
-    from engine.device.cuda import CudaContext
-    from engine.device_pool import blocks_that_fit
-
-    ctx = CudaContext(0)
-    try:
-        free, _ = ctx.mem_info()
-    finally:
-        ctx.close()
-    blocks = blocks_that_fit(config, options.block_size, dtype,
-                             int(free * options.kv_cache_fraction))
-    return max(blocks, math.ceil(max_context / options.block_size))
-
-
 def q4_model_path(entry: Path, manifest: dict[str, Any], options: EngineOptions) -> Path | None:
     """The entry's single-token MatMulNBits graph, when it has one and options want it."""
     name = manifest.get("graph", {}).get("q4_model_file")
@@ -223,8 +183,9 @@ def q4_model_path(entry: Path, manifest: dict[str, Any], options: EngineOptions)
 
 
 def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
-              options: EngineOptions, max_context: int, dtype: str,
+              options: EngineOptions, limits: StepLimits, dtype: str,
               single_token_model: Path | None) -> Executor:
+    max_context = limits.max_context
     if backend.name == "onnxruntime-cpu":
         from engine.executors.ort import OrtExecutor
 
@@ -243,11 +204,13 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
             engine_file = Path(options.engine_dir) / ENGINE_FILE
             blocks = min(blocks, read_config(Path(options.engine_dir)).max_kv_blocks)
         return TrtExecutor(model_path, config, num_blocks=blocks, block_size=options.block_size,
-                           max_context=max_context, engine_file=engine_file)
+                           max_context=max_context, engine_file=engine_file,
+                           limits=limits, cuda_graphs=options.cuda_graphs)
     from engine.executors.ort_cuda import OrtCudaExecutor
 
     return OrtCudaExecutor(model_path, config, num_blocks=blocks,
-                           block_size=options.block_size, max_context=max_context)
+                           block_size=options.block_size, max_context=max_context,
+                           limits=limits, cuda_graphs=options.cuda_graphs)
 
 
 def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
@@ -258,14 +221,14 @@ def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
     entry = Path(options.engine_dir) if options.engine_dir else _prepare(options, dtype)[1]
     manifest = read_manifest(entry)
     config = config_from_json(manifest["config"])
-    max_context = check_max_context(options, config)
-    logger.info("starting %s on %s (%s), block size %d, max context %d (pid %d)",
-                manifest["name"], backend.name, dtype, options.block_size, max_context, os.getpid())
-    executor = _executor(backend, entry / MODEL_FILE, config, options, max_context, dtype,
+    limits = decide_limits(options.max_batch_size, options.max_num_tokens,
+                           backend.max_num_tokens, check_max_context(options, config))
+    logger.info("starting %s on %s (%s), block size %d, step limits %s (pid %d)",
+                manifest["name"], backend.name, dtype, options.block_size, limits, os.getpid())
+    executor = _executor(backend, entry / MODEL_FILE, config, options, limits, dtype,
                          q4_model_path(entry, manifest, options))
     return LoadedModel(name=manifest["name"], config=config, tokenizer=Tokenizer.from_dir(entry),
-                       executor=executor, backend=backend.name,
-                       max_num_tokens=backend.max_num_tokens)
+                       executor=executor, backend=backend.name, limits=limits)
 
 
 def load_model(options: EngineOptions) -> LoadedModel:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -38,3 +39,17 @@ class SchedulerConfig:
         if self.max_model_len is None:
             return max_context
         return min(self.max_model_len, max_context)
+
+
+def fit_to_executor(config: SchedulerConfig, executor: Any) -> SchedulerConfig:
+    """`config` with max_batch_size / max_num_tokens lowered to the executor's own limits (an
+    executor built for a largest step exposes them), so no plan exceeds what it accepts. The
+    server builds both from the same options; a lowered value here is logged as a warning."""
+    changes: dict[str, int] = {}
+    for name in ("max_batch_size", "max_num_tokens"):
+        limit = getattr(executor, name, None)
+        if isinstance(limit, int) and limit < getattr(config, name):
+            logger.warning("%s %d exceeds the executor's limit; using %d", name,
+                           getattr(config, name), limit)
+            changes[name] = limit
+    return replace(config, **changes) if changes else config

@@ -8,8 +8,9 @@ deltas to the per-request queues and call `on_step` while N+1 runs; stream consu
 itself cannot overlap execution of N: its decode tokens are the samples of N.
 Idle: the loop awaits an asyncio.Event set by `add` (no polling), after running the integrity
 check and handing `on_step` one idle snapshot (nothing scheduled, step_time_s 0), so gauges
-fed from it do not keep the last step's counts. On any executor/update exception every unfinished request gets a final ERROR output,
-`dead` is set and `add` raises EngineDeadError.
+fed from it do not keep the last step's counts. A plan the executor refuses (StepRefusedError)
+fails only its own requests; on any other executor/update exception every unfinished request
+gets a final ERROR output, `dead` is set and `add` raises EngineDeadError.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 
-from scheduler.config import SchedulerConfig
-from scheduler.plan import Executor, StepPlan, StepResult
+from scheduler.config import SchedulerConfig, fit_to_executor
+from scheduler.plan import Executor, StepPlan, StepRefusedError, StepResult
 from scheduler.request import EngineDeadError, Request, RequestOutput
 from scheduler.scheduler import SampledTokens, Scheduler
 from scheduler.stats import SchedulerStats
@@ -63,7 +64,8 @@ class EngineLoop:
                  on_step: Callable[[SchedulerStats], None] | None = None) -> None:
         self._executor = executor
         self._scheduler = Scheduler(
-            config, block_size=executor.block_size, num_blocks=executor.num_blocks,
+            fit_to_executor(config, executor),
+            block_size=executor.block_size, num_blocks=executor.num_blocks,
             vocab_size=executor.vocab_size, max_context=executor.max_context,
             eos_token_ids=eos_token_ids, decode=decode)
         self._on_step = on_step
@@ -141,7 +143,12 @@ class EngineLoop:
                     continue
                 future = loop.run_in_executor(self._threads, self._execute_and_sample, plan)
                 self._publish(pending, pending_stats)  # overlaps with the executor call
-                result, sampled, step_time = await future
+                try:
+                    result, sampled, step_time = await future
+                except StepRefusedError as exc:  # only this plan's requests fail
+                    logger.error("executor refused step %d: %s", plan.step_id, exc)
+                    pending = self._scheduler.fail_step(plan, f"{type(exc).__name__}: {exc}")
+                    continue
                 pending = self._scheduler.update(plan, result, sampled)
                 pending_stats = self._scheduler.stats(step_time)
             self._publish(pending, pending_stats)

@@ -54,6 +54,12 @@ class StepResult:
     # pass over the logits. None -> the scheduler computes it.
 
 
+class StepRefusedError(ValueError):
+    """The executor cannot run this plan (it exceeds a limit the executor was built with, or
+    names blocks outside its pool) and touched nothing: only the plan's requests fail, the
+    engine goes on. Any other exception from `execute` is a device fault and stops the engine."""
+
+
 class Executor(Protocol):
     """Runs step plans over a paged KV pool that it owns. Implemented in `engine/`."""
 
@@ -69,6 +75,10 @@ class Executor(Protocol):
     @property
     def max_context(self) -> int: ...  # longest sequence (prompt + output) the model supports
 
+    # An executor built for a largest step may also expose `max_batch_size` / `max_num_tokens`
+    # (ints); the scheduler then never plans beyond them (scheduler.config.fit_to_executor).
+
     def execute(self, plan: StepPlan) -> StepResult: ...  # blocking; thread-safe w.r.t. itself
+    # raises StepRefusedError for a plan it cannot run (nothing done), anything else on a fault
 
     def close(self) -> None: ...  # releases pool and device memory; idempotent

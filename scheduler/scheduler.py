@@ -1,20 +1,13 @@
 """The in-flight batching scheduler: a synchronous state machine (no awaits, no threads).
 
 Contract: `add(request)`, `schedule() -> StepPlan | None`, `update(plan, result) ->
-list[RequestOutput]`, `abort(request_id)`. Every step first continues the running sequences
-(oldest admitted first; a decode is one token, an unfinished prompt a chunk), then admits
-waiting ones in FCFS order under the token budget, the batch cap and the free KV blocks.
-
-Policies (TensorRT-LLM's batch_scheduler_policy):
-- max_utilization: admit when the next chunk fits; if a running sequence later cannot get a
-  block, preempt the most recently admitted one by recompute (blocks freed, back to the front of
-  the queue, never dropped). No admission in a step that preempted.
-- guaranteed_no_evict: admit only when prompt + max_tokens fits next to what running sequences
-  may still claim; never preempts.
-Status transitions happen only here (`_finish`, `_preempt`, `_admit`); the per-row hot loops
-(plan rows, sampling inputs, token appends) are in scheduler.step_rows. `SampledTokens` is
-re-exported from scheduler.outputs.
-"""
+list[RequestOutput]`, `abort(request_id)`, `fail_step(plan, error)` for a refused plan. Every
+step first continues the running sequences (oldest first; a decode is one token, an unfinished
+prompt a chunk), then admits waiting ones FCFS under the token budget, batch cap and free blocks.
+Policies (TensorRT-LLM's): max_utilization preempts the newest by recompute when a running
+sequence cannot get a block (never dropped; no admission in that step); guaranteed_no_evict
+admits only when prompt + max_tokens fits beside what running sequences may still claim. Status
+changes only in `_finish`, `_preempt`, `_admit`; per-row loops live in scheduler.step_rows."""
 
 from __future__ import annotations
 
@@ -200,8 +193,7 @@ class Scheduler:
 
         Reads only state that nothing changes while the plan is in flight (token lists are
         appended by update(), RNGs are used only here), so the loop runs this in its worker
-        thread right after the executor call, keeping sampling off the event loop.
-        """
+        thread right after the executor call, keeping sampling off the event loop."""
         return sample_rows(plan, result, self._logit_seqs[plan.step_id], self.sample_stats)
 
     def update(self, plan: StepPlan, result: StepResult,
@@ -250,6 +242,16 @@ class Scheduler:
         else:
             self.waiting.remove(seq)
         return self._finish(seq, SeqStatus.FINISHED_ABORTED)
+
+    def fail_step(self, plan: StepPlan, error: str) -> list[RequestOutput]:
+        """ERROR for the running requests of a plan the executor refused; nothing was cached."""
+        self._logit_seqs.pop(plan.step_id, None)
+        for seq in self._step_seqs.pop(plan.step_id, ()):
+            if seq.status is SeqStatus.RUNNING:
+                seq.error, seq.error_type = error, "StepRefusedError"
+                self._pending.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
+        self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
+        return self.drain_outputs()
 
     def fail_all(self, error: str, error_type: str = "EngineError") -> list[RequestOutput]:
         """Finish every unfinished request with ERROR (the engine failed)."""

@@ -25,16 +25,20 @@ WARMUP_TOKENS = 2
 
 def engine_options(settings: ServerSettings) -> EngineOptions:
     return EngineOptions(model=settings.model, backend=settings.backend, dtype=settings.dtype,
-                         q4_decode=settings.q4_decode,
+                         q4_decode=settings.q4_decode, cuda_graphs=settings.cuda_graphs,
                          cache_dir=settings.cache_dir,
                          engine_dir=settings.engine_dir, block_size=settings.block_size,
                          kv_cache_blocks=settings.kv_cache_blocks,
-                         kv_cache_fraction=settings.kv_cache_fraction)
+                         kv_cache_fraction=settings.kv_cache_fraction,
+                         max_context=settings.max_model_len,
+                         max_batch_size=settings.max_batch_size,
+                         max_num_tokens=settings.max_num_tokens)
 
 
 def scheduler_config(settings: ServerSettings, backend_tokens: int | None = None
                      ) -> SchedulerConfig:
-    """The user's settings; an unset token budget is the backend's, else the scheduler's."""
+    """The user's settings; an unset token budget is the backend's (the loaded model's step
+    limit, engine/limits.py), else the scheduler's."""
     budget = settings.max_num_tokens or backend_tokens
     return SchedulerConfig(max_batch_size=settings.max_batch_size,
                            **({"max_num_tokens": budget} if budget else {}),

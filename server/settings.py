@@ -39,6 +39,9 @@ class ServerSettings(BaseSettings):
     q4_decode: bool = Field(_E.q4_decode, description="onnxruntime CPU with a Q4 GGUF: run "
                             "single-token steps through the 4-bit MatMulNBits graph (same weights "
                             "exactly; ~120 MB more memory).")
+    cuda_graphs: bool = Field(_E.cuda_graphs, description="onnxruntime CUDA: replay decode "
+                              "steps as CUDA graphs (one captured session per padded batch and "
+                              "context bucket, made on first use).")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (Triton's HTTP port).")
     metrics_port: int = Field(8002, ge=0, le=65535, description="Second listener serving only "
@@ -50,6 +53,9 @@ class ServerSettings(BaseSettings):
         None, ge=1, description=f"Token budget per step (chunked prefill). Default: the "
         f"backend's (256 on onnxruntime-cpu, where prefill is compute-bound and smaller chunks "
         f"keep running streams moving), else {_S.max_num_tokens}.")
+    max_model_len: int | None = Field(
+        _E.max_context, ge=2, description="Prompt + output tokens per request at most (the "
+        "executor's context limit); default: the model's maximum context.")
     kv_cache_blocks: int | None = Field(_E.kv_cache_blocks, ge=1, description="Exact number "
                                         "of KV blocks; overrides --kv-cache-fraction.")
     kv_cache_fraction: float = Field(_E.kv_cache_fraction, gt=0.0, le=1.0, description="Share "

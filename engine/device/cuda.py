@@ -190,6 +190,38 @@ class Stream:
         self.close()
 
 
+class CapturedGraph:
+    """The work `work()` puts on `stream`, captured once as a CUDA graph (nothing runs while it
+    is captured); `launch` replays it on a stream."""
+
+    def __init__(self, stream: Stream, work: Callable[[], None]) -> None:
+        driver, _, _ = bindings()
+        self._driver = driver
+        mode = driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+        cuda_call(driver.cuStreamBeginCapture, stream.handle, mode)
+        try:
+            work()
+        finally:
+            self._graph: Any = cuda_call(driver.cuStreamEndCapture, stream.handle)
+        try:
+            self._exec: Any = cuda_call(driver.cuGraphInstantiate, self._graph, 0)
+        except CudaError:
+            cuda_call(driver.cuGraphDestroy, self._graph)
+            raise
+
+    def launch(self, stream: Stream) -> None:
+        if self._exec is None:
+            raise CudaError("captured graph already closed")
+        cuda_call(self._driver.cuGraphLaunch, self._exec, stream.handle)
+
+    def close(self) -> None:
+        if self._exec is None:
+            return
+        cuda_call(self._driver.cuGraphExecDestroy, self._exec)
+        cuda_call(self._driver.cuGraphDestroy, self._graph)
+        self._exec = self._graph = None
+
+
 class Event:
     """A CUDA event with timing enabled, for ordering and for measuring device time."""
 

@@ -20,8 +20,10 @@ from engine.device.cuda import CudaContext, Stream
 from engine.device.kernels import KVKernels
 from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea
 from engine.device_pool import DeviceKVPool, PoolGeometry, geometry_for
+from engine.executors.cuda_graphs import Bucket, pack_decode
 from engine.executors.packing import pack_plan
-from scheduler.plan import StepPlan
+from engine.limits import StepLimits
+from scheduler.plan import StepPlan, StepRefusedError
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +35,6 @@ class _Closeable(Protocol):
 
 
 _C = TypeVar("_C", bound=_Closeable)
-
-
-@dataclass(frozen=True, slots=True)
-class StepLimits:
-    """The largest step a GPU executor accepts (sizes its buffers and TensorRT profile)."""
-
-    max_num_tokens: int = 2048  # packed tokens per step
-    max_batch_size: int = 64  # sequences per step
-    max_context: int = 2048  # tokens per sequence
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_tokens", "max_batch_size", "max_context"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +57,7 @@ class StagedStep:
     slots_ptr: int  # int64 [T] slot mapping on the device
     num_tokens: int
     num_rows: int  # logit rows the plan wants (R' - num_rows padding rows are dropped)
+    bucket: Bucket | None = None  # the padded decode shape, when staged for a captured graph
 
 
 def staging_bytes(limits: StepLimits, block_size: int, num_blocks: int) -> int:
@@ -80,25 +69,25 @@ def staging_bytes(limits: StepLimits, block_size: int, num_blocks: int) -> int:
 
 
 def check_plan(plan: StepPlan, limits: StepLimits, block_size: int, num_blocks: int) -> None:
-    """Refuse a plan the buffers cannot hold (ValueError naming the limit)."""
+    """Refuse a plan the buffers cannot hold (StepRefusedError naming the limit)."""
     if plan.num_tokens > limits.max_num_tokens:
-        raise ValueError(f"step has {plan.num_tokens} tokens, max_num_tokens is "
-                         f"{limits.max_num_tokens}")
+        raise StepRefusedError(f"step has {plan.num_tokens} tokens, max_num_tokens is "
+                               f"{limits.max_num_tokens}")
     if len(plan.seqs) > limits.max_batch_size:
-        raise ValueError(f"step has {len(plan.seqs)} sequences, max_batch_size is "
-                         f"{limits.max_batch_size}")
+        raise StepRefusedError(f"step has {len(plan.seqs)} sequences, max_batch_size is "
+                               f"{limits.max_batch_size}")
     for seq in plan.seqs:
         end = seq.start_pos + len(seq.token_ids)
         if not seq.token_ids or end > limits.max_context:
-            raise ValueError(f"seq {seq.seq_id}: {len(seq.token_ids)} tokens at {seq.start_pos} "
-                             f"do not fit max_context {limits.max_context}")
+            raise StepRefusedError(f"seq {seq.seq_id}: {len(seq.token_ids)} tokens at "
+                                   f"{seq.start_pos} do not fit max_context {limits.max_context}")
         if len(seq.block_table) * block_size < end:
-            raise ValueError(f"seq {seq.seq_id}: block table too short for {end} tokens")
+            raise StepRefusedError(f"seq {seq.seq_id}: block table too short for {end} tokens")
         if any(not 0 <= b < num_blocks for b in seq.block_table[: -(-end // block_size)]):
-            raise ValueError(f"seq {seq.seq_id}: block id outside 0..{num_blocks - 1}")
+            raise StepRefusedError(f"seq {seq.seq_id}: block id outside 0..{num_blocks - 1}")
     for src, dst in plan.block_copies:
         if not (0 <= src < num_blocks and 0 <= dst < num_blocks):
-            raise ValueError(f"block copy {src}->{dst} outside 0..{num_blocks - 1}")
+            raise StepRefusedError(f"block copy {src}->{dst} outside 0..{num_blocks - 1}")
 
 
 class DeviceStepIO:
@@ -134,17 +123,22 @@ class DeviceStepIO:
         self._owned.append(obj)
         return obj
 
-    def stage(self, plan: StepPlan) -> StagedStep:
-        """Check + pack + upload the plan, then run its block copies on the stream."""
+    def stage(self, plan: StepPlan, bucket: Bucket | None = None) -> StagedStep:
+        """Check + pack + upload the plan (padded to `bucket`, a decode step replayed as a CUDA
+        graph: same shapes, same addresses), then run its block copies on the stream."""
         g = self.geometry
         check_plan(plan, self.limits, g.block_size, g.num_blocks)
         self.context.make_current()
-        packed = pack_plan(plan, g.block_size)
-        feeds = dict(packed.feeds)
-        num_rows = len(feeds["logit_index"])
-        if num_rows == 0:  # keep every dim >= 1 (TensorRT profiles): compute one row, drop it
-            feeds["logit_index"] = np.zeros(1, dtype=np.int64)
-        slots = packed.slot_blocks * g.block_size + packed.slot_offsets
+        if bucket is not None:
+            feeds, slots = pack_decode(plan.seqs, g.block_size, bucket)
+            num_rows = len(plan.seqs)
+        else:
+            packed = pack_plan(plan, g.block_size)
+            feeds = dict(packed.feeds)
+            num_rows = len(feeds["logit_index"])
+            if num_rows == 0:  # keep every dim >= 1 (TensorRT profiles): compute one row
+                feeds["logit_index"] = np.zeros(1, dtype=np.int64)
+            slots = packed.slot_blocks * g.block_size + packed.slot_offsets
         pairs = np.asarray(plan.block_copies, dtype=np.int64).reshape(-1, 2)
         names = list(feeds)
         ptrs = self.staging.upload([feeds[n] for n in names] + [slots, pairs], self.stream)
@@ -153,11 +147,11 @@ class DeviceStepIO:
         inputs["kv_cache"] = DeviceTensor(self.pool.ptr, g.graph_shape, g.np_dtype)
         if len(pairs):
             self.pool.copy_blocks(ptrs[-1], len(pairs), self.stream)
-        t = plan.num_tokens
+        t = len(slots)
         kv_shape = (self.config.num_layers, 2, self.config.num_kv_heads, t, self.config.head_dim)
         rows = len(feeds["logit_index"])
         return StagedStep(
-            inputs=inputs, slots_ptr=ptrs[-2], num_tokens=t, num_rows=num_rows,
+            inputs=inputs, slots_ptr=ptrs[-2], num_tokens=t, num_rows=num_rows, bucket=bucket,
             logits=DeviceTensor(self.logits.ptr, (rows, self.config.vocab_size),
                                 np.dtype(np.float32)),
             new_kv=DeviceTensor(self.new_kv.ptr, kv_shape, g.np_dtype),

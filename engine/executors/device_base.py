@@ -11,6 +11,13 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.device.cuda import CudaContext
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
+from engine.executors.cuda_graphs import (
+    Bucket,
+    BucketSessions,
+    decode_bucket,
+    merge_results,
+    split_mixed,
+)
 from scheduler.plan import StepPlan, StepResult
 
 
@@ -28,6 +35,7 @@ class DeviceExecutor:
         self._context = CudaContext(device_id)
         self._io: DeviceStepIO | None = None
         self._has_argmax = False  # the graph/engine has an `argmax` output
+        self._graphs: BucketSessions | None = None  # decode steps replayed as CUDA graphs
 
     @property
     def block_size(self) -> int:
@@ -46,6 +54,16 @@ class DeviceExecutor:
         return self._max_context
 
     @property
+    def max_batch_size(self) -> int:
+        """Sequences per step at most (the scheduler plans within it)."""
+        return self._limits.max_batch_size
+
+    @property
+    def max_num_tokens(self) -> int:
+        """Packed tokens per step at most (the scheduler plans within it)."""
+        return self._limits.max_num_tokens
+
+    @property
     def device_io(self) -> DeviceStepIO:
         """The pool and step buffers (tests read the pool back through it)."""
         return self._device_io()
@@ -61,14 +79,35 @@ class DeviceExecutor:
             if not plan.seqs:
                 io.copy_blocks_only(plan)
                 return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
-            staged = io.stage(plan)
-            try:
-                self._run(staged)
-                logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
-            except BaseException:
-                io.stream.synchronize()  # nothing may still read the staging area
-                raise
-            return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
+            parts = split_mixed(plan) if self._graphs is not None else None
+            if parts is None:
+                return self._execute_one(io, plan)
+            return merge_results(plan, parts, [self._execute_one(io, p) for p in parts])
+
+    def _execute_one(self, io: DeviceStepIO, plan: StepPlan) -> StepResult:
+        """One graph call over `plan` (a decode plan through its captured bucket if any)."""
+        staged = io.stage(plan, self._captured_bucket(plan))
+        try:
+            self._run(staged)
+            logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
+        except BaseException:
+            io.stream.synchronize()  # nothing may still read the staging area
+            raise
+        return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
+
+    def _captured_bucket(self, plan: StepPlan) -> Bucket | None:
+        """The bucket a decode plan is padded to when its CUDA graph can run, else None."""
+        if self._graphs is None:
+            return None
+        lim, bs = self._limits, self._device_io().geometry.block_size
+        bucket = decode_bucket(plan, bs, min(lim.max_batch_size, lim.max_num_tokens),
+                               -(-lim.max_context // bs))
+        return bucket if bucket is not None and self._graphs.usable(bucket) else None
+
+    @property
+    def graph_replays(self) -> int:
+        """Decode steps run through a captured CUDA graph so far."""
+        return 0 if self._graphs is None else self._graphs.replays
 
     def _run(self, staged: StagedStep) -> None:
         """Run the graph over the staged inputs, writing the staged outputs (on the stream)."""

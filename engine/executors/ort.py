@@ -24,7 +24,7 @@ import onnxruntime as ort
 from engine.config import ModelConfig
 from engine.executors.packing import PAD_SLACK, pack_seqs, split_for_padding
 from engine.kv_pool import KVPool
-from scheduler.plan import ScheduledSeq, StepPlan, StepResult
+from scheduler.plan import ScheduledSeq, StepPlan, StepRefusedError, StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -212,13 +212,16 @@ class OrtExecutor:
         for seq in plan.seqs:
             end = seq.start_pos + len(seq.token_ids)
             if not seq.token_ids or end > self._max_context:
-                raise ValueError(f"seq {seq.seq_id}: {len(seq.token_ids)} tokens at "
-                                 f"{seq.start_pos} do not fit max_context {self._max_context}")
+                raise StepRefusedError(f"seq {seq.seq_id}: {len(seq.token_ids)} tokens at "
+                                       f"{seq.start_pos} do not fit max_context "
+                                       f"{self._max_context}")
             if len(seq.block_table) * self.block_size < end:
-                raise ValueError(f"seq {seq.seq_id}: block table too short for {end} tokens")
+                raise StepRefusedError(f"seq {seq.seq_id}: block table too short for {end} "
+                                       "tokens")
         for src, dst in plan.block_copies:
             if not (0 <= src < self.num_blocks and 0 <= dst < self.num_blocks):
-                raise ValueError(f"block copy {src}->{dst} outside 0..{self.num_blocks - 1}")
+                raise StepRefusedError(f"block copy {src}->{dst} outside "
+                                       f"0..{self.num_blocks - 1}")
 
     def end_profiling(self) -> str:
         """Stops onnxruntime's profiler and returns the dense session's trace file path."""

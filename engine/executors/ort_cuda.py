@@ -19,10 +19,13 @@ from onnx import TensorProto
 from engine.config import ModelConfig
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
 from engine.dtypes import NUMPY_DTYPES
+from engine.executors.cuda_graphs import Bucket, BucketSessions, bucket_dims, startup_buckets
 from engine.executors.device_base import DeviceExecutor
+from scheduler.plan import StepPlan
 
 logger = logging.getLogger(__name__)
 
+CAPTURE_RUNS = 3  # onnxruntime runs twice plainly, then captures the CUDA graph on the third
 _ORT_TYPES = {"tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
               "tensor(float)": "float32"}
 
@@ -52,6 +55,22 @@ def _session(model_path: Path, device_id: int) -> object:
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
 
 
+def _graph_session(model_path: Path, device_id: int, dims: dict[str, int],
+                   capture: bool = True) -> object:
+    """A session with every symbolic dim fixed and the whole run captured as a CUDA graph
+    (replayed from the third run on; onnxruntime refuses it if a node lands off the CUDA EP)."""
+    import onnxruntime as ort
+
+    from engine.executors.ort import session_options
+
+    opts = session_options(intra_op_threads=1)
+    for name, value in dims.items():
+        opts.add_free_dimension_override_by_name(name, value)
+    options = {"device_id": str(device_id), "enable_cuda_graph": "1" if capture else "0"}
+    return ort.InferenceSession(str(model_path), sess_options=opts,
+                                providers=[("CUDAExecutionProvider", options)])
+
+
 def graph_kv_dtype(session: object) -> str:
     """The pool dtype the graph was built for (its kv_cache input's element type)."""
     for value in session.get_inputs():  # type: ignore[attr-defined]
@@ -69,9 +88,10 @@ class OrtCudaExecutor(DeviceExecutor):
 
     def __init__(self, model_path: Path, config: ModelConfig, *, num_blocks: int,
                  block_size: int, max_context: int, limits: StepLimits | None = None,
-                 device_id: int = 0) -> None:
+                 device_id: int = 0, cuda_graphs: bool = False) -> None:
         super().__init__(config, max_context=max_context, limits=limits, device_id=device_id)
         self._device_id = device_id
+        self._model_path = model_path
         try:
             self._session = _session(model_path, device_id)
             kv_dtype = graph_kv_dtype(self._session)
@@ -82,20 +102,58 @@ class OrtCudaExecutor(DeviceExecutor):
         except BaseException:
             self._context.close()
             raise
-        logger.info("onnxruntime CUDA executor on device %d (%s), %s KV pool of %d blocks",
-                    device_id, self._context.name, kv_dtype, num_blocks)
+        if cuda_graphs:
+            self._graphs = BucketSessions(self._bucket_session)
+            try:
+                self._capture_at_startup()
+            except BaseException:
+                self.close()
+                raise
+        logger.info("onnxruntime CUDA executor on device %d (%s), %s KV pool of %d blocks, "
+                    "decode CUDA graphs %s", device_id, self._context.name, kv_dtype, num_blocks,
+                    "on" if cuda_graphs else "off")
+
+    def _bucket_session(self, bucket: Bucket) -> object:
+        g = self._device_io().geometry
+        return _graph_session(self._model_path, self._device_id,
+                              bucket_dims(bucket, g.graph_shape[0], g.block_size))
 
     def _run(self, staged: StagedStep) -> None:
         io = self._device_io()
         io.stream.synchronize()  # staged inputs and block copies land before onnxruntime reads
-        binding = self._session.io_binding()  # type: ignore[attr-defined]
+        if staged.bucket is not None and self._graphs is not None:
+            try:
+                self._run_session(self._graphs.get(staged.bucket), staged)
+                self._graphs.replays += int(staged.num_rows > 0)  # not a start-up capture
+                return
+            except Exception as exc:  # capture refused: this bucket runs uncaptured from now on
+                self._graphs.disable(staged.bucket, exc)
+        self._run_session(self._session, staged)
+
+    def _capture_at_startup(self) -> None:
+        """Make and capture the start-up buckets (every batch bucket, shortest context) with
+        steps of pad rows only (no KV written), so serving does not stall on them later."""
+        graphs, io, lim = self._graphs, self._device_io(), self._limits
+        assert graphs is not None
+        bs = io.geometry.block_size
+        for bucket in startup_buckets(min(lim.max_batch_size, lim.max_num_tokens),
+                                      -(-lim.max_context // bs)):
+            if not graphs.usable(bucket):
+                continue
+            staged = io.stage(StepPlan(-1, []), bucket)
+            for _ in range(CAPTURE_RUNS):
+                self._run(staged)
+            io.finish_with_argmax(staged, self._has_argmax)
+
+    def _run_session(self, session: object, staged: StagedStep) -> None:
+        binding = session.io_binding()  # type: ignore[attr-defined]
         for name, t in staged.inputs.items():
             binding.bind_input(name, self.ORT_DEVICE, self._device_id, element_type(t.dtype),
                                list(t.shape), t.ptr)
         for name, t in self._outputs(staged):
             binding.bind_output(name, self.ORT_DEVICE, self._device_id, element_type(t.dtype),
                                 list(t.shape), t.ptr)
-        self._session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+        session.run_with_iobinding(binding)  # type: ignore[attr-defined]
         binding.synchronize_outputs()
 
     def close(self) -> None:
@@ -106,4 +164,6 @@ class OrtCudaExecutor(DeviceExecutor):
             self._io.close()
             self._io = None
             self._session = None
+            if self._graphs is not None:
+                self._graphs.clear()
             self._context.close()

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ModelConfig
+from engine.device.cuda import CapturedGraph, Stream
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
+from engine.executors.cuda_graphs import BucketSessions
 from engine.executors.device_base import DeviceExecutor
 from engine.executors.trt_build import (
     DimRange,
@@ -25,6 +27,7 @@ from engine.executors.trt_build import (
     load_or_build,
     make_logger,
 )
+from scheduler.plan import StepRefusedError
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,8 @@ class TrtExecutor(DeviceExecutor):
 
     def __init__(self, onnx_path: Path, config: ModelConfig, *, num_blocks: int,
                  block_size: int, max_context: int, limits: StepLimits | None = None,
-                 device_id: int = 0, engine_file: Path | None = None) -> None:
+                 device_id: int = 0, engine_file: Path | None = None,
+                 cuda_graphs: bool = False) -> None:
         self._trt = import_tensorrt()
         self._engine_file = engine_file  # a `trtserve build` engine, loaded as built
         super().__init__(config, max_context=max_context, limits=limits, device_id=device_id)
@@ -112,6 +116,8 @@ class TrtExecutor(DeviceExecutor):
         except BaseException:
             self._release()
             raise
+        if cuda_graphs:  # decode buckets captured on first use (cuda_graphs.py)
+            self._graphs = BucketSessions(lambda bucket: _BucketGraph())
 
     def _device(self) -> str:
         major, minor = self._context.compute_capability
@@ -136,22 +142,51 @@ class TrtExecutor(DeviceExecutor):
         return engine
 
     def _run(self, staged: StagedStep) -> None:
+        self._bind(staged)
+        stream = self._device_io().stream
+        if staged.bucket is None or self._graphs is None:
+            self._execute(stream)
+            return
+        entry = self._graphs.get(staged.bucket)
+        assert isinstance(entry, _BucketGraph)
+        try:
+            if entry.graph is None:  # a plain run makes this step's outputs, then capture it
+                self._execute(stream)
+                entry.graph = CapturedGraph(stream, lambda: self._execute(stream))
+            else:
+                entry.graph.launch(stream)
+                self._graphs.replays += 1
+        except Exception as exc:  # capture refused: this bucket runs uncaptured from now on
+            stream.synchronize()
+            self._graphs.disable(staged.bucket, exc)
+            self._execute(stream)
+
+    def _execute(self, stream: Stream) -> None:
+        if not self._exec.execute_async_v3(int(stream)):
+            raise TensorRTError(f"{self._trt.label}: execute_async_v3 failed (see log above)")
+
+    def _bind(self, staged: StagedStep) -> None:
+        """Input shapes and every tensor address of the step (a bucket: the same each time)."""
         ctx = self._exec
         for name, t in staged.inputs.items():
             if not ctx.set_input_shape(name, t.shape):
-                raise TensorRTError(f"{self._trt.label}: input {name} shape {t.shape} is outside "
-                                    "the engine's optimization profile")
+                raise StepRefusedError(f"{self._trt.label}: input {name} shape {t.shape} is "
+                                       "outside the engine's optimization profile")
             ctx.set_tensor_address(name, t.ptr)
         for name, t in self._outputs(staged):
             shape = tuple(ctx.get_tensor_shape(name))
             if shape != t.shape:
-                raise TensorRTError(f"{self._trt.label}: output {name} has shape {shape}, "
-                                    f"expected {t.shape}")
+                raise StepRefusedError(f"{self._trt.label}: output {name} has shape {shape}, "
+                                       f"expected {t.shape}")
             ctx.set_tensor_address(name, t.ptr)
-        if not ctx.execute_async_v3(int(self._device_io().stream)):
-            raise TensorRTError(f"{self._trt.label}: execute_async_v3 failed (see log above)")
 
     def _release(self) -> None:
+        if self._graphs is not None:
+            for bucket in self._graphs.buckets:
+                graph = self._graphs.get(bucket).graph  # type: ignore[attr-defined]
+                if graph is not None:
+                    graph.close()
+            self._graphs.clear()
         self._exec = None
         self._engine = None
         self._runtime = None
@@ -166,3 +201,10 @@ class TrtExecutor(DeviceExecutor):
             if self._context.closed:
                 return
             self._release()
+
+
+class _BucketGraph:
+    """A decode bucket's CUDA graph, captured at the bucket's first step."""
+
+    def __init__(self) -> None:
+        self.graph: CapturedGraph | None = None

@@ -21,7 +21,8 @@ from engine.cache import (
     weights_hash,
 )
 from engine.config import ModelConfig, RopeScaling
-from engine.runtime import EngineOptions, kv_block_bytes, kv_cache_blocks
+from engine.kv_sizing import kv_block_bytes, kv_cache_blocks
+from engine.runtime import EngineOptions
 
 
 def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -27,6 +27,9 @@ class FakeCuda:
         self._real_driver, self._real_nvrtc = driver, nvrtc
         self.allocations: dict[int, np.ndarray] = {}
         self.launches: list[str] = []
+        self.capturing: list[Any] | None = None  # work recorded while a stream is captured
+        self.graphs: dict[int, list[Any]] = {}  # captured graph id -> its recorded work
+        self.graph_launches = 0
         self.driver = self._make_driver()
         self.nvrtc = self._make_nvrtc()
 
@@ -125,11 +128,35 @@ class FakeCuda:
             "cuModuleGetFunction": lambda mod, name: (ok, name.decode()),
             "cuModuleUnload": lambda mod: (ok,),
             "cuLaunchKernel": lambda *a: self._launch(*a),
+            "cuStreamBeginCapture": lambda s, mode: self._begin_capture(),
+            "cuStreamEndCapture": lambda s: self._end_capture(),
+            "cuGraphInstantiate": lambda graph, flags: (ok, graph),
+            "cuGraphLaunch": lambda graph, s: self._graph_launch(graph),
+            "cuGraphExecDestroy": lambda graph: (ok,),
+            "cuGraphDestroy": lambda graph: (self.graphs.pop(graph), ok)[1:],
         }
         ns = SimpleNamespace(**{k: named(k, v) for k, v in fns.items()})
         ns.CUresult, ns.CUdevice_attribute = real.CUresult, real.CUdevice_attribute
-        ns.CUstream_flags = real.CUstream_flags
+        ns.CUstream_flags, ns.CUstreamCaptureMode = real.CUstream_flags, real.CUstreamCaptureMode
         return ns
+
+    # -- stream capture: work a fake engine records while capturing replays at launch ------------
+    def _begin_capture(self) -> tuple[Any]:
+        assert self.capturing is None, "nested capture"
+        self.capturing = []
+        return (self._ok,)
+
+    def _end_capture(self) -> tuple[Any, int]:
+        assert self.capturing is not None, "end of a capture that never began"
+        graph = len(self.graphs) + 1000
+        self.graphs[graph], self.capturing = self.capturing, None
+        return self._ok, graph
+
+    def _graph_launch(self, graph: int) -> tuple[Any]:
+        self.graph_launches += 1
+        for work in self.graphs[graph]:
+            work()
+        return (self._ok,)
 
     def _make_nvrtc(self) -> SimpleNamespace:
         real = self._real_nvrtc
@@ -149,3 +176,23 @@ class FakeCuda:
 
     def bindings(self) -> tuple[Any, Any, Any]:
         return self.driver, None, self.nvrtc
+
+
+def install_fake(monkeypatch: Any, host_ort_cuda: bool = False) -> FakeCuda:
+    """Patch the device layer onto a FakeCuda; with `host_ort_cuda`, the onnxruntime CUDA
+    executor also opens CPU sessions and binds host pointers (onnxruntime CPU stands in)."""
+    from engine.device import cuda, kernels, memory
+
+    fake = FakeCuda()
+    for module in (cuda, memory, kernels):
+        monkeypatch.setattr(module, "bindings", fake.bindings)
+    if host_ort_cuda:
+        import onnxruntime as ort
+
+        from engine.executors import ort_cuda
+        from engine.executors.ort import session_options
+
+        monkeypatch.setattr(ort_cuda, "_session", lambda p, d: ort.InferenceSession(
+            str(p), sess_options=session_options(1), providers=["CPUExecutionProvider"]))
+        monkeypatch.setattr(ort_cuda.OrtCudaExecutor, "ORT_DEVICE", "cpu")
+    return fake

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.device import cuda, kernels, memory
 from engine.device.step_io import StepLimits
 from engine.executors import ort_cuda
 from engine.executors.ort import OrtExecutor, session_options
@@ -27,12 +26,9 @@ NUM_BLOCKS = 64
 @pytest.fixture()
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     pytest.importorskip("cuda.bindings", reason="the fake reuses cuda-python's enum types")
-    from .fake_cuda import FakeCuda
+    from .fake_cuda import install_fake
 
-    fake = FakeCuda()
-    for module in (cuda, memory, kernels):
-        monkeypatch.setattr(module, "bindings", fake.bindings)
-    yield fake
+    yield install_fake(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +96,10 @@ def test_rows_without_logits_and_copy_only_steps(fake: object, graphs: dict[str,
 class _OrtBackedTrtContext:
     """Stands in for trt.IExecutionContext: same calls, runs onnxruntime CPU on the addresses."""
 
-    def __init__(self, graph: Path) -> None:
+    def __init__(self, graph: Path, fake: object = None) -> None:
         import onnxruntime as ort
 
+        self._fake = fake  # a FakeCuda: while it captures, runs are recorded, not run
         self._session = ort.InferenceSession(str(graph), sess_options=session_options(1),
                                              providers=["CPUExecutionProvider"])
         self._types = {v.name: v.type for v in (*self._session.get_inputs(),
@@ -127,6 +124,16 @@ class _OrtBackedTrtContext:
         return (TINY.num_layers, 2, TINY.num_kv_heads, t, TINY.head_dim)
 
     def execute_async_v3(self, stream: int) -> bool:
+        capturing = getattr(self._fake, "capturing", None)
+        if capturing is not None:  # like a captured graph: these shapes and addresses, later
+            shapes, addresses = dict(self.shapes), dict(self.addresses)
+            capturing.append(lambda: self._run(shapes, addresses))
+            return True
+        self._run(self.shapes, self.addresses)
+        return True
+
+    def _run(self, shapes: dict[str, tuple[int, ...]], addresses: dict[str, int]) -> None:
+        self.shapes, self.addresses = dict(shapes), dict(addresses)
         np_types = {"tensor(int64)": np.int64, "tensor(float16)": np.float16,
                     "tensor(float)": np.float32}
         binding = self._session.io_binding()
@@ -137,15 +144,15 @@ class _OrtBackedTrtContext:
             binding.bind_output(v.name, "cpu", 0, np_types[v.type],
                                 list(self.get_tensor_shape(v.name)), self.addresses[v.name])
         self._session.run_with_iobinding(binding)
-        return True
 
 
 class _FakeEngine:
     """Stands in for trt.ICudaEngine, with the I/O TensorRT's parser reports for the graph."""
 
-    def __init__(self, trt: object, graph: Path) -> None:
+    def __init__(self, trt: object, graph: Path, fake: object = None) -> None:
         from engine.executors.trt_build import network_io
 
+        self._fake = fake
         self._trt = trt.module  # type: ignore[attr-defined]
         self._graph = graph
         self._io = list(network_io(graph, trt).items())  # type: ignore[arg-type]
@@ -163,7 +170,7 @@ class _FakeEngine:
         return getattr(self._trt.DataType, names[dict(self._io)[name][1]])
 
     def create_execution_context(self) -> _OrtBackedTrtContext:
-        return _OrtBackedTrtContext(self._graph)
+        return _OrtBackedTrtContext(self._graph, self._fake)
 
 
 def test_trt_executor_flow_on_fake_device(fake: object, graphs: dict[str, Path],
@@ -191,3 +198,39 @@ def test_trt_executor_flow_on_fake_device(fake: object, graphs: dict[str, Path],
     dut.close()
     dut.close()
     assert fake.allocations == {}  # type: ignore[attr-defined]
+
+
+def test_trt_decode_graphs_on_fake_device(fake: object, graphs: dict[str, Path],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """TrtExecutor with cuda_graphs: a decode bucket's first step runs plainly and is captured
+    (stream capture), later steps launch the captured graph; the greedy tokens and logits equal
+    the uncaptured TensorRT path; closing destroys every graph."""
+    from engine.executors import trt as trt_exec
+    from engine.executors.trt_build import TensorRTError, import_tensorrt
+
+    from .workload import greedy_tokens
+
+    try:
+        trt = import_tensorrt()
+    except TensorRTError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setattr(trt_exec.TrtExecutor, "_load_engine",
+                        lambda self, path, bs, nb: _FakeEngine(trt, path, fake))
+    results = []
+    for captured in (False, True):
+        ex = trt_exec.TrtExecutor(graphs["float16"], TINY, num_blocks=NUM_BLOCKS,
+                                  block_size=BLOCK_SIZE, max_context=TINY.max_position_embeddings,
+                                  limits=StepLimits(64, 8, TINY.max_position_embeddings),
+                                  cuda_graphs=captured)
+        try:
+            results.append(greedy_tokens(ex, [[1, 2, 3], [4, 5, 6, 7], [8]],
+                                         block_size=BLOCK_SIZE, steps=6))
+            replays = ex.graph_replays
+        finally:
+            ex.close()
+    (want, want_logits), (got, got_logits) = results
+    assert got == want
+    for a, b in zip(got_logits, want_logits, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * np.abs(b).max())
+    assert replays == 5 and fake.graph_launches == 5  # type: ignore[attr-defined]
+    assert fake.graphs == {} and fake.allocations == {}  # type: ignore[attr-defined]

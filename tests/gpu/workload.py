@@ -63,3 +63,27 @@ def lockstep(ref: Executor, dut: Executor, *, vocab: int, block_size: int, num_b
             if sched.want_logits:
                 s.tokens.append(next(rows))
     return errors
+
+
+def greedy_tokens(ex: Executor, prompts: list[list[int]], *, block_size: int, steps: int,
+                  first_block: int = 0) -> tuple[list[list[int]], list[np.ndarray]]:
+    """One prefill step of every prompt, then `steps` greedy decode steps of all of them (pure
+    decode plans: the CUDA-graph path); the tokens each sequence generated and every step's
+    logits. Sequence i owns the contiguous blocks after those of sequences < i."""
+    tables, start = [], first_block
+    for p in prompts:
+        n = -(-(len(p) + steps + 1) // block_size)
+        tables.append(list(range(start, start + n)))
+        start += n
+    tokens = [list(p) for p in prompts]
+    computed = [0] * len(prompts)
+    logits_seen = []
+    for step in range(steps + 1):
+        plan = StepPlan(step, [ScheduledSeq(i, t[c:], c, tables[i], True)
+                               for i, (t, c) in enumerate(zip(tokens, computed, strict=True))])
+        result = ex.execute(plan)
+        logits_seen.append(result.logits)
+        for i, row in enumerate(result.logits.argmax(axis=-1).tolist()):
+            computed[i] = len(tokens[i])
+            tokens[i].append(int(row))
+    return [t[len(p):] for t, p in zip(tokens, prompts, strict=True)], logits_seen

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The GPU serving report of one lease (issue: GPU serving at scale), run on the GPU machine from
+# the repository root with the wheels of ../shared/gpu/prepare.sh installed into /tmp/site:
+#   bash bench/gpu_serving.sh serve   # GPU tests, decode graph parity/timing, the HTTP bench
+#   bash bench/gpu_serving.sh hf      # transformers eager and static cache + torch.compile
+# QUICK=1 skips bench/gpu_decode_graphs.py and the uncaptured server's concurrency 1.
+# Every step runs under `timeout`; only PIDs started here are waited on or stopped. Output:
+# $OUT/summary-<part>.txt (printed last) and $OUT/logs-<part>.tgz.
+set -uo pipefail
+PART=${1:-serve}
+OUT=${OUT:-$PWD/gpu-out}
+LOG="$OUT/logs-$PART"
+mkdir -p "$LOG"
+export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TRTSERVE_CACHE_DIR=/tmp/trtserve-cache
+if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
+[ -n "${CUDA_HOME:-}" ] && export LD_LIBRARY_PATH="$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+PY=${PYTHON:-python3}
+PYSPY=$(command -v py-spy || echo /tmp/site/bin/py-spy)
+PORT=18123
+URL=http://127.0.0.1:$PORT
+SUM="$OUT/summary-$PART.txt"
+say() { echo "$*" | tee -a "$SUM"; }
+
+start_server() {  # $1: name, rest: extra serve flags; sets SRV
+  local name=$1; shift
+  $PY -m server.cli serve --host 127.0.0.1 --port $PORT --metrics-port 0 --max-batch-size 256 \
+    --max-num-tokens 8192 --max-queue-size 2048 "$@" >"$LOG/serve-$name.log" 2>&1 &
+  SRV=$!
+  for _ in $(seq 1 150); do
+    curl -sf "$URL/v2/health/ready" >/dev/null 2>&1 && return 0
+    kill -0 $SRV 2>/dev/null || { say "server $name exited during start"; return 1; }
+    sleep 1
+  done
+  say "server $name not ready after 150 s"; return 1
+}
+
+stop_server() {
+  kill -TERM "$SRV" 2>/dev/null
+  timeout 45 tail --pid="$SRV" -f /dev/null || kill -KILL "$SRV" 2>/dev/null
+  wait "$SRV" 2>/dev/null; say "server stopped (exit $?)"
+}
+
+bench() {  # $1: name, $2: concurrency, $3: prompts, $4: timeout s
+  timeout "$4" $PY -m server.cli bench --url "$URL" --model ensemble --concurrency "$2" \
+    --num-prompts "$3" --input-len 128 --output-len 128 --no-progress \
+    --output-json "$LOG/bench-$1.json" >"$LOG/bench-$1.txt" 2>"$LOG/bench-$1.err"
+  local rc=$?
+  say "---- bench $1: concurrency $2, $3 prompts (rc=$rc)"
+  grep -E "^\|" "$LOG/bench-$1.txt" | head -12 | tee -a "$SUM"
+}
+
+kv_blocks() {  # the KV block gauges after a run (used must be 0 when idle)
+  curl -sf "$URL/metrics" >"$LOG/metrics-$1.txt"
+  say "---- /metrics after $1:"
+  grep -E '^nv_trt_llm_kv_cache_block_metrics|^trtserve_step_duration_seconds_(sum|count)' \
+    "$LOG/metrics-$1.txt" | tee -a "$SUM"
+}
+
+serve_part() {
+  timeout 200 $PY -m pytest tests/gpu -m gpu -q -rsx -p no:cacheprovider >"$LOG/pytest-gpu.txt" 2>&1
+  say "---- pytest tests/gpu -m gpu (rc=$?)"; tail -n 12 "$LOG/pytest-gpu.txt" | tee -a "$SUM"
+  if [ -z "${QUICK:-}" ]; then
+    timeout 240 $PY bench/gpu_decode_graphs.py --out "$LOG/decode_graphs.md" \
+      >"$LOG/decode_graphs.txt" 2>&1
+    say "---- bench/gpu_decode_graphs.py (rc=$?)"
+    cat "$LOG/decode_graphs.md" 2>/dev/null | tee -a "$SUM" || tail -n 20 "$LOG/decode_graphs.txt"
+  fi
+  start_server graphs || { tail -n 30 "$LOG/serve-graphs.log"; return; }
+  bench c1 1 32 120
+  bench c16 16 64 90
+  timeout 40 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -lms 250 \
+    >"$LOG/smi-c64.csv" 2>&1 &
+  local smi=$!
+  (sleep 4; timeout 20 "$PYSPY" record -p "$SRV" -d 8 -r 200 -f raw -o "$LOG/pyspy-c64.txt" \
+    --nonblocking >"$LOG/pyspy.err" 2>&1) &
+  local spy=$!
+  bench c64 64 256 90
+  kill "$smi" 2>/dev/null; wait "$smi" "$spy" 2>/dev/null
+  say "---- nvidia-smi utilization.gpu during c64 (samples, median, max):"
+  awk -F', ' '{gsub(/ %/,"",$1); if ($1 ~ /^[0-9]+$/) print $1}' "$LOG/smi-c64.csv" | sort -n \
+    | awk '{a[NR]=$1} END {if (NR) print NR, a[int((NR+1)/2)], a[NR]}' | tee -a "$SUM"
+  say "---- py-spy top frames during c64 (own samples):"
+  $PY bench/pyspy_top.py "$LOG/pyspy-c64.txt" 2>&1 | head -25 | tee -a "$SUM"
+  bench c256 256 512 200
+  kv_blocks c256
+  grep -E "decode bucket|CUDA graph|WARNING|ERROR" "$LOG/serve-graphs.log" | head -20 | tee -a "$SUM"
+  stop_server
+  start_server nographs --no-cuda-graphs || return
+  [ -z "${QUICK:-}" ] && bench nographs-c1 1 16 90
+  bench nographs-c64 64 256 90
+  bench nographs-c256 256 512 200
+  stop_server
+}
+
+{ date -u; nvidia-smi -L; cat COMMIT 2>/dev/null || git log --oneline -1; } | tee "$SUM"
+case "$PART" in
+  serve) serve_part ;;
+  hf) timeout 560 $PY bench/hf_gpu_baseline.py --out "$LOG/hf.md" >"$LOG/hf.txt" 2>&1
+      say "---- bench/hf_gpu_baseline.py (rc=$?)"; cat "$LOG/hf.md" | tee -a "$SUM" ;;
+esac
+(cd "$OUT" && tar czf "logs-$PART.tgz" "logs-$PART" && rm -rf "logs-$PART")
+echo "==== summary ($PART) ===="; cat "$SUM"

@@ -1,0 +1,67 @@
+"""How many KV blocks the pool gets: an exact count, or a share of free host/device memory."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from engine.config import ModelConfig
+
+if TYPE_CHECKING:
+    from engine.runtime import EngineOptions
+
+logger = logging.getLogger(__name__)
+
+KV_BUDGET_CAP_BYTES = 2 * 1024**3  # host pool never sized beyond this from free memory
+FALLBACK_AVAILABLE_BYTES = 2 * 1024**3  # when free memory cannot be read
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else a conservative constant."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return FALLBACK_AVAILABLE_BYTES
+
+
+def kv_block_bytes(config: ModelConfig, block_size: int, dtype: str) -> int:
+    """K and V of every layer for one block of tokens."""
+    from engine.dtypes import NUMPY_DTYPES
+
+    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim
+    return per_token * block_size * NUMPY_DTYPES[dtype].itemsize
+
+
+def kv_cache_blocks(options: EngineOptions, config: ModelConfig, max_context: int,
+                    dtype: str, available: int | None = None) -> int:
+    """options.kv_cache_blocks, or a fraction of free memory (capped), but always room for one
+    sequence of max_context tokens."""
+    if options.kv_cache_blocks is not None:
+        return options.kv_cache_blocks
+    free = available_memory_bytes() if available is None else available
+    budget = min(int(free * options.kv_cache_fraction), KV_BUDGET_CAP_BYTES)
+    blocks = budget // kv_block_bytes(config, options.block_size, dtype)
+    return max(int(blocks), math.ceil(max_context / options.block_size))
+
+
+def device_kv_blocks(options: EngineOptions, config: ModelConfig, max_context: int,
+                     dtype: str) -> int:
+    """options.kv_cache_blocks, or kv_cache_fraction of free device memory."""
+    if options.kv_cache_blocks is not None:
+        return options.kv_cache_blocks
+    from engine.device.cuda import CudaContext
+    from engine.device_pool import blocks_that_fit
+
+    ctx = CudaContext(0)
+    try:
+        free, _ = ctx.mem_info()
+    finally:
+        ctx.close()
+    blocks = blocks_that_fit(config, options.block_size, dtype,
+                             int(free * options.kv_cache_fraction))
+    return max(blocks, math.ceil(max_context / options.block_size))

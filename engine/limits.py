@@ -1,0 +1,37 @@
+"""The largest step an engine runs, decided once from the options: the GPU executors size their
+step buffers and TensorRT optimisation profiles from it, and the scheduler reads the same
+numbers back from the executor (scheduler.config.fit_to_executor), so it never plans a step the
+executor refuses."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from scheduler.config import SchedulerConfig
+
+logger = logging.getLogger(__name__)
+
+_SCHED = SchedulerConfig()  # the scheduler's defaults, defined once there
+
+
+@dataclass(frozen=True, slots=True)
+class StepLimits:
+    """The largest step a GPU executor accepts (sizes its buffers and TensorRT profile)."""
+
+    max_num_tokens: int = _SCHED.max_num_tokens  # packed tokens per step
+    max_batch_size: int = _SCHED.max_batch_size  # sequences per step
+    max_context: int = 2048  # tokens per sequence
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_tokens", "max_batch_size", "max_context"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def decide_limits(max_batch_size: int, max_num_tokens: int | None, backend_tokens: int | None,
+                  max_context: int) -> StepLimits:
+    """The options' limits: an unset token budget is the backend's own, else the scheduler's."""
+    tokens = max_num_tokens or backend_tokens or _SCHED.max_num_tokens
+    return StepLimits(max_num_tokens=tokens, max_batch_size=max_batch_size,
+                      max_context=max_context)
