@@ -45,7 +45,7 @@ logger = logging.getLogger("host_path")
 
 ROUTES = {"triton": "ensemble", "openai-completions": "smollm2-135m-instruct"}
 CATEGORIES = ("scheduler", "publish", "detokenize", "serialize", "http/write", "middleware",
-              "route", "metrics", "other", "idle")
+              "route", "metrics", "other", "loop")
 
 
 class Server:

@@ -95,7 +95,7 @@ def classify(frame: Any) -> str:
         if "middleware" in path:
             return "middleware"
         if func in ("run_forever", "run_until_complete", "select", "_run_once", "run"):
-            return "idle"
+            return "loop"  # idle, or uvloop C code (socket I/O) below the loop runner
         if any(k in path for k in ("uvicorn", "starlette", "fastapi", "h11", "httptools",
                                    "anyio", "sse_starlette", "/asyncio/", "uvloop")):
             return "http/write"

@@ -14,6 +14,7 @@ check. On any executor/update exception every unfinished request gets a final ER
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,8 +32,19 @@ logger = logging.getLogger(__name__)
 IDLE_RECHECK_S = 0.01  # wait bound while requests wait but nothing could be scheduled
 
 
+def merge_outputs(a: RequestOutput, b: RequestOutput) -> RequestOutput:
+    """One delta covering `a` then `b` (b is the later one: its totals and finish win)."""
+    logprobs = None if a.new_logprobs is None and b.new_logprobs is None else \
+        [*(a.new_logprobs or ()), *(b.new_logprobs or ())]
+    return dataclasses.replace(b, new_token_ids=[*a.new_token_ids, *b.new_token_ids],
+                               new_logprobs=logprobs)
+
+
 class RequestStream:
-    """Async iterator of one request's RequestOutput deltas; ends after the finished one."""
+    """Async iterator of one request's RequestOutput deltas; ends after the finished one.
+
+    A consumer that falls behind gets every delta queued since its last read merged into one
+    (one detokenisation, one SSE event, one write per wake-up, however many steps it missed)."""
 
     def __init__(self, request_id: str, loop: EngineLoop) -> None:
         self.request_id = request_id
@@ -48,6 +60,8 @@ class RequestStream:
     async def _iterate(self) -> AsyncIterator[RequestOutput]:
         while True:
             out = await self._queue.get()
+            while not out.finished and not self._queue.empty():
+                out = merge_outputs(out, self._queue.get_nowait())
             yield out
             if out.finished:
                 return

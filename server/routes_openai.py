@@ -22,6 +22,7 @@ from server.json_body import check_text, parse_json_body
 from server.openai_schema import ChatRequest, CompletionRequest, _Base, message_text, validate_body
 from server.openapi_docs import CHAT_BODY, COMPLETIONS_BODY
 from server.serving import ServingModel
+from server.sse_encode import encode_event
 from server.triton_schema import TEXT_MODELS
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ async def _whole(request: Request, job: _Job) -> Response:
 
 
 def _sse(obj: Any) -> bytes:
-    return b"data: " + _dumps(obj) + b"\n\n"
+    return encode_event(obj)
 
 
 async def _stream(request: Request, job: _Job) -> AsyncIterator[bytes]:

@@ -22,6 +22,7 @@ from server.generation import Generation
 from server.json_body import dumps_compact, parse_json_body
 from server.openapi_docs import TRITON_GENERATE_BODY
 from server.serving import ServingModel
+from server.sse_encode import encode_event
 from server.triton_parse import parse_triton_body
 from server.triton_sampling import TritonOptions, triton_to_sampling
 from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, TEXT_MODELS
@@ -121,7 +122,7 @@ def load_report(request: Request, model: ServingModel) -> dict[str, str]:
 
 
 def _event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + dumps_compact(payload) + b"\n\n"
+    return encode_event(payload, sort_keys=True)
 
 
 class _StreamState:
