@@ -113,7 +113,8 @@ def create_app(settings: ServerSettings, loader: Loader,
     for module in (routes_triton, routes_kserve, routes_openai):
         app.include_router(module.router)
     _install_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       body_timeout=settings.body_read_timeout)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
     if settings.cors_origin_list:

@@ -63,6 +63,9 @@ class ServerSettings(BaseSettings):
                                    "total (queue + generation) before it is aborted; 0 = none.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body "
                                 "accepted; larger ones get 413.")
+    body_read_timeout: float = Field(30.0, ge=0.0, description="Seconds a client gets to send "
+                                     "its whole request body after the headers; slower ones "
+                                     "get 408 and the connection is closed. 0 = no limit.")
     drain_timeout: float = Field(30.0, ge=0.0, description="At SIGTERM, seconds in-flight "
                                  "requests get to finish before they are aborted.")
     api_key: SecretStr | None = Field(None, description="Require `Authorization: Bearer <key>` "
