@@ -88,6 +88,11 @@ class Server:
             time.sleep(0.05)
         return {}
 
+    def cpu_s(self) -> float:
+        """The server process's user + system CPU seconds so far (read by the driver)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -106,9 +111,11 @@ def run_cell(pool: Any, server: Server, route: str, prompt: BenchPrompt, conc: i
              requests: int, procs: int) -> dict[str, Any]:
     server.control("reset")
     time.sleep(0.2)
+    cpu0, client0 = server.cpu_s(), time.process_time()
     shares = [(server.port, route, ROUTES[route], prompt, conc // procs + (i < conc % procs),
                requests // procs + (i < requests % procs)) for i in range(procs)]
     results = pool.map(_client_proc, shares) if procs > 1 else [_client_proc(shares[0])]
+    server_cpu, client_cpu = server.cpu_s() - cpu0, time.process_time() - client0
     prof = server.profile()
     ttft = sorted(t for r in results for t in r.ttft_s)
     wall = max(r.wall_s for r in results)
@@ -116,7 +123,9 @@ def run_cell(pool: Any, server: Server, route: str, prompt: BenchPrompt, conc: i
     return {"tok_s": tokens / wall if wall else 0.0, "ok": sum(r.ok for r in results),
             "short": sum(r.short for r in results),
             "dropped": [d for r in results for d in r.dropped],
-            "ttft_p50": _pct(ttft, 50), "ttft_p99": _pct(ttft, 99), "profile": prof}
+            "ttft_p50": _pct(ttft, 50), "ttft_p99": _pct(ttft, 99), "profile": prof,
+            "server_cpu": server_cpu / wall if wall else 0.0,
+            "client_cpu": client_cpu / wall if wall and procs == 1 else float("nan")}
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -157,9 +166,10 @@ def run_all(args: argparse.Namespace, servers: list[Server]) -> dict[tuple[str, 
                     cell = run_cell(pool, server, route, prompt, conc, n, args.client_procs)
                     runs.setdefault((server.label, route, conc), []).append(cell)
                     logger.warning("round %d %-5s %-18s c%-4d %8.0f tok/s ttft p99 %.3fs "
-                                   "dropped %d short %d", rnd, server.label, route, conc,
-                                   cell["tok_s"], cell["ttft_p99"], len(cell["dropped"]),
-                                   cell["short"])
+                                   "dropped %d short %d cpu server %.0f%% client %.0f%%", rnd,
+                                   server.label, route, conc, cell["tok_s"], cell["ttft_p99"],
+                                   len(cell["dropped"]), cell["short"],
+                                   100 * cell["server_cpu"], 100 * cell["client_cpu"])
     finally:
         if pool is not None:
             pool.close()
@@ -189,8 +199,9 @@ def report(args: argparse.Namespace, servers: list[Server], runs: dict) -> str:
     lines += ["| route | conc | " + " | ".join(f"{lb} tok/s" for lb in labels)
               + (" | new/base" if len(labels) == 2 else "") + " | "
               + " | ".join(f"{lb} TTFT p50/p99 s" for lb in labels) + " | "
-              + " | ".join(f"{lb} dropped/short" for lb in labels) + " |"]
-    lines.append("|" + "---|" * (2 + 3 * len(labels) + (len(labels) == 2)))
+              + " | ".join(f"{lb} dropped/short" for lb in labels) + " | "
+              + " | ".join(f"{lb} CPU server/client" for lb in labels) + " |"]
+    lines.append("|" + "---|" * (2 + 4 * len(labels) + (len(labels) == 2)))
     for route, conc in _cells(args):
         cells = [runs[(lb, route, conc)] for lb in labels]
         tps = [_median(c, "tok_s") for c in cells]
@@ -199,6 +210,8 @@ def report(args: argparse.Namespace, servers: list[Server], runs: dict) -> str:
             row.append(f"{tps[1] / tps[0]:.2f}x" if tps[0] else "-")
         row += [f"{_median(c, 'ttft_p50'):.3f} / {_median(c, 'ttft_p99'):.3f}" for c in cells]
         row += [f"{sum(len(x['dropped']) for x in c)} / {sum(x['short'] for x in c)}"
+                for c in cells]
+        row += [f"{_median(c, 'server_cpu'):.0%} / {_median(c, 'client_cpu'):.0%}"
                 for c in cells]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Event-loop thread time per engine step (us, median over rounds):", "",

@@ -114,10 +114,12 @@ class Sampler(threading.Thread):
 
     def _reset(self) -> None:
         self.counts: dict[str, int] = {}
+        self.funcs: dict[str, int] = {}  # innermost frame, for digging deeper
         self.t0, self.steps0 = time.perf_counter(), self.executor.steps
 
     def _dump(self) -> None:
-        data = {"wall_s": time.perf_counter() - self.t0, "counts": self.counts,
+        top = dict(sorted(self.funcs.items(), key=lambda kv: -kv[1])[:40])
+        data = {"wall_s": time.perf_counter() - self.t0, "counts": self.counts, "top": top,
                 "steps": self.executor.steps - self.steps0}
         tmp = self.ctl / "profile.json.tmp"
         tmp.write_text(json.dumps(data))
@@ -137,6 +139,10 @@ class Sampler(threading.Thread):
             frame = sys._current_frames().get(self.main_id)  # noqa: SLF001
             cat = classify(frame)
             self.counts[cat] = self.counts.get(cat, 0) + 1
+            if frame is not None:
+                code = frame.f_code
+                key = f"{cat} {Path(code.co_filename).name}:{code.co_name}"
+                self.funcs[key] = self.funcs.get(key, 0) + 1
             n += 1
             if n % 50 == 0:
                 self._control()
