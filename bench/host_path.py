@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from host_path_client import LoadResult, run_load  # noqa: E402
+from host_path_client import LoadResult, run_load, run_load_httpx  # noqa: E402
 
 from server.bench.client import make_endpoint  # noqa: E402
 from server.bench.dataset import BenchPrompt  # noqa: E402
@@ -102,18 +102,19 @@ class Server:
         self._log.close()
 
 
-def _client_proc(args: tuple[int, str, str, BenchPrompt, int, int]) -> LoadResult:
-    port, route, model, prompt, conc, n = args
-    return asyncio.run(run_load("127.0.0.1", port, make_endpoint(route, model), prompt, conc, n))
+def _client_proc(args: tuple[int, str, str, BenchPrompt, int, int, str]) -> LoadResult:
+    port, route, model, prompt, conc, n, kind = args
+    load = run_load_httpx if kind == "httpx" else run_load
+    return asyncio.run(load("127.0.0.1", port, make_endpoint(route, model), prompt, conc, n))
 
 
 def run_cell(pool: Any, server: Server, route: str, prompt: BenchPrompt, conc: int,
-             requests: int, procs: int) -> dict[str, Any]:
+             requests: int, procs: int, client: str) -> dict[str, Any]:
     server.control("reset")
     time.sleep(0.2)
     cpu0, client0 = server.cpu_s(), time.process_time()
     shares = [(server.port, route, ROUTES[route], prompt, conc // procs + (i < conc % procs),
-               requests // procs + (i < requests % procs)) for i in range(procs)]
+               requests // procs + (i < requests % procs), client) for i in range(procs)]
     results = pool.map(_client_proc, shares) if procs > 1 else [_client_proc(shares[0])]
     server_cpu, client_cpu = server.cpu_s() - cpu0, time.process_time() - client0
     prof = server.profile()
@@ -163,7 +164,8 @@ def run_all(args: argparse.Namespace, servers: list[Server]) -> dict[tuple[str, 
                 order = servers if rnd % 2 == 0 else servers[::-1]
                 for server in order:
                     n = max(args.min_requests, args.requests_per_stream * conc)
-                    cell = run_cell(pool, server, route, prompt, conc, n, args.client_procs)
+                    cell = run_cell(pool, server, route, prompt, conc, n, args.client_procs,
+                                    args.client)
                     runs.setdefault((server.label, route, conc), []).append(cell)
                     logger.warning("round %d %-5s %-18s c%-4d %8.0f tok/s ttft p99 %.3fs "
                                    "dropped %d short %d cpu server %.0f%% client %.0f%%", rnd,
@@ -194,8 +196,8 @@ def report(args: argparse.Namespace, servers: list[Server], runs: dict) -> str:
              f"- command: `{' '.join(sys.argv)}`",
              "- servers: " + ", ".join(f"{s.label} = {s.src}" for s in servers),
              f"- load: {args.prompt_tokens} prompt / {args.output_tokens} output tokens, closed "
-             f"loop, {args.rounds} rounds alternating the servers, {args.client_procs} client "
-             "process(es); medians over rounds", ""]
+             f"loop, {args.rounds} rounds alternating the servers, {args.client_procs} {args.client} "
+             "client process(es); medians over rounds", ""]
     lines += ["| route | conc | " + " | ".join(f"{lb} tok/s" for lb in labels)
               + (" | new/base" if len(labels) == 2 else "") + " | "
               + " | ".join(f"{lb} TTFT p50/p99 s" for lb in labels) + " | "
@@ -241,6 +243,8 @@ def main() -> int:
     p.add_argument("--requests-per-stream", type=int, default=2, help="requests = this x conc")
     p.add_argument("--min-requests", type=int, default=64, help="at least this many requests")
     p.add_argument("--client-procs", type=int, default=1, help="load-generator processes")
+    p.add_argument("--client", choices=("raw", "httpx"), default="raw", help="raw: a lean "
+                   "socket client (the least client CPU); httpx: the project's load generator")
     p.add_argument("--port", type=int, default=23800 + os.getpid() % 1000, help="first port")
     p.add_argument("--server-extra", default="{}", help="JSON of extra ServerSettings fields")
     p.add_argument("--out", type=Path, help="markdown results file")

@@ -128,3 +128,28 @@ async def run_load(host: str, port: int, endpoint: Endpoint, prompt: Any, concur
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+async def run_load_httpx(host: str, port: int, endpoint: Endpoint, prompt: Any,
+                         concurrency: int, requests: int, timeout_s: float = 600.0
+                         ) -> LoadResult:
+    """The same load through the project's load generator (server/bench: httpx, SSE parser)."""
+    from server.bench.loadgen import make_client, run_closed_loop
+
+    result = LoadResult()
+    t0 = time.perf_counter()
+    async with make_client(f"http://{host}:{port}", concurrency, timeout_s) as client:
+        runs = await run_closed_loop(client, endpoint, [prompt] * requests, concurrency,
+                                     timeout_s)
+    result.wall_s = time.perf_counter() - t0
+    for r in runs:
+        if not r.ok:
+            result.dropped.append(f"{r.error_kind}: {r.error}"[:200])
+            continue
+        tokens = r.text.count(MARK.decode())
+        result.ok += 1
+        result.tokens += tokens
+        result.short += tokens < prompt.output_len
+        if r.ttft_s is not None:
+            result.ttft_s.append(r.ttft_s)
+    return result

@@ -86,7 +86,8 @@ def _servers(settings: ServerSettings, loader: Loader | None) -> tuple[list[_Ser
     app = create_app(settings, loader)
     common: dict[str, Any] = {"host": settings.host, "log_config": None,
                               "log_level": settings.log_level, "http": HTTP_PROTOCOL,
-                              "timeout_graceful_shutdown": GRACEFUL_CLOSE_S}
+                              "timeout_graceful_shutdown": GRACEFUL_CLOSE_S,
+                              "timeout_keep_alive": settings.keep_alive_timeout}
     servers = [_Server(uvicorn.Config(app, port=settings.port, lifespan="on", **common))]
     if settings.metrics_port:
         servers.append(_Server(uvicorn.Config(create_metrics_app(app), port=settings.metrics_port,

@@ -1,5 +1,6 @@
-"""--body-read-timeout over a real socket: a stalled body gets 408 JSON and a closed connection;
-a slow body inside the limit and a stream that outlives it are not affected."""
+"""Connection timeouts over a real socket. --body-read-timeout: a stalled body gets 408 JSON and
+a closed connection; a slow body inside the limit and a stream that outlives it are not affected.
+--keep-alive-timeout: idle connections are closed after it, not before."""
 
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(check: Callable[[int], Awaitable[None]], timeout: float = TIMEOUT_S) -> None:
+def _run(check: Callable[[int], Awaitable[None]], timeout: float = TIMEOUT_S,
+         keep_alive: float = 60.0) -> None:
     settings = ServerSettings(model="fake-model", host="127.0.0.1", port=_free_port(),
-                              metrics_port=0, log_level="warning", body_read_timeout=timeout)
+                              metrics_port=0, log_level="warning", body_read_timeout=timeout,
+                              keep_alive_timeout=keep_alive)
 
     async def main() -> None:
         task = asyncio.create_task(serve(settings, loader_for(fake_model(FakeLoop(step_s=0.05)))))
@@ -102,3 +105,36 @@ def test_body_read_timeout_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings_from_args(args).body_read_timeout == 2.5
     monkeypatch.setenv("TRTSERVE_BODY_READ_TIMEOUT", "0")
     assert settings_from_args(build_parser().parse_args(["serve"])).body_read_timeout == 0.0
+
+
+async def _idle_then_request(port: int, idle_s: float) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    get = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    writer.write(get)
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.sleep(idle_s)
+    writer.write(get)
+    try:
+        return await asyncio.wait_for(reader.read(1 << 16), 5)
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()
+
+
+def test_keep_alive_timeout_closes_idle_connections_only_after_it() -> None:
+    async def check(port: int) -> None:
+        assert (await _idle_then_request(port, 1.5)).startswith(b"HTTP/1.1 200")
+
+    async def check_short(port: int) -> None:
+        assert await _idle_then_request(port, 1.0) == b""  # closed by the server: EOF
+
+    _run(check, keep_alive=3.0)
+    _run(check_short, keep_alive=0.3)
+
+
+def test_keep_alive_timeout_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = build_parser().parse_args(["serve", "--keep-alive-timeout", "7.5"])
+    assert settings_from_args(args).keep_alive_timeout == 7.5
+    monkeypatch.setenv("TRTSERVE_KEEP_ALIVE_TIMEOUT", "12")
+    assert settings_from_args(build_parser().parse_args(["serve"])).keep_alive_timeout == 12.0
