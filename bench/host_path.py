@@ -199,7 +199,7 @@ def report(args: argparse.Namespace, servers: list[Server], runs: dict) -> str:
              f"loop, {args.rounds} rounds alternating the servers, {args.client_procs} {args.client} "
              "client process(es); medians over rounds", ""]
     lines += ["| route | conc | " + " | ".join(f"{lb} tok/s" for lb in labels)
-              + (" | new/base" if len(labels) == 2 else "") + " | "
+              + (f" | {labels[1]}/{labels[0]}" if len(labels) == 2 else "") + " | "
               + " | ".join(f"{lb} TTFT p50/p99 s" for lb in labels) + " | "
               + " | ".join(f"{lb} dropped/short" for lb in labels) + " | "
               + " | ".join(f"{lb} CPU server/client" for lb in labels) + " |"]
@@ -234,6 +234,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--server-src", type=Path, help="baseline source tree (e.g. a worktree of the "
                    "parent commit); measured as `base`, alternating with this tree (`new`)")
+    p.add_argument("--base-label", default="base", help="name of --server-src in the report")
     p.add_argument("--only-base", action="store_true", help="measure only --server-src")
     p.add_argument("--routes", default="triton,openai-completions", help="comma-separated")
     p.add_argument("--concurrency", default="16,64,256", help="comma-separated levels")
@@ -252,7 +253,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     trees = [] if args.only_base else [("new", ROOT)]
     if args.server_src is not None:
-        trees.insert(0, ("base", args.server_src.resolve()))
+        trees.insert(0, (args.base_label, args.server_src.resolve()))
     servers = [Server(lb, src, args.port + i, args.server_extra)
                for i, (lb, src) in enumerate(trees)]
     try:
