@@ -16,11 +16,13 @@ gets a final ERROR output, `dead` is set and `add` raises EngineDeadError.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from scheduler.config import SchedulerConfig, fit_to_executor
 from scheduler.plan import Executor, StepPlan, StepRefusedError, StepResult
@@ -28,13 +30,30 @@ from scheduler.request import EngineDeadError, Request, RequestOutput
 from scheduler.scheduler import SampledTokens, Scheduler
 from scheduler.stats import SchedulerStats
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 IDLE_RECHECK_S = 0.01  # wait bound while requests wait but nothing could be scheduled
 
 
+def merge_outputs(a: RequestOutput, b: RequestOutput) -> RequestOutput:
+    """One delta covering `a` then `b` (b is the later one: its totals and finish win)."""
+    return dataclasses.replace(
+        b, new_token_ids=[*a.new_token_ids, *b.new_token_ids],
+        new_logprobs=_joined(a.new_logprobs, b.new_logprobs),
+        new_top_logprobs=_joined(a.new_top_logprobs, b.new_top_logprobs))
+
+
+def _joined(a: list[T] | None, b: list[T] | None) -> list[T] | None:
+    """Per-token lists of two deltas, in order (None when neither has one)."""
+    return None if a is None and b is None else [*(a or ()), *(b or ())]
+
+
 class RequestStream:
-    """Async iterator of one request's RequestOutput deltas; ends after the finished one."""
+    """Async iterator of one request's RequestOutput deltas; ends after the finished one.
+
+    A consumer that falls behind gets every delta queued since its last read merged into one
+    (one detokenisation, one SSE event, one write per wake-up, however many steps it missed)."""
 
     def __init__(self, request_id: str, loop: EngineLoop) -> None:
         self.request_id = request_id
@@ -50,6 +69,8 @@ class RequestStream:
     async def _iterate(self) -> AsyncIterator[RequestOutput]:
         while True:
             out = await self._queue.get()
+            while not out.finished and not self._queue.empty():
+                out = merge_outputs(out, self._queue.get_nowait())
             yield out
             if out.finished:
                 return

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from scheduler.draw import ROW_CHUNK, cumsum_search, draw_rows
-from scheduler.logits_processors import GREEDY_EPS, is_greedy, needs_processing, process_row
+from scheduler.logits_processors import (
+    GREEDY_EPS,
+    greedy_processed_token,
+    is_greedy,
+    needs_processing,
+    process_row,
+)
 from scheduler.request import SamplingParams, TopLogprobs
 
 logger = logging.getLogger(__name__)
@@ -84,7 +90,7 @@ def choose_tokens(logits: np.ndarray, argmax: np.ndarray | None,
             rows = np.flatnonzero(plain)
             for i, t in zip(rows.tolist(), np.argmax(logits[rows], axis=1).tolist(), strict=True):
                 tokens[i] = t
-    sampled = _choose_special(logits, special, tokens)
+    sampled = _choose_special(logits, special, tokens, have_argmax=argmax is not None)
     if stats is not None:
         stats.sampled_rows += sampled[0]
         stats.full_sort_rows += sampled[1]
@@ -95,14 +101,15 @@ def choose_tokens(logits: np.ndarray, argmax: np.ndarray | None,
 
 
 def _choose_special(logits: np.ndarray, special: list[tuple[int, SampleInput]],
-                    tokens: list[int]) -> tuple[int, int]:
-    """Fill tokens of processed-greedy and sampled rows; returns (sampled, full-sort) counts."""
+                    tokens: list[int], have_argmax: bool) -> tuple[int, int]:
+    """Fill tokens of processed-greedy and sampled rows; returns (sampled, full-sort) counts.
+    `have_argmax`: tokens[i] already holds each row's raw argmax (the executor's)."""
     sampled: list[tuple[int, SampleInput]] = []
     for i, r in special:
-        if is_greedy(r.params):
-            row = np.array(logits[i], dtype=np.float32, copy=True)
-            process_row(row, r.params, r.token_ids, r.num_prompt, r.end_ids)
-            tokens[i] = int(np.argmax(row))
+        if is_greedy(r.params):  # min_tokens / bans / penalties: a few ids, not the whole row
+            raw = tokens[i] if have_argmax else int(np.argmax(logits[i]))
+            tokens[i] = greedy_processed_token(logits[i], r.params, r.token_ids, r.num_prompt,
+                                               r.end_ids, raw)
         else:
             sampled.append((i, r))
     if not sampled:

@@ -5,9 +5,8 @@ list[RequestOutput]`, `abort(request_id)`, `fail_step(plan, error)` for a refuse
 step first continues the running sequences (oldest first; a decode is one token, an unfinished
 prompt a chunk), then admits waiting ones FCFS under the token budget, batch cap and free blocks.
 Policies (TensorRT-LLM's): max_utilization preempts the newest by recompute when a running
-sequence cannot get a block (never dropped; no admission in that step); guaranteed_no_evict
-admits only when prompt + max_tokens fits beside what running sequences may still claim. Status
-changes only in `_finish`, `_preempt`, `_admit`; per-row loops live in scheduler.step_rows."""
+sequence cannot get a block; guaranteed_no_evict admits only when prompt + max_tokens fits beside
+what running sequences may still claim. Status changes only in `_finish`, `_preempt`, `_admit`."""
 
 from __future__ import annotations
 

@@ -117,7 +117,8 @@ def create_app(settings: ServerSettings, loader: Loader,
     for module in (routes_root, routes_triton, routes_kserve, routes_openai):
         app.include_router(module.router)
     _install_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       body_timeout=settings.body_read_timeout)
     app.add_middleware(RouteContext)  # the route in each finished request's log line
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())

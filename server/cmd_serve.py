@@ -15,7 +15,7 @@ import signal
 import sys
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 DEAD_EXIT_DELAY_S = 1.0  # health shows 503 this long before a dead engine exits the process
 GRACEFUL_CLOSE_S = 3.0  # uvicorn's wait for connections after the drain
+# uvicorn's standard extras: httptools parses/serialises HTTP/1.1 in C ("auto" falls back to h11
+# where it is missing) and uvloop runs the event loop (docs/host-path.md has the numbers).
+HTTP_PROTOCOL = "auto"
 
 
 def _flag(name: str) -> str:
@@ -92,8 +95,9 @@ def _servers(settings: ServerSettings, loader: Loader | None) -> tuple[list[_Ser
 
     app = create_app(settings, loader)
     common: dict[str, Any] = {"host": settings.host, "log_config": None,
-                              "log_level": settings.log_level, "http": "h11",
-                              "timeout_graceful_shutdown": GRACEFUL_CLOSE_S}
+                              "log_level": settings.log_level, "http": HTTP_PROTOCOL,
+                              "timeout_graceful_shutdown": GRACEFUL_CLOSE_S,
+                              "timeout_keep_alive": settings.keep_alive_timeout}
     servers = [_Server(uvicorn.Config(app, port=settings.port, lifespan="on", **common))]
     if settings.metrics_port:
         servers.append(_Server(uvicorn.Config(create_metrics_app(app), port=settings.metrics_port,
@@ -164,6 +168,25 @@ async def _run_listeners(servers: list[_Server], sockets: list[Any],
     return all(s.started for s in servers)
 
 
+def run_serve(settings: ServerSettings, loader: Loader | None = None,
+              sockets: list[Any] | None = None) -> int:
+    """`serve` on the event loop the CLI uses (uvloop when installed, else asyncio's).
+
+    The documented hook for tests and benchmarks: `loader` replaces the model loader, e.g. with
+    an instant executor (bench/host_path_server.py)."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve(settings, loader, sockets=sockets))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; other platforms lack it
+        logger.warning("uvloop is not installed: using asyncio's event loop (slower)")
+        return None
+    return uvloop.new_event_loop
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
@@ -184,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", " ".join(str(exc).split()))
         return 2
     try:
-        return asyncio.run(serve(settings, sockets=sockets))
+        return run_serve(settings, sockets=sockets)
     except KeyboardInterrupt:  # pragma: no cover
         return 130
 

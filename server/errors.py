@@ -36,6 +36,12 @@ class BodyTooLargeError(ApiError):
     status = 413
 
 
+class BodyTimeoutError(ApiError):
+    """The client did not send its whole request body in time; the connection is closed."""
+
+    status = 408
+
+
 class UnauthorizedError(ApiError):
     status = 401
 
@@ -72,6 +78,8 @@ def error_headers(err: ApiError) -> dict[str, str]:
         return {"Retry-After": str(RETRY_AFTER_S)}
     if err.status == 401:
         return {"WWW-Authenticate": "Bearer"}
+    if err.status == 408:  # the rest of the body may still arrive: never reuse the connection
+        return {"Connection": "close"}
     return {}
 
 

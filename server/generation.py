@@ -44,6 +44,7 @@ class Generation:
         self._label = label
         self._done = False
         self._closed = False
+        self._expired = False  # the request timeout fired
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
         self._gaps: list[float] = []
@@ -79,38 +80,40 @@ class Generation:
             return UnavailableError(self._service.lifecycle.shutdown_reason)
         return None
 
-    async def _next(self, it: AsyncIterator[RequestOutput],
-                    deadline: float | None) -> RequestOutput:
-        if deadline is None:
-            return await anext(it)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        return await asyncio.wait_for(anext(it), remaining)
+    def _expire(self) -> None:
+        """The request's deadline passed: abort it; its final (ABORT) output ends outputs()."""
+        self._expired = True
+        self.abort()
+
+    def _start_timer(self) -> asyncio.TimerHandle | None:
+        """One timer per request (not a wait_for, i.e. a task, per streamed delta)."""
+        timeout = self._service.request_timeout
+        if timeout <= 0:
+            return None
+        delay = self.request.arrival_time + timeout - time.monotonic()
+        return asyncio.get_running_loop().call_later(max(delay, 0.0), self._expire)
 
     async def outputs(self) -> AsyncIterator[RequestOutput]:
         """Deltas in order; the last one has `finished`. Raises ApiError on failure/timeout."""
-        timeout = self._service.request_timeout
-        deadline = self.request.arrival_time + timeout if timeout > 0 else None
         it = aiter(self._stream)
         failure: str | None = "CANCELED"
+        timer = self._start_timer()
         try:
             while True:
                 try:
-                    out = await self._next(it, deadline)
+                    out = await anext(it)
                 except StopAsyncIteration:
                     failure = "OTHER"
                     raise EngineFailedError(
                         "the engine ended the request without a result") from None
-                except TimeoutError:
-                    self.abort()
-                    failure = "REJECTED" if self._first_token_at is None else "OTHER"
-                    raise UnavailableError(
-                        f"request timeout: not finished within {timeout:g} s") from None
                 self._observe(out)
                 if out.finished:
                     self.finish_reason = out.finish_reason
                     self._done = True
+                    if self._expired and out.finish_reason is FinishReason.ABORT:
+                        failure = "REJECTED" if self._first_token_at is None else "OTHER"
+                        raise UnavailableError("request timeout: not finished within "
+                                               f"{self._service.request_timeout:g} s")
                     err = self._final_error(out)
                     if err is not None:
                         failure = "BACKEND" if err.status == 500 else "CANCELED"
@@ -120,6 +123,8 @@ class Generation:
                 if out.finished:
                     return
         finally:
+            if timer is not None:
+                timer.cancel()
             self.close(failure)
 
     def close(self, failure: str | None = "CANCELED") -> None:

@@ -27,6 +27,7 @@ IFB_TYPES = ("total_context_tokens", "generation_requests", "micro_batch_id", "p
 GENERAL_TYPES = ("iteration_counter", "timestamp")
 DISAGG_TYPES = ("kv_cache_transfer_ms", "request_count")
 TOKEN_LEN_BUCKETS = (10, 50, 100, 500, 1000)
+RSS_PERIOD_S = 1.0  # the process-memory gauge reads /proc at most this often
 DISAGG_COUNTER = "nv_trt_llm_disaggregated_serving_metrics"
 
 # family -> (category label, its values, HELP text as the backend writes it)
@@ -74,6 +75,7 @@ class TrtLlmMetrics:
         self._input_len.touch("total_input_tokens", BACKEND_MODEL, MODEL_VERSION)
         self._output_len.touch("total_output_tokens", BACKEND_MODEL, MODEL_VERSION)
         self._last_preemptions = 0
+        self._rss_read_at = -RSS_PERIOD_S
 
     @property
     def counter_names(self) -> tuple[str, ...]:
@@ -114,7 +116,10 @@ class TrtLlmMetrics:
             iteration_counter=stats.step_id,
             timestamp=int(time.time() * 1e6),
         )
-        self._set("nv_trt_llm_runtime_memory_metrics", "cpu", _process_rss_bytes())
+        now = time.monotonic()
+        if now - self._rss_read_at >= RSS_PERIOD_S:  # /proc once a second, not per step
+            self._rss_read_at = now
+            self._set("nv_trt_llm_runtime_memory_metrics", "cpu", _process_rss_bytes())
 
     def observe_request(self, num_input_tokens: int, num_output_tokens: int) -> None:
         self._input_len.observe(

@@ -1,20 +1,25 @@
 """Pure-ASGI guards that run before routing: header/body size limits and API-key auth.
 
 Body limit: a Content-Length over the limit is refused with 413 before any byte is read; a chunked
-body is cut off (413) as soon as it passes the limit. Auth: when a key is set every route needs
+body is cut off (413) as soon as it passes the limit. Body read timeout: a body not complete
+within `body_timeout` seconds of the request head is answered 408 and the connection closed.
+Both apply to request bodies only: the response path (every streamed SSE chunk) is not wrapped. Auth: when a key is set every route needs
 `Authorization: Bearer <key>` (scheme case-insensitive, key compared in constant time) except the
 exact health and /metrics GET paths; OPTIONS is no exception.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import (
     ApiError,
+    BodyTimeoutError,
     BodyTooLargeError,
     UnauthorizedError,
     ValidationError,
@@ -43,9 +48,10 @@ def _header(scope: Scope, name: bytes) -> list[bytes]:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout: float = 0.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout  # seconds; 0 = no limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,19 +76,40 @@ class BodyLimitMiddleware:
         if _header(scope, b"content-encoding") not in ([], [b"identity"]):
             await send_error(send, ValidationError("Content-Encoding is not supported"))
             return
-        received = 0
+        await self.app(scope, _BodyReader(receive, self.max_bytes, self.body_timeout), send)
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLargeError(
-                        f"request body exceeds the limit of {self.max_bytes} bytes")
-            return message
 
-        await self.app(scope, limited_receive, send)
+class _BodyReader:
+    """The app's `receive`: counts body bytes and bounds the time until the body is complete."""
+
+    def __init__(self, receive: Receive, max_bytes: int, timeout: float) -> None:
+        self._receive = receive
+        self._max_bytes = max_bytes
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout if timeout > 0 else None
+        self._received = 0
+        self._complete = False
+
+    async def __call__(self) -> Message:
+        if self._complete or self._deadline is None:
+            message = await self._receive()
+        else:
+            try:
+                message = await asyncio.wait_for(self._receive(),
+                                                 max(self._deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                logger.info("request body not received within %gs: 408", self._timeout)
+                raise BodyTimeoutError(
+                    f"request body not received within {self._timeout:g} s") from None
+        if message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            self._complete = not message.get("more_body", False)
+            if self._received > self._max_bytes:
+                raise BodyTooLargeError(
+                    f"request body exceeds the limit of {self._max_bytes} bytes")
+        else:
+            self._complete = True
+        return message
 
 
 class ApiKeyMiddleware:

@@ -33,6 +33,7 @@ from server.request_prep import parse_openai_request
 from server.served_names import served_names
 from server.serving import ServingModel
 from server.stop_trim import StopTrimmer
+from server.sse_encode import encode_event
 from server.triton_schema import TEXT_MODELS
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ async def _whole(request: Request, job: _Job) -> Response:
 
 
 def _sse(obj: Any) -> bytes:
-    return b"data: " + _dumps(obj) + b"\n\n"
+    return encode_event(obj)
 
 
 async def _stream(request: Request, job: _Job) -> AsyncIterator[bytes]:

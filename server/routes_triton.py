@@ -26,6 +26,7 @@ from server.request_prep import parse_triton_request
 from server.served_names import served_names
 from server.serving import ServingModel
 from server.triton_parse import TritonInputs
+from server.sse_encode import encode_event
 from server.triton_sampling import TritonOptions, triton_to_sampling
 from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, TEXT_MODELS
 
@@ -122,7 +123,7 @@ def load_report(request: Request, model: ServingModel) -> dict[str, str]:
 
 
 def _event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + dumps_compact(payload) + b"\n\n"
+    return encode_event(payload, sort_keys=True)
 
 
 class _StreamState:

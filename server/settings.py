@@ -91,6 +91,14 @@ class ServerSettings(BaseSettings):
                                  "--tokenize-threads instead.")
     tokenize_threads: int = Field(2, ge=1, description="Threads that tokenise prompts and "
                                   "render chat templates off the event loop.")
+    body_read_timeout: float = Field(30.0, ge=0.0, description="Seconds a client gets to send "
+                                     "its whole request body after the headers; slower ones "
+                                     "get 408 and the connection is closed. 0 = no limit.")
+    keep_alive_timeout: float = Field(60.0, gt=0.0, description="Seconds an idle keep-alive "
+                                      "connection stays open. Longer than clients' own pool "
+                                      "expiry (httpx 5 s, aiohttp 15 s) so the client, not the "
+                                      "server, closes idle connections: a server close racing a "
+                                      "new request on that connection drops the request.")
     drain_timeout: float = Field(30.0, ge=0.0, description="At SIGTERM, seconds in-flight "
                                  "requests get to finish before they are aborted.")
     api_key: SecretStr | None = Field(None, description="Require `Authorization: Bearer <key>` "

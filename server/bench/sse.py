@@ -9,8 +9,11 @@ ignored. Chunks may split anywhere, including inside a CRLF.
 from __future__ import annotations
 
 import logging
+import re
 
 logger = logging.getLogger(__name__)
+
+_EOL = re.compile(r"\r\n|\r|\n")
 
 
 class SSEParser:
@@ -26,36 +29,26 @@ class SSEParser:
         if self._pending_cr and chunk.startswith("\n"):
             chunk = chunk[1:]
         self._pending_cr = False
-        self._buffer += chunk
+        buffer = self._buffer + chunk
         events: list[str] = []
-        while True:
-            line, found = self._next_line()
-            if not found:
+        pos = 0
+        while True:  # one regex scan per line from `pos`: linear in the chunk, not quadratic
+            m = _EOL.search(buffer, pos)
+            if m is None:
                 break
-            event = self._process_line(line)
+            if m.group() == "\r" and m.end() == len(buffer):
+                self._pending_cr = True  # a following "\n" in the next chunk is the same EOL
+            event = self._process_line(buffer[pos:m.start()])
+            pos = m.end()
             if event is not None:
                 events.append(event)
+        self._buffer = buffer[pos:]
         return events
 
     @property
     def has_partial_event(self) -> bool:
         """True when bytes of an unfinished event are buffered (a stream cut mid-event)."""
         return bool(self._data) or bool(self._buffer.strip())
-
-    def _next_line(self) -> tuple[str, bool]:
-        for i, ch in enumerate(self._buffer):
-            if ch == "\n":
-                line, self._buffer = self._buffer[:i], self._buffer[i + 1:]
-                return line, True
-            if ch == "\r":
-                if i + 1 == len(self._buffer):
-                    self._pending_cr = True  # a following "\n" in the next chunk is the same EOL
-                    line, self._buffer = self._buffer[:i], ""
-                    return line, True
-                skip = 2 if self._buffer[i + 1] == "\n" else 1
-                line, self._buffer = self._buffer[:i], self._buffer[i + skip:]
-                return line, True
-        return "", False
 
     def _process_line(self, line: str) -> str | None:
         if line == "":
