@@ -23,7 +23,7 @@ WARMUP_TOKENS = 2
 
 def engine_options(settings: ServerSettings) -> EngineOptions:
     return EngineOptions(model=settings.model, backend=settings.backend, dtype=settings.dtype,
-                         q4_decode=settings.q4_decode,
+                         q4_decode=settings.q4_decode, cpu_precision=settings.cpu_precision,
                          engine_dir=settings.engine_dir, block_size=settings.block_size,
                          kv_cache_blocks=settings.kv_cache_blocks,
                          kv_cache_fraction=settings.kv_cache_fraction)

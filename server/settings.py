@@ -36,6 +36,10 @@ class ServerSettings(BaseSettings):
     q4_decode: bool = Field(_E.q4_decode, description="onnxruntime CPU with a Q4 GGUF: run "
                             "single-token steps through the 4-bit MatMulNBits graph (same weights "
                             "exactly; ~120 MB more memory).")
+    cpu_precision: Literal["exact", "fast"] = Field(
+        _E.cpu_precision, description="Arithmetic of that 4-bit single-token graph: exact "
+        "(float32 activations) or fast (activations quantized to int8 per block of 32, as "
+        "llama.cpp does; faster, greedy tokens may differ). No effect with --no-q4-decode.")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (Triton's HTTP port).")
     metrics_port: int = Field(8002, ge=0, le=65535, description="Second listener serving only "
