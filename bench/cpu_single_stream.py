@@ -12,7 +12,7 @@ loop, `--output-len` tokens with ignore_eos) and stops it. c1 servers: trtserve 
 fast, llama-server (-t 2, -np 16, continuous batching: the issue's command). c16 servers (with
 `--base-tree`): this tree's default precision and the tree at --base-tree (e.g.
 `git worktree add /tmp/h15-base <parent>`), both `--max-batch-size 16`.
-Writes bench/results/cpu_single_stream.md: medians over rounds, ratios, the load (uptime)
+Writes bench/results/cpu_single_stream.md (or --output): medians over rounds, ratios, the load (uptime)
 before and after; the raw `trtserve bench` JSON of every run under --work-dir.
 """
 
@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine-dir", type=Path, default=Path("/tmp/trtserve-bench-cache"))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/trtserve-cpu-single"))
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -222,8 +223,8 @@ def write(args: argparse.Namespace, started: datetime.datetime, load_avg: tuple[
     lines += table(res1, "llama-server c1" if args.llama_server else "trtserve exact c1")
     if res16:
         lines += ["", *table(res16, "trtserve c16 (base tree)")]
-    RESULTS.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    sys.stdout.write(RESULTS.read_text(encoding="utf-8"))
+    args.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sys.stdout.write(args.output.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,17 @@ A block of 32 weights along K is w = s * (q - zp) + m (engine/loaders/gguf_q4.py
 1.32, the 150 SmolLM2 layer linears at M=1): uint8 zero points and accuracy_level=1 (float32
 activations) are the fast path, 12.5 ms against 19.6 ms dense fp32; float zero points and
 bits=8 fall on a ~10x slower path at accuracy_level=1.
-
-Precision (`CPU_PRECISIONS`, chosen per server): "exact" is accuracy_level=1 (float32 activations,
-the GGUF's weights exactly); "fast" is accuracy_level=4: MLAS quantizes each block of 32
-activations to int8 with its own scale and runs integer dot products (VNNI), the arithmetic
-llama.cpp's own Q4_1 x Q8_1 / Q8_0 x Q8_0 dot products use. In "fast" a Q8_0 head runs as one
-8-bit MatMulNBits (`q8_linear`) instead of two exact 4-bit parts (M=1, 576 x 49152, 2 cores:
-~4.1 ms against 7.4 ms for the two parts at level 4 and 9.6 ms at level 1).
 At M=2 MatMulNBits is already slower than dense (32.8 ms against 21.0 ms), so the graph built
 from these is run for single-token steps only. A Q8_0 head runs as two 4-bit parts (its codes'
 high and low nibbles, engine/loaders/gguf_q4.py): SmolLM2 single-token steps went from 108% to
 117% of the dense fp32 matmul roofline's speed (in-process A/B, 12 rounds).
+
+Precision (engine/dtypes.py CPU_PRECISIONS, chosen per server): "exact" is accuracy_level=1
+(float32 activations, the GGUF's weights exactly); "fast" is accuracy_level=4: MLAS quantizes
+each block of 32 activations to int8 with its own scale and runs integer dot products (VNNI),
+the arithmetic llama.cpp's own Q4_1 x Q8_1 / Q8_0 x Q8_0 dot products use. In "fast" a Q8_0
+head runs as one 8-bit MatMulNBits (`q8_linear`) instead of two exact 4-bit parts (M=1,
+576 x 49152, 2 cores: ~4.1 ms against 7.4 ms for the two parts at level 4, 9.6 ms at level 1).
 """
 
 from __future__ import annotations
