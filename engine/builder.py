@@ -31,7 +31,8 @@ I/O is written beside it, `model_q4.onnx` + `model_q4.onnx.data`: its layer line
 head, when the GGUF stores it as Q8_0 or Q4) are com.microsoft MatMulNBits over those blocks
 (engine/graph/quant.py), exactly the same weights; what both graphs hold (the embedding, a
 dense head) it reads from model.onnx.data. It is faster only for single-token steps, which the
-CPU executor runs through it.
+CPU executor runs through it. `cpu_precision` ("exact" | "fast", engine/graph/quant.py) says
+whether its MatMulNBits take float32 or int8 activations.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from engine.config import ModelConfig, ModelError
-from engine.dtypes import NUMPY_DTYPES
+from engine.dtypes import CPU_PRECISIONS, EXACT, NUMPY_DTYPES
 from engine.graph.attention import (
     ATTENTION_IMPLS,
     DECOMPOSED,
@@ -106,6 +107,7 @@ class GraphSpec:
     output_names: tuple[str, ...] = OUTPUT_NAMES
     builder_version: str = BUILDER_VERSION
     q4_model_file: str | None = None  # same I/O, MatMulNBits layer linears (single-token steps)
+    cpu_precision: str = EXACT  # the q4 graph's activations: "exact" float32, "fast" int8
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,8 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
                       dtype: str = "float32", block_size: int = 16,
                       attention_impl: str | None = None, rotary_op: bool | None = None,
                       progress: Callable[[int, int], None] | None = None,
-                      blocks: Mapping[str, Q4Blocks] | None = None) -> GraphSpec:
+                      blocks: Mapping[str, Q4Blocks] | None = None,
+                      cpu_precision: str = EXACT) -> GraphSpec:
     """Writes out_dir/model.onnx + model.onnx.data and returns their GraphSpec; with `blocks`
     (the Q4 layer linears, engine/loaders/gguf_q4.py) and dtype float32, model_q4.onnx too.
 
@@ -153,6 +156,8 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     impl = attention_impl or default_attention(dtype)
     if impl not in ATTENTION_IMPLS:
         raise ModelError(f"unknown attention {impl!r}; one of {ATTENTION_IMPLS}")
+    if cpu_precision not in CPU_PRECISIONS:
+        raise ModelError(f"unknown cpu precision {cpu_precision!r}; one of {CPU_PRECISIONS}")
     rotary = impl == DECOMPOSED if rotary_op is None else rotary_op
     opts = _Options(dtype=NUMPY_DTYPES[dtype], block_size=block_size, attention=impl,
                     rotary_op=rotary, opset=23 if rotary or impl == ONNX_ATTENTION else 18,
@@ -162,7 +167,8 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     graphs: list[tuple[str, str, LinearsFactory, HeadFn | None]] = [
         (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None)]
     if blocks is not None and dtype == "float32":
-        graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks), q4_head(blocks)))
+        graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks, cpu_precision),
+                       q4_head(blocks, cpu_precision)))
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
     shared: dict[str, TensorProto] = {}  # external tensors written so far, by name
     for model_file, data_file, linears, head in graphs:
@@ -171,7 +177,8 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=opts.opset, attention=impl,
                      rotary_op=rotary, block_size=block_size,
                      output_names=OUTPUT_NAMES if opts.argmax else OUTPUT_NAMES[:2],
-                     q4_model_file=Q4_MODEL_FILE if len(graphs) > 1 else None)
+                     q4_model_file=Q4_MODEL_FILE if len(graphs) > 1 else None,
+                     cpu_precision=cpu_precision)
 
 
 def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:

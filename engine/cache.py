@@ -3,9 +3,10 @@
 A cache entry holds model.onnx (+ its external data; for a Q4 GGUF on the fp32 CPU path also
 model_q4.onnx, named by manifest["graph"]["q4_model_file"]), the tokenizer files and
 manifest.json. The key hashes the source (file identity and content), the builder version, the
-dtype and the KV block size the graph is built for, so an entry is rebuilt only when one of
-those changes. Entries are built in a temporary sibling directory and
-renamed into place under a per-entry file lock: readers never see half an entry.
+dtype, the KV block size and the CPU precision ("exact" | "fast": the single-token graph's
+activations) the graph is built for, so an entry is rebuilt only when one of those changes.
+Entries are built in a temporary sibling directory and renamed into place under a per-entry
+file lock: readers never see half an entry.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ModelConfig, ModelError, RopeScaling
+from engine.dtypes import EXACT
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +79,12 @@ def weights_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_key(weights_digest: str, builder_version: str, dtype: str, block_size: int) -> str:
-    """Entry key: changes when the weights, the builder, the dtype or the block size change."""
+def cache_key(weights_digest: str, builder_version: str, dtype: str, block_size: int,
+              cpu_precision: str = EXACT) -> str:
+    """Entry key: changes when the weights, the builder, the dtype, the block size or the CPU
+    precision change."""
     text = (f"{weights_digest}|builder={builder_version}|dtype={dtype}|block={block_size}"
-            f"|format={MANIFEST_FORMAT}")
+            f"|cpu_precision={cpu_precision}|format={MANIFEST_FORMAT}")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -2,7 +2,9 @@
 numpy itself lacks). One table for the builder, the runtime and the device pool.
 
 `DTYPE_NAMES` needs no import; `NUMPY_DTYPES` imports numpy and ml_dtypes on first use (ml_dtypes
-alone takes ~0.6 s, which `trtserve serve --help` need not pay)."""
+alone takes ~0.6 s, which `trtserve serve --help` need not pay).
+
+It also names the CPU single-token precisions (engine/graph/quant.py says what each computes)."""
 
 from __future__ import annotations
 
@@ -25,3 +27,6 @@ def __getattr__(name: str) -> Any:
         globals()[name] = table
         return table
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+EXACT, FAST = "exact", "fast"  # MatMulNBits activations: float32 | int8 per block of 32
+CPU_PRECISIONS = (EXACT, FAST)

@@ -27,7 +27,7 @@ from engine.cache import (
     weights_hash,
 )
 from engine.config import ModelConfig, ModelError
-from engine.dtypes import DTYPE_NAMES
+from engine.dtypes import CPU_PRECISIONS, DTYPE_NAMES, EXACT
 from engine.kv_sizing import device_kv_blocks, kv_cache_blocks
 from engine.limits import StepLimits, decide_limits
 from engine.registry import DEFAULT_MODEL, ModelSource, read_source, resolve_model
@@ -60,12 +60,16 @@ class EngineOptions:
     max_num_tokens: int | None = None  # tokens per step; None -> the backend's, else scheduler's
     q4_decode: bool = True  # CPU: single-token steps through the MatMulNBits graph when built
     cuda_graphs: bool = True  # onnxruntime CUDA: decode steps replayed as CUDA graphs
+    cpu_precision: str = EXACT  # that graph's activations: exact (float32) | fast (int8)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"cpu_precision must be one of {CPU_PRECISIONS}, "
+                             f"got {self.cpu_precision!r}")
         if self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
         if self.kv_cache_blocks is not None and self.kv_cache_blocks <= 0:
@@ -143,7 +147,8 @@ def build_graph(source: ModelSource, dtype: str, options: EngineOptions, digest:
     spec = _builder().build_model_graph(model.config, model.weights, out_dir, dtype=dtype,
                                         block_size=options.block_size,
                                         progress=ConsoleProgress(f"building {source.name}"),
-                                        blocks=model.blocks)
+                                        blocks=model.blocks,
+                                        cpu_precision=options.cpu_precision)
     model.tokenizer.save(out_dir)
     return {"name": source.name, "source": str(source.path), "kind": source.kind,
             "config": config_to_json(model.config), "dtype": dtype,
@@ -156,7 +161,7 @@ def build_graph(source: ModelSource, dtype: str, options: EngineOptions, digest:
 def _prepare(options: EngineOptions, dtype: str) -> tuple[ModelSource, Path]:
     source = resolve_model(options.model)
     digest = weights_hash(source.path)
-    key = cache_key(digest, builder_version(), dtype, options.block_size)
+    key = cache_key(digest, builder_version(), dtype, options.block_size, options.cpu_precision)
     entry = entry_dir(cache_root(options.cache_dir), source.name, key)
     return source, build_entry(entry, lambda tmp: build_graph(source, dtype, options, digest, tmp))
 

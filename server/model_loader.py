@@ -25,8 +25,8 @@ WARMUP_TOKENS = 2
 
 def engine_options(settings: ServerSettings) -> EngineOptions:
     return EngineOptions(model=settings.model, backend=settings.backend, dtype=settings.dtype,
-                         q4_decode=settings.q4_decode, cuda_graphs=settings.cuda_graphs,
-                         cache_dir=settings.cache_dir,
+                         q4_decode=settings.q4_decode, cpu_precision=settings.cpu_precision,
+                         cuda_graphs=settings.cuda_graphs, cache_dir=settings.cache_dir,
                          engine_dir=settings.engine_dir, block_size=settings.block_size,
                          kv_cache_blocks=settings.kv_cache_blocks,
                          kv_cache_fraction=settings.kv_cache_fraction,

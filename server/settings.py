@@ -42,6 +42,10 @@ class ServerSettings(BaseSettings):
     cuda_graphs: bool = Field(_E.cuda_graphs, description="onnxruntime CUDA: replay decode "
                               "steps as CUDA graphs (one captured session per padded batch and "
                               "context bucket, made on first use).")
+    cpu_precision: Literal["exact", "fast"] = Field(
+        _E.cpu_precision, description="Arithmetic of that 4-bit single-token graph: exact "
+        "(float32 activations) or fast (activations quantized to int8 per block of 32, as "
+        "llama.cpp does; faster, greedy tokens may differ). No effect with --no-q4-decode.")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (Triton's HTTP port).")
     metrics_port: int = Field(8002, ge=0, le=65535, description="Second listener serving only "

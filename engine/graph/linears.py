@@ -2,7 +2,8 @@
 (input [T, in], key) -> [T, out], key one of "qkv", "o", "gate", "up", "down".
 
 - dense: MatMul over transposed ([in, out]) fp32/fp16 weights (every graph);
-- q4: MatMulNBits over the GGUF Q4 blocks (engine/graph/quant.py), the single-token fp32 graph.
+- q4: MatMulNBits over the GGUF Q4 blocks (engine/graph/quant.py), the single-token fp32 graph,
+  with float32 ("exact") or int8 ("fast") activations.
 
 Both write the same two weight transforms: Q, K and V fused along the output dim into one qkv
 weight, and 1/sqrt(head_dim) folded into the Q rows (on blocks: into their scale and minimum,
@@ -16,9 +17,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from engine.config import ModelConfig
-from engine.graph.quant import block_sums, q4_linear
+from engine.dtypes import EXACT, FAST
+from engine.graph.quant import block_sums, q4_linear, q8_linear
 from engine.graph.writer import GraphWriter
-from engine.loaders.gguf_q4 import HEAD, Q4Blocks, concat_rows, head_parts
+from engine.loaders.gguf_q4 import HEAD, Q4Blocks, concat_rows, head_parts, join_q8_0
 
 LinearFn = Callable[[str, str], str]  # (input value, key) -> output value
 LinearsFactory = Callable[[GraphWriter, int], LinearFn]  # (writer, layer) -> its linears
@@ -63,7 +65,8 @@ def q4_layer_blocks(config: ModelConfig, blocks: Mapping[str, Q4Blocks],
             "up": blocks[f"{m}up_proj"], "down": blocks[f"{m}down_proj"]}
 
 
-def q4_linears(config: ModelConfig, blocks: Mapping[str, Q4Blocks]) -> LinearsFactory:
+def q4_linears(config: ModelConfig, blocks: Mapping[str, Q4Blocks],
+               precision: str = EXACT) -> LinearsFactory:
     """MatMulNBits nodes; the block sums of an input are computed once (gate and up share)."""
     def layer(g: GraphWriter, index: int) -> LinearFn:
         p = f"model.layers.{index}."
@@ -74,22 +77,26 @@ def q4_linears(config: ModelConfig, blocks: Mapping[str, Q4Blocks]) -> LinearsFa
             b = w[key]
             if b.minimum is not None and x not in sums:
                 sums[x] = block_sums(g, x, b.shape[1])
-            return q4_linear(g, f"{p}{_NAMES[key]}", x, b, sums.get(x))
+            return q4_linear(g, f"{p}{_NAMES[key]}", x, b, sums.get(x), precision)
         return linear
     return layer
 
 
-def q4_head(blocks: Mapping[str, Q4Blocks]) -> HeadFn | None:
+def q4_head(blocks: Mapping[str, Q4Blocks], precision: str = EXACT) -> HeadFn | None:
     """The lm_head as a sum of MatMulNBits over its 4-bit parts (a Q8_0 head is two), or None
     (the graph keeps the dense fp32 head). Measured at M=1: the fp32 head (113 MB for SmolLM2)
-    was ~5 ms of a ~21 ms single-token step."""
+    was ~5 ms of a ~21 ms single-token step. "fast": a Q8_0 head is one 8-bit MatMulNBits."""
     parts = head_parts(blocks)
     if not parts:
         return None
+    q8 = join_q8_0(parts) if precision == FAST else None
+    if q8 is not None:
+        return lambda g, x: q8_linear(g, f"{HEAD}.q8", x, *q8, precision)
 
     def head(g: GraphWriter, x: str) -> str:
         sums = block_sums(g, x, parts[0].shape[1]) if any(
             p.minimum is not None for p in parts) else None
-        outs = [q4_linear(g, f"{HEAD}.{i}", x, part, sums) for i, part in enumerate(parts)]
+        outs = [q4_linear(g, f"{HEAD}.{i}", x, part, sums, precision)
+                for i, part in enumerate(parts)]
         return outs[0] if len(outs) == 1 else g.op("Sum", outs)
     return head

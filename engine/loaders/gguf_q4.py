@@ -104,6 +104,16 @@ def decode_q8_0(raw: np.ndarray) -> list[Q4Blocks]:
             Q4Blocks(d, None, u & np.uint8(0x0F), 0)]
 
 
+def join_q8_0(parts: Sequence[Q4Blocks]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The inverse of `decode_q8_0`: (codes u = q + 128, uint8 [N, K]; d, float32 [N, K/32]),
+    or None when `parts` are not its two parts."""
+    if len(parts) != 2 or parts[0].zero_point != 8 or parts[1].zero_point != 0 or \
+            parts[0].minimum is not None or parts[1].minimum is not None:
+        return None
+    hi, lo = parts
+    return (hi.q << np.uint8(4)) | lo.q, lo.scale
+
+
 def head_parts(blocks: Mapping[str, Q4Blocks]) -> list[Q4Blocks]:
     """The lm_head's 4-bit parts in `blocks` (their dequantized sum is the head), or []."""
     return [blocks[k] for k in sorted(k for k in blocks if k.startswith(f"{HEAD}."))]

@@ -75,3 +75,14 @@ def test_engine_death_exits_nonzero() -> None:
         return code
 
     assert asyncio.run(main()) == 1
+
+
+def test_cpu_precision_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--cpu-precision and TRTSERVE_CPU_PRECISION reach EngineOptions; other values are refused."""
+    assert ServerSettings().cpu_precision == EngineOptions().cpu_precision == "exact"
+    args = build_parser().parse_args(["serve", "--cpu-precision", "fast"])
+    assert engine_options(settings_from_args(args)).cpu_precision == "fast"
+    monkeypatch.setenv("TRTSERVE_CPU_PRECISION", "fast")
+    assert engine_options(ServerSettings()).cpu_precision == "fast"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--cpu-precision", "int4"])
