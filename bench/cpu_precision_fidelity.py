@@ -1,7 +1,7 @@
 """Greedy tokens of the `fast` CPU precision (int8 activations in the single-token MatMulNBits
 graph) against `exact` (float32 activations), on the embedded SmolLM2 (Q4_1 GGUF).
 
-    .venv/bin/python bench/cpu_precision_fidelity.py [--tokens 64] [--engine-dir DIR]
+    .venv/bin/python bench/cpu_precision_fidelity.py [--tokens 64] [--cache-dir DIR]
 
 For each prompt (chat template, one user message) both engines generate --tokens greedy tokens
 (EOS ignored); reported: per prompt the first position where the two differ (none: identical),
@@ -110,10 +110,10 @@ def report(rows: list[tuple[str, int | None, float]], tokens: int, command: str)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--engine-dir", default=None)
+    parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    models = {p: load_model(EngineOptions(engine_dir=args.engine_dir, cpu_precision=p,
+    models = {p: load_model(EngineOptions(cache_dir=args.cache_dir, cpu_precision=p,
                                           kv_cache_blocks=64)) for p in ("exact", "fast")}
     rows = []
     for prompt in PROMPTS:

@@ -65,9 +65,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def trtserve(name: str, tree: Path, concurrency: int, engine_dir: str, *extra: str) -> Server:
+def cache_flag(tree: Path) -> str:
+    """The graph-cache root's flag in `tree`: --cache-dir (--engine-dir before it was renamed,
+    e.g. in the parent commit 6e60b69, where --engine-dir meant the cache root)."""
+    return "--cache-dir" if "cache_dir" in (tree / "server" / "settings.py").read_text() \
+        else "--engine-dir"
+
+
+def trtserve(name: str, tree: Path, concurrency: int, cache_dir: str, *extra: str) -> Server:
     argv = (PYTHON, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--metrics-port", "0",
-            "--engine-dir", engine_dir, "--log-level", "warning", *extra)
+            cache_flag(tree), cache_dir, "--log-level", "warning", *extra)
     return Server(name, argv, tree, "/v2/health/ready", concurrency)
 
 
@@ -166,7 +173,7 @@ def rounds(servers: list[Server], args: argparse.Namespace) -> dict[str, list[di
 
 def servers(args: argparse.Namespace) -> tuple[list[Server], list[Server]]:
     gguf = resolve_model(DEFAULT_MODEL).path
-    eng = str(args.engine_dir)
+    eng = str(args.cache_dir)
     c1 = [trtserve("trtserve exact c1", ROOT, 1, eng, "--cpu-precision", "exact"),
           trtserve("trtserve fast c1", ROOT, 1, eng, "--cpu-precision", "fast")]
     if args.llama_server:
@@ -192,7 +199,7 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engine-dir", type=Path, default=Path("/tmp/trtserve-bench-cache"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/trtserve-bench-cache"))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/trtserve-cpu-single"))
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()

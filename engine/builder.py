@@ -89,7 +89,6 @@ INPUT_NAMES = ("input_ids", "positions", "kv_cache", "block_tables", "past_lens"
                "unpad_index", "logit_index")
 OUTPUT_NAMES = ("logits", "new_kv", "argmax")
 KV_LAYOUT = "L,2,KVH,NB,BS,D"
-CONCAT_MAX_INPUTS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,20 +240,11 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
         layer = _Layer(index, norms, layer_linears(g, index))
         x = _decoder_layer(g, config, st, opts, layer, x, (cos, sin), new_kv)
         tick()
-    kv = _concat_axis0(g, new_kv)  # [L*2*KVH, T, D]
+    kv = g.concat_capped(new_kv)  # [L*2*KVH, T, D]
     g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, config.num_kv_heads, -1,
                                    config.head_dim])], "new_kv")
     _lm_head(g, config, weights, dtype, x, opts.argmax, head)
     tick()
-
-
-def _concat_axis0(g: GraphWriter, parts: list[str]) -> str:
-    """Concat in groups of at most CONCAT_MAX_INPUTS (onnxruntime's CUDA Concat refuses more
-    inputs inside a captured CUDA graph: 60 for SmolLM2's 30 layers, measured on the H200)."""
-    while len(parts) > CONCAT_MAX_INPUTS:
-        groups = [parts[i:i + CONCAT_MAX_INPUTS] for i in range(0, len(parts), CONCAT_MAX_INPUTS)]
-        parts = [grp[0] if len(grp) == 1 else g.op("Concat", grp, axis=0) for grp in groups]
-    return g.op("Concat", parts, axis=0)
 
 
 def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors, opts: _Options,

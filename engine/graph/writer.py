@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 _ALIGN = 4096  # external tensors start on page boundaries so onnxruntime may mmap them
 _INLINE_MAX_BYTES = 1024  # smaller constants stay inside model.onnx
+CONCAT_MAX_INPUTS = 32  # inputs of one Concat node (see GraphWriter.concat_capped)
 
 
 class GraphWriter:
@@ -79,6 +80,16 @@ class GraphWriter:
 
     def i64(self, value: Any) -> str:
         return self.const(value, np.int64, "i64")
+
+    def concat_capped(self, parts: list[str], axis: int = 0) -> str:
+        """Concat in groups of at most CONCAT_MAX_INPUTS (onnxruntime's CUDA Concat refuses more
+        inputs inside a captured CUDA graph: 60 for SmolLM2's 30 layers, measured on the H200)."""
+        while len(parts) > CONCAT_MAX_INPUTS:
+            groups = [parts[i:i + CONCAT_MAX_INPUTS]
+                      for i in range(0, len(parts), CONCAT_MAX_INPUTS)]
+            parts = [grp[0] if len(grp) == 1 else self.op("Concat", grp, axis=axis)
+                     for grp in groups]
+        return self.op("Concat", parts, axis=axis)
 
     def op(self, op_type: str, inputs: list[str], *, outputs: int = 1, domain: str = "",
            name_hint: str | None = None, **attrs: Any) -> str:

@@ -110,7 +110,7 @@ def test_unknown_precision_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def models(smollm2_cache: Path) -> Iterator[dict[str, LoadedModel]]:
-    loaded = {p: load_model(EngineOptions(engine_dir=str(smollm2_cache), kv_cache_blocks=8,
+    loaded = {p: load_model(EngineOptions(cache_dir=str(smollm2_cache), kv_cache_blocks=8,
                                           cpu_precision=p)) for p in (EXACT, FAST)}
     yield loaded
     for m in loaded.values():
