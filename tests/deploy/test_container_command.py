@@ -163,7 +163,7 @@ def test_gpu_image_and_manifests_keep_a_cache() -> None:
 def test_images_install_pinned_constraints(flavour: str) -> None:
     """Each image installs from its constraints file, which pins every package exactly."""
     stage = dockerfile_stages()[flavour if flavour == "gpu" else "cpu-build"]
-    assert f"requirements/constraints-{flavour}.txt" in stage
-    lines = (ROOT / "requirements" / f"constraints-{flavour}.txt").read_text().splitlines()
+    assert f"deploy/constraints/constraints-{flavour}.txt" in stage
+    lines = (ROOT / "deploy" / "constraints" / f"constraints-{flavour}.txt").read_text().splitlines()
     pins = [ln for ln in lines if ln and not ln.startswith("#")]
     assert len(pins) > 20 and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==\S+", p) for p in pins), pins
