@@ -168,8 +168,9 @@ class EngineLoop:
                     result, sampled, step_time = await future
                 except StepRefusedError as exc:  # only this plan's requests fail
                     logger.error("executor refused step %d: %s", plan.step_id, exc)
-                    pending = self._scheduler.fail_step(plan, f"{type(exc).__name__}: {exc}")
-                    continue
+                    error = f"{type(exc).__name__}: {exc}"
+                    pending, pending_stats = self._scheduler.fail_step(plan, error), None
+                    continue  # the previous step's stats went out before the await
                 pending = self._scheduler.update(plan, result, sampled)
                 pending_stats = self._scheduler.stats(step_time)
             self._publish(pending, pending_stats)

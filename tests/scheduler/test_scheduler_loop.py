@@ -158,3 +158,30 @@ def test_sampling_runs_in_the_worker_thread(monkeypatch: pytest.MonkeyPatch) -> 
         await loop.stop()
     run(main())
     assert len(names) == 3 and all(n.startswith("trtserve-step") for n in names)
+
+
+def test_a_refused_step_does_not_republish_the_previous_steps_stats() -> None:
+    """The stats of step N are handed to on_step once: when step N+1 is refused, the loop must
+    not publish N's snapshot a second time (the metrics would count its tokens twice)."""
+    from scheduler.plan import StepRefusedError
+
+    class RefusesThirdStep(FakeExecutor):
+        def execute(self, plan: StepPlan) -> StepResult:
+            if plan.step_id == 3:
+                raise StepRefusedError("step 3 refused (test)")
+            return super().execute(plan)
+
+    async def main() -> list[RequestOutput]:
+        loop, seen = make_loop(RefusesThirdStep(num_blocks=32))
+        await loop.start()
+        try:
+            outs = [o async for o in loop.add(make_request(6, max_tokens=8))]
+        finally:
+            await loop.stop()
+        busy = [s for s in seen if s.step_time_s > 0]
+        assert len(busy) == len({id(s) for s in busy}), [s.step_id for s in busy]
+        return outs
+
+    outs = run(main())
+    assert outs[-1].finish_reason is FinishReason.ERROR
+    assert outs[-1].error_type == "StepRefusedError"
