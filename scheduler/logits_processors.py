@@ -23,14 +23,13 @@ def is_greedy(params: SamplingParams) -> bool:
     return params.temperature < GREEDY_EPS
 
 
+def has_penalties(params: SamplingParams) -> bool:
+    return (params.repetition_penalty != 1.0 or params.presence_penalty != 0.0
+            or params.frequency_penalty != 0.0)
+
+
 def needs_processing(params: SamplingParams, num_output: int) -> bool:
-    return (
-        params.repetition_penalty != 1.0
-        or params.presence_penalty != 0.0
-        or params.frequency_penalty != 0.0
-        or bool(params.bad_words_ids)
-        or num_output < params.min_tokens
-    )
+    return has_penalties(params) or bool(params.bad_words_ids) or num_output < params.min_tokens
 
 
 def apply_repetition_penalty(row: np.ndarray, all_token_ids: Seq[int], penalty: float) -> None:
@@ -86,11 +85,6 @@ def process_row(
         row[[e for e in end_ids if e < vocab]] = -np.inf
 
 
-def _has_penalties(params: SamplingParams) -> bool:
-    return (params.repetition_penalty != 1.0 or params.presence_penalty != 0.0
-            or params.frequency_penalty != 0.0)
-
-
 def _banned(params: SamplingParams, all_token_ids: Seq[int], num_prompt: int,
             end_ids: Seq[int]) -> set[int]:
     banned: set[int] = set()
@@ -110,7 +104,7 @@ def greedy_processed_token(row: np.ndarray, params: SamplingParams, all_token_id
     vocabulary-wide row (what benchmark clients' min_tokens = max_tokens costs every step).
     Penalised rows, or a banned argmax, take the full-row path (a sparse version measured
     slower on CPU: the penalties' own np.unique calls dominate)."""
-    if not _has_penalties(params) and raw_argmax not in _banned(
+    if not has_penalties(params) and raw_argmax not in _banned(
             params, all_token_ids, num_prompt, end_ids) and np.isfinite(row[raw_argmax]):
         return raw_argmax
     full = np.array(row, dtype=np.float32, copy=True)
