@@ -25,9 +25,10 @@ from engine_cpu import BLOCK, engine_decode, load_weights  # noqa: E402
 
 from engine.builder import MODEL_FILE, build_model_graph  # noqa: E402
 from engine.executors import ort_cuda  # noqa: E402
-from engine.executors.cuda_graphs import Bucket, bucket_dims  # noqa: E402
+from engine.executors.cuda_graphs import bucket_dims  # noqa: E402
 from engine.executors.ort_cuda import OrtCudaExecutor  # noqa: E402
 from engine.limits import StepLimits  # noqa: E402
+from engine.step_inputs import Bucket  # noqa: E402
 
 logger = logging.getLogger(__name__)
 PROMPT_LEN = 32

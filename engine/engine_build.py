@@ -130,7 +130,8 @@ def _limits(opts: BuildOptions, max_positions: int) -> tuple[int, int]:
 
 def build_engine_dir(opts: BuildOptions, stage: Stage | None = None) -> BuildConfig:
     """Build everything into opts.output_dir; return what config.json records."""
-    from engine.runtime import EngineOptions, build_graph, builder_version
+    from engine.options import EngineOptions
+    from engine.runtime import build_graph, builder_version
 
     stage = stage or (lambda name: None)
     started = time.monotonic()

@@ -21,7 +21,7 @@ from engine.engine_dir import (
 
 if TYPE_CHECKING:
     from engine.backends import BackendChoice
-    from engine.runtime import EngineOptions
+    from engine.options import EngineOptions
 
 logger = logging.getLogger(__name__)
 

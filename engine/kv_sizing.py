@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from engine.config import ModelConfig
 
 if TYPE_CHECKING:
-    from engine.runtime import EngineOptions
+    from engine.options import EngineOptions
 
 logger = logging.getLogger(__name__)
 

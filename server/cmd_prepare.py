@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from engine.config import ModelError
-from engine.runtime import EngineOptions, prepare_model
+from engine.options import EngineOptions
+from engine.runtime import prepare_model
 
 logger = logging.getLogger(__name__)
 

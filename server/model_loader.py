@@ -7,7 +7,8 @@ import logging
 import time
 from collections.abc import Sequence
 
-from engine.runtime import EngineOptions, LoadedModel, load_model
+from engine.options import EngineOptions
+from engine.runtime import LoadedModel, load_model
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
 from scheduler.request import Request, SamplingParams

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from engine.runtime import EngineOptions
+from engine.options import EngineOptions
 from scheduler.config import SchedulerConfig
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """One step's device-side I/O, shared by the GPU executors (onnxruntime CUDA, TensorRT).
 
-Per step: pack the plan (engine/executors/packing.py `pack_plan`, the graph's own packing), stage
+Per step: pack the plan (engine/step_inputs.py `pack_plan`, the graph's own packing), stage
 every small input + the slot mapping + block-copy pairs into ONE pinned -> device copy, run the
 block copies, let the executor run the graph into `new_kv` / `logits` device buffers sized for
 the step limits, then scatter new K/V into the pool and copy the logits back through pinned
@@ -20,9 +20,8 @@ from engine.device.cuda import CudaContext, Stream
 from engine.device.kernels import KVKernels
 from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea
 from engine.device_pool import DeviceKVPool, PoolGeometry, geometry_for
-from engine.executors.cuda_graphs import Bucket, pack_decode
-from engine.executors.packing import pack_plan
 from engine.limits import StepLimits
+from engine.step_inputs import Bucket, pack_decode, pack_plan
 from scheduler.plan import StepPlan, StepRefusedError
 
 logger = logging.getLogger(__name__)

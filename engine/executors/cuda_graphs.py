@@ -17,24 +17,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.plan import ScheduledSeq, StepPlan, StepResult
+from engine.step_inputs import Bucket
+from scheduler.plan import StepPlan, StepResult
 
 logger = logging.getLogger(__name__)
 
 MAX_SESSIONS = 32  # captured buckets kept; each session holds its own copy of the weights
 MIN_BLOCKS = 16  # past blocks of the smallest context bucket: short contexts share one bucket
-
-
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """A padded decode shape: rows (sequences) and past blocks per row."""
-
-    batch: int
-    blocks: int
 
 
 def next_pow2(n: int) -> int:
@@ -86,27 +78,6 @@ def merge_results(plan: StepPlan, parts: tuple[StepPlan, StepPlan],
     has_argmax = all(r.argmax is not None for r in results)
     argmax = np.array([r[1] for r in order], dtype=np.int64) if has_argmax else None
     return StepResult(plan.step_id, logits, argmax)
-
-
-def pack_decode(seqs: Sequence[ScheduledSeq], block_size: int, bucket: Bucket
-                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The graph inputs of a decode step padded to `bucket`, and its slot mapping (-1: pad)."""
-    n, batch = len(seqs), bucket.batch
-    ids = np.zeros(batch, dtype=np.int64)
-    ids[:n] = [s.token_ids[0] for s in seqs]
-    past = np.zeros(batch, dtype=np.int64)
-    past[:n] = [s.start_pos for s in seqs]
-    tables = np.zeros((batch, bucket.blocks), dtype=np.int64)
-    slots = np.full(batch, -1, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        needed = -(-s.start_pos // block_size)
-        tables[i, :needed] = s.block_table[:needed]
-        slots[i] = s.block_table[s.start_pos // block_size] * block_size + s.start_pos % block_size
-    rows = np.arange(batch, dtype=np.int64)
-    feeds = {"input_ids": ids, "positions": past.copy(), "block_tables": tables,
-             "past_lens": past, "pad_index": rows.reshape(batch, 1), "unpad_index": rows,
-             "logit_index": rows.copy()}
-    return feeds, slots
 
 
 def bucket_dims(bucket: Bucket, pool_rows: int, block_size: int) -> dict[str, int]:

@@ -11,13 +11,8 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.device.cuda import CudaContext
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
-from engine.executors.cuda_graphs import (
-    Bucket,
-    BucketSessions,
-    decode_bucket,
-    merge_results,
-    split_mixed,
-)
+from engine.executors.cuda_graphs import BucketSessions, decode_bucket, merge_results, split_mixed
+from engine.step_inputs import Bucket
 from scheduler.plan import StepPlan, StepResult
 
 

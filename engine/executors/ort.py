@@ -22,8 +22,9 @@ import numpy as np
 import onnxruntime as ort
 
 from engine.config import ModelConfig
-from engine.executors.packing import PAD_SLACK, pack_seqs, split_for_padding
+from engine.executors.packing import PAD_SLACK, split_for_padding
 from engine.kv_pool import KVPool
+from engine.step_inputs import pack_seqs
 from scheduler.plan import ScheduledSeq, StepPlan, StepRefusedError, StepResult
 
 logger = logging.getLogger(__name__)

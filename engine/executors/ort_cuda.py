@@ -19,8 +19,9 @@ from onnx import TensorProto
 from engine.config import ModelConfig
 from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
 from engine.dtypes import NUMPY_DTYPES
-from engine.executors.cuda_graphs import Bucket, BucketSessions, bucket_dims, startup_buckets
+from engine.executors.cuda_graphs import BucketSessions, bucket_dims, startup_buckets
 from engine.executors.device_base import DeviceExecutor
+from engine.step_inputs import Bucket
 from scheduler.plan import StepPlan
 
 logger = logging.getLogger(__name__)

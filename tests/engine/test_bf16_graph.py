@@ -18,10 +18,10 @@ from tiny_llama import PagedSeq, ShuffledBlocks, assert_close, schedule, tiny_co
 from engine.backends import ORT_CPU
 from engine.builder import BUILDER_VERSION, MODEL_FILE, build_model_graph
 from engine.config import ModelError
-from engine.executors.packing import pack_seqs
 from engine.kv_pool import KVPool
 from engine.reference import random_weights, reference_logits
 from engine.runtime import EngineOptions, load_model
+from engine.step_inputs import pack_seqs
 
 BLOCK = 4
 CONFIG = tiny_config(heads=4, kv_heads=2, scaled_rope=True, tied=False)

@@ -22,7 +22,7 @@ from engine.cache import (
 )
 from engine.config import ModelConfig, RopeScaling
 from engine.kv_sizing import kv_block_bytes, kv_cache_blocks
-from engine.runtime import EngineOptions
+from engine.options import EngineOptions
 
 
 def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from engine.executors import cuda_graphs, ort_cuda
-from engine.executors.cuda_graphs import Bucket, decode_bucket, pack_decode, startup_buckets
+from engine.executors.cuda_graphs import decode_bucket, startup_buckets
 from engine.executors.ort import session_options
 from engine.limits import StepLimits
+from engine.step_inputs import Bucket, pack_decode
 from scheduler.plan import ScheduledSeq, StepPlan
 
 from .tiny_model import BLOCK_SIZE, TINY, build_graph

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from server_fakes import FakeLoop, fake_model, loader_for
 
-from engine.runtime import EngineOptions
+from engine.options import EngineOptions
 from server.cli import build_parser
 from server.cmd_serve import serve, settings_from_args
 from server.model_loader import engine_options
