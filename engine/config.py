@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.dtypes import DTYPE_BYTES
+
 
 class ModelError(ValueError):
     """A model cannot be loaded or used: missing file, corrupt data, unsupported architecture.
@@ -58,3 +60,9 @@ class ModelConfig:
     @property
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    def kv_bytes_per_block(self, block_size: int, dtype: str) -> int:
+        """Bytes of one KV block of `block_size` tokens in a pool of `dtype` (a DTYPE_NAMES
+        name): K and V of every layer and KV head, the pool layout [L, 2, KVH, NB, BS, D]."""
+        per_token = self.num_layers * 2 * self.num_kv_heads * self.head_dim
+        return per_token * block_size * DTYPE_BYTES[dtype]

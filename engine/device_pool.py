@@ -114,8 +114,7 @@ def geometry_for(config: ModelConfig, num_blocks: int, block_size: int, dtype: s
 
 def blocks_that_fit(config: ModelConfig, block_size: int, dtype: str, budget_bytes: int) -> int:
     """How many KV blocks `budget_bytes` of device memory holds (at least 1)."""
-    one = geometry_for(config, 1, block_size, dtype).nbytes
-    return max(1, budget_bytes // one)
+    return max(1, budget_bytes // config.kv_bytes_per_block(block_size, dtype))
 
 
 class DeviceKVPool:

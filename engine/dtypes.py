@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 DTYPE_NAMES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}  # element sizes
 
 
 def _numpy_dtypes() -> dict[str, Any]:

@@ -15,18 +15,6 @@ from engine.config import ModelConfig
 logger = logging.getLogger(__name__)
 
 
-def bytes_per_block(config: ModelConfig, block_size: int, dtype: np.dtype | str) -> int:
-    """Bytes one block takes across all layers, K and V."""
-    item = np.dtype(dtype).itemsize
-    return config.num_layers * 2 * config.num_kv_heads * block_size * config.head_dim * item
-
-
-def blocks_for_budget(config: ModelConfig, block_size: int, dtype: np.dtype | str,
-                      budget_bytes: int) -> int:
-    """How many whole blocks fit in `budget_bytes` (0 when not even one does)."""
-    return max(0, int(budget_bytes) // bytes_per_block(config, block_size, dtype))
-
-
 class KVPool:
     """Owns the pool array. Block ids are 0..num_blocks-1; slot = block * BS + offset."""
 

@@ -29,14 +29,6 @@ def available_memory_bytes() -> int:
     return FALLBACK_AVAILABLE_BYTES
 
 
-def kv_block_bytes(config: ModelConfig, block_size: int, dtype: str) -> int:
-    """K and V of every layer for one block of tokens."""
-    from engine.dtypes import NUMPY_DTYPES
-
-    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim
-    return per_token * block_size * NUMPY_DTYPES[dtype].itemsize
-
-
 def kv_cache_blocks(options: EngineOptions, config: ModelConfig, max_context: int,
                     dtype: str, available: int | None = None) -> int:
     """options.kv_cache_blocks, or a fraction of free memory (capped), but always room for one
@@ -45,7 +37,7 @@ def kv_cache_blocks(options: EngineOptions, config: ModelConfig, max_context: in
         return options.kv_cache_blocks
     free = available_memory_bytes() if available is None else available
     budget = min(int(free * options.kv_cache_fraction), KV_BUDGET_CAP_BYTES)
-    blocks = budget // kv_block_bytes(config, options.block_size, dtype)
+    blocks = budget // config.kv_bytes_per_block(options.block_size, dtype)
     return max(int(blocks), math.ceil(max_context / options.block_size))
 
 

@@ -21,7 +21,7 @@ from engine.cache import (
     weights_hash,
 )
 from engine.config import ModelConfig, RopeScaling
-from engine.kv_sizing import kv_block_bytes, kv_cache_blocks
+from engine.kv_sizing import kv_cache_blocks
 from engine.options import EngineOptions
 
 
@@ -108,7 +108,7 @@ def test_config_json_round_trip() -> None:
 def test_kv_blocks_from_fraction() -> None:
     config = ModelConfig(hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3,
                          head_dim=64, intermediate_size=1536, vocab_size=49152)
-    assert kv_block_bytes(config, 16, "float32") == 737_280
+    assert config.kv_bytes_per_block(16, "float32") == 737_280
     opts = EngineOptions(kv_cache_fraction=0.5)
     assert kv_cache_blocks(opts, config, 8192, "float32", available=737_280 * 2000) == 1000
     # capped at 2 GiB however much memory is free; never below one full-context sequence

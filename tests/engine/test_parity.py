@@ -21,7 +21,7 @@ from engine.builder import BUILDER_VERSION, DATA_FILE, MODEL_FILE, build_model_g
 from engine.config import ModelConfig
 from engine.executors.ort import OrtExecutor
 from engine.executors.packing import split_for_padding
-from engine.kv_pool import KVPool, blocks_for_budget, bytes_per_block
+from engine.kv_pool import KVPool
 from engine.reference import reference_logits
 from scheduler.plan import ScheduledSeq, StepPlan
 
@@ -225,14 +225,23 @@ def test_pool_slot_writes_and_block_copies() -> None:
     assert np.shares_memory(pool.graph_view, pool.data)
 
 
-def test_blocks_for_budget() -> None:
-    """A byte budget turns into whole blocks: L*2*KVH*BS*D*itemsize bytes each."""
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_kv_bytes_per_block_is_the_pools_size(dtype: str) -> None:
+    """The one bytes-per-block (ModelConfig.kv_bytes_per_block) is what a block really takes in
+    the host pool and in the device pool's geometry, and what both sizing paths divide by."""
+    from engine.device_pool import blocks_that_fit, geometry_for
+    from engine.dtypes import NUMPY_DTYPES
+    from engine.kv_sizing import kv_cache_blocks
+    from engine.options import EngineOptions
+
     config = CONFIGS["gqa-plain-untied"]
-    per = bytes_per_block(config, 16, np.float32)
-    assert per == 2 * 2 * 2 * 16 * 16 * 4
-    assert blocks_for_budget(config, 16, np.float32, 10 * per + per - 1) == 10
-    assert blocks_for_budget(config, 16, "float16", 10 * per) == 20
-    assert blocks_for_budget(config, 16, np.float32, per - 1) == 0
+    per = config.kv_bytes_per_block(16, dtype)
+    assert per == 2 * 2 * 2 * 16 * 16 * NUMPY_DTYPES[dtype].itemsize
+    assert KVPool(config, 3, 16, NUMPY_DTYPES[dtype]).data.nbytes == 3 * per
+    assert geometry_for(config, 3, 16, dtype).nbytes == 3 * per
+    assert blocks_that_fit(config, 16, dtype, 10 * per + per - 1) == 10
+    opts = EngineOptions(kv_cache_fraction=1.0, block_size=16)
+    assert kv_cache_blocks(opts, config, 16, dtype, available=10 * per + per - 1) == 10
 
 
 def test_argmax_output_only_in_half_precision_graphs(tmp_path: Path) -> None:
