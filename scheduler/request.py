@@ -18,6 +18,19 @@ class RequestError(ValueError):
     """Client-caused: invalid parameters, prompt too long, can never fit. Maps to HTTP 400."""
 
 
+class ParamError(RequestError):
+    """One generation setting outside its bounds (scheduler/validation.py). It names the
+    SamplingParams field, so that a route can say the same thing with its own input's name."""
+
+    def __init__(self, field: str, value: object, rule: str) -> None:
+        self.field, self.value, self.rule = field, value, rule
+        super().__init__(self.message())
+
+    def message(self, name: str | None = None) -> str:
+        """`invalid <name>=<value>: <rule>`, the field's own name unless another is given."""
+        return f"invalid {name or self.field}={self.value!r}: {self.rule}"
+
+
 class QueueFullError(RuntimeError):
     """The waiting queue is at max_queue_size. Maps to HTTP 503 + Retry-After."""
 
@@ -36,11 +49,12 @@ class SamplingParams:
 
     Defaults are "off": greedy, no filtering, no penalties. The server maps Triton / OpenAI
     conventions onto these (e.g. TensorRT-LLM's top_k=0 and top_p=0 both unset -> greedy).
-    `validate(max_context, vocab_size)` raises RequestError with a message naming the field.
+    Bounds and messages: scheduler/validation.py `validate_params`, the only place they are
+    written (the routes translate their inputs' names, the scheduler checks every request).
     """
 
     max_tokens: int = 16  # new tokens to generate at most (>= 1)
-    temperature: float = 0.0  # 0 -> greedy; else softmax temperature (0, 2]... validated
+    temperature: float = 0.0  # 0 -> greedy; else the softmax temperature
     top_k: int = 0  # 0 -> off
     top_p: float = 1.0  # 1 -> off; must be in (0, 1]
     min_p: float = 0.0  # 0 -> off; in [0, 1]
@@ -56,12 +70,6 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop strings, matched on decoded text across token boundaries
     logprobs: bool = False  # report the log-prob of each chosen token
     top_logprobs: int = 0  # with logprobs: also the k most likely tokens of each position
-
-    def validate(self, max_context: int, vocab_size: int) -> None:
-        """Raise RequestError naming the first invalid field (bounds: scheduler/validation.py)."""
-        from scheduler.validation import validate_params
-
-        validate_params(self, max_context, vocab_size)
 
 
 @dataclass(slots=True)

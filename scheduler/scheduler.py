@@ -29,7 +29,7 @@ from scheduler.sequence import SeqStatus, Sequence
 from scheduler.stats import SchedulerStats
 from scheduler.step_rows import apply_tokens, build_rows, sample_rows
 from scheduler.stop import Decode
-from scheduler.validation import validate_prompt
+from scheduler.validation import validate_params, validate_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Scheduler:
         """Validate and enqueue; raises RequestError / QueueFullError at once, never blocks."""
         if request.request_id in self._by_request:
             raise RequestError(f"request id {request.request_id!r} is already in flight")
-        request.params.validate(self.max_model_len, self.vocab_size)
+        validate_params(request.params, self.max_model_len, self.vocab_size)
         validate_prompt(request.prompt_token_ids, request.params, self.max_model_len,
                         self.vocab_size, self.pool.num_blocks * self.pool.block_size)
         limit = self.config.max_queue_size

@@ -1,5 +1,9 @@
 """Validation of client-supplied generation settings and prompts -> RequestError naming the field.
 
+The one place the bounds and messages of SamplingParams are written: the HTTP routes run
+`validate_params` before tokenising (mapping ParamError.field to their own input names), and the
+scheduler runs it again on every request it is given, with `validate_prompt`.
+
 Bounds (documented choices):
 - temperature in [0, 2] (OpenAI's range; 0 = greedy), finite
 - top_k >= 0 (0 = off); top_p in (0, 1]; min_p in [0, 1]
@@ -15,15 +19,12 @@ Bounds (documented choices):
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
 
 import numpy as np
 
-from scheduler.request import RequestError, SamplingParams
-
-logger = logging.getLogger(__name__)
+from scheduler.request import ParamError, RequestError, SamplingParams
 
 MAX_TEMPERATURE = 2.0
 MAX_REPETITION_PENALTY = 100.0
@@ -34,23 +35,19 @@ INT32_MAX = 2**31 - 1
 SEED_LIMIT = 2**64
 
 
-def _fail(field: str, value: object, rule: str) -> RequestError:
-    return RequestError(f"invalid {field}={value!r}: {rule}")
-
-
 def _check_float(field: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise _fail(field, value, "must be a finite number")
+        raise ParamError(field, value, "must be a finite number")
     if value > hi or value < lo or (lo_open and value == lo):
         left = "(" if lo_open else "["
-        raise _fail(field, value, f"must be in {left}{lo}, {hi}]")
+        raise ParamError(field, value, f"must be in {left}{lo}, {hi}]")
 
 
 def _check_int(field: str, value: int, lo: int, hi: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _fail(field, value, "must be an integer")
+        raise ParamError(field, value, "must be an integer")
     if not lo <= value <= hi:
-        raise _fail(field, value, f"must be in [{lo}, {hi}]")
+        raise ParamError(field, value, f"must be in [{lo}, {hi}]")
 
 
 def check_token_ids(field: str, ids: Iterable[int], vocab_size: int) -> None:
@@ -66,13 +63,13 @@ def check_token_ids(field: str, ids: Iterable[int], vocab_size: int) -> None:
     rule = f"token ids must be integers in [0, {vocab_size})"
     if arr.dtype.kind not in "iu" or arr.ndim != 1:
         bad = next((t for t in ids if not isinstance(t, int) or isinstance(t, bool)), ids)
-        raise _fail(field, bad, rule)
+        raise ParamError(field, bad, rule)
     if int(arr.min()) < 0 or int(arr.max()) >= vocab_size:
-        raise _fail(field, next(t for t in ids if not 0 <= t < vocab_size), rule)
+        raise ParamError(field, next(t for t in ids if not 0 <= t < vocab_size), rule)
 
 
 def validate_params(params: SamplingParams, max_context: int, vocab_size: int) -> None:
-    """Raise RequestError for the first invalid field of params."""
+    """Raise ParamError for the first invalid field of params."""
     _check_int("max_tokens", params.max_tokens, 1, max_context)
     _check_int("min_tokens", params.min_tokens, 0, params.max_tokens)
     _check_float("temperature", params.temperature, 0.0, MAX_TEMPERATURE)
@@ -89,24 +86,25 @@ def validate_params(params: SamplingParams, max_context: int, vocab_size: int) -
     check_token_ids("end_ids", params.end_ids, INT32_MAX + 1)
     if params.pad_id is not None:
         check_token_ids("pad_id", [params.pad_id], INT32_MAX + 1)
-    _check_int("top_logprobs", params.top_logprobs, 0,
-               MAX_TOP_LOGPROBS if params.logprobs else 0)
+    _check_int("top_logprobs", params.top_logprobs, 0, MAX_TOP_LOGPROBS)
+    if params.top_logprobs and not params.logprobs:
+        raise ParamError("top_logprobs", params.top_logprobs, "needs logprobs")
     for word in params.bad_words_ids:
         if len(word) == 0:
-            raise _fail("bad_words_ids", word, "each bad word needs at least one token")
+            raise ParamError("bad_words_ids", word, "each bad word needs at least one token")
         check_token_ids("bad_words_ids", word, vocab_size)
     if len(params.stop) > MAX_STOP_STRINGS:
-        raise _fail("stop", len(params.stop), f"at most {MAX_STOP_STRINGS} stop strings")
+        raise ParamError("stop", len(params.stop), f"at most {MAX_STOP_STRINGS} stop strings")
     for s in params.stop:
         if not isinstance(s, str) or not s:
-            raise _fail("stop", s, "stop strings must be non-empty strings")
+            raise ParamError("stop", s, "stop strings must be non-empty strings")
 
 
 def validate_prompt(prompt: list[int], params: SamplingParams, max_model_len: int,
                     vocab_size: int, kv_capacity_tokens: int) -> None:
     """Raise RequestError if the prompt is empty/out of vocab or the request can never fit."""
     if not prompt:
-        raise _fail("prompt_token_ids", prompt, "prompt must not be empty")
+        raise ParamError("prompt_token_ids", prompt, "prompt must not be empty")
     check_token_ids("prompt_token_ids", prompt, vocab_size)
     total = len(prompt) + params.max_tokens
     if total > max_model_len:

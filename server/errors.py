@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 
-from scheduler.request import EngineDeadError, QueueFullError, QueueTimeoutError, RequestError
+from scheduler.request import (
+    EngineDeadError,
+    ParamError,
+    QueueFullError,
+    QueueTimeoutError,
+    RequestError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +24,10 @@ class ApiError(Exception):
 
     status: int = 400
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param  # the request parameter at fault, when one is (OpenAI's `param`)
         if status is not None:
             self.status = status
 
@@ -56,6 +64,13 @@ class NotImplementedApiError(ApiError):
     status = 501
 
 
+def param_error(exc: ParamError, names: Mapping[str, str]) -> ValidationError:
+    """A SamplingParams bound (scheduler/validation.py) said with the route's name of the input:
+    `names` maps SamplingParams fields to it (a field not listed keeps its own name)."""
+    name = names.get(exc.field, exc.field)
+    return ValidationError(exc.message(name), param=name)
+
+
 def to_api_error(exc: BaseException) -> ApiError:
     """Map scheduler/engine exceptions onto the taxonomy (the one place this is decided)."""
     if isinstance(exc, ApiError):
@@ -87,7 +102,7 @@ def error_body(err: ApiError, *, openai: bool = False) -> bytes:
     """`{"error": "..."}` (Triton/KServe) or the OpenAI error object on /v1 routes."""
     if openai:
         kind = "invalid_request_error" if err.status < 500 else "server_error"
-        payload: object = {"error": {"message": err.message, "type": kind, "param": None,
+        payload: object = {"error": {"message": err.message, "type": kind, "param": err.param,
                                      "code": err.status}}
     else:
         payload = {"error": err.message}

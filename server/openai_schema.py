@@ -1,86 +1,88 @@
 """OpenAI request bodies, validated strictly (no "10" -> 10 coercion), mapped to SamplingParams.
 
+Types are checked here; the bounds of the sampling parameters are the scheduler's
+(scheduler/validation.py), checked by `sampling()` and reported with the OpenAI parameter's name.
 A request naming no sampling parameter is greedy (as on the Triton routes); OpenAI's own default
 temperature of 1.0 applies only when top_p/top_k/min_p is given without a temperature.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticError
 
-from scheduler.request import SamplingParams
-from scheduler.validation import MAX_TOP_LOGPROBS
-from server.errors import ValidationError
-
-logger = logging.getLogger(__name__)
+from scheduler.request import ParamError, SamplingParams
+from scheduler.validation import validate_params
+from server.errors import ValidationError, param_error
 
 MAX_TOKENS_DEFAULT = 16  # OpenAI's completions default
-MAX_STOP = 16
-MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions `logprobs`
+TOP_K_OFF = -1  # vLLM's "no top-k", as 0
 
 
 class _Base(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
     n: int = Field(1, ge=1, le=1)
     best_of: int | None = Field(None, ge=1, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = None
     stop: str | list[str] | None = None
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     ignore_eos: bool = False
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: int = 0
     include_stop_str_in_output: bool = False  # vLLM's extension: keep the stop string
     user: str | None = None
-
-    @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
-                     "repetition_penalty")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop strings")
-        return value
 
     def include_usage(self) -> bool:
         opts = self.stream_options or {}
         return bool(opts.get("include_usage", False))
 
-    def sampling(self) -> SamplingParams:
+    def sampling(self, max_context: int, vocab_size: int) -> SamplingParams:
+        """The request's SamplingParams, checked (a 400 naming the OpenAI parameter)."""
+        params = self._params()
+        try:
+            validate_params(params, max_context, vocab_size)
+        except ParamError as exc:
+            raise param_error(exc, self.param_names()) from None
+        return params
+
+    def _params(self) -> SamplingParams:
         sampling_named = any(v is not None for v in (self.temperature, self.top_p, self.min_p)) \
-            or self.top_k not in (None, -1, 0)
+            or self.top_k not in (None, TOP_K_OFF, 0)
         temperature = self.temperature if self.temperature is not None else (
             1.0 if sampling_named else 0.0)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         logprobs, top_logprobs = self.logprob_counts()
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None \
+            else self.max_tokens
         return SamplingParams(
-            max_tokens=self.max_completion_tokens or self.max_tokens or MAX_TOKENS_DEFAULT,
-            temperature=temperature, top_k=max(self.top_k or 0, 0), top_p=self.top_p or 1.0,
-            min_p=self.min_p or 0.0, repetition_penalty=self.repetition_penalty,
+            max_tokens=max_tokens if max_tokens is not None else MAX_TOKENS_DEFAULT,
+            temperature=temperature,
+            top_k=0 if self.top_k in (None, TOP_K_OFF) else self.top_k,
+            top_p=self.top_p if self.top_p is not None else 1.0,
+            min_p=self.min_p if self.min_p is not None else 0.0,
+            repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             seed=self.seed, min_tokens=self.min_tokens, ignore_eos=self.ignore_eos,
             stop=tuple(s for s in stop if s), logprobs=logprobs, top_logprobs=top_logprobs)
+
+    def param_names(self) -> dict[str, str]:
+        """SamplingParams field -> this request's parameter, where the names differ."""
+        if self.max_completion_tokens is not None:
+            return {"max_tokens": "max_completion_tokens"}
+        return {}
 
     def logprob_counts(self) -> tuple[bool, int]:
         """(log-probs of the chosen tokens?, how many top alternatives per token)."""
@@ -89,12 +91,15 @@ class _Base(BaseModel):
 
 class CompletionRequest(_Base):
     prompt: str | list[str] | list[int]
-    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    logprobs: int | None = None  # k: the chosen token's log-prob and the k most likely
     echo: bool = False
     suffix: str | None = None
 
     def logprob_counts(self) -> tuple[bool, int]:
         return self.logprobs is not None, self.logprobs or 0
+
+    def param_names(self) -> dict[str, str]:
+        return {**super().param_names(), "top_logprobs": "logprobs"}
 
 
 class ChatMessage(BaseModel):
@@ -107,11 +112,9 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Base):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: int | None = None
 
     def logprob_counts(self) -> tuple[bool, int]:
-        if self.top_logprobs and not self.logprobs:
-            raise ValidationError("'top_logprobs' needs 'logprobs': true")
         return self.logprobs, self.top_logprobs or 0
 
 

@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from scheduler.request import FinishReason, RequestOutput, TopLogprobs
+from scheduler.request import FinishReason, ParamError, RequestOutput, TopLogprobs
+from scheduler.validation import check_token_ids
 from server.app_state import AppState, get_state
 from server.detokenizer import IncrementalDetokenizer
 from server.disconnect import abort_on_disconnect
@@ -21,6 +22,7 @@ from server.errors import (
     UnavailableError,
     UnknownModelError,
     ValidationError,
+    param_error,
     to_api_error,
 )
 from server.generation import EngineFailedError, Generation
@@ -196,7 +198,7 @@ async def _run(request: Request, cls: type[_Base], kind: str,
     req = await state.prep.parse(parse_openai_request, await request.body(), cls, limits)
     label = _check_model(state, req.model)
     model = state.service.admit(label)
-    params = req.sampling()
+    params = req.sampling(model.max_context, model.tokenizer.vocab_size)
     prompt_ids = await state.prep.in_thread(to_ids, model, req)
     if not prompt_ids:
         raise ValidationError("the prompt is empty")
@@ -219,8 +221,10 @@ def _completion_ids(model: ServingModel, req: CompletionRequest) -> list[int]:
     prompt = req.prompt
     if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
         ids = list(prompt)  # type: ignore[arg-type]
-        if any(i < 0 or i >= model.tokenizer.vocab_size for i in ids):
-            raise ValidationError("'prompt': token id out of range")
+        try:
+            check_token_ids("prompt", ids, model.tokenizer.vocab_size)
+        except ParamError as exc:
+            raise param_error(exc, {}) from None
         return ids
     if isinstance(prompt, list):
         if len(prompt) != 1:

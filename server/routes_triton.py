@@ -194,7 +194,7 @@ async def _stream_response(request: Request, model: ServingModel, gen: Generatio
 def _tokenize(inputs: TritonInputs, model: ServingModel
               ) -> tuple[SamplingParams, TritonOptions, list[int]]:
     """Sampling parameters (bad_words are tokenised) and prompt ids; runs on a prep thread."""
-    params, opts = triton_to_sampling(inputs, model.tokenizer)
+    params, opts = triton_to_sampling(inputs, model.tokenizer, model.max_context)
     prompt_ids = model.tokenizer.encode(inputs.get("text_input"))
     if not prompt_ids:
         raise ValidationError("input 'text_input' tokenizes to no tokens")

@@ -2,21 +2,24 @@
 (docs/triton-generate.md §2.1)
 
 TensorRT-LLM semantics: top_k=0 and top_p=0 (the defaults) mean greedy, whatever the
-temperature; top_p <= 0 is "unset"; min_tokens defaults to 1.
+temperature; top_p = 0 is "unset"; min_tokens defaults to 1. The bounds are the scheduler's
+(scheduler/validation.py), checked here before the prompt is tokenised.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 from dataclasses import dataclass
 
-from scheduler.request import SamplingParams
-from server.errors import ValidationError
+from scheduler.request import ParamError, SamplingParams
+from scheduler.validation import validate_params
+from server.errors import ValidationError, param_error
 from server.tokenizer_protocol import TokenizerLike
 from server.triton_parse import TritonInputs
 
-logger = logging.getLogger(__name__)
-
+# SamplingParams field -> the Triton input it comes from (the others have the same name)
+TRITON_NAMES = {"end_ids": "end_id", "bad_words_ids": "bad_words", "stop": "stop_words",
+                "logprobs": "return_log_probs"}
 # inputs accepted for compatibility but refused when they ask for something we do not do
 _UNSUPPORTED_TRUE = ("return_context_logits", "return_generation_logits", "return_perf_metrics")
 _UNSUPPORTED_ANY = ("decoder_text_input", "prompt_embedding_table", "prompt_table_extra_id",
@@ -68,46 +71,42 @@ def _words_to_ids(words: list[str], tokenizer: TokenizerLike) -> tuple[tuple[int
     return tuple(out)
 
 
-def _sampling_knobs(inputs: TritonInputs) -> tuple[float, int, float]:
-    top_k = inputs.get("top_k", 0)
-    top_p = inputs.get("top_p", 0.0)
-    temperature = inputs.get("temperature", 1.0)
-    if top_k < 0:
-        raise ValidationError(f"input 'top_k' must be >= 0, got {top_k}")
-    if top_p > 1.0:
-        raise ValidationError(f"input 'top_p' must be in [0, 1], got {top_p}")
-    if temperature < 0.0:
-        raise ValidationError(f"input 'temperature' must be >= 0, got {temperature}")
-    if top_p < 0.0:
-        raise ValidationError(f"input 'top_p' must be in [0, 1], got {top_p}")
-    if (top_k == 0 and top_p == 0.0) or top_k == 1 or temperature == 0.0:
-        return 0.0, 0, 1.0  # greedy
-    return temperature, top_k, (top_p if top_p > 0.0 else 1.0)
+def _is_greedy(top_k: int, top_p: float, temperature: float) -> bool:
+    """TensorRT-LLM: top_k=0 with top_p=0 (both unset), top_k=1 or temperature=0."""
+    return (top_k == 0 and top_p == 0.0) or top_k == 1 or temperature == 0.0
 
 
-def triton_to_sampling(inputs: TritonInputs, tokenizer: TokenizerLike) -> tuple[SamplingParams,
-                                                                                 TritonOptions]:
-    _check_unsupported(inputs)
-    max_tokens = inputs.get("max_tokens")
-    if max_tokens < 1:
-        raise ValidationError(f"input 'max_tokens' must be >= 1, got {max_tokens}")
-    temperature, top_k, top_p = _sampling_knobs(inputs)
-    min_tokens = inputs.get("min_tokens", 1)
-    if min_tokens < 0:
-        raise ValidationError(f"input 'min_tokens' must be >= 0, got {min_tokens}")
+def _params(inputs: TritonInputs, tokenizer: TokenizerLike) -> SamplingParams:
+    """The inputs under the scheduler's names, as given (top_p=0, "unset", is 1)."""
     end_id = inputs.get("end_id")
-    params = SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+    top_p = inputs.get("top_p", 0.0)
+    return SamplingParams(
+        max_tokens=inputs.get("max_tokens"), temperature=inputs.get("temperature", 1.0),
+        top_k=inputs.get("top_k", 0), top_p=top_p if top_p != 0.0 else 1.0,
         repetition_penalty=inputs.get("repetition_penalty", 1.0),
         presence_penalty=inputs.get("presence_penalty", 0.0),
         frequency_penalty=inputs.get("frequency_penalty", 0.0),
-        seed=inputs.get("seed"), min_tokens=min_tokens,
+        seed=inputs.get("seed"), min_tokens=inputs.get("min_tokens", 1),
         end_ids=(end_id,) if end_id is not None else (),
         pad_id=inputs.get("pad_id"),
         bad_words_ids=_words_to_ids(inputs.get("bad_words", []), tokenizer),
         stop=tuple(w for w in inputs.get("stop_words", []) if w),
         logprobs=bool(inputs.get("return_log_probs", False)),
     )
+
+
+def triton_to_sampling(inputs: TritonInputs, tokenizer: TokenizerLike, max_context: int
+                       ) -> tuple[SamplingParams, TritonOptions]:
+    """Checked SamplingParams (the scheduler's bounds, said with the Triton input names) and
+    the output options; a greedy request (see `_is_greedy`) drops its sampling knobs."""
+    _check_unsupported(inputs)
+    params = _params(inputs, tokenizer)
+    try:
+        validate_params(params, max_context, tokenizer.vocab_size)
+    except ParamError as exc:
+        raise param_error(exc, TRITON_NAMES) from None
+    if _is_greedy(inputs.get("top_k", 0), inputs.get("top_p", 0.0), params.temperature):
+        params = dataclasses.replace(params, temperature=0.0, top_k=0, top_p=1.0)
     options = TritonOptions(
         stream=bool(inputs.get("stream", False)),
         exclude_input_in_output=bool(inputs.get("exclude_input_in_output", False)),

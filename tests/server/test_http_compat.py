@@ -208,7 +208,7 @@ def test_chat_top_logprobs(app: TestClient) -> None:
 
 
 @pytest.mark.parametrize(("route", "extra"), [
-    ("/v1/completions", {"prompt": "a", "logprobs": 6}),
+    ("/v1/completions", {"prompt": "a", "logprobs": 21}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "logprobs": True,
                               "top_logprobs": 21}),
