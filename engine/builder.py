@@ -38,7 +38,6 @@ whether its MatMulNBits take float32 or int8 activations.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +76,6 @@ from engine.graph.linears import (
 from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
-
-logger = logging.getLogger(__name__)
 
 BUILDER_VERSION = "5"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"

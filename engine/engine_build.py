@@ -9,7 +9,6 @@ architectures it lists; on a GPU the default target is that GPU.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import time
@@ -33,7 +32,6 @@ from scheduler.config import SchedulerConfig
 if TYPE_CHECKING:
     from engine.executors.trt_build import TrtModule
 
-logger = logging.getLogger(__name__)
 
 _S = SchedulerConfig()
 DEFAULT_DTYPES = {"tensorrt": "float16", "onnxruntime": "float32"}

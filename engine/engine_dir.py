@@ -13,15 +13,12 @@ The checks are pure (no GPU, no TensorRT import): the caller passes what this ma
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from engine.config import ModelError
-
-logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 ENGINE_FILE = "rank0.engine"

@@ -6,15 +6,12 @@ contiguous block table 0..n-1. The server uses the scheduler instead.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from scheduler.plan import Executor, ScheduledSeq, StepPlan
-
-logger = logging.getLogger(__name__)
 
 SEQ_ID = 0
 

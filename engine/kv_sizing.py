@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -11,7 +10,6 @@ from engine.config import ModelConfig
 if TYPE_CHECKING:
     from engine.options import EngineOptions
 
-logger = logging.getLogger(__name__)
 
 KV_BUDGET_CAP_BYTES = 2 * 1024**3  # host pool never sized beyond this from free memory
 FALLBACK_AVAILABLE_BYTES = 2 * 1024**3  # when free memory cannot be read

@@ -5,12 +5,9 @@ executor refuses."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from scheduler.config import SchedulerConfig
-
-logger = logging.getLogger(__name__)
 
 _SCHED = SchedulerConfig()  # the scheduler's defaults, defined once there
 

@@ -7,15 +7,12 @@ simple on purpose; used by tests and debugging only.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from engine.config import ModelConfig
-
-logger = logging.getLogger(__name__)
 
 
 def reference_logits(config: ModelConfig, weights: Mapping[str, np.ndarray],

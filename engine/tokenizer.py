@@ -8,7 +8,6 @@ the way transformers does; the template's own markers become special ids, messag
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Sequence
@@ -18,8 +17,6 @@ from typing import Any
 from tokenizers import Tokenizer as HFTokenizer
 
 from engine.config import ModelError
-
-logger = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"

@@ -10,11 +10,8 @@ ones to the front, allocation takes from the front).
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-
-logger = logging.getLogger(__name__)
 
 
 class IntegrityError(RuntimeError):
@@ -61,9 +58,6 @@ class BlockPool:
 
     def ref_count(self, block_id: int) -> int:
         return self._ref[block_id]
-
-    def block_hash(self, block_id: int) -> int | None:
-        return self._hash[block_id]
 
     def lookup(self, block_hash: int) -> int | None:
         """The block holding this content, free or in use, or None."""
@@ -119,16 +113,6 @@ class BlockPool:
         if h is not None:
             del self._by_hash[h]
             self._hash[block] = None
-
-    def reset_cache(self) -> int:
-        """Forget every free cached block (e.g. after the executor's pool was reset)."""
-        n = 0
-        for block in self._free:
-            if self._hash[block] is not None:
-                self._evict(block)
-                n += 1
-        self._num_cached_free -= n
-        return n
 
     # ---- corruption detection ----------
     def check_integrity(self, block_tables: Iterable[Sequence[int]]) -> None:

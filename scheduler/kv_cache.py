@@ -76,12 +76,11 @@ class KVCacheManager:
             return 1
         return 0
 
-    def admit(self, seq: Sequence, hit: PrefixHit, record: bool = True) -> None:
+    def admit(self, seq: Sequence, hit: PrefixHit) -> None:
         """Give seq the hit blocks (one reference each) and skip their tokens."""
         assert not seq.block_table, f"admitting {seq} that still holds blocks"
-        if record:
-            self.queries_total += len(seq.block_hashes)
-            self.hits_total += len(hit.blocks)
+        self.queries_total += len(seq.block_hashes)
+        self.hits_total += len(hit.blocks)
         self.pool.touch(hit.blocks)
         seq.block_table = list(hit.blocks)
         seq.num_hit_blocks = len(hit.blocks)

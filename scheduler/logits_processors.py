@@ -7,14 +7,11 @@ copy so the executor's raw logits stay intact for log-probs.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence as Seq
 
 import numpy as np
 
 from scheduler.request import SamplingParams
-
-logger = logging.getLogger(__name__)
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM)
 

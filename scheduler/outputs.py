@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from scheduler.request import RequestOutput, TopLogprobs
 from scheduler.sequence import SeqStatus, Sequence
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)

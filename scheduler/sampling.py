@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -30,8 +29,6 @@ from scheduler.logits_processors import (
     process_row,
 )
 from scheduler.request import SamplingParams, TopLogprobs
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["GREEDY_EPS", "SampleInput", "SampleStats", "choose_tokens", "cumsum_search",
            "is_greedy", "sample", "sample_row", "top_logprobs"]

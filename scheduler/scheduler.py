@@ -252,13 +252,13 @@ class Scheduler:
         self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
         return self.drain_outputs()
 
-    def fail_all(self, error: str, error_type: str = "EngineError") -> list[RequestOutput]:
+    def fail_all(self, error: str) -> list[RequestOutput]:
         """Finish every unfinished request with ERROR (the engine failed)."""
         outputs = self.drain_outputs()
         self._logit_seqs.clear()
         self._step_seqs.clear()
         for seq in [*self.running, *self.waiting]:
-            seq.error, seq.error_type = error, error_type
+            seq.error, seq.error_type = error, "EngineError"
             outputs.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
         self.running.clear()
         self.waiting.clear()

@@ -9,7 +9,6 @@ constants fixed at construction for the per-step hot path (`stop_ids`, `length_l
 from __future__ import annotations
 
 import enum
-import logging
 import sys
 from collections.abc import Sequence as Sequence_
 
@@ -17,8 +16,6 @@ import numpy as np
 
 from scheduler.logits_processors import is_greedy, needs_processing
 from scheduler.request import FinishReason, Request, SamplingParams, TopLogprobs
-
-logger = logging.getLogger(__name__)
 
 
 class SeqStatus(enum.IntEnum):
@@ -45,7 +42,6 @@ FINISH_REASONS: dict[SeqStatus, FinishReason] = {
     SeqStatus.FINISHED_ABORTED: FinishReason.ABORT,
     SeqStatus.FINISHED_ERROR: FinishReason.ERROR,
 }
-FINISHED_STATUS: dict[FinishReason, SeqStatus] = {v: k for k, v in FINISH_REASONS.items()}
 
 
 class Sequence:

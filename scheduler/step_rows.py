@@ -7,7 +7,6 @@ only when a token can finish the request, sampling inputs built only for rows th
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from scheduler.outputs import SampledTokens, delta_output
@@ -16,8 +15,6 @@ from scheduler.request import RequestOutput, TopLogprobs
 from scheduler.sampling import SampleInput, SampleStats, choose_tokens, top_logprobs
 from scheduler.sequence import SeqStatus, Sequence
 from scheduler.stop import Decode, finish_status
-
-logger = logging.getLogger(__name__)
 
 Finish = Callable[[Sequence, SeqStatus], RequestOutput]
 

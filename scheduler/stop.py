@@ -8,13 +8,10 @@ start may cut a multi-byte character; the slack keeps that away from any match.)
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 
 from scheduler.sequence import SeqStatus, Sequence
-
-logger = logging.getLogger(__name__)
 
 STOP_WINDOW_SLACK = 8  # extra tokens decoded beyond the longest stop string's length
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
@@ -12,8 +11,6 @@ from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
 from server.request_prep import RequestPrep
 from server.settings import ServerSettings
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import logging
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -14,8 +13,6 @@ from engine.generate import greedy_generate
 from engine.runtime import load_model
 from engine.tokenizer import Tokenizer
 from server.cmd_prepare import add_model_arguments, options_from_args
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 64
 

@@ -9,12 +9,9 @@ its text ends in a complete character. `finish()` flushes whatever is left.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from server.tokenizer_protocol import TokenizerLike
-
-logger = logging.getLogger(__name__)
 
 CONTEXT_TOKENS = 4  # prompt tokens decoded as context (keeps SentencePiece leading spaces)
 MAX_HOLD = 6  # tokens without new complete text before a trailing U+FFFD is emitted anyway

@@ -9,13 +9,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import Any
 
 from server.errors import ValidationError
-
-logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 100  # Triton's JSON nesting limit
 

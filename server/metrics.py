@@ -9,7 +9,6 @@ request and passes `observe_step` to the engine loop as `on_step`; `/metrics` se
 from __future__ import annotations
 
 import bisect
-import logging
 import math
 import threading
 from collections import Counter as Counter_
@@ -23,8 +22,6 @@ from scheduler.stats import SchedulerStats
 from server.metrics_families import fix_counter_headers
 from server.metrics_triton import BACKEND_MODEL, TritonCoreMetrics
 from server.metrics_trtllm import TrtLlmMetrics
-
-logger = logging.getLogger(__name__)
 
 PREFIX = "trtserve"
 # The classic text format generate_latest writes (Triton itself says `text/plain; charset=utf-8`).
@@ -160,9 +157,9 @@ class ServerMetrics:
         names = (*self._core.counter_names, *self._trtllm.counter_names)
         return fix_counter_headers(generate_latest(self.registry), names), CONTENT_TYPE
 
-    def core_value(self, name: str, model: str, reason: str | None = None) -> float:
+    def core_value(self, name: str, model: str) -> float:
         """One `nv_inference_*` counter value (tests, logs)."""
-        return self._core.value(name, model, reason)
+        return self._core.value(name, model, None)
 
     def _ensure_model(self, model: str) -> None:
         with self._lock:

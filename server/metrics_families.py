@@ -9,7 +9,6 @@ them, so the exposition reads like Triton's.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import threading
@@ -17,8 +16,6 @@ from collections.abc import Iterator, Sequence
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-
-logger = logging.getLogger(__name__)
 
 LabelValues = tuple[str, ...]
 

@@ -7,7 +7,6 @@ histograms are observed once per finished request.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
@@ -17,8 +16,6 @@ from prometheus_client.registry import CollectorRegistry
 from scheduler.stats import SchedulerStats
 from server.metrics_families import ExactCounter, ExactHistogram
 from server.metrics_triton import BACKEND_MODEL, MODEL_VERSION
-
-logger = logging.getLogger(__name__)
 
 REQUEST_TYPES = ("active", "max", "scheduled", "context", "waiting")
 MEMORY_TYPES = ("cpu", "gpu", "pinned")

@@ -10,14 +10,11 @@ Log-probs are the raw model log-probs (before penalties and temperature), as vLL
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 from scheduler.request import TopLogprobs
 from server.tokenizer_protocol import TokenizerLike
-
-logger = logging.getLogger(__name__)
 
 
 class LogprobRenderer:

@@ -7,15 +7,12 @@ the wrong type is left to the route's own validation, which names it.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from server.errors import ValidationError
 from server.serving import ServingModel
 from server.settings import ServerSettings
-
-logger = logging.getLogger(__name__)
 
 PROMPT_CHARS_PER_TOKEN = 32  # default --max-prompt-chars = this x max context
 FALLBACK_CONTEXT = 8192  # max context assumed while no model is loaded (requests get 503 then)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -20,8 +19,6 @@ from server.openapi_docs import REPOSITORY_INDEX_BODY
 from server.routes_triton import resolve_model
 from server.served_names import served_names
 from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, model_config, model_metadata
-
-logger = logging.getLogger(__name__)
 
 router = APIRouter()
 SERVER_VERSION = "2.59.0"

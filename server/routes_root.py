@@ -4,14 +4,11 @@ whenever the process is up, for clients that poll the base URL."""
 from __future__ import annotations
 
 import json
-import logging
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from server.app_state import get_state
-
-logger = logging.getLogger(__name__)
 
 router = APIRouter()
 

@@ -3,11 +3,7 @@ listed by /v1/models), else the loaded model's own name (before loading: the --m
 
 from __future__ import annotations
 
-import logging
-
 from server.app_state import AppState
-
-logger = logging.getLogger(__name__)
 
 
 def served_names(state: AppState) -> tuple[str, ...]:

@@ -6,7 +6,6 @@ the same shape through the app factory.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -14,8 +13,6 @@ from typing import Protocol
 from scheduler.request import Request, RequestOutput
 from scheduler.stats import SchedulerStats
 from server.tokenizer_protocol import TokenizerLike
-
-logger = logging.getLogger(__name__)
 
 
 class RequestStreamLike(Protocol):
@@ -58,6 +55,6 @@ class ServingModel:
     max_context: int  # prompt + generated tokens at most
     max_batch_size: int
     max_queue_size: int  # 0 -> unbounded
-    backend: str = "fake"
+    backend: str  # the executor serving it, e.g. "onnxruntime-cpu" (logged when ready)
     aliases: tuple[str, ...] = ()  # more names clients may use (--served-model-name)
     close: Callable[[], None] = field(default=_noop)  # frees executor resources

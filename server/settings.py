@@ -6,7 +6,6 @@ its defaults from here. Nothing else in the server reads the environment.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -14,8 +13,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.options import EngineOptions
 from scheduler.config import SchedulerConfig
-
-logger = logging.getLogger(__name__)
 
 _S = SchedulerConfig()  # scheduler defaults, defined once there
 _E = EngineOptions()  # engine defaults, defined once there

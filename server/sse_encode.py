@@ -10,12 +10,9 @@ JSON); the routes' floats are log-probs of chosen tokens, finite.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import orjson
-
-logger = logging.getLogger(__name__)
 
 _SORTED = orjson.OPT_SORT_KEYS
 

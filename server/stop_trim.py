@@ -9,10 +9,7 @@ next text shows it is not one, and released when the request ends without a stop
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-
-logger = logging.getLogger(__name__)
 
 
 class StopTrimmer:

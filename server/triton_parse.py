@@ -8,7 +8,6 @@ Triton "request parameters": scalars are accepted and ignored, objects/arrays ar
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,6 @@ from typing import Any
 from server.errors import ValidationError
 from server.json_body import check_text
 from server.triton_schema import ALIASES, INPUTS_BY_NAME, TensorSpec
-
-logger = logging.getLogger(__name__)
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 UINT64_MAX = 2**64 - 1

@@ -6,11 +6,8 @@ The same table drives the generate conversion (triton_parse) and what /v2/models
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
 TEXT_MODELS = ("ensemble", "tensorrt_llm_bls")  # models that accept the generate text inputs

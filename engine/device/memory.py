@@ -8,14 +8,11 @@ Pointers are plain ints (`buffer.ptr + offset` addresses a sub-range).
 from __future__ import annotations
 
 import ctypes
-import logging
 from typing import Any
 
 import numpy as np
 
 from engine.device.cuda import CudaError, Stream, bindings, cuda_call
-
-logger = logging.getLogger(__name__)
 
 
 def _host_ptr(array: np.ndarray) -> int:
@@ -46,10 +43,10 @@ class DeviceBuffer:
             raise ValueError(
                 f"range [{offset}, {offset + nbytes}) outside buffer of {self.nbytes} bytes")
 
-    def copy_from_host(self, src: np.ndarray, stream: Stream, offset: int = 0) -> None:
-        """Host array -> this buffer at `offset` (bytes)."""
-        self._check_range(offset, src.nbytes)
-        cuda_call(self._driver.cuMemcpyHtoDAsync, self.ptr + offset, _host_ptr(src), src.nbytes,
+    def copy_from_host(self, src: np.ndarray, stream: Stream) -> None:
+        """Host array -> the start of this buffer."""
+        self._check_range(0, src.nbytes)
+        cuda_call(self._driver.cuMemcpyHtoDAsync, self.ptr, _host_ptr(src), src.nbytes,
                   stream.handle)
 
     def copy_to_host(self, dst: np.ndarray, stream: Stream, offset: int = 0) -> None:

@@ -31,7 +31,6 @@ from scheduler.plan import StepRefusedError
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("logits", "new_kv", "argmax")
 _TRT_DTYPES = {"half": "float16", "float": "float32", "bf16": "bfloat16"}
 
 

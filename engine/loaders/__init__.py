@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +9,6 @@ import numpy as np
 from engine.config import ModelConfig, ModelError
 from engine.loaders.gguf import load_gguf
 from engine.loaders.hf import load_hf
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["load_gguf", "load_hf", "load_weights", "source_kind"]
 
@@ -32,9 +28,8 @@ def source_kind(path: str | Path) -> str:
     raise ModelError(f"model not found: {path}")
 
 
-def load_weights(path: str | Path, progress: Callable[[int, int], None] | None = None
-                 ) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+def load_weights(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """Config and float32 HF-named weights of a .gguf file or a Hugging Face directory."""
     if source_kind(path) == "gguf":
-        return load_gguf(path, progress)
-    return load_hf(path, progress)
+        return load_gguf(path)
+    return load_hf(path)

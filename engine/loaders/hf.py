@@ -4,7 +4,6 @@ float32 weights). Only the Llama family is accepted; nothing here imports torch.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,6 @@ import numpy as np
 from engine.config import ModelConfig, ModelError, RopeScaling
 from engine.loaders.shapes import check_weights
 from engine.loaders.st_reader import load_safetensors
-
-logger = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 INDEX_FILE = "model.safetensors.index.json"

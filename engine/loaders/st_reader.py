@@ -5,15 +5,12 @@ understood")."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from engine.config import ModelError
-
-logger = logging.getLogger(__name__)
 
 
 def _widen(array: np.ndarray) -> np.ndarray:

@@ -199,7 +199,7 @@ def fake_model(loop: FakeLoop | None = None) -> ServingModel:
     loop = loop or FakeLoop()
     return ServingModel(name="fake-model", tokenizer=FakeTokenizer(), loop=loop,
                         max_context=loop.max_context, max_batch_size=loop.max_batch_size,
-                        max_queue_size=loop.max_queue_size)
+                        max_queue_size=loop.max_queue_size, backend="fake-loop")
 
 
 def loader_for(model: ServingModel):  # noqa: ANN202
