@@ -127,10 +127,12 @@ def _describe(exc: PydanticError) -> str:
 
 
 def validate_body(cls: type[_Base], body: dict[str, Any]) -> Any:
+    """The typed request; a 400 naming the first parameter at fault (also in `param`)."""
     try:
         return cls.model_validate(body)
     except PydanticError as exc:
-        raise ValidationError(_describe(exc)) from None
+        loc = exc.errors(include_input=False, include_url=False)[0]["loc"]
+        raise ValidationError(_describe(exc), param=str(loc[0]) if loc else None) from None
 
 
 def message_text(msg: ChatMessage) -> str:

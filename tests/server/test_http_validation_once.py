@@ -83,32 +83,37 @@ def _value(field: str, value: Any) -> Any:
     return value
 
 
-@pytest.mark.parametrize(("field", "value", "others", "triton", "openai"), CASES, ids=IDS)
-def test_triton_400_with_the_scheduler_bound(app: TestClient, field: str, value: Any,
-                                             others: dict[str, Any], triton: dict | None,
-                                             openai: dict | None) -> None:
-    if triton is None:
-        pytest.skip("no such Triton input")
-    body = {"text_input": "a", "max_tokens": 4, **triton}
-    r = app.post(TRITON, json=body)
+def _triton_400(app: TestClient, field: str, value: Any, others: dict[str, Any],
+                body: dict[str, Any]) -> None:
+    r = app.post(TRITON, json={"text_input": "a", "max_tokens": 4, **body})
     assert r.status_code == 400, r.text
     want = _expected(field, _value(field, value), TRITON_NAMES.get(field, field), **others)
     assert r.json() == {"error": want}
 
 
-@pytest.mark.parametrize(("field", "value", "others", "triton", "openai"), CASES, ids=IDS)
-def test_openai_400_names_the_parameter(app: TestClient, field: str, value: Any,
-                                        others: dict[str, Any], triton: dict | None,
-                                        openai: dict | None) -> None:
-    if openai is None:
-        pytest.skip("no such OpenAI parameter")
-    name = next(iter(openai)) if field != "top_logprobs" else "top_logprobs"
-    body = {"model": "fake-model", "max_tokens": 4, "messages": MESSAGES, **openai}
-    r = app.post(CHAT, json=body)
+def _openai_400(app: TestClient, field: str, value: Any, others: dict[str, Any],
+                body: dict[str, Any]) -> None:
+    name = next(iter(body)) if field != "top_logprobs" else "top_logprobs"
+    r = app.post(CHAT, json={"model": "fake-model", "max_tokens": 4, "messages": MESSAGES,
+                             **body})
     assert r.status_code == 400, r.text
     want = _expected(field, _value(field, value), name, **others)
     assert r.json() == {"error": {"message": want, "type": "invalid_request_error",
                                   "param": name, "code": 400}}
+
+
+@pytest.mark.parametrize("route", ["triton", "openai"])
+@pytest.mark.parametrize(("field", "value", "others", "triton", "openai"), CASES, ids=IDS)
+def test_400_with_the_scheduler_bound(app: TestClient, route: str, field: str, value: Any,
+                                      others: dict[str, Any], triton: dict | None,
+                                      openai: dict | None) -> None:
+    """Triton: `{"error": <the scheduler's message with the input's name>}`; OpenAI: the error
+    object with the same message and `param` naming the parameter."""
+    body = triton if route == "triton" else openai
+    if body is None:
+        pytest.skip(f"no such {route} input")
+    check = _triton_400 if route == "triton" else _openai_400
+    check(app, field, value, others, body)
 
 
 def test_completions_logprobs_is_top_logprobs(app: TestClient) -> None:
@@ -151,3 +156,15 @@ def test_edges_accepted_by_both_routes(app: TestClient, triton: dict | None,
         r = app.post(CHAT, json={"model": "fake-model", "max_tokens": 4, "messages": MESSAGES,
                                  **openai})
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(("body", "param"), [({"n": 2}, "n"), ({"best_of": 3}, "best_of"),
+                                             ({"temperature": "1"}, "temperature"),
+                                             ({"messages": []}, "messages")])
+def test_openai_type_errors_name_the_parameter(app: TestClient, body: dict[str, Any],
+                                               param: str) -> None:
+    """Checked by the request model (types, features this server lacks): `param` is set too."""
+    r = app.post(CHAT, json={"model": "fake-model", "messages": MESSAGES, **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert f"'{param}'" in r.json()["error"]["message"]
