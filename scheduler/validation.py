@@ -1,8 +1,8 @@
 """Validation of client-supplied generation settings and prompts -> RequestError naming the field.
 
 The one place the bounds and messages of SamplingParams are written: the HTTP routes run
-`validate_params` before tokenising (mapping ParamError.field to their own input names), and the
-scheduler runs it again on every request it is given, with `validate_prompt`.
+`validate_params` before tokenising the prompt (mapping ParamError.field to their own input
+names), and the scheduler runs it again on every request it is given, with `validate_prompt`.
 
 Bounds (documented choices):
 - temperature in [0, 2] (OpenAI's range; 0 = greedy), finite
