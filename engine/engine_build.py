@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from engine.cache import MANIFEST_FILE, config_from_json, weights_hash, write_manifest
 from engine.config import ModelError
+from engine.dtypes import CPU_PRECISIONS, EXACT
 from engine.engine_dir import (
     CONFIG_FILE,
     ENGINE_FILE,
@@ -54,10 +55,14 @@ class BuildOptions:
     block_size: int = 16
     max_kv_blocks: int | None = None  # None: max_batch_size sequences of max_model_len
     gpu_archs: tuple[str, ...] = ()  # () : this GPU, else every arch TensorRT for RTX lists
+    cpu_precision: str = EXACT  # the 4-bit single-token graph's activations: exact | fast
 
     def __post_init__(self) -> None:
         if self.backend not in DEFAULT_DTYPES:
             raise ValueError(f"backend must be tensorrt or onnxruntime, got {self.backend!r}")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"cpu_precision must be one of {CPU_PRECISIONS}, "
+                             f"got {self.cpu_precision!r}")
         for name in ("max_batch_size", "max_num_tokens", "block_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -139,14 +144,16 @@ def build_engine_dir(opts: BuildOptions, stage: Stage | None = None) -> BuildCon
     dtype = opts.resolved_dtype
     _prepare_output(out)
     stage("graph")
-    graph_opts = EngineOptions(model=opts.model, dtype=dtype, block_size=opts.block_size)
+    graph_opts = EngineOptions(model=opts.model, dtype=dtype, block_size=opts.block_size,
+                               cpu_precision=opts.cpu_precision)
     manifest = build_graph(source, dtype, graph_opts, weights_hash(source.path), out)
     write_manifest(out, manifest)
     max_len, blocks = _limits(opts, int(manifest["config"]["max_position_embeddings"]))
     config = BuildConfig(model=opts.model, name=source.name, backend=opts.backend, dtype=dtype,
                          max_batch_size=opts.max_batch_size, max_num_tokens=opts.max_num_tokens,
                          max_model_len=max_len, block_size=opts.block_size,
-                         max_kv_blocks=blocks, builder_version=builder_version())
+                         max_kv_blocks=blocks, builder_version=builder_version(),
+                         cpu_precision=opts.cpu_precision)
     trt = None
     if opts.backend == "tensorrt":
         stage("engine")
