@@ -107,14 +107,23 @@ def _targets(opts: BuildOptions, trt: TrtModule) -> tuple[tuple[str, ...], tuple
     return tuple(a.upper() for a in archs), archs
 
 
-def _build_trt(opts: BuildOptions, out: Path, config: BuildConfig) -> TensorRTTarget:
-    from engine.device.step_io import StepLimits
-    from engine.executors.trt import profile_dims
-    from engine.executors.trt_build import build_serialized, import_tensorrt
-    from engine.runtime import MODEL_FILE
+def _tensorrt_first(opts: BuildOptions) -> tuple[TrtModule, tuple[str, ...], tuple[str, ...]]:
+    """(TensorRT, builder targets, recorded archs), checked before the graph is built, so a
+    missing TensorRT or GPU costs a second, not a graph build."""
+    from engine.executors.trt_build import import_tensorrt
 
     trt = import_tensorrt()
-    targets, archs = _targets(opts, trt)
+    return (trt, *_targets(opts, trt))
+
+
+def _build_trt(out: Path, config: BuildConfig,
+               trt_targets: tuple[TrtModule, tuple[str, ...], tuple[str, ...]]) -> TensorRTTarget:
+    from engine.device.step_io import StepLimits
+    from engine.executors.trt import profile_dims
+    from engine.executors.trt_build import build_serialized
+    from engine.runtime import MODEL_FILE
+
+    trt, targets, archs = trt_targets
     manifest_config = config_from_json(json.loads((out / MANIFEST_FILE).read_text())["config"])
     limits = StepLimits(config.max_num_tokens, config.max_batch_size, config.max_model_len)
     dims = profile_dims(manifest_config, limits, config.block_size, config.max_kv_blocks)
@@ -142,6 +151,7 @@ def build_engine_dir(opts: BuildOptions, stage: Stage | None = None) -> BuildCon
     out = Path(opts.output_dir).expanduser()
     source = resolve_model(opts.model)
     dtype = opts.resolved_dtype
+    trt_targets = _tensorrt_first(opts) if opts.backend == "tensorrt" else None
     _prepare_output(out)
     stage("graph")
     graph_opts = EngineOptions(model=opts.model, dtype=dtype, block_size=opts.block_size,
@@ -155,9 +165,9 @@ def build_engine_dir(opts: BuildOptions, stage: Stage | None = None) -> BuildCon
                          max_kv_blocks=blocks, builder_version=builder_version(),
                          cpu_precision=opts.cpu_precision)
     trt = None
-    if opts.backend == "tensorrt":
+    if trt_targets is not None:
         stage("engine")
-        trt = _build_trt(opts, out, config)
+        trt = _build_trt(out, config, trt_targets)
     stage("config")
     extra = {"source": str(source.path), "build_seconds": round(time.monotonic() - started, 1)}
     config = replace(config, tensorrt=trt, extra=extra)

@@ -215,3 +215,22 @@ def test_build_refuses_an_unknown_cpu_precision(tmp_path: Path) -> None:
         main(["build", "--cpu-precision", "int4", "--output-dir", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="cpu_precision"):
         BuildOptions(output_dir=str(tmp_path), cpu_precision="int4")
+
+
+def test_missing_tensorrt_fails_before_the_graph_is_built(small_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """Without TensorRT, `build --backend tensorrt` says so at once: nothing is written."""
+    import engine.executors.trt_build as trt_build
+    from engine.executors.trt_build import TensorRTError
+
+    def missing() -> None:
+        raise TensorRTError("no usable TensorRT (tensorrt_rtx: No module named 'tensorrt_rtx')")
+
+    monkeypatch.setattr(trt_build, "import_tensorrt", missing)
+    out = tmp_path / "engine"
+    assert main(["build", "--model", str(small_dir), "--backend", "tensorrt",
+                 "--output-dir", str(out)]) == 1
+    assert "no usable TensorRT" in capsys.readouterr().err
+    assert not out.exists()
