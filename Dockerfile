@@ -9,13 +9,14 @@
 ARG PYTHON_IMAGE=python:3.12-slim
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
-# ---- the sources both images install (pyproject, pins, the three packages)
+# ---- the sources both images install (pyproject, pins, the four packages)
 FROM scratch AS src
 COPY pyproject.toml README.md /src/
 COPY deploy/constraints /src/deploy/constraints
 COPY server /src/server
 COPY engine /src/engine
 COPY scheduler /src/scheduler
+COPY loadgen /src/loadgen
 
 # ---- GPU: CUDA 13 runtime + cuDNN from NVIDIA's base image; no graph is baked in (the GPU graph
 # and engine are built for the GPU the pod lands on, into the mounted cache volume).

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from host_path_client import LoadResult, run_load, run_load_httpx  # noqa: E402
 
-from server.bench.client import make_endpoint  # noqa: E402
-from server.bench.dataset import BenchPrompt  # noqa: E402
+from loadgen.client import make_endpoint  # noqa: E402
+from loadgen.dataset import BenchPrompt  # noqa: E402
 
 logger = logging.getLogger("host_path")
 

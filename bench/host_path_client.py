@@ -1,6 +1,6 @@
 """Closed-loop streaming load for bench/host_path.py: a lean raw-socket HTTP/1.1 client.
 
-The request bodies are the project load generator's (server/bench/client.py endpoints: Triton
+The request bodies are the project load generator's (loadgen/client.py endpoints: Triton
 generate_stream with min_tokens = max_tokens, OpenAI /v1/completions with ignore_eos). The
 transport is a few lines of asyncio streams instead of httpx, so that on a 2-core box the client
 costs the server as little CPU as possible: it reads the chunked body, splits SSE events on blank
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.bench.client import Endpoint
+from loadgen.client import Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ async def run_load(host: str, port: int, endpoint: Endpoint, prompt: Any, concur
 async def run_load_httpx(host: str, port: int, endpoint: Endpoint, prompt: Any,
                          concurrency: int, requests: int, timeout_s: float = 600.0
                          ) -> LoadResult:
-    """The same load through the project's load generator (server/bench: httpx, SSE parser)."""
-    from server.bench.loadgen import make_client, run_closed_loop
+    """The same load through the project's load generator (loadgen: httpx, SSE parser)."""
+    from loadgen.generator import make_client, run_closed_loop
 
     result = LoadResult()
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from engine.cache import MANIFEST_FILE, config_from_json, weights_hash, write_manifest
 from engine.config import ModelError
+from engine.dtypes import CPU_PRECISIONS, EXACT
 from engine.engine_dir import (
     CONFIG_FILE,
     ENGINE_FILE,
@@ -52,10 +53,14 @@ class BuildOptions:
     block_size: int = 16
     max_kv_blocks: int | None = None  # None: max_batch_size sequences of max_model_len
     gpu_archs: tuple[str, ...] = ()  # () : this GPU, else every arch TensorRT for RTX lists
+    cpu_precision: str = EXACT  # the 4-bit single-token graph's activations: exact | fast
 
     def __post_init__(self) -> None:
         if self.backend not in DEFAULT_DTYPES:
             raise ValueError(f"backend must be tensorrt or onnxruntime, got {self.backend!r}")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"cpu_precision must be one of {CPU_PRECISIONS}, "
+                             f"got {self.cpu_precision!r}")
         for name in ("max_batch_size", "max_num_tokens", "block_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -100,14 +105,23 @@ def _targets(opts: BuildOptions, trt: TrtModule) -> tuple[tuple[str, ...], tuple
     return tuple(a.upper() for a in archs), archs
 
 
-def _build_trt(opts: BuildOptions, out: Path, config: BuildConfig) -> TensorRTTarget:
-    from engine.device.step_io import StepLimits
-    from engine.executors.trt import profile_dims
-    from engine.executors.trt_build import build_serialized, import_tensorrt
-    from engine.runtime import MODEL_FILE
+def _tensorrt_first(opts: BuildOptions) -> tuple[TrtModule, tuple[str, ...], tuple[str, ...]]:
+    """(TensorRT, builder targets, recorded archs), checked before the graph is built, so a
+    missing TensorRT or GPU costs a second, not a graph build."""
+    from engine.executors.trt_build import import_tensorrt
 
     trt = import_tensorrt()
-    targets, archs = _targets(opts, trt)
+    return (trt, *_targets(opts, trt))
+
+
+def _build_trt(out: Path, config: BuildConfig,
+               trt_targets: tuple[TrtModule, tuple[str, ...], tuple[str, ...]]) -> TensorRTTarget:
+    from engine.device.step_io import StepLimits
+    from engine.executors.trt import profile_dims
+    from engine.executors.trt_build import build_serialized
+    from engine.runtime import MODEL_FILE
+
+    trt, targets, archs = trt_targets
     manifest_config = config_from_json(json.loads((out / MANIFEST_FILE).read_text())["config"])
     limits = StepLimits(config.max_num_tokens, config.max_batch_size, config.max_model_len)
     dims = profile_dims(manifest_config, limits, config.block_size, config.max_kv_blocks)
@@ -136,20 +150,23 @@ def build_engine_dir(opts: BuildOptions, stage: Stage | None = None) -> BuildCon
     out = Path(opts.output_dir).expanduser()
     source = resolve_model(opts.model)
     dtype = opts.resolved_dtype
+    trt_targets = _tensorrt_first(opts) if opts.backend == "tensorrt" else None
     _prepare_output(out)
     stage("graph")
-    graph_opts = EngineOptions(model=opts.model, dtype=dtype, block_size=opts.block_size)
+    graph_opts = EngineOptions(model=opts.model, dtype=dtype, block_size=opts.block_size,
+                               cpu_precision=opts.cpu_precision)
     manifest = build_graph(source, dtype, graph_opts, weights_hash(source.path), out)
     write_manifest(out, manifest)
     max_len, blocks = _limits(opts, int(manifest["config"]["max_position_embeddings"]))
     config = BuildConfig(model=opts.model, name=source.name, backend=opts.backend, dtype=dtype,
                          max_batch_size=opts.max_batch_size, max_num_tokens=opts.max_num_tokens,
                          max_model_len=max_len, block_size=opts.block_size,
-                         max_kv_blocks=blocks, builder_version=builder_version())
+                         max_kv_blocks=blocks, builder_version=builder_version(),
+                         cpu_precision=opts.cpu_precision)
     trt = None
-    if opts.backend == "tensorrt":
+    if trt_targets is not None:
         stage("engine")
-        trt = _build_trt(opts, out, config)
+        trt = _build_trt(out, config, trt_targets)
     stage("config")
     extra = {"source": str(source.path), "build_seconds": round(time.monotonic() - started, 1)}
     config = replace(config, tensorrt=trt, extra=extra)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from engine.config import ModelError
+from engine.dtypes import EXACT
 
 CONFIG_FILE = "config.json"
 ENGINE_FILE = "rank0.engine"
@@ -58,6 +60,7 @@ class BuildConfig:
     block_size: int
     max_kv_blocks: int  # the largest KV pool the engine's profile accepts
     builder_version: str
+    cpu_precision: str = EXACT  # the 4-bit single-token graph's activations (exact | fast)
     tensorrt: TensorRTTarget | None = None
     format: int = CONFIG_FORMAT
     extra: dict[str, Any] = field(default_factory=dict)  # informational (source, times, ...)
@@ -147,14 +150,24 @@ def adopt_limits(config: BuildConfig, requested: dict[str, int | None]) -> dict[
     return adopted
 
 
+BUILD_FLAGS = ("model", "backend", "dtype", "block_size", "cpu_precision")
+
+
+def check_build_flags(config: BuildConfig, given: Mapping[str, object]) -> None:
+    """Serve flags given with --engine-dir that shape the graph or engine (BUILD_FLAGS) must
+    match the build: `auto` always does, --model may name the build's --model or its name."""
+    for name, value in given.items():
+        built = getattr(config, name)
+        if value in ("auto", built) or (name == "model" and value == config.name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        raise EngineDirError(f"{flag} {value} differs from the engine's {name} {built} (built "
+                             f"into it by trtserve build); drop {flag} or rebuild with it")
+
+
 def check_backend_dtype(config: BuildConfig, backend: str, dtype: str) -> None:
     """--backend/--dtype given with --engine-dir must match the build (auto always does)."""
-    if backend not in ("auto", config.backend):
-        raise EngineDirError(f"--backend {backend} differs from the engine's {config.backend}; "
-                             "drop --backend or rebuild")
-    if dtype not in ("auto", config.dtype):
-        raise EngineDirError(f"--dtype {dtype} differs from the engine's {config.dtype}; drop "
-                             "--dtype or rebuild")
+    check_build_flags(config, {"backend": backend, "dtype": dtype})
 
 
 def summary(config: BuildConfig, directory: Path) -> str:

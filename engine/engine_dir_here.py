@@ -84,8 +84,8 @@ def check_engine_dir(directory: Path, backend: str = "auto", dtype: str = "auto"
 
 
 def engine_dir_options(options: EngineOptions) -> tuple[EngineOptions, list[BackendChoice]]:
-    """The options and executors that serve options.engine_dir as built: its dtype, block size
-    and max model length; its backend (onnxruntime: CUDA where usable, else CPU)."""
+    """The options and executors that serve options.engine_dir as built: its dtype, block size,
+    CPU precision and max model length; its backend (onnxruntime: CUDA where usable, else CPU)."""
     from engine.backends import TENSORRT, backend_candidates
 
     directory = Path(options.engine_dir or "")
@@ -99,7 +99,8 @@ def engine_dir_options(options: EngineOptions) -> tuple[EngineOptions, list[Back
         raise EngineDirError(f"--kv-cache-blocks {blocks} exceeds the engine's max_kv_blocks of "
                              f"{config.max_kv_blocks}")
     adopted = dataclasses.replace(options, dtype=config.dtype, block_size=config.block_size,
-                                  max_context=max_context, backend=config.backend)
+                                  max_context=max_context, backend=config.backend,
+                                  cpu_precision=config.cpu_precision)
     candidates = [TENSORRT] if config.backend == "tensorrt" \
         else backend_candidates("onnxruntime")
     logger.info("serving the %s build in %s as built (%s, max model len %d)", config.backend,

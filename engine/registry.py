@@ -105,3 +105,15 @@ def read_source(source: ModelSource, progress: ProgressFn | None = None) -> Sour
     if source.kind == "gguf":
         return _read_gguf(source, progress)
     return _read_hf(source, progress)
+
+
+def read_tokenizer(model: str) -> Tokenizer:
+    """Only the tokenizer of `model` (registry name, .gguf, HF directory): no weights read, no
+    graph built (`trtserve bench` counts tokens with it)."""
+    source = resolve_model(model)
+    logger.info("tokenizer of %s (%s, %s)", source.name, source.kind, source.path)
+    if source.kind == "gguf":
+        from engine.loaders.gguf_tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(source.path)
+    return Tokenizer.from_dir(source.path)

@@ -2,26 +2,67 @@
 
 Each subcommand module exposes `add_parser(subparsers) -> None` (registering its parser with
 `set_defaults(run=...)`) where `run(args: argparse.Namespace) -> int` returns the exit code.
-Only the module of the subcommand being run is imported (`trtserve --help` stays fast).
+Only the module of the subcommand being run is imported, each by a plain import inside a small
+function (`trtserve --help` stays fast; the arrows stay visible to import checks).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# subcommand -> (module that implements it, one-line help shown by `trtserve --help`)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("server.cmd_serve", "Run the HTTP inference server."),
-    "build": ("server.cmd_build", "build a graph/TensorRT engine into a directory for "
-                                  "serve --engine-dir"),
-    "prepare": ("server.cmd_prepare", "build and cache the model graph"),
-    "generate": ("server.cmd_generate", "greedy generation from a prompt"),
-    "bench": ("server.bench.cmd", "benchmark a running server (streaming load)"),
+Adder = Callable[[Any], None]  # registers one subcommand's parser on the subparsers
+
+
+def _serve(sub: Any) -> None:
+    from server import cmd_serve
+
+    cmd_serve.add_parser(sub)
+
+
+def _build(sub: Any) -> None:
+    from server import cmd_build
+
+    cmd_build.add_parser(sub)
+
+
+def _prepare(sub: Any) -> None:
+    from server import cmd_prepare
+
+    cmd_prepare.add_parser(sub)
+
+
+def _generate(sub: Any) -> None:
+    from server import cmd_generate
+
+    cmd_generate.add_parser(sub)
+
+
+def _bench(sub: Any) -> None:
+    """The load generator (its own package, HTTP only); the engine reads model tokenizers."""
+    from loadgen import cmd
+
+    cmd.add_parser(sub, model_tokenizer=_model_tokenizer)
+
+
+def _model_tokenizer(name: str) -> Any:
+    from engine.registry import read_tokenizer
+
+    return read_tokenizer(name)
+
+
+# subcommand -> (what registers its parser, one-line help shown by `trtserve --help`)
+SUBCOMMANDS: dict[str, tuple[Adder, str]] = {
+    "serve": (_serve, "Run the HTTP inference server."),
+    "build": (_build, "build a graph/TensorRT engine into a directory for serve --engine-dir"),
+    "prepare": (_prepare, "build and cache the model graph"),
+    "generate": (_generate, "greedy generation from a prompt"),
+    "bench": (_bench, "benchmark a running server (streaming load)"),
 }
 
 
@@ -43,18 +84,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         epilog="`trtserve COMMAND --help` lists a command's options.")
     parser.add_argument("--version", action="version", version=f"trtserve {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
+    for name, (add, help_text) in SUBCOMMANDS.items():
         if only is not None and name != only:
             sub.add_parser(name, help=help_text)
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            logger.debug("subcommand %s not available (%s)", name, module_name)
-            continue
-        module.add_parser(sub)
+        add(sub)
     return parser
 
 

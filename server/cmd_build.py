@@ -16,6 +16,7 @@ STAGES = {"graph": "graph (weights -> ONNX)", "engine": "TensorRT engine",
 
 
 def add_parser(subparsers: Any) -> None:
+    from engine.dtypes import CPU_PRECISIONS
     from engine.engine_build import BuildOptions  # light: no onnx/TensorRT import
 
     d = BuildOptions(output_dir="")
@@ -42,6 +43,10 @@ def add_parser(subparsers: Any) -> None:
         shown = f" [{default}]" if default is not None else ""
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=default,
                             help=text + shown)
+    parser.add_argument("--cpu-precision", default=d.cpu_precision, choices=CPU_PRECISIONS,
+                        help="arithmetic of the 4-bit single-token graph (a Q4 GGUF on "
+                             f"onnxruntime, float32): exact or fast (int8 activations) "
+                             f"[{d.cpu_precision}]")
     parser.add_argument("--gpu-arch", default="",
                         help="TensorRT target(s), comma-separated, e.g. sm86,sm89 [this GPU; "
                              "without one, every arch TensorRT for RTX builds for]")
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
                             dtype=args.dtype, max_batch_size=args.max_batch_size,
                             max_num_tokens=args.max_num_tokens, max_model_len=args.max_model_len,
                             block_size=args.block_size, max_kv_blocks=args.max_kv_blocks,
-                            gpu_archs=tuple(a for a in args.gpu_arch.split(",") if a))
+                            gpu_archs=tuple(a for a in args.gpu_arch.split(",") if a),
+                            cpu_precision=args.cpu_precision)
         config = build_engine_dir(opts, _stages(opts.backend))
     except (ModelError, TensorRTError, ValueError) as exc:
         sys.stderr.write(f"trtserve build: error: {' '.join(str(exc).split())}\n")

@@ -51,13 +51,16 @@ def bind_ports(settings: ServerSettings) -> list[socket.socket]:
 
 def adopt_engine_limits(settings: ServerSettings) -> ServerSettings:
     """With --engine-dir: refuse a directory this machine cannot serve (another GPU or TensorRT
-    version, flags above its limits); return the settings with its limits adopted."""
+    version, flags above its limits, a graph-shaping flag it was not built with); return the
+    settings with its limits adopted."""
     if not settings.engine_dir:
         return settings
-    from engine.engine_dir import LIMIT_NAMES, adopt_limits
+    from engine.engine_dir import BUILD_FLAGS, LIMIT_NAMES, adopt_limits, check_build_flags
     from engine.engine_dir_here import check_engine_dir
 
     config = check_engine_dir(Path(settings.engine_dir), settings.backend, settings.dtype)
+    check_build_flags(config, {name: getattr(settings, name) for name in BUILD_FLAGS
+                               if name in settings.model_fields_set})
     fields = ServerSettings.model_fields
     requested = {name: getattr(settings, name) if name in settings.model_fields_set else None
                  for name in LIMIT_NAMES if name in fields}

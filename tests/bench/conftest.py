@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.bench.tokenizer import HFTokenizer
+from loadgen.tokenizer import HFTokenizer
 
 from .fake_server import FakeServer
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from server.bench.config import BenchConfigError
-from server.bench.dataset import build_prompts, random_prompts
-from server.bench.tokenizer import BenchTokenizer, HFTokenizer
+from loadgen.config import BenchConfigError
+from loadgen.dataset import build_prompts, random_prompts
+from loadgen.tokenizer import BenchTokenizer, HFTokenizer
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 17, 32, 200])
@@ -52,9 +52,10 @@ def test_bad_jsonl_is_rejected(fake_tok: HFTokenizer, tmp_path: Path) -> None:
 @functools.cache
 def _engine_tokenizer() -> BenchTokenizer:
     try:
-        from server.bench.tokenizer import load_tokenizer
+        from engine.registry import read_tokenizer
+        from loadgen.tokenizer import load_tokenizer
 
-        return load_tokenizer("smollm2-135m-instruct")
+        return load_tokenizer("smollm2-135m-instruct", read_tokenizer)
     except Exception as exc:  # noqa: BLE001 - any failure means "not available here"
         pytest.skip(f"embedded model tokenizer not available: {exc}")
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from server.bench.config import BenchConfig
-from server.bench.runner import run_benchmark
-from server.bench.tokenizer import HFTokenizer
+from loadgen.config import BenchConfig
+from loadgen.runner import run_benchmark
+from loadgen.tokenizer import HFTokenizer
 
 from .fake_server import FakeServer
 

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from server.bench.loadgen import poisson_schedule
+from loadgen.generator import poisson_schedule
 
 
 def test_seeded_and_reproducible() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.bench.sse import SSEParser
+from loadgen.sse import SSEParser
 
 STREAM = ('data: {"text_output":"a"}\n\n'
           ': a comment\n'

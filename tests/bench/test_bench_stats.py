@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from server.bench.client import RequestResult
-from server.bench.runner import count_output_tokens
-from server.bench.stats import compute_stats, percentile, summarize, tpot_s
-from server.bench.tokenizer import HFTokenizer
+from loadgen.client import RequestResult
+from loadgen.runner import count_output_tokens
+from loadgen.stats import compute_stats, percentile, summarize, tpot_s
+from loadgen.tokenizer import HFTokenizer
 
 
 def _ok(index: int, ttft: float, e2e: float, tokens: int, input_len: int = 10) -> RequestResult:

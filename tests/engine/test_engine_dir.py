@@ -10,6 +10,7 @@ import pytest
 from tiny_hf import random_weights, write_config, write_safetensors, write_tiny_tokenizer
 
 from engine.config import ModelConfig
+from engine.engine_build import BuildOptions
 from engine.engine_dir import (
     BuildConfig,
     EngineDirError,
@@ -176,3 +177,60 @@ def test_limits_are_adopted_and_larger_flags_refused() -> None:
     with pytest.raises(EngineDirError, match="--backend onnxruntime differs"):
         check_backend_dtype(built, "onnxruntime", "auto")
     check_backend_dtype(built, "auto", "float16")
+
+
+def test_graph_flags_are_recorded_adopted_and_refused(small_dir: Path, tmp_path: Path) -> None:
+    """--cpu-precision and --block-size (non-default) go into config.json and the graph; serve
+    --engine-dir adopts them when unset and refuses other values (and another --model) in one
+    line before loading."""
+    from engine.engine_dir_here import engine_dir_options
+    from server.preflight import adopt_engine_limits
+    from server.settings import ServerSettings
+
+    out = tmp_path / "fast"
+    assert main(["build", "--model", str(small_dir), "--backend", "onnxruntime",
+                 "--cpu-precision", "fast", "--block-size", "32", "--max-model-len", "64",
+                 "--output-dir", str(out)]) == 0
+    built = read_config(out)
+    assert (built.cpu_precision, built.block_size) == ("fast", 32)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["graph"]["cpu_precision"], manifest["block_size"]) == ("fast", 32)
+    adopted, _ = engine_dir_options(EngineOptions(engine_dir=str(out)))
+    assert (adopted.cpu_precision, adopted.block_size) == ("fast", 32)
+    settings = adopt_engine_limits(ServerSettings(engine_dir=str(out), cpu_precision="fast",
+                                                  block_size=32, model=small_dir.name))
+    assert settings.max_model_len == 64
+    for flag, value, built_value in (("cpu_precision", "exact", "fast"), ("block_size", 16, 32),
+                                     ("model", "other-model", str(small_dir))):
+        with pytest.raises(EngineDirError) as info:
+            adopt_engine_limits(ServerSettings(engine_dir=str(out), **{flag: value}))
+        dashed = "--" + flag.replace("_", "-")
+        assert str(info.value) == (f"{dashed} {value} differs from the engine's {flag} "
+                                   f"{built_value} (built into it by trtserve build); drop "
+                                   f"{dashed} or rebuild with it")
+
+
+def test_build_refuses_an_unknown_cpu_precision(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["build", "--cpu-precision", "int4", "--output-dir", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="cpu_precision"):
+        BuildOptions(output_dir=str(tmp_path), cpu_precision="int4")
+
+
+def test_missing_tensorrt_fails_before_the_graph_is_built(small_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """Without TensorRT, `build --backend tensorrt` says so at once: nothing is written."""
+    import engine.executors.trt_build as trt_build
+    from engine.executors.trt_build import TensorRTError
+
+    def missing() -> None:
+        raise TensorRTError("no usable TensorRT (tensorrt_rtx: No module named 'tensorrt_rtx')")
+
+    monkeypatch.setattr(trt_build, "import_tensorrt", missing)
+    out = tmp_path / "engine"
+    assert main(["build", "--model", str(small_dir), "--backend", "tensorrt",
+                 "--output-dir", str(out)]) == 1
+    assert "no usable TensorRT" in capsys.readouterr().err
+    assert not out.exists()

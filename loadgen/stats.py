@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from server.bench.client import RequestResult
+from loadgen.client import RequestResult
 
 logger = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from server.bench.client import RequestResult, make_endpoint
-from server.bench.config import BenchConfig
-from server.bench.dataset import build_prompts
-from server.bench.loadgen import run_once
-from server.bench.progress import ProgressBar
-from server.bench.stats import RunStats, compute_stats
-from server.bench.tokenizer import BenchTokenizer
+from loadgen.client import RequestResult, make_endpoint
+from loadgen.config import BenchConfig
+from loadgen.dataset import build_prompts
+from loadgen.generator import run_once
+from loadgen.progress import ProgressBar
+from loadgen.stats import RunStats, compute_stats
+from loadgen.tokenizer import BenchTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from server.bench.client import Endpoint, RequestResult, send_request
-from server.bench.dataset import BenchPrompt
+from loadgen.client import Endpoint, RequestResult, send_request
+from loadgen.dataset import BenchPrompt
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server.bench.stats import RunStats
+from loadgen.stats import RunStats
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from server.bench.dataset import BenchPrompt
-from server.bench.sse import SSEParser
+from loadgen.dataset import BenchPrompt
+from loadgen.sse import SSEParser
 
 logger = logging.getLogger(__name__)
 

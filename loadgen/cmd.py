@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from server.bench.config import ENDPOINTS, BenchConfig, BenchConfigError
-from server.bench.report import render, write_json
-from server.bench.runner import run_benchmark
-from server.bench.tokenizer import load_tokenizer
+from loadgen.config import ENDPOINTS, BenchConfig, BenchConfigError
+from loadgen.report import render, write_json
+from loadgen.runner import run_benchmark
+from loadgen.tokenizer import ModelTokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,10 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+               model_tokenizer: ModelTokenizer | None = None) -> None:
+    """The `bench` parser; `model_tokenizer` reads --tokenizer names that are not a
+    tokenizer.json or a directory holding one (trtserve passes the engine's)."""
     p = subparsers.add_parser("bench", help="benchmark a running server (streaming load)",
                               description=__doc__)
     p.add_argument("--url", default=_D["url"].default, help="server base URL")
@@ -66,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--timeout", type=float, default=_D["timeout_s"].default,
                    help="seconds per request")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, model_tokenizer=model_tokenizer)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -86,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         if config.plot:  # a missing optional package fails now, not after the whole run
-            from server.bench.plot import import_pyplot
+            from loadgen.plot import import_pyplot
 
             import_pyplot()
-        tok = load_tokenizer(config.tokenizer)
+        tok = load_tokenizer(config.tokenizer, getattr(args, "model_tokenizer", None))
         runs = run_benchmark(config, tok)
     except (BenchConfigError, ValueError, OSError, ImportError) as exc:
         sys.stderr.write(f"trtserve bench: error: {exc}\n")
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if config.output_json:
         write_json(config.output_json, config, runs)
     if config.plot:
-        from server.bench.plot import plot_runs
+        from loadgen.plot import plot_runs
 
         plot_runs(runs, config.plot, title=f"{config.endpoint} {config.model} "
                   f"in={config.input_len} out={config.output_len}")

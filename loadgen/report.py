@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from server.bench.config import BenchConfig
-from server.bench.stats import RunStats, Summary
+from loadgen.config import BenchConfig
+from loadgen.stats import RunStats, Summary
 
 logger = logging.getLogger(__name__)
 

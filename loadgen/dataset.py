@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.bench.config import BenchConfigError
-from server.bench.tokenizer import BenchTokenizer
+from loadgen.config import BenchConfigError
+from loadgen.tokenizer import BenchTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from server.bench.client import RequestResult
+from loadgen.client import RequestResult
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,14 @@
 """The tokenizer the benchmark builds prompts with and counts streamed tokens with.
 
-Preferred source: the engine package (`engine.tokenizer`), which reads the embedded model's
-tokenizer without building the ONNX graph. Fallback: a Hugging Face `tokenizer.json` (a file,
-or a directory holding one) through the `tokenizers` library.
+A Hugging Face `tokenizer.json` (a file, or a directory holding one) through the `tokenizers`
+library. The load generator talks to the server only over HTTP; for model names and .gguf files
+the caller passes a reader (`trtserve bench` passes the engine's, engine.registry.read_tokenizer).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class BenchTokenizer(Protocol):
-    """The subset of `engine.tokenizer.Tokenizer` the benchmark uses."""
+    """What the benchmark needs of a tokenizer (engine.tokenizer.Tokenizer has it too)."""
 
     @property
     def vocab_size(self) -> int: ...
@@ -49,31 +49,20 @@ class HFTokenizer:
         return str(self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
 
-def load_tokenizer(name: str) -> BenchTokenizer:
-    """Load by engine model name / .gguf / HF directory, or from a tokenizer.json."""
+ModelTokenizer = Callable[[str], BenchTokenizer]  # a model name -> its tokenizer
+
+
+def load_tokenizer(name: str, model_tokenizer: ModelTokenizer | None = None) -> BenchTokenizer:
+    """A tokenizer.json, a directory holding one (a Hugging Face model, a `trtserve build`
+    output), else whatever `model_tokenizer` makes of the name (`trtserve bench` passes the
+    engine's reader of registry names and .gguf files)."""
     path = Path(name)
     if path.is_file() and path.suffix == ".json":
         return HFTokenizer.from_file(path)
-    try:
-        return _load_from_engine(name)
-    except ImportError as exc:
-        logger.debug("engine package not usable for the tokenizer: %s", exc)
     if path.is_dir() and (path / "tokenizer.json").is_file():
         return HFTokenizer.from_file(path / "tokenizer.json")
+    if model_tokenizer is not None:
+        return model_tokenizer(name)
     raise ValueError(
-        f"cannot load a tokenizer for {name!r}: give --tokenizer a tokenizer.json, a Hugging Face "
-        "directory, or a model the engine package knows")
-
-
-def _load_from_engine(name: str) -> BenchTokenizer:
-    """Only the tokenizer, through the engine's public loaders (no weights, no graph build)."""
-    from engine.registry import resolve_model
-    from engine.tokenizer import Tokenizer
-
-    source = resolve_model(name)
-    logger.info("tokenizer of %s (%s, %s)", source.name, source.kind, source.path)
-    if source.kind == "gguf":
-        from engine.loaders.gguf_tokenizer import tokenizer_from_gguf
-
-        return tokenizer_from_gguf(source.path)
-    return Tokenizer.from_dir(source.path)
+        f"cannot load a tokenizer for {name!r}: give --tokenizer a tokenizer.json or a directory "
+        "holding one (a Hugging Face model, a trtserve build output)")
