@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine_cpu import BLOCK, engine_decode, load_weights  # noqa: E402
 
 from engine.builder import MODEL_FILE, build_model_graph  # noqa: E402
+from engine.executors import cuda_graphs  # noqa: E402
 from engine.executors.cuda_graphs import Bucket  # noqa: E402
 from engine.executors.ort_cuda import OrtCudaExecutor  # noqa: E402
 from engine.limits import StepLimits  # noqa: E402
@@ -56,21 +57,29 @@ def main() -> None:
     ap.add_argument("--batches", default=BATCHES)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--rotary-op", action="store_true",
+                    help="build RoPE as the opset-23 RotaryEmbedding op")
+    ap.add_argument("--min-blocks", type=int, default=cuda_graphs.MIN_BLOCKS,
+                    help="past blocks of the smallest context bucket")
     args = ap.parse_args()
+    cuda_graphs.MIN_BLOCKS = args.min_blocks
     batches = [int(b) for b in args.batches.split(",")]
     config, weights, _ = load_weights("gguf")
     rng = np.random.default_rng(0)
     lines = [f"# Decode steps with and without CUDA-graph replay — "
              f"{datetime.datetime.now().isoformat(timespec='seconds')}", "",
              f"command: `python3 {' '.join(sys.argv)}`; SmolLM2-135M fp16, prompt {PROMPT_LEN} "
-             f"random tokens, {args.steps} greedy steps; medians over decode steps", "",
+             f"random tokens, {args.steps} greedy steps; medians over decode steps; RoPE "
+             f"{'op' if args.rotary_op else 'decomposed'}, context buckets from "
+             f"{args.min_blocks} blocks", "",
              "| batch | dynamic ms | uncaptured ms | captured ms (ids) | captured ms (logits) "
              "| speed-up vs uncaptured | captured tok/s | replays | tokens = uncaptured | "
              "tokens = dynamic |", "|---|---|---|---|---|---|---|---|---|---|"]
     per_seq = -(-(PROMPT_LEN + args.steps) // BLOCK)
     limits = StepLimits(max_num_tokens=8192, max_batch_size=max(batches), max_context=2048)
     with tempfile.TemporaryDirectory() as tmp:
-        build_model_graph(config, weights, Path(tmp), dtype="float16", block_size=BLOCK)
+        build_model_graph(config, weights, Path(tmp), dtype="float16", block_size=BLOCK,
+                          rotary_op=args.rotary_op or None)
         path = Path(tmp) / MODEL_FILE
         dynamic, plain, captured = (
             cls(path, config, num_blocks=max(batches) * per_seq, block_size=BLOCK,

@@ -1,4 +1,4 @@
-"""The embedded SmolLM2-135M (fp16) on the GPU: greedy tokens of decode steps replayed as CUDA
+"""The embedded SmolLM2-135M (fp16, RoPE as the RotaryEmbedding op, as served) on the GPU: greedy tokens of decode steps replayed as CUDA
 graphs equal the uncaptured path's (`cuda_graphs=False`: the same fixed-shape bucket sessions,
 run without capture) token for token, at every batch bucket up to 256 sequences (the bench's
 --max-batch-size) and at padded batch sizes, with the tokens picked on the device."""
@@ -36,7 +36,8 @@ def smollm2(cuda_ctx: CudaContext, tmp_path_factory: pytest.TempPathFactory
 
     source = read_source(resolve_model(DEFAULT_MODEL))
     out = tmp_path_factory.mktemp("smollm2_fp16")
-    build_model_graph(source.config, source.weights, out, dtype="float16", block_size=BLOCK)
+    build_model_graph(source.config, source.weights, out, dtype="float16", block_size=BLOCK,
+                      rotary_op=True)  # the graph ONNX Runtime CUDA serves
     yield source.config, out / MODEL_FILE
 
 
