@@ -60,6 +60,8 @@ def device_row(seq: Sequence) -> tuple[bool, tuple[int, ...]]:
         return False, ()
     if not is_greedy(params) or has_penalties(params):
         return True, ()
+    if not params.bad_words_ids and len(seq.end_ids) <= MAX_DEVICE_BANS:
+        return False, seq.end_ids  # only min_tokens is not reached yet: its end ids
     banned = banned_ids(params, seq.token_view, seq.num_prompt_tokens, seq.end_ids)
     if len(banned) > MAX_DEVICE_BANS:
         return True, ()
