@@ -59,16 +59,25 @@ kv_blocks() {  # the KV block gauges after a run (used must be 0 when idle)
     "$LOG/metrics-$1.txt" | tee -a "$SUM"
 }
 
-profile_window() {  # $1: name; while a bench runs: GPU utilisation, py-spy, steps in the window
-  timeout 30 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -lms 250 \
+step_count() {  # engine steps so far (the server's step-duration histogram count)
+  curl -sf "$URL/metrics" | awk '/^trtserve_step_duration_seconds_count/ {print $2}'
+}
+
+profile_window() {  # $1: name; once a bench's steps run: GPU utilisation, py-spy, step count
+  local steps0 steps
+  steps0=$(step_count)
+  for _ in $(seq 1 80); do  # the client takes seconds to start: wait for its first steps
+    steps=$(step_count); [ "$steps" != "$steps0" ] && break; sleep 0.25
+  done
+  timeout 7 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -lms 250 \
     >"$LOG/smi-$1.csv" 2>&1 &
   local smi=$!
-  sleep 3
+  sleep 1
   curl -sf "$URL/metrics" >"$LOG/metrics-$1-before.txt"
   timeout 20 "$PYSPY" record -p "$SRV" -d 5 -r 200 -f raw -o "$LOG/pyspy-$1.txt" \
     --nonblocking >"$LOG/pyspy-$1.err" 2>&1
   curl -sf "$URL/metrics" >"$LOG/metrics-$1-after.txt"
-  sleep 2; kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
+  wait "$smi" 2>/dev/null
 }
 
 report_window() {  # $1: name
