@@ -5,7 +5,6 @@ come back raw, in plan order, through plain, bucketed and split mixed steps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from engine.limits import StepLimits
 from scheduler.plan import ScheduledSeq, StepPlan
 
 from .test_decode_graphs_cpu import _RecordingSession
-from .tiny_model import BLOCK_SIZE, TINY, build_graph
+from .tiny_model import BLOCK_SIZE, TINY
 from .workload import greedy_tokens
 
 NUM_BLOCKS = 64
@@ -39,19 +38,6 @@ def test_ban_matrix_host_rows_and_runs() -> None:
     assert "logits_pick_f32" in PICK_SOURCE and "%" not in PICK_SOURCE
 
 
-@pytest.fixture()
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    pytest.importorskip("cuda.bindings", reason="the fake reuses cuda-python's enum types")
-    from .fake_cuda import install_fake
-
-    yield install_fake(monkeypatch, host_ort_cuda=True)
-
-
-@pytest.fixture(scope="module")
-def graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_graph(tmp_path_factory.mktemp("tiny") / "float16", "float16")
-
-
 def _executor(graph: Path, graphs: bool, sampling: bool) -> ort_cuda.OrtCudaExecutor:
     return ort_cuda.OrtCudaExecutor(graph, TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
                                     max_context=TINY.max_position_embeddings,
@@ -60,8 +46,10 @@ def _executor(graph: Path, graphs: bool, sampling: bool) -> ort_cuda.OrtCudaExec
 
 
 @pytest.mark.parametrize("graphs", [False, True])
-def test_device_picks_equal_host_argmax_with_bans(fake: object, graph: Path, graphs: bool,
+def test_device_picks_equal_host_argmax_with_bans(fake_host_ort: object, tiny_fp16_graph: Path,
+                                                  graphs: bool,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = tiny_fp16_graph
     monkeypatch.setattr(ort_cuda, "_graph_session",
                         lambda path, device, dims, capture=True: _RecordingSession(path, dims))
     ref, dut = _executor(graph, graphs, False), _executor(graph, graphs, True)
@@ -95,4 +83,4 @@ def test_device_picks_equal_host_argmax_with_bans(fake: object, graph: Path, gra
     finally:
         ref.close()
         dut.close()
-    assert fake.allocations == {}  # type: ignore[attr-defined]
+    assert fake_host_ort.allocations == {}  # type: ignore[attr-defined]

@@ -4,7 +4,6 @@ graph's logits (fp16 noise) and greedy tokens, through the device executor on th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,7 @@ def test_only_onnxruntime_cuda_asks_for_the_op() -> None:
     assert ORT_CUDA.rotary_op and not TENSORRT.rotary_op and not ORT_CPU.rotary_op
 
 
-@pytest.fixture()
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    pytest.importorskip("cuda.bindings", reason="the fake reuses cuda-python's enum types")
-    from .fake_cuda import install_fake
-
-    yield install_fake(monkeypatch, host_ort_cuda=True)
-
-
-def test_rotary_op_graph_equals_decomposed(fake: object, tmp_path: Path) -> None:
+def test_rotary_op_graph_equals_decomposed(fake_host_ort: object, tmp_path: Path) -> None:
     graphs = {op: build_graph(tmp_path / str(op), "float16", rotary_op=op)
               for op in (False, True)}
     ops = {op: {n.op_type for n in onnx.load(str(p), load_external_data=False).graph.node}
