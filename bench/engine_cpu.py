@@ -97,8 +97,10 @@ def interleaved(ex: OrtExecutor, roof: MatmulRoofline, prompts: np.ndarray, step
     return engine, Run("roofline", prompts.shape[0], roof_s, runs[0].tokens)
 
 
-def engine_decode(ex: OrtExecutor, prompts: np.ndarray, steps: int) -> Run:
-    """Prefill all prompts in one step, then `steps` greedy decode steps of the whole batch."""
+def engine_decode(ex: OrtExecutor, prompts: np.ndarray, steps: int,
+                  host_logits: bool = True) -> Run:
+    """Prefill all prompts in one step, then `steps` greedy decode steps of the whole batch
+    (`host_logits` False: decode rows ask a device sampler for token ids only)."""
     batch, plen = prompts.shape
     per_seq = -(-(plen + steps) // BLOCK)
     tables = [list(range(b * per_seq, (b + 1) * per_seq)) for b in range(batch)]
@@ -106,8 +108,8 @@ def engine_decode(ex: OrtExecutor, prompts: np.ndarray, steps: int) -> Run:
                                   for b in range(batch)]))
     tokens, times = [_greedy(out)], []
     for s in range(steps - 1):
-        plan = StepPlan(s + 1, [ScheduledSeq(b, [int(tokens[-1][b])], plen + s, tables[b], True)
-                                for b in range(batch)])
+        plan = StepPlan(s + 1, [ScheduledSeq(b, [int(tokens[-1][b])], plen + s, tables[b], True,
+                                             host_logits) for b in range(batch)])
         t0 = time.perf_counter()
         out = ex.execute(plan)
         times.append(time.perf_counter() - t0)

@@ -1,8 +1,10 @@
 """Decode steps through the ONNX Runtime CUDA executor with and without CUDA-graph replay, on the
 embedded SmolLM2 (fp16), at every batch bucket: greedy tokens of the replayed path against the
-dynamic-shape path and against the same static-shape bucket sessions run without capture (which
-separates replay from the kernels onnxruntime picks for static shapes), and the step time of
-each path in the same run (medians over decode steps). GPU machine only:
+uncaptured path (`cuda_graphs=False`: the same fixed-shape bucket sessions without capture) and
+against the dynamic-shape session (what decode ran through before the bucket sessions were used
+uncaptured too), and the step time of each path in the same run (medians over decode steps).
+The captured path is timed twice: token ids picked on the device (what the server does for
+greedy rows) and every row's logits copied to the host. GPU machine only:
 
     python3 bench/gpu_decode_graphs.py [--batches 1,2,3,4,...] [--steps 32] [--out FILE.md]
 """
@@ -24,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine_cpu import BLOCK, engine_decode, load_weights  # noqa: E402
 
 from engine.builder import MODEL_FILE, build_model_graph  # noqa: E402
-from engine.executors import ort_cuda  # noqa: E402
-from engine.executors.cuda_graphs import bucket_dims  # noqa: E402
+from engine.executors import cuda_graphs  # noqa: E402
 from engine.executors.ort_cuda import OrtCudaExecutor  # noqa: E402
 from engine.limits import StepLimits  # noqa: E402
 from engine.step_inputs import Bucket  # noqa: E402
@@ -35,14 +36,14 @@ PROMPT_LEN = 32
 BATCHES = "1,2,3,4,8,16,32,64,100,128,256"
 
 
-class StaticUncaptured(OrtCudaExecutor):
-    """The bucket sessions (every dim fixed) without enable_cuda_graph."""
+class Dynamic(OrtCudaExecutor):
+    """Decode steps through the dynamic-shape session (no bucket sessions at all)."""
 
-    def _bucket_session(self, bucket: Bucket) -> object:
-        g = self._device_io().geometry
-        return ort_cuda._graph_session(self._model_path, self._device_id,
-                                       bucket_dims(bucket, g.graph_shape[0], g.block_size),
-                                       capture=False)
+    def _capture_at_startup(self) -> None:
+        return None
+
+    def _captured_bucket(self, plan: object) -> Bucket | None:
+        return None
 
 
 def _equal(a: np.ndarray, b: np.ndarray) -> str:
@@ -56,44 +57,53 @@ def main() -> None:
     ap.add_argument("--batches", default=BATCHES)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--rotary-op", action="store_true",
+                    help="build RoPE as the opset-23 RotaryEmbedding op")
+    ap.add_argument("--min-blocks", type=int, default=cuda_graphs.MIN_BLOCKS,
+                    help="past blocks of the smallest context bucket")
     args = ap.parse_args()
+    cuda_graphs.MIN_BLOCKS = args.min_blocks
     batches = [int(b) for b in args.batches.split(",")]
     config, weights, _ = load_weights("gguf")
     rng = np.random.default_rng(0)
     lines = [f"# Decode steps with and without CUDA-graph replay — "
              f"{datetime.datetime.now().isoformat(timespec='seconds')}", "",
              f"command: `python3 {' '.join(sys.argv)}`; SmolLM2-135M fp16, prompt {PROMPT_LEN} "
-             f"random tokens, {args.steps} greedy steps; medians over decode steps", "",
-             "| batch | uncaptured ms/step | captured ms/step | speed-up | captured tok/s | "
-             "replays | tokens = uncaptured | tokens = static uncaptured |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"random tokens, {args.steps} greedy steps; medians over decode steps; RoPE "
+             f"{'op' if args.rotary_op else 'decomposed'}, context buckets from "
+             f"{args.min_blocks} blocks", "",
+             "| batch | dynamic ms | uncaptured ms | captured ms (ids) | captured ms (logits) "
+             "| speed-up vs uncaptured | captured tok/s | replays | tokens = uncaptured | "
+             "tokens = dynamic |", "|---|---|---|---|---|---|---|---|---|---|"]
     per_seq = -(-(PROMPT_LEN + args.steps) // BLOCK)
     limits = StepLimits(max_num_tokens=8192, max_batch_size=max(batches), max_context=2048)
     with tempfile.TemporaryDirectory() as tmp:
-        build_model_graph(config, weights, Path(tmp), dtype="float16", block_size=BLOCK)
+        build_model_graph(config, weights, Path(tmp), dtype="float16", block_size=BLOCK,
+                          rotary_op=args.rotary_op or None)
         path = Path(tmp) / MODEL_FILE
-        plain, captured, static = (
+        dynamic, plain, captured = (
             cls(path, config, num_blocks=max(batches) * per_seq, block_size=BLOCK,
                 max_context=2048, limits=limits, cuda_graphs=g)
-            for cls, g in ((OrtCudaExecutor, False), (OrtCudaExecutor, True),
-                           (StaticUncaptured, True)))
+            for cls, g in ((Dynamic, False), (OrtCudaExecutor, False), (OrtCudaExecutor, True)))
         try:
             for batch in batches:
                 prompts = rng.integers(100, config.vocab_size, (batch, PROMPT_LEN), np.int64)
-                for ex in (plain, captured, static):  # warm-up: sessions, capture, allocator
-                    engine_decode(ex, prompts, 4)
+                for ex in (dynamic, plain, captured):  # warm-up: sessions, capture, allocator
+                    engine_decode(ex, prompts, 4, host_logits=False)
                 before = captured.graph_replays
-                want = engine_decode(plain, prompts, args.steps)
-                got = engine_decode(captured, prompts, args.steps)
-                same_shapes = engine_decode(static, prompts, args.steps)
-                lines.append(f"| {batch} | {want.median_s * 1e3:.2f} | {got.median_s * 1e3:.2f} "
+                old = engine_decode(dynamic, prompts, args.steps, host_logits=False)
+                want = engine_decode(plain, prompts, args.steps, host_logits=False)
+                got = engine_decode(captured, prompts, args.steps, host_logits=False)
+                full = engine_decode(captured, prompts, args.steps, host_logits=True)
+                lines.append(f"| {batch} | {old.median_s * 1e3:.2f} | {want.median_s * 1e3:.2f} "
+                             f"| {got.median_s * 1e3:.2f} | {full.median_s * 1e3:.2f} "
                              f"| {want.median_s / got.median_s:.2f}x | {got.tok_s:.0f} | "
                              f"{captured.graph_replays - before} | "
                              f"{_equal(got.tokens, want.tokens)} | "
-                             f"{_equal(got.tokens, same_shapes.tokens)} |")
+                             f"{_equal(got.tokens, old.tokens)} |")
                 logger.info(lines[-1])
         finally:
-            for ex in (plain, captured, static):
+            for ex in (dynamic, plain, captured):
                 ex.close()
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

@@ -3,7 +3,9 @@
 # the repository root with the wheels of ../shared/gpu/prepare.sh installed into /tmp/site:
 #   bash bench/gpu_serving.sh serve   # GPU tests, decode graph parity/timing, the HTTP bench
 #   bash bench/gpu_serving.sh hf      # transformers eager and static cache + torch.compile
-# QUICK=1 skips bench/gpu_decode_graphs.py and the uncaptured server's concurrency 1.
+# QUICK=1 skips bench/gpu_decode_graphs.py and the server with --no-cuda-graphs; NO_TESTS=1 the
+# GPU tests, NO_DECODE=1 bench/gpu_decode_graphs.py (a lease that ran them in an earlier call). During c64 and
+# c256: GPU utilisation (nvidia-smi), py-spy, and the per-step host split (bench/gpu_step_split.py).
 # Every step runs under `timeout`; only PIDs started here are waited on or stopped. Output:
 # $OUT/summary-<part>.txt (printed last) and $OUT/logs-<part>.tgz.
 set -uo pipefail
@@ -57,10 +59,45 @@ kv_blocks() {  # the KV block gauges after a run (used must be 0 when idle)
     "$LOG/metrics-$1.txt" | tee -a "$SUM"
 }
 
+step_count() {  # engine steps so far (the server's step-duration histogram count)
+  curl -sf "$URL/metrics" | awk '/^trtserve_step_duration_seconds_count/ {print $2}'
+}
+
+profile_window() {  # $1: name; once a bench's steps run: GPU utilisation, py-spy, step count
+  local steps0 steps
+  steps0=$(step_count)
+  for _ in $(seq 1 80); do  # the client takes seconds to start: wait for its first steps
+    steps=$(step_count); [ "$steps" != "$steps0" ] && break; sleep 0.25
+  done
+  timeout 7 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -lms 250 \
+    >"$LOG/smi-$1.csv" 2>&1 &
+  local smi=$!
+  sleep 1
+  curl -sf "$URL/metrics" >"$LOG/metrics-$1-before.txt"
+  timeout 20 "$PYSPY" record -p "$SRV" -d 5 -r 200 -f raw -o "$LOG/pyspy-$1.txt" \
+    --nonblocking >"$LOG/pyspy-$1.err" 2>&1
+  curl -sf "$URL/metrics" >"$LOG/metrics-$1-after.txt"
+  wait "$smi" 2>/dev/null
+}
+
+report_window() {  # $1: name
+  say "---- nvidia-smi utilization.gpu during $1 (samples, median, max):"
+  awk -F', ' '{gsub(/ %/,"",$1); if ($1 ~ /^[0-9]+$/) print $1}' "$LOG/smi-$1.csv" | sort -n \
+    | awk '{a[NR]=$1} END {if (NR) print NR, a[int((NR+1)/2)], a[NR]}' | tee -a "$SUM"
+  say "---- per-step host split during $1 (bench/gpu_step_split.py):"
+  $PY bench/gpu_step_split.py "$LOG/pyspy-$1.txt" --rate 200 --seconds 5 \
+    --metrics-before "$LOG/metrics-$1-before.txt" --metrics-after "$LOG/metrics-$1-after.txt" \
+    2>&1 | tee -a "$SUM"
+  say "---- py-spy top frames during $1 (own samples):"
+  $PY bench/pyspy_top.py "$LOG/pyspy-$1.txt" 2>&1 | head -25 | tee -a "$SUM"
+}
+
 serve_part() {
-  timeout 200 $PY -m pytest tests/gpu -m gpu -q -rsx -p no:cacheprovider >"$LOG/pytest-gpu.txt" 2>&1
-  say "---- pytest tests/gpu -m gpu (rc=$?)"; tail -n 12 "$LOG/pytest-gpu.txt" | tee -a "$SUM"
-  if [ -z "${QUICK:-}" ]; then
+  if [ -z "${NO_TESTS:-}" ]; then
+    timeout 300 $PY -m pytest tests/gpu -m gpu -q -rsx -p no:cacheprovider >"$LOG/pytest-gpu.txt" 2>&1
+    say "---- pytest tests/gpu -m gpu (rc=$?)"; tail -n 12 "$LOG/pytest-gpu.txt" | tee -a "$SUM"
+  fi
+  if [ -z "${QUICK:-}" ] && [ -z "${NO_DECODE:-}" ]; then
     timeout 240 $PY bench/gpu_decode_graphs.py --out "$LOG/decode_graphs.md" \
       >"$LOG/decode_graphs.txt" 2>&1
     say "---- bench/gpu_decode_graphs.py (rc=$?)"
@@ -69,25 +106,22 @@ serve_part() {
   start_server graphs || { tail -n 30 "$LOG/serve-graphs.log"; return; }
   bench c1 1 32 120
   bench c16 16 64 90
-  timeout 40 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -lms 250 \
-    >"$LOG/smi-c64.csv" 2>&1 &
-  local smi=$!
-  (sleep 4; timeout 20 "$PYSPY" record -p "$SRV" -d 8 -r 200 -f raw -o "$LOG/pyspy-c64.txt" \
-    --nonblocking >"$LOG/pyspy.err" 2>&1) &
-  local spy=$!
-  bench c64 64 256 90
-  kill "$smi" 2>/dev/null; wait "$smi" "$spy" 2>/dev/null
-  say "---- nvidia-smi utilization.gpu during c64 (samples, median, max):"
-  awk -F', ' '{gsub(/ %/,"",$1); if ($1 ~ /^[0-9]+$/) print $1}' "$LOG/smi-c64.csv" | sort -n \
-    | awk '{a[NR]=$1} END {if (NR) print NR, a[int((NR+1)/2)], a[NR]}' | tee -a "$SUM"
-  say "---- py-spy top frames during c64 (own samples):"
-  $PY bench/pyspy_top.py "$LOG/pyspy-c64.txt" 2>&1 | head -25 | tee -a "$SUM"
-  bench c256 256 512 200
+  profile_window c64 &
+  local prof=$!
+  bench c64 64 512 120
+  wait "$prof" 2>/dev/null
+  report_window c64
+  profile_window c256 &
+  prof=$!
+  bench c256 256 1024 240
+  wait "$prof" 2>/dev/null
+  report_window c256
   kv_blocks c256
   grep -E "decode bucket|CUDA graph|WARNING|ERROR" "$LOG/serve-graphs.log" | head -20 | tee -a "$SUM"
   stop_server
+  [ -n "${QUICK:-}" ] && return
   start_server nographs --no-cuda-graphs || return
-  [ -z "${QUICK:-}" ] && bench nographs-c1 1 16 90
+  bench nographs-c1 1 16 90
   bench nographs-c64 64 256 90
   bench nographs-c256 256 512 200
   stop_server

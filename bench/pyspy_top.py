@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 INCLUSIVE = ("_execute_and_sample", "run_with_iobinding", "_create_inference_session", "stage",
-             "finish_with_argmax", "sample_step", "schedule", "update", "_publish",
+             "finish_with_argmax", "finish_sampled", "sample_step", "schedule", "update", "_publish",
              "_run_once", "select")
 
 

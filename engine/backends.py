@@ -23,6 +23,9 @@ class BackendChoice:
     # graph dtypes the executor can run (onnxruntime's CPU kernels have no bfloat16 MatMul,
     # Where, ...: a bf16 graph fails to load there)
     dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
+    # RoPE as the opset-23 RotaryEmbedding op in every graph it runs (one kernel per Q and K
+    # instead of the Slice/Mul/Add decomposition); TensorRT keeps the decomposition
+    rotary_op: bool = False
 
 
 def _gpu_reason() -> str | None:
@@ -54,7 +57,8 @@ def _tensorrt_reason() -> str | None:
 
 
 TENSORRT = BackendChoice("tensorrt", (), "float16")
-ORT_CUDA = BackendChoice("onnxruntime-cuda", ("CUDAExecutionProvider",), "float16")
+ORT_CUDA = BackendChoice("onnxruntime-cuda", ("CUDAExecutionProvider",), "float16",
+                         rotary_op=True)
 ORT_CPU = BackendChoice("onnxruntime-cpu", ("CPUExecutionProvider",), "float32",
                         max_num_tokens=256, dtypes=("float32", "float16"))
 

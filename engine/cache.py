@@ -80,11 +80,12 @@ def weights_hash(path: Path) -> str:
 
 
 def cache_key(weights_digest: str, builder_version: str, dtype: str, block_size: int,
-              cpu_precision: str = EXACT) -> str:
-    """Entry key: changes when the weights, the builder, the dtype, the block size or the CPU
-    precision change."""
+              cpu_precision: str = EXACT, rotary_op: bool = False) -> str:
+    """Entry key: changes when the weights, the builder, the dtype, the block size, the CPU
+    precision or the RoPE form (the RotaryEmbedding op, ONNX Runtime CUDA) change."""
     text = (f"{weights_digest}|builder={builder_version}|dtype={dtype}|block={block_size}"
-            f"|cpu_precision={cpu_precision}|format={MANIFEST_FORMAT}")
+            f"|cpu_precision={cpu_precision}|format={MANIFEST_FORMAT}"
+            + ("|rotary_op=1" if rotary_op else ""))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -96,7 +96,7 @@ def _graph_manifest(spec: Any) -> dict[str, Any]:
 
 
 def build_graph(source: ModelSource, dtype: str, options: EngineOptions, digest: str,
-                out_dir: Path) -> dict[str, Any]:
+                out_dir: Path, rotary_op: bool = False) -> dict[str, Any]:
     """Write the graph and tokenizer of `source` into out_dir; return the manifest."""
     logger.info("building the %s graph of %s (%s) into %s", dtype, source.name, source.path,
                 out_dir)
@@ -105,7 +105,8 @@ def build_graph(source: ModelSource, dtype: str, options: EngineOptions, digest:
                                         block_size=options.block_size,
                                         progress=ConsoleProgress(f"building {source.name}"),
                                         blocks=model.blocks,
-                                        cpu_precision=options.cpu_precision)
+                                        cpu_precision=options.cpu_precision,
+                                        rotary_op=True if rotary_op else None)
     model.tokenizer.save(out_dir)
     return {"name": source.name, "source": str(source.path), "kind": source.kind,
             "config": config_to_json(model.config), "dtype": dtype,
@@ -115,17 +116,21 @@ def build_graph(source: ModelSource, dtype: str, options: EngineOptions, digest:
             "builder_version": builder_version(), "weights_hash": digest}
 
 
-def _prepare(options: EngineOptions, dtype: str) -> tuple[ModelSource, Path]:
+def _prepare(options: EngineOptions, dtype: str, rotary_op: bool = False
+             ) -> tuple[ModelSource, Path]:
     source = resolve_model(options.model)
     digest = weights_hash(source.path)
-    key = cache_key(digest, builder_version(), dtype, options.block_size, options.cpu_precision)
+    key = cache_key(digest, builder_version(), dtype, options.block_size, options.cpu_precision,
+                    rotary_op)
     entry = entry_dir(cache_root(options.cache_dir), source.name, key)
-    return source, build_entry(entry, lambda tmp: build_graph(source, dtype, options, digest, tmp))
+    return source, build_entry(entry, lambda tmp: build_graph(source, dtype, options, digest, tmp,
+                                                              rotary_op))
 
 
 def prepare_model(options: EngineOptions) -> Path:
     """Build (or find) the cached ONNX graph for `options`; return its directory."""
-    return _prepare(options, resolve_dtype(options, select_backend(options)))[1]
+    backend = select_backend(options)
+    return _prepare(options, resolve_dtype(options, backend), backend.rotary_op)[1]
 
 
 def check_max_context(options: EngineOptions, config: ModelConfig) -> int:
@@ -180,7 +185,8 @@ def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:
     if dtype not in backend.dtypes:
         raise ModelError(f"{backend.name} cannot run {dtype} graphs (it runs "
                          f"{', '.join(backend.dtypes)}); choose another --dtype, or a GPU backend")
-    entry = Path(options.engine_dir) if options.engine_dir else _prepare(options, dtype)[1]
+    entry = (Path(options.engine_dir) if options.engine_dir
+             else _prepare(options, dtype, backend.rotary_op)[1])
     manifest = read_manifest(entry)
     config = config_from_json(manifest["config"])
     limits = decide_limits(options.max_batch_size, options.max_num_tokens,

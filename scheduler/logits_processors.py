@@ -82,8 +82,9 @@ def process_row(
         row[[e for e in end_ids if e < vocab]] = -np.inf
 
 
-def _banned(params: SamplingParams, all_token_ids: Seq[int], num_prompt: int,
-            end_ids: Seq[int]) -> set[int]:
+def banned_ids(params: SamplingParams, all_token_ids: Seq[int], num_prompt: int,
+               end_ids: Seq[int]) -> set[int]:
+    """The ids a greedy row must not pick now: bad-word completions, end ids before min_tokens."""
     banned: set[int] = set()
     if params.bad_words_ids:
         banned.update(banned_bad_words(all_token_ids, params.bad_words_ids))
@@ -101,7 +102,7 @@ def greedy_processed_token(row: np.ndarray, params: SamplingParams, all_token_id
     vocabulary-wide row (what benchmark clients' min_tokens = max_tokens costs every step).
     Penalised rows, or a banned argmax, take the full-row path (a sparse version measured
     slower on CPU: the penalties' own np.unique calls dominate)."""
-    if not has_penalties(params) and raw_argmax not in _banned(
+    if not has_penalties(params) and raw_argmax not in banned_ids(
             params, all_token_ids, num_prompt, end_ids) and np.isfinite(row[raw_argmax]):
         return raw_argmax
     full = np.array(row, dtype=np.float32, copy=True)

@@ -88,7 +88,8 @@ class EngineLoop:
             fit_to_executor(config, executor),
             block_size=executor.block_size, num_blocks=executor.num_blocks,
             vocab_size=executor.vocab_size, max_context=executor.max_context,
-            eos_token_ids=eos_token_ids, decode=decode)
+            eos_token_ids=eos_token_ids, decode=decode,
+            device_sampling=bool(getattr(executor, "samples_on_device", False)))
         self._on_step = on_step
         self._streams: dict[str, RequestStream] = {}
         self._wake = asyncio.Event()

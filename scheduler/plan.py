@@ -23,6 +23,10 @@ class ScheduledSeq:
     # READ-ONLY: it is the sequence's own list (no per-step copy); the executor must not mutate
     # it, and must not keep it past execute() (the scheduler extends it in later steps)
     want_logits: bool  # logits of the LAST token of token_ids are needed (decode, or prompt done)
+    # For an executor that samples on the device (`samples_on_device`), per want_logits row:
+    host_logits: bool = True  # the host needs this row's full logits (sampled or penalised
+    # rows, log-probs); False: its token is the argmax of the row with `banned` ids skipped
+    banned: tuple[int, ...] = ()  # ids that argmax must skip (min_tokens end ids, bad words)
 
 
 @dataclass(slots=True)
@@ -52,6 +56,9 @@ class StepResult:
     argmax: np.ndarray | None = None  # int64 [num_logit_rows]: argmax of each logits row, when
     # the executor computes it (in the graph / on the device); lets plain-greedy rows skip a host
     # pass over the logits. None -> the scheduler computes it.
+    logits_rows: np.ndarray | None = None  # int64 [k]: set by an executor that samples on the
+    # device: `logits` then holds only these logit rows (the plan's `host_logits` rows, indices
+    # into the want_logits rows) and `argmax` skips each row's `banned` ids. None: every row.
 
 
 class StepRefusedError(ValueError):
@@ -77,6 +84,8 @@ class Executor(Protocol):
 
     # An executor built for a largest step may also expose `max_batch_size` / `max_num_tokens`
     # (ints); the scheduler then never plans beyond them (scheduler.config.fit_to_executor).
+    # One exposing `samples_on_device = True` gets plans whose rows say which logits the host
+    # needs (`host_logits`, `banned`) and returns `StepResult.logits_rows`.
 
     def execute(self, plan: StepPlan) -> StepResult: ...  # blocking; thread-safe w.r.t. itself
     # raises StepRefusedError for a plan it cannot run (nothing done), anything else on a fault

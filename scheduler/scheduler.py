@@ -38,8 +38,9 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, *, block_size: int, num_blocks: int,
                  vocab_size: int, max_context: int, eos_token_ids: Seq[int] = (),
                  decode: Decode | None = None, clock: Callable[[], float] = time.monotonic,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, device_sampling: bool = False) -> None:
         self.config = config
+        self.device_sampling = device_sampling  # the executor samples on the device (plan.py)
         self.vocab_size = vocab_size
         self.max_model_len = config.resolve_max_model_len(max_context)
         self.eos_token_ids = tuple(eos_token_ids)
@@ -169,7 +170,8 @@ class Scheduler:
         logger.info("preempted %s (recompute %d tokens)", seq.request_id, seq.num_tokens)
 
     def _build_plan(self, chosen: list[tuple[Sequence, int]]) -> StepPlan:
-        rows, self._last_context, self._last_generation, self._last_tokens = build_rows(chosen)
+        rows, self._last_context, self._last_generation, self._last_tokens = build_rows(
+            chosen, self.device_sampling)
         seqs = [seq for seq, _ in chosen]
         self._step_seqs[self.step_id] = seqs
         self._logit_seqs[self.step_id] = [seq for seq, r in zip(seqs, rows, strict=True)

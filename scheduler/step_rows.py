@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from scheduler.logits_processors import banned_ids, has_penalties, is_greedy
 from scheduler.outputs import SampledTokens, delta_output
 from scheduler.plan import ScheduledSeq, StepPlan, StepResult
 from scheduler.request import RequestOutput, TopLogprobs
@@ -19,10 +20,16 @@ from scheduler.stop import Decode, finish_status
 Finish = Callable[[Sequence, SeqStatus], RequestOutput]
 
 
-def build_rows(chosen: list[tuple[Sequence, int]]) -> tuple[list[ScheduledSeq], int, int, int]:
+MAX_DEVICE_BANS = 32  # a greedy row with more banned ids takes the host path (full logits row)
+
+
+def build_rows(chosen: list[tuple[Sequence, int]], device_sampling: bool = False
+               ) -> tuple[list[ScheduledSeq], int, int, int]:
     """Plan rows for (sequence, tokens to run now) pairs; advances num_computed_tokens.
     Returns the rows, the number of context (prefill) and generation rows, and of tokens. Rows
-    share the sequence's own block table list (the executor must not mutate it, see plan.py)."""
+    share the sequence's own block table list (the executor must not mutate it, see plan.py).
+    `device_sampling`: the executor samples on the device, so each logits row says whether the
+    host needs its logits and which ids the device argmax skips."""
     rows = []
     ctx = tokens = 0
     for seq, n in chosen:
@@ -30,15 +37,39 @@ def build_rows(chosen: list[tuple[Sequence, int]]) -> tuple[list[ScheduledSeq], 
         start = seq.num_computed_tokens
         end = start + n
         ctx += start < seq.num_prompt_tokens
-        rows.append(ScheduledSeq(seq.seq_id, seq.tokens_slice(start, end), start,
-                                 seq.block_table, end == seq.num_tokens))
+        row = ScheduledSeq(seq.seq_id, seq.tokens_slice(start, end), start, seq.block_table,
+                           end == seq.num_tokens)
+        if device_sampling and row.want_logits:
+            row.host_logits, row.banned = device_row(seq)
+        rows.append(row)
         seq.num_computed_tokens = end
     return rows, ctx, len(rows) - ctx, tokens
+
+
+def device_row(seq: Sequence) -> tuple[bool, tuple[int, ...]]:
+    """(host needs the full logits row, ids the device argmax skips) for seq's next token:
+    plain greedy -> argmax on the device; greedy with bans only (min_tokens, bad words) ->
+    argmax on the device with the bans skipped; sampled, penalised or log-prob rows -> host."""
+    params = seq.request.params
+    if params.logprobs:
+        return True, ()
+    if seq.num_tokens >= seq.plain_greedy_from:
+        return False, ()
+    if not is_greedy(params) or has_penalties(params):
+        return True, ()
+    if not params.bad_words_ids and len(seq.end_ids) <= MAX_DEVICE_BANS:
+        return False, seq.end_ids  # only min_tokens is not reached yet: its end ids
+    banned = banned_ids(params, seq.token_view, seq.num_prompt_tokens, seq.end_ids)
+    if len(banned) > MAX_DEVICE_BANS:
+        return True, ()
+    return False, tuple(sorted(banned))
 
 
 def sample_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],
                 stats: SampleStats | None = None) -> SampledTokens:
     """Choose the next token of every logits row of `plan` (`seqs`: one per row, plan order)."""
+    if result.logits_rows is not None:
+        return _sample_device_rows(plan, result, seqs, stats)
     n = len(seqs)
     if result.step_id != plan.step_id or result.logits.shape[0] != n:
         raise ValueError(f"step result {result.step_id} with {result.logits.shape[0]} rows "
@@ -58,6 +89,35 @@ def sample_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],
         if k:
             top = top or [None] * n
             top[i] = top_logprobs(result.logits[i], k)
+    return SampledTokens(plan.step_id, seqs, tokens, logprobs, top)
+
+
+def _sample_device_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],
+                        stats: SampleStats | None) -> SampledTokens:
+    """A result of an executor that sampled on the device: `argmax` (bans skipped) is the token
+    of every row; the host rows (`logits_rows`, raw logits) are processed / sampled here."""
+    n, host = len(seqs), result.logits_rows
+    assert host is not None
+    argmax = result.argmax
+    if (result.step_id != plan.step_id or argmax is None or argmax.shape != (n,)
+            or result.logits.shape[0] != len(host)):
+        raise ValueError(f"step result {result.step_id} (argmax for "
+                         f"{None if argmax is None else argmax.shape} rows, {len(host)} host "
+                         f"rows, {result.logits.shape[0]} logits rows) does not match plan "
+                         f"{plan.step_id} ({n} rows)")
+    tokens: list[int] = argmax.tolist()
+    logprobs: list[float | None] = [None] * n
+    if not len(host):
+        return SampledTokens(plan.step_id, seqs, tokens, logprobs)
+    idx = host.tolist()
+    sub = sample_rows(StepPlan(plan.step_id, []),
+                      StepResult(plan.step_id, result.logits, argmax[host]),
+                      [seqs[i] for i in idx], stats)
+    top: list[TopLogprobs | None] | None = None if sub.top is None else [None] * n
+    for k, i in enumerate(idx):
+        tokens[i], logprobs[i] = sub.tokens[k], sub.logprobs[k]
+        if top is not None and sub.top is not None:
+            top[i] = sub.top[k]
     return SampledTokens(plan.step_id, seqs, tokens, logprobs, top)
 
 

@@ -19,6 +19,7 @@ from engine.config import ModelConfig
 from engine.device.cuda import CudaContext, Stream
 from engine.device.kernels import KVKernels
 from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea
+from engine.device.sampling import MAX_BANS, PickKernel, ban_matrix, host_rows, row_runs
 from engine.device_pool import DeviceKVPool, PoolGeometry, geometry_for
 from engine.limits import StepLimits
 from engine.step_inputs import Bucket, pack_decode, pack_plan
@@ -57,14 +58,17 @@ class StagedStep:
     num_tokens: int
     num_rows: int  # logit rows the plan wants (R' - num_rows padding rows are dropped)
     bucket: Bucket | None = None  # the padded decode shape, when staged for a captured graph
+    bans_ptr: int = 0  # int64 [num_rows, num_bans] banned ids per logits row (device sampler)
+    num_bans: int = 0
+    host_rows: np.ndarray | None = None  # logits rows the host needs (device sampling only)
 
 
 def staging_bytes(limits: StepLimits, block_size: int, num_blocks: int) -> int:
-    """Upper bound of one step's staged inputs (9 arrays, each 256-byte aligned)."""
+    """Upper bound of one step's staged inputs (10 arrays, each 256-byte aligned)."""
     t, b = limits.max_num_tokens, limits.max_batch_size
     max_blocks = -(-limits.max_context // block_size)
-    elems = 5 * t + b * max_blocks + b + b * t + b + 2 * num_blocks
-    return elems * I64 + 9 * StagingArea.ALIGN
+    elems = 5 * t + b * max_blocks + b + b * t + b + 2 * num_blocks + b * MAX_BANS
+    return elems * I64 + 10 * StagingArea.ALIGN
 
 
 def check_plan(plan: StepPlan, limits: StepLimits, block_size: int, num_blocks: int) -> None:
@@ -93,7 +97,8 @@ class DeviceStepIO:
     """Owns the device side of stepping one model: context use, stream, kernels, pool, buffers."""
 
     def __init__(self, context: CudaContext, config: ModelConfig, *, num_blocks: int,
-                 block_size: int, kv_dtype: str, limits: StepLimits) -> None:
+                 block_size: int, kv_dtype: str, limits: StepLimits,
+                 device_sampling: bool = False) -> None:
         self.context = context
         self.config = config
         self.limits = limits
@@ -113,6 +118,7 @@ class DeviceStepIO:
             self.logits_host = self._own(PinnedBuffer(logit_bytes))
             self.argmax = self._own(DeviceBuffer(limits.max_batch_size * I64))
             self.argmax_host = self._own(PinnedBuffer(limits.max_batch_size * I64))
+            self.picker = self._own(PickKernel(context)) if device_sampling else None
             self.stream.synchronize()
         except BaseException:
             self.close()
@@ -139,18 +145,22 @@ class DeviceStepIO:
                 feeds["logit_index"] = np.zeros(1, dtype=np.int64)
             slots = packed.slot_blocks * g.block_size + packed.slot_offsets
         pairs = np.asarray(plan.block_copies, dtype=np.int64).reshape(-1, 2)
+        bans = ban_matrix(plan.seqs) if self.picker is not None else np.zeros((0, 0), np.int64)
         names = list(feeds)
-        ptrs = self.staging.upload([feeds[n] for n in names] + [slots, pairs], self.stream)
+        ptrs = self.staging.upload([feeds[n] for n in names] + [slots, pairs, bans],
+                                   self.stream)
         inputs = {n: DeviceTensor(p, feeds[n].shape, np.dtype(np.int64))
                   for n, p in zip(names, ptrs, strict=False)}
         inputs["kv_cache"] = DeviceTensor(self.pool.ptr, g.graph_shape, g.np_dtype)
         if len(pairs):
-            self.pool.copy_blocks(ptrs[-1], len(pairs), self.stream)
+            self.pool.copy_blocks(ptrs[-2], len(pairs), self.stream)
         t = len(slots)
         kv_shape = (self.config.num_layers, 2, self.config.num_kv_heads, t, self.config.head_dim)
         rows = len(feeds["logit_index"])
         return StagedStep(
-            inputs=inputs, slots_ptr=ptrs[-2], num_tokens=t, num_rows=num_rows, bucket=bucket,
+            inputs=inputs, slots_ptr=ptrs[-3], num_tokens=t, num_rows=num_rows, bucket=bucket,
+            bans_ptr=ptrs[-1], num_bans=bans.shape[1],
+            host_rows=host_rows(plan.seqs) if self.picker is not None else None,
             logits=DeviceTensor(self.logits.ptr, (rows, self.config.vocab_size),
                                 np.dtype(np.float32)),
             new_kv=DeviceTensor(self.new_kv.ptr, kv_shape, g.np_dtype),
@@ -188,6 +198,26 @@ class DeviceStepIO:
             self.argmax.copy_to_host(picks, self.stream)
         self.stream.synchronize()
         return host.copy(), (picks.copy() if picks is not None else None)
+
+    def finish_sampled(self, step: StagedStep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """After the graph ran: scatter new K/V, pick every row's token on the device (bans
+        skipped) and fetch (host rows' logits [k, vocab], ids [num_rows], host row indices)."""
+        assert self.picker is not None and step.host_rows is not None, "no device sampler"
+        self.pool.scatter(step.new_kv.ptr, step.slots_ptr, step.num_tokens, self.stream)
+        rows, vocab = step.num_rows, self.config.vocab_size
+        self.picker.launch(step.logits.ptr, step.bans_ptr, self.argmax.ptr, rows, vocab,
+                           step.num_bans, self.stream)
+        picks = self.argmax_host.array((rows,), np.int64)
+        if rows:
+            self.argmax.copy_to_host(picks, self.stream)
+        host = self.logits_host.array((len(step.host_rows), vocab), np.float32)
+        done = 0
+        for first, count in row_runs(step.host_rows):
+            self.logits.copy_to_host(host[done:done + count], self.stream,
+                                     offset=first * vocab * 4)
+            done += count
+        self.stream.synchronize()
+        return host.copy(), picks.copy(), step.host_rows
 
     def close(self) -> None:
         """Releases every owned resource, newest first; idempotent."""

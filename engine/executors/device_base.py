@@ -59,6 +59,11 @@ class DeviceExecutor:
         return self._limits.max_num_tokens
 
     @property
+    def samples_on_device(self) -> bool:
+        """Greedy tokens are picked on the device (plans carry `host_logits` / `banned`)."""
+        return self._device_io().picker is not None
+
+    @property
     def device_io(self) -> DeviceStepIO:
         """The pool and step buffers (tests read the pool back through it)."""
         return self._device_io()
@@ -75,7 +80,7 @@ class DeviceExecutor:
                 io.copy_blocks_only(plan)
                 return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32))
             parts = split_mixed(plan) if self._graphs is not None else None
-            if parts is None:
+            if parts is None or self._captured_bucket(parts[0]) is None:
                 return self._execute_one(io, plan)
             return merge_results(plan, parts, [self._execute_one(io, p) for p in parts])
 
@@ -84,6 +89,9 @@ class DeviceExecutor:
         staged = io.stage(plan, self._captured_bucket(plan))
         try:
             self._run(staged)
+            if io.picker is not None:
+                logits, argmax, rows = io.finish_sampled(staged)
+                return StepResult(plan.step_id, logits, argmax, logits_rows=rows)
             logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
         except BaseException:
             io.stream.synchronize()  # nothing may still read the staging area

@@ -89,7 +89,8 @@ class OrtCudaExecutor(DeviceExecutor):
 
     def __init__(self, model_path: Path, config: ModelConfig, *, num_blocks: int,
                  block_size: int, max_context: int, limits: StepLimits | None = None,
-                 device_id: int = 0, cuda_graphs: bool = False) -> None:
+                 device_id: int = 0, cuda_graphs: bool = False,
+                 device_sampling: bool = True) -> None:
         super().__init__(config, max_context=max_context, limits=limits, device_id=device_id)
         self._device_id = device_id
         self._model_path = model_path
@@ -99,17 +100,19 @@ class OrtCudaExecutor(DeviceExecutor):
             self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
             self._io = DeviceStepIO(self._context, config, num_blocks=num_blocks,
                                     block_size=block_size, kv_dtype=kv_dtype,
-                                    limits=self._limits)
+                                    limits=self._limits, device_sampling=device_sampling)
         except BaseException:
             self._context.close()
             raise
-        if cuda_graphs:
-            self._graphs = BucketSessions(self._bucket_session)
-            try:
-                self._capture_at_startup()
-            except BaseException:
-                self.close()
-                raise
+        # Decode steps always run through the fixed-shape bucket sessions, replayed as CUDA
+        # graphs or not: both modes run the same kernels, so they give the same tokens.
+        self._capture = cuda_graphs
+        self._graphs = BucketSessions(self._bucket_session)
+        try:
+            self._capture_at_startup()
+        except BaseException:
+            self.close()
+            raise
         logger.info("onnxruntime CUDA executor on device %d (%s), %s KV pool of %d blocks, "
                     "decode CUDA graphs %s", device_id, self._context.name, kv_dtype, num_blocks,
                     "on" if cuda_graphs else "off")
@@ -117,7 +120,7 @@ class OrtCudaExecutor(DeviceExecutor):
     def _bucket_session(self, bucket: Bucket) -> object:
         g = self._device_io().geometry
         return _graph_session(self._model_path, self._device_id,
-                              bucket_dims(bucket, g.graph_shape[0], g.block_size))
+                              bucket_dims(bucket, g.graph_shape[0], g.block_size), self._capture)
 
     def _run(self, staged: StagedStep) -> None:
         io = self._device_io()
@@ -125,15 +128,17 @@ class OrtCudaExecutor(DeviceExecutor):
         if staged.bucket is not None and self._graphs is not None:
             try:
                 self._run_session(self._graphs.get(staged.bucket), staged)
-                self._graphs.replays += int(staged.num_rows > 0)  # not a start-up capture
+                # a replay, unless a start-up capture run or a bucket session without capture
+                self._graphs.replays += int(staged.num_rows > 0 and self._capture)
                 return
             except Exception as exc:  # capture refused: this bucket runs uncaptured from now on
                 self._graphs.disable(staged.bucket, exc)
         self._run_session(self._session, staged)
 
     def _capture_at_startup(self) -> None:
-        """Make and capture the start-up buckets (every batch bucket, shortest context) with
-        steps of pad rows only (no KV written), so serving does not stall on them later."""
+        """Make (and capture, with CUDA graphs on) the start-up buckets (every batch bucket,
+        shortest context) with steps of pad rows only (no KV written), so serving does not stall
+        on them later."""
         graphs, io, lim = self._graphs, self._device_io(), self._limits
         assert graphs is not None
         bs = io.geometry.block_size
@@ -142,7 +147,7 @@ class OrtCudaExecutor(DeviceExecutor):
             if not graphs.usable(bucket):
                 continue
             staged = io.stage(StepPlan(-1, []), bucket)
-            for _ in range(CAPTURE_RUNS):
+            for _ in range(CAPTURE_RUNS if self._capture else 1):
                 self._run(staged)
             io.finish_with_argmax(staged, self._has_argmax)
 

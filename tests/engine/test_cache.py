@@ -41,7 +41,8 @@ def test_key_changes_with_each_input(tmp_path: Path) -> None:
     assert base == cache_key(weights_hash(model), "1", "float32", 16)
     assert len({base, cache_key(digest, "2", "float32", 16),
                 cache_key(digest, "1", "float16", 16), cache_key(digest, "1", "float32", 32),
-                cache_key(digest, "1", "float32", 16, "fast")}) == 5
+                cache_key(digest, "1", "float32", 16, "fast"),
+                cache_key(digest, "1", "float32", 16, "exact", rotary_op=True)}) == 6
     assert cache_key(digest, "1", "float32", 16, "exact") == base
     model.write_bytes(b"GGUF weights v2")
     assert weights_hash(model) != digest

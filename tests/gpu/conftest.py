@@ -44,3 +44,17 @@ def tiny_graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_graphs")
     return {dtype: build_graph(root / dtype, dtype)
             for dtype in ("float32", "float16", "bfloat16")}
+
+
+@pytest.fixture()
+def fake_host_ort(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The cuda-python fake device, with onnxruntime CPU standing in for the CUDA EP."""
+    pytest.importorskip("cuda.bindings", reason="the fake reuses cuda-python's enum types")
+    from .fake_cuda import install_fake
+
+    yield install_fake(monkeypatch, host_ort_cuda=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_fp16_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_graph(tmp_path_factory.mktemp("tiny") / "float16", "float16")

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-_SIGNATURES = {"kv_scatter": "ppp" + "i" * 5 + "q" * 7, "kv_block_copy": "pp" + "ii" + "qqq"}
+_SIGNATURES = {"kv_scatter": "ppp" + "i" * 5 + "q" * 7, "kv_block_copy": "pp" + "ii" + "qqq",
+               "logits_pick": "pppii"}
 _ELEM = {"f16": np.uint16, "bf16": np.uint16, "f32": np.float32}
 
 
@@ -67,6 +68,7 @@ class FakeCuda:
         ptrs = (ctypes.c_uint64 * len(sig)).from_address(params)
         ctype = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "q": ctypes.c_int64}
         args = [ctype[c].from_address(ptrs[i]).value for i, c in enumerate(sig)]
+        self._grid = gx
         getattr(self, f"_{kind}")(args, _ELEM[suffix])
         self.launches.append(fn)
         return (self._ok,)
@@ -90,6 +92,18 @@ class FakeCuda:
             for p in range(planes):
                 s, d = p * plane_stride + src * block_stride, p * plane_stride + dst * block_stride
                 pool[d:d + block_elems] = pool[s:s + block_elems]
+
+    def _logits_pick(self, a: list[int], elem: type) -> None:
+        """engine/device/sampling.py's kernel: argmax per row (grid = rows), bans skipped."""
+        logits_ptr, bans_ptr, out_ptr, vocab, num_bans = a
+        rows = self._grid
+        x = self.view(logits_ptr, elem)[: rows * vocab].reshape(rows, vocab).copy()
+        x[np.isnan(x)] = np.inf
+        if num_bans:
+            bans = self.view(bans_ptr, np.int64)[: rows * num_bans].reshape(rows, num_bans)
+            for r, b in enumerate(bans.tolist()):
+                x[r, [i for i in b if 0 <= i < vocab]] = -np.inf
+        self.view(out_ptr, np.int64)[:rows] = np.argmax(x, axis=1)
 
     # -- modules --------------------------------------------------------------------------------
     def _make_driver(self) -> SimpleNamespace:
@@ -181,10 +195,10 @@ class FakeCuda:
 def install_fake(monkeypatch: Any, host_ort_cuda: bool = False) -> FakeCuda:
     """Patch the device layer onto a FakeCuda; with `host_ort_cuda`, the onnxruntime CUDA
     executor also opens CPU sessions and binds host pointers (onnxruntime CPU stands in)."""
-    from engine.device import cuda, kernels, memory
+    from engine.device import cuda, kernels, memory, sampling
 
     fake = FakeCuda()
-    for module in (cuda, memory, kernels):
+    for module in (cuda, memory, kernels, sampling):
         monkeypatch.setattr(module, "bindings", fake.bindings)
     if host_ort_cuda:
         import onnxruntime as ort

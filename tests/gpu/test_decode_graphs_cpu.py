@@ -113,8 +113,9 @@ def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
     the same addresses."""
     made: list[_RecordingSession] = []
 
-    def factory(path: Path, device: int, dims: dict[str, int]) -> _RecordingSession:
-        made.append(_RecordingSession(path, dims))
+    def factory(path: Path, device: int, dims: dict[str, int],
+                capture: bool = True) -> _RecordingSession:
+        made.append(_RecordingSession(path, dims | {"capture": int(capture)}))
         return made[-1]
 
     monkeypatch.setattr(ort_cuda, "_graph_session", factory)
@@ -142,6 +143,8 @@ def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
             captured.close()
     buckets = [(s.dims["B"], s.dims["MB"]) for s in made]
     assert {b for b, _ in buckets} == {1, 2, 4, 6}, buckets  # 5 and 6 rows: capped at 6
+    # without graphs the decode steps run the same fixed-shape sessions, uncaptured
+    assert {s.dims["capture"] for s in made} == {0, 1}
     for session in made:
         assert len(set(session.bound)) == 1, session.dims  # same addresses and shapes
     assert fake.allocations == {}  # type: ignore[attr-defined]
@@ -149,7 +152,7 @@ def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
 
 def test_a_bucket_that_cannot_be_captured_runs_uncaptured(
         fake: object, graph: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(path: Path, device: int, dims: dict[str, int]) -> object:
+    def refuse(path: Path, device: int, dims: dict[str, int], capture: bool = True) -> object:
         raise RuntimeError("This session cannot use the CUDA Graph feature")
 
     monkeypatch.setattr(ort_cuda, "_graph_session", refuse)
@@ -175,8 +178,9 @@ def test_a_bucket_whose_capture_fails_at_run_time_runs_uncaptured(
 
     made: list[_Refusing] = []
 
-    def factory(path: Path, device: int, dims: dict[str, int]) -> _Refusing:
-        made.append(_Refusing(path, dims))
+    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True
+                ) -> _Refusing:
+        made.append(_Refusing(path, dims | {"capture": int(capture)}))
         return made[-1]
 
     monkeypatch.setattr(ort_cuda, "_graph_session", factory)
@@ -190,7 +194,8 @@ def test_a_bucket_whose_capture_fails_at_run_time_runs_uncaptured(
         want, _ = greedy_tokens(plain, prompts, block_size=BLOCK_SIZE, steps=5)
         got, _ = greedy_tokens(ex, prompts, block_size=BLOCK_SIZE, steps=5)
         assert got == want and ex.graph_replays == 0
-        assert len({(s.dims["B"], s.dims["MB"]) for s in made}) == len(made)  # never retried
+        assert len({(s.dims["capture"], s.dims["B"], s.dims["MB"])
+                    for s in made}) == len(made)  # never retried
     finally:
         plain.close()
         ex.close()
@@ -201,7 +206,7 @@ def test_mixed_steps_split_into_captured_decodes_and_prefill(
     """A step mixing decodes with prefill chunks runs its decodes through their bucket and the
     chunks alone; logits (and argmax) come back in plan order, equal to the unsplit step's."""
     monkeypatch.setattr(ort_cuda, "_graph_session",
-                        lambda path, device, dims: _RecordingSession(path, dims))
+                        lambda path, device, dims, capture=True: _RecordingSession(path, dims))
     kwargs = dict(num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
                   max_context=TINY.max_position_embeddings,
                   limits=StepLimits(64, 8, TINY.max_position_embeddings))

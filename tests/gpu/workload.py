@@ -66,10 +66,13 @@ def lockstep(ref: Executor, dut: Executor, *, vocab: int, block_size: int, num_b
 
 
 def greedy_tokens(ex: Executor, prompts: list[list[int]], *, block_size: int, steps: int,
-                  first_block: int = 0) -> tuple[list[list[int]], list[np.ndarray]]:
+                  first_block: int = 0, host_logits: bool = True
+                  ) -> tuple[list[list[int]], list[np.ndarray]]:
     """One prefill step of every prompt, then `steps` greedy decode steps of all of them (pure
     decode plans: the CUDA-graph path); the tokens each sequence generated and every step's
-    logits. Sequence i owns the contiguous blocks after those of sequences < i."""
+    logits. Sequence i owns the contiguous blocks after those of sequences < i. With
+    `host_logits` False the rows ask a device sampler for token ids only (the tokens are its
+    `argmax`; the logits list then holds the empty host-row arrays)."""
     tables, start = [], first_block
     for p in prompts:
         n = -(-(len(p) + steps + 1) // block_size)
@@ -79,11 +82,16 @@ def greedy_tokens(ex: Executor, prompts: list[list[int]], *, block_size: int, st
     computed = [0] * len(prompts)
     logits_seen = []
     for step in range(steps + 1):
-        plan = StepPlan(step, [ScheduledSeq(i, t[c:], c, tables[i], True)
+        plan = StepPlan(step, [ScheduledSeq(i, t[c:], c, tables[i], True, host_logits)
                                for i, (t, c) in enumerate(zip(tokens, computed, strict=True))])
         result = ex.execute(plan)
         logits_seen.append(result.logits)
-        for i, row in enumerate(result.logits.argmax(axis=-1).tolist()):
+        if host_logits:
+            picks = result.logits.argmax(axis=-1).tolist()
+        else:
+            assert result.argmax is not None and result.logits.shape[0] == 0
+            picks = result.argmax.tolist()
+        for i, row in enumerate(picks):
             computed[i] = len(tokens[i])
             tokens[i].append(int(row))
     return [t[len(p):] for t, p in zip(tokens, prompts, strict=True)], logits_seen
