@@ -61,6 +61,7 @@ class EngineOptions:
     q4_decode: bool = True  # CPU: single-token steps through the MatMulNBits graph when built
     cuda_graphs: bool = True  # onnxruntime CUDA: decode steps replayed as CUDA graphs
     cpu_precision: str = EXACT  # that graph's activations: exact (float32) | fast (int8)
+    cpu_threads: int | None = None  # onnxruntime CPU intra-op threads; None -> one per core
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -197,6 +198,7 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
         blocks = kv_cache_blocks(options, config, max_context, dtype)
         return OrtExecutor(model_path, config, num_blocks=blocks, block_size=options.block_size,
                            max_context=max_context, providers=backend.providers, kv_dtype=dtype,
+                           intra_op_threads=options.cpu_threads,
                            single_token_model=single_token_model)
     blocks = device_kv_blocks(options, config, max_context, dtype)
     if backend.name == "tensorrt":
