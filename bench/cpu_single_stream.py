@@ -9,9 +9,10 @@ commit's, all in one run with the servers taking turns.
 Each round starts every server in turn (one at a time, order reversed every other round),
 sends two warm-up requests, then runs `trtserve bench` (OpenAI completions, streaming, closed
 loop, `--output-len` tokens with ignore_eos) and stops it. c1 servers: trtserve exact, trtserve
-fast, llama-server (-t 2, -np 16, continuous batching: the issue's command). c16 servers (with
+fast (with --one-thread also fast on one intra-op thread; with --base-tree also the base tree's
+fast), llama-server (-t 2, -np 16, continuous batching: the issue's command). c16 servers (with
 `--base-tree`): this tree's default precision and the tree at --base-tree (e.g.
-`git worktree add /tmp/h15-base <parent>`), both `--max-batch-size 16`.
+`git archive <parent> | tar -x -C /tmp/h15-base`), both `--max-batch-size 16`.
 Writes bench/results/cpu_single_stream.md (or --output): medians over rounds, ratios, the load (uptime)
 before and after; the raw `trtserve bench` JSON of every run under --work-dir.
 """
@@ -176,6 +177,12 @@ def servers(args: argparse.Namespace) -> tuple[list[Server], list[Server]]:
     eng = str(args.cache_dir)
     c1 = [trtserve("trtserve exact c1", ROOT, 1, eng, "--cpu-precision", "exact"),
           trtserve("trtserve fast c1", ROOT, 1, eng, "--cpu-precision", "fast")]
+    if args.one_thread:
+        c1.append(trtserve("trtserve fast c1, 1 thread", ROOT, 1, eng, "--cpu-precision", "fast",
+                           "--cpu-threads", "1"))
+    if args.base_tree:
+        c1.append(trtserve("trtserve fast c1 (base tree)", args.base_tree, 1, eng,
+                           "--cpu-precision", "fast"))
     if args.llama_server:
         c1.append(llama_server(args.llama_server, gguf, 1))
     c16 = []
@@ -193,6 +200,8 @@ def main() -> None:
                         "trtserve only)")
     parser.add_argument("--base-tree", type=Path, default=None,
                         help="a checkout of the parent commit, for the c16 comparison")
+    parser.add_argument("--one-thread", action="store_true",
+                        help="also trtserve fast with --cpu-threads 1")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--c1-prompts", type=int, default=6)
     parser.add_argument("--c16-prompts", type=int, default=32)

@@ -31,15 +31,15 @@ I/O is written beside it, `model_q4.onnx` + `model_q4.onnx.data`: its layer line
 head, when the GGUF stores it as Q8_0 or Q4) are com.microsoft MatMulNBits over those blocks
 (engine/graph/quant.py), exactly the same weights; what both graphs hold (the embedding, a
 dense head) it reads from model.onnx.data. It is faster only for single-token steps, which the
-CPU executor runs through it. `cpu_precision` ("exact" | "fast", engine/graph/quant.py) says
-whether its MatMulNBits take float32 or int8 activations.
+CPU executor runs through it, so its layers are written for T = 1 (engine/graph/single_token.py).
+`cpu_precision` ("exact" | "fast", engine/graph/quant.py): float32 or int8 activations.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +67,12 @@ from engine.graph.layers import (
 )
 from engine.graph.linears import (
     HeadFn,
-    LinearFn,
     LinearsFactory,
     dense_linears,
     q4_head,
     q4_linears,
 )
+from engine.graph.single_token import LayerRefs, single_token_decoder
 from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
@@ -116,15 +116,7 @@ class _Options:
     rotary_op: bool
     opset: int
     argmax: bool  # emit the `argmax` output
-
-
-@dataclass(frozen=True, slots=True)
-class _Layer:
-    """What the nodes of one decoder layer read."""
-
-    index: int
-    norms: tuple[str, str]  # input_layernorm and post_attention_layernorm weights
-    linear: LinearFn  # (input, "qkv" | "o" | "gate" | "up" | "down") -> output
+    single_token: bool = False  # T = 1 only: engine/graph/single_token.py's layers (CPU ops)
 
 
 def default_attention(dtype: str) -> str:
@@ -160,16 +152,16 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
                     argmax=dtype != "float32")
     check_weights(weights, config, "the graph builder's weights")
     out_dir.mkdir(parents=True, exist_ok=True)
-    graphs: list[tuple[str, str, LinearsFactory, HeadFn | None]] = [
-        (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None)]
+    graphs: list[tuple[str, str, LinearsFactory, HeadFn | None, _Options]] = [
+        (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None, opts)]
     if blocks is not None and dtype == "float32":
         graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks, cpu_precision),
-                       q4_head(blocks, cpu_precision)))
+                       q4_head(blocks, cpu_precision), replace(opts, single_token=rotary)))
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
     shared: dict[str, TensorProto] = {}  # external tensors written so far, by name
-    for model_file, data_file, linears, head in graphs:
+    for model_file, data_file, linears, head, graph_opts in graphs:
         shared = _write_graph(out_dir, model_file, data_file, config, weights, (linears, head),
-                              opts, tick, shared)
+                              graph_opts, tick, shared)
     return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=opts.opset, attention=impl,
                      rotary_op=rotary, block_size=block_size,
                      output_names=OUTPUT_NAMES if opts.argmax else OUTPUT_NAMES[:2],
@@ -228,27 +220,41 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
                      .astype(dtype))
     x = g.op("Gather", [embed, "input_ids"], axis=0)  # [T, hidden]
     new_kv: list[str] = []
-    for index in range(config.num_layers):
-        p = f"model.layers.{index}."
-        norms = (g.weight(f"{p}input_layernorm.weight",
-                          weights[f"{p}input_layernorm.weight"].astype(dtype)),
-                 g.weight(f"{p}post_attention_layernorm.weight",
-                          weights[f"{p}post_attention_layernorm.weight"].astype(dtype)))
-        layer = _Layer(index, norms, layer_linears(g, index))
-        x = _decoder_layer(g, config, st, opts, layer, x, (cos, sin), new_kv)
-        tick()
+    norm_w = g.weight("model.norm.weight", weights["model.norm.weight"].astype(dtype))
+    if opts.single_token:
+        layers = _layers(g, config, weights, layer_linears, dtype, tick)
+        normed = single_token_decoder(g, config, (st, (cos, sin)), x, layers, new_kv, norm_w)
+        rows = g.op("Gather", [normed, "logit_index"], axis=0)  # [R, hidden]
+    else:
+        for layer in _layers(g, config, weights, layer_linears, dtype, tick):
+            x = _decoder_layer(g, config, st, opts, layer, x, (cos, sin), new_kv)
+        rows = g.op("Gather", [x, "logit_index"], axis=0)  # [R, hidden]
+        rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
     kv = g.concat_capped(new_kv)  # [L*2*KVH, T, D]
     g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, config.num_kv_heads, -1,
                                    config.head_dim])], "new_kv")
-    _lm_head(g, config, weights, dtype, x, opts.argmax, head)
+    _lm_head(g, config, weights, dtype, rows, opts.argmax, head)
     tick()
 
 
+def _layers(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
+            layer_linears: LinearsFactory, dtype: np.dtype, tick: Callable[[], None]
+            ) -> Iterator[LayerRefs]:
+    """(index, (input, post-attention norm weights), linears) of each layer; ticks after each."""
+    for index in range(config.num_layers):
+        p = f"model.layers.{index}."
+        a, b = f"{p}input_layernorm.weight", f"{p}post_attention_layernorm.weight"
+        norms = (g.weight(a, weights[a].astype(dtype)), g.weight(b, weights[b].astype(dtype)))
+        yield index, norms, layer_linears(g, index)
+        tick()
+
+
 def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors, opts: _Options,
-                   layer: _Layer, x: str, rope: tuple[str, str], new_kv: list[str]) -> str:
+                   layer: LayerRefs, x: str, rope: tuple[str, str], new_kv: list[str]) -> str:
     h, kvh, d = config.num_heads, config.num_kv_heads, config.head_dim
-    n = rms_norm(g, x, layer.norms[0], config.rms_norm_eps, opts.dtype)
-    qkv = g.op("Reshape", [layer.linear(n, "qkv"), g.i64([0, h + 2 * kvh, d])])
+    index, norms, linear = layer
+    n = rms_norm(g, x, norms[0], config.rms_norm_eps, opts.dtype)
+    qkv = g.op("Reshape", [linear(n, "qkv"), g.i64([0, h + 2 * kvh, d])])
     qk, v = g.op_n("Split", [qkv, g.i64([h + kvh, kvh])], outputs=2, axis=1)
     cos, sin = rope
     if opts.rotary_op:
@@ -259,23 +265,20 @@ def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors, opts: _
     k_heads = g.op("Transpose", [k], perm=[1, 0, 2])  # [KVH, T, D]
     v_heads = g.op("Transpose", [v], perm=[1, 0, 2])  # [KVH, T, D]
     new_kv += [k_heads, v_heads]
-    attn = attention(g, st, config, layer.index, q, k_heads, v_heads, opts.attention)  # [T, H*D]
-    x = g.op("Add", [x, layer.linear(attn, "o")])
-    n = rms_norm(g, x, layer.norms[1], config.rms_norm_eps, opts.dtype)
-    return g.op("Add", [x, swiglu_mlp(g, n, layer.linear)])
+    attn = attention(g, st, config, index, q, k_heads, v_heads, opts.attention)  # [T, H*D]
+    x = g.op("Add", [x, linear(attn, "o")])
+    n = rms_norm(g, x, norms[1], config.rms_norm_eps, opts.dtype)
+    return g.op("Add", [x, swiglu_mlp(g, n, linear)])
 
 
 def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],
-             dtype: np.dtype, x: str, argmax: bool, head: HeadFn | None) -> None:
-    """Final norm and lm_head over the R wanted rows only.
+             dtype: np.dtype, rows: str, argmax: bool, head: HeadFn | None) -> None:
+    """The lm_head over the R wanted rows only (final-normed, [R, hidden]).
 
     The head is stored transposed ([hidden, vocab], a second copy when tied): onnxruntime
     prepacks a constant MatMul operand once, whereas Gemm(transB) over the shared [vocab, hidden]
     embedding repacked 113 MB on every SmolLM2 step (15 ms of a 35 ms batch-16 decode step).
     """
-    rows = g.op("Gather", [x, "logit_index"], axis=0)  # [R, hidden]
-    norm_w = g.weight("model.norm.weight", weights["model.norm.weight"].astype(dtype))
-    rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
     if head is None:
         key = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
         w = g.weight("lm_head.weight_t", weights[key].T.astype(dtype))  # [hidden, vocab]

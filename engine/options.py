@@ -32,6 +32,7 @@ class EngineOptions:
     q4_decode: bool = True  # CPU: single-token steps through the MatMulNBits graph when built
     cuda_graphs: bool = True  # onnxruntime CUDA: decode steps replayed as CUDA graphs
     cpu_precision: str = EXACT  # that graph's activations: exact (float32) | fast (int8)
+    cpu_threads: int | None = None  # onnxruntime CPU intra-op threads; None -> one per core
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

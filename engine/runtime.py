@@ -159,6 +159,7 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
         blocks = kv_cache_blocks(options, config, max_context, dtype)
         return OrtExecutor(model_path, config, num_blocks=blocks, block_size=options.block_size,
                            max_context=max_context, providers=backend.providers, kv_dtype=dtype,
+                           intra_op_threads=options.cpu_threads,
                            single_token_model=single_token_model)
     blocks = device_kv_blocks(options, config, max_context, dtype)
     if backend.name == "tensorrt":

@@ -27,6 +27,7 @@ WARMUP_TOKENS = 2
 def engine_options(settings: ServerSettings) -> EngineOptions:
     return EngineOptions(model=settings.model, backend=settings.backend, dtype=settings.dtype,
                          q4_decode=settings.q4_decode, cpu_precision=settings.cpu_precision,
+                         cpu_threads=settings.cpu_threads,
                          cuda_graphs=settings.cuda_graphs, cache_dir=settings.cache_dir,
                          engine_dir=settings.engine_dir, block_size=settings.block_size,
                          kv_cache_blocks=settings.kv_cache_blocks,

@@ -43,6 +43,9 @@ class ServerSettings(BaseSettings):
         _E.cpu_precision, description="Arithmetic of that 4-bit single-token graph: exact "
         "(float32 activations) or fast (activations quantized to int8 per block of 32, as "
         "llama.cpp does; faster, greedy tokens may differ). No effect with --no-q4-decode.")
+    cpu_threads: int | None = Field(_E.cpu_threads, ge=1, description="onnxruntime CPU: "
+                                    "threads per graph run (intra-op); default one per core. "
+                                    "1 avoids stalls when other processes share the cores.")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (Triton's HTTP port).")
     metrics_port: int = Field(8002, ge=0, le=65535, description="Second listener serving only "

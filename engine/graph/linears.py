@@ -26,7 +26,7 @@ LinearFn = Callable[[str, str], str]  # (input value, key) -> output value
 LinearsFactory = Callable[[GraphWriter, int], LinearFn]  # (writer, layer) -> its linears
 HeadFn = Callable[[GraphWriter, str], str]  # (writer, normed rows [R, hidden]) -> [R, vocab]
 _NAMES = {"qkv": "self_attn.qkv", "o": "self_attn.o_proj", "gate": "mlp.gate_proj",
-          "up": "mlp.up_proj", "down": "mlp.down_proj"}
+          "up": "mlp.up_proj", "down": "mlp.down_proj", "gate_up": "mlp.gate_up_proj"}
 
 
 def query_scale(config: ModelConfig) -> float:
@@ -57,12 +57,14 @@ def _dense_layer(config: ModelConfig, weights: Mapping[str, np.ndarray],
 
 def q4_layer_blocks(config: ModelConfig, blocks: Mapping[str, Q4Blocks],
                     p: str) -> dict[str, Q4Blocks]:
-    """The blocks of one layer's five linears, qkv fused and Q scaled like `_dense_layer`."""
+    """The blocks of one layer's five linears, qkv fused and Q scaled like `_dense_layer`; and
+    "gate_up" (gate and up stacked along N, the single-token graph's one MLP input linear)."""
     a, m = f"{p}self_attn.", f"{p}mlp."
     q = blocks[f"{a}q_proj"].scaled(query_scale(config))
+    gate, up = blocks[f"{m}gate_proj"], blocks[f"{m}up_proj"]
     return {"qkv": concat_rows([q, blocks[f"{a}k_proj"], blocks[f"{a}v_proj"]]),
-            "o": blocks[f"{a}o_proj"], "gate": blocks[f"{m}gate_proj"],
-            "up": blocks[f"{m}up_proj"], "down": blocks[f"{m}down_proj"]}
+            "o": blocks[f"{a}o_proj"], "gate": gate, "up": up,
+            "gate_up": concat_rows([gate, up]), "down": blocks[f"{m}down_proj"]}
 
 
 def q4_linears(config: ModelConfig, blocks: Mapping[str, Q4Blocks],

@@ -184,3 +184,14 @@ def test_cli_reports_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 1
     assert err.startswith("trtserve generate: error: unknown model ")
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_cpu_threads_reach_the_onnxruntime_sessions(tiny_dir: Path, tmp_path: Path) -> None:
+    """EngineOptions.cpu_threads sets the intra-op threads of the CPU executor's session."""
+    model = load_model(EngineOptions(model=str(tiny_dir), cache_dir=str(tmp_path),
+                                     kv_cache_blocks=8, max_context=64, cpu_threads=1))
+    try:
+        session = model.executor.session  # type: ignore[attr-defined]
+        assert session.get_session_options().intra_op_num_threads == 1
+    finally:
+        model.close()

@@ -75,8 +75,8 @@ def executor(model: Model) -> Iterator[OrtExecutor]:
 
 
 def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
-    """Same inputs/outputs as model.onnx; every layer linear and the head's parts are
-    MatMulNBits."""
+    """Same inputs/outputs as model.onnx; every layer linear (gate and up as one) and the head's
+    parts are MatMulNBits."""
     _, out, _ = model
     dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
     q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
@@ -84,12 +84,26 @@ def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
     ops = [n.op_type for n in q4.graph.node]
     head = [n for n in q4.graph.node if n.op_type == "MatMulNBits"
             and n.input[1].startswith(f"{HEAD}.")]
-    assert len(head) in (1, 2) and ops.count("MatMulNBits") == 5 * CONFIG.num_layers + len(head)
+    assert len(head) in (1, 2) and ops.count("MatMulNBits") == 4 * CONFIG.num_layers + len(head)
     assert {(o.domain, o.version) for o in q4.opset_import} >= {("com.microsoft", 1)}
     assert not any(n.op_type == "MatMulNBits" for n in dense.graph.node)
     nbits = next(n for n in q4.graph.node if n.op_type == "MatMulNBits")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nbits.attribute}
     assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (4, 32, 1)
+
+
+def test_single_token_graph_has_fewer_nodes_per_layer(model: Model) -> None:
+    """The single-token graph: residual Adds folded into SkipSimplifiedLayerNormalization, no
+    Transposes of q/k/v, no pad/unpad Gathers; the dense graph keeps its general layer."""
+    _, out, _ = model
+    dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
+    q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
+    ops = [n.op_type for n in q4.graph.node]
+    layers = CONFIG.num_layers
+    assert ops.count("SkipSimplifiedLayerNormalization") == 2 * layers
+    assert ops.count("Transpose") == layers  # past K's, fused into its MatMul by onnxruntime
+    assert ops.count("Gather") == 2 * layers + 6  # past K/V; embedding, logit rows, 4 dims
+    assert "SkipSimplifiedLayerNormalization" not in {n.op_type for n in dense.graph.node}
 
 
 def test_q4_graph_reads_shared_weights_from_the_dense_data_file(model: Model) -> None:

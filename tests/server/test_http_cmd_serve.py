@@ -77,6 +77,17 @@ def test_engine_death_exits_nonzero() -> None:
     assert asyncio.run(main()) == 1
 
 
+def test_cpu_threads_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--cpu-threads and TRTSERVE_CPU_THREADS reach EngineOptions; 0 is refused."""
+    assert ServerSettings().cpu_threads is EngineOptions().cpu_threads is None
+    args = build_parser().parse_args(["serve", "--cpu-threads", "1"])
+    assert engine_options(settings_from_args(args)).cpu_threads == 1
+    monkeypatch.setenv("TRTSERVE_CPU_THREADS", "3")
+    assert engine_options(ServerSettings()).cpu_threads == 3
+    with pytest.raises(ValueError, match="cpu_threads"):
+        ServerSettings(cpu_threads=0)
+
+
 def test_cpu_precision_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """--cpu-precision and TRTSERVE_CPU_PRECISION reach EngineOptions; other values are refused."""
     assert ServerSettings().cpu_precision == EngineOptions().cpu_precision == "exact"
