@@ -105,7 +105,7 @@ class FrontEnd:
     """What makes an app one of the front ends of `--api-server-count` (serve_split.py)."""
 
     metrics: ServerMetrics  # forwards to the engine process, which owns the registry
-    request_id_prefix: str  # keeps request ids apart across front ends
+    request_id_prefix: str  # the first hex digits of its request ids: unique across them
     ready_gate: Callable[[], bool]  # readiness: every front end has the model
 
 

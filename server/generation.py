@@ -192,7 +192,8 @@ class GenerationService:
 
     def submit(self, model: ServingModel, prompt_ids: list[int], params: SamplingParams,
                label: str, arrival: float) -> Generation:
-        request_id = self.request_id_prefix + uuid.uuid4().hex
+        prefix = self.request_id_prefix  # 32 hex digits either way
+        request_id = prefix + uuid.uuid4().hex[len(prefix):]
         timeout = self.request_timeout
         request = Request(request_id=request_id, prompt_token_ids=prompt_ids, params=params,
                           arrival_time=arrival,

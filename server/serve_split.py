@@ -82,7 +82,7 @@ def _frontend_child(index: int, settings: ServerSettings, sockets: list[socket.s
 
     client = EngineClient(path)
     count = settings.api_server_count
-    frontend = FrontEnd(metrics=RemoteMetrics(client), request_id_prefix=f"{index}-",
+    frontend = FrontEnd(metrics=RemoteMetrics(client), request_id_prefix=f"{index:02x}",
                         ready_gate=lambda: loaded.value >= count)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         code = runner.run(serve(settings, frontend_loader(client, loaded), sockets=sockets,
