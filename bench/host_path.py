@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -322,6 +323,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="markdown results file")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    # an outer `timeout` (SIGTERM) still stops the servers started here (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     servers: list[Server] = []
     try:
         for i, (lb, src, extra) in enumerate(_trees(args)):
