@@ -11,6 +11,12 @@ metrics (a stack sampler in the server process; see host_path_server.py).
         --out bench/results/host_path_2core.md
     # a 16-core host: more client processes so the client is not the bottleneck
     .venv/bin/python bench/host_path.py --client-procs 4 --out bench/results/host_path_gpu_host.md
+    # this tree in one process and split (--api-server-count 1, 2, 4), one report
+    .venv/bin/python bench/host_path.py --api-server-counts 0,1,2,4 --rounds 1 --budget-s 300
+
+Every step has a time limit: server start (--ready-timeout-s), each cell (--cell-timeout-s),
+the whole load (--budget-s: cells not started by then are left out of the report); only the
+server processes this script started are stopped (their own children die with them).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +50,7 @@ from loadgen.dataset import BenchPrompt  # noqa: E402
 
 logger = logging.getLogger("host_path")
 
+ENGINE_PID = __import__("re").compile(r"engine core pid (\d+)")
 ROUTES = {"triton": "ensemble", "openai-completions": "smollm2-135m-instruct"}
 CATEGORIES = ("scheduler", "publish", "detokenize", "serialize", "http/write", "middleware",
               "route", "metrics", "other", "loop")
@@ -50,7 +58,7 @@ CATEGORIES = ("scheduler", "publish", "detokenize", "serialize", "http/write", "
 
 class Server:
     def __init__(self, label: str, src: Path, port: int, extra: str) -> None:
-        self.label, self.src, self.port = label, src, port
+        self.label, self.src, self.port, self.extra = label, src, port, extra
         self.ctl = Path(f"/tmp/host-path-{os.getpid()}-{label}")
         self.log_path = self.ctl.with_suffix(".log")
         self.ctl.mkdir(parents=True, exist_ok=True)
@@ -89,17 +97,42 @@ class Server:
         return {}
 
     def cpu_s(self) -> float:
-        """The server process's user + system CPU seconds so far (read by the driver)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU seconds so far of the server and its live child processes."""
+        return sum(_cpu_s(pid) for pid in _tree(self.proc.pid))
+
+    def engine_cpu_s(self) -> float:
+        """The engine-core process's CPU seconds (split servers; nan in one process)."""
+        match = ENGINE_PID.search(self.log_path.read_text(errors="replace"))
+        return _cpu_s(int(match.group(1))) if match else float("nan")
 
     def stop(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.proc.kill()  # a split server's children die with it (PR_SET_PDEATHSIG)
+            self.proc.wait(10)
         self._log.close()
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in Path(f"/proc/{pids[i]}/task").glob("*/children"):
+            try:
+                pids += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+        i += 1
+    return pids
 
 
 def _client_proc(args: tuple[int, str, str, BenchPrompt, int, int, str]) -> LoadResult:
@@ -109,14 +142,18 @@ def _client_proc(args: tuple[int, str, str, BenchPrompt, int, int, str]) -> Load
 
 
 def run_cell(pool: Any, server: Server, route: str, prompt: BenchPrompt, conc: int,
-             requests: int, procs: int, client: str) -> dict[str, Any]:
+             requests: int, procs: int, client: str, timeout: float) -> dict[str, Any]:
     server.control("reset")
     time.sleep(0.2)
-    cpu0, client0 = server.cpu_s(), time.process_time()
+    cpu0, client0, engine0 = server.cpu_s(), time.process_time(), server.engine_cpu_s()
     shares = [(server.port, route, ROUTES[route], prompt, conc // procs + (i < conc % procs),
                requests // procs + (i < requests % procs), client) for i in range(procs)]
-    results = pool.map(_client_proc, shares) if procs > 1 else [_client_proc(shares[0])]
+    if procs > 1:
+        results = pool.map_async(_client_proc, shares).get(timeout)
+    else:
+        results = [_client_proc(shares[0])]
     server_cpu, client_cpu = server.cpu_s() - cpu0, time.process_time() - client0
+    engine_cpu = server.engine_cpu_s() - engine0
     prof = server.profile()
     ttft = sorted(t for r in results for t in r.ttft_s)
     wall = max(r.wall_s for r in results)
@@ -126,6 +163,7 @@ def run_cell(pool: Any, server: Server, route: str, prompt: BenchPrompt, conc: i
             "dropped": [d for r in results for d in r.dropped],
             "ttft_p50": _pct(ttft, 50), "ttft_p99": _pct(ttft, 99), "profile": prof,
             "server_cpu": server_cpu / wall if wall else 0.0,
+            "engine_cpu": engine_cpu / wall if wall else 0.0,
             "client_cpu": client_cpu / wall if wall and procs == 1 else float("nan")}
 
 
@@ -158,14 +196,18 @@ def run_all(args: argparse.Namespace, servers: list[Server]) -> dict[tuple[str, 
     prompt = _prompt(args.prompt_tokens, args.output_tokens)
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     pool = multiprocessing.Pool(args.client_procs) if args.client_procs > 1 else None
+    deadline = time.monotonic() + (args.budget_s or 1e9)
     try:
         for rnd in range(args.rounds):
             for route, conc in _cells(args):
                 order = servers if rnd % 2 == 0 else servers[::-1]
+                if time.monotonic() > deadline:
+                    logger.warning("--budget-s spent: round %d %s c%d left out", rnd, route, conc)
+                    continue
                 for server in order:
                     n = max(args.min_requests, args.requests_per_stream * conc)
                     cell = run_cell(pool, server, route, prompt, conc, n, args.client_procs,
-                                    args.client)
+                                    args.client, args.cell_timeout_s)
                     runs.setdefault((server.label, route, conc), []).append(cell)
                     logger.warning("round %d %-5s %-18s c%-4d %8.0f tok/s ttft p99 %.3fs "
                                    "dropped %d short %d cpu server %.0f%% client %.0f%%", rnd,
@@ -174,7 +216,7 @@ def run_all(args: argparse.Namespace, servers: list[Server]) -> dict[tuple[str, 
                                    100 * cell["server_cpu"], 100 * cell["client_cpu"])
     finally:
         if pool is not None:
-            pool.close()
+            pool.terminate()
     return runs
 
 
@@ -202,25 +244,32 @@ def report(args: argparse.Namespace, servers: list[Server], runs: dict) -> str:
               + (f" | {labels[1]}/{labels[0]}" if len(labels) == 2 else "") + " | "
               + " | ".join(f"{lb} TTFT p50/p99 s" for lb in labels) + " | "
               + " | ".join(f"{lb} dropped/short" for lb in labels) + " | "
-              + " | ".join(f"{lb} CPU server/client" for lb in labels) + " |"]
+              + " | ".join(f"{lb} CPU server (engine)/client" for lb in labels) + " |"]
     lines.append("|" + "---|" * (2 + 4 * len(labels) + (len(labels) == 2)))
     for route, conc in _cells(args):
+        if any((lb, route, conc) not in runs for lb in labels):
+            continue  # left out (--budget-s)
         cells = [runs[(lb, route, conc)] for lb in labels]
         tps = [_median(c, "tok_s") for c in cells]
-        row = [route, str(conc), *(f"{t:,.0f}" for t in tps)]
+        many = len(labels) > 2 and tps[0]
+        row = [route, str(conc), *(f"{t:,.0f}" + (f" ({t / tps[0]:.2f}x)" if many else "")
+                                   for t in tps)]
         if len(labels) == 2:
             row.append(f"{tps[1] / tps[0]:.2f}x" if tps[0] else "-")
         row += [f"{_median(c, 'ttft_p50'):.3f} / {_median(c, 'ttft_p99'):.3f}" for c in cells]
         row += [f"{sum(len(x['dropped']) for x in c)} / {sum(x['short'] for x in c)}"
                 for c in cells]
-        row += [f"{_median(c, 'server_cpu'):.0%} / {_median(c, 'client_cpu'):.0%}"
-                for c in cells]
+        row += [f"{_median(c, 'server_cpu'):.0%} ({_median(c, 'engine_cpu'):.0%}) / "
+                f"{_median(c, 'client_cpu'):.0%}" for c in cells]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Event-loop thread time per engine step (us, median over rounds):", "",
+    lines += ["", "Event-loop thread time per engine step (us, median over rounds; split "
+              "servers: the engine-core process's thread):", "",
               "| server | route | conc | " + " | ".join(CATEGORIES) + " |",
               "|" + "---|" * (3 + len(CATEGORIES))]
     for route, conc in _cells(args):
         for lb in labels:
+            if (lb, route, conc) not in runs:
+                continue
             s = _split_median(runs[(lb, route, conc)])
             lines.append(f"| {lb} | {route} | {conc} | "
                          + " | ".join(f"{s.get(k, 0):.0f}" for k in CATEGORIES) + " |")
@@ -228,6 +277,22 @@ def report(args: argparse.Namespace, servers: list[Server], runs: dict) -> str:
     if drops:
         lines += ["", "Dropped stream messages (distinct):", ""] + [f"- `{d}`" for d in drops[:20]]
     return "\n".join(lines) + "\n"
+
+
+def _trees(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
+    """(label, source tree, settings JSON) of each server to start."""
+    trees = []
+    if args.server_src is not None:
+        trees.append((args.base_label, args.server_src.resolve(), args.server_extra))
+    if args.only_base:
+        return trees
+    counts = [int(c) for c in args.api_server_counts.split(",") if c.strip()]
+    if not counts:
+        return [*trees, ("new", ROOT, args.server_extra)]
+    for n in counts:
+        extra = {**json.loads(args.server_extra), "api_server_count": n}
+        trees.append(("inproc" if n == 0 else f"split{n}", ROOT, json.dumps(extra)))
+    return trees
 
 
 def main() -> int:
@@ -248,17 +313,24 @@ def main() -> int:
                    "socket client (the least client CPU); httpx: the project's load generator")
     p.add_argument("--port", type=int, default=23800 + os.getpid() % 1000, help="first port")
     p.add_argument("--server-extra", default="{}", help="JSON of extra ServerSettings fields")
+    p.add_argument("--api-server-counts", default="", help="comma-separated; this tree once "
+                   "per value: 0 = one process (`inproc`), N = engine process + N front ends "
+                   "(`splitN`); empty = this tree with its defaults (`new`)")
+    p.add_argument("--budget-s", type=float, default=0.0, help="stop starting cells after "
+                   "this many seconds of load (0 = no limit)")
+    p.add_argument("--cell-timeout-s", type=float, default=120.0, help="one cell at most")
+    p.add_argument("--ready-timeout-s", type=float, default=180.0, help="server start at most")
     p.add_argument("--out", type=Path, help="markdown results file")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    trees = [] if args.only_base else [("new", ROOT)]
-    if args.server_src is not None:
-        trees.insert(0, (args.base_label, args.server_src.resolve()))
-    servers = [Server(lb, src, args.port + i, args.server_extra)
-               for i, (lb, src) in enumerate(trees)]
+    # an outer `timeout` (SIGTERM) still stops the servers started here (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    servers: list[Server] = []
     try:
+        for i, (lb, src, extra) in enumerate(_trees(args)):
+            servers.append(Server(lb, src, args.port + 2 * i, extra))
         for s in servers:
-            s.wait_ready()
+            s.wait_ready(args.ready_timeout_s)
         runs = run_all(args, servers)
     finally:
         for s in servers:

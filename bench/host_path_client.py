@@ -23,6 +23,7 @@ from loadgen.client import Endpoint
 logger = logging.getLogger(__name__)
 
 MARK = b"hello"  # the instant executor's token text, as it appears in every event
+REQUEST_TIMEOUT_S = 60.0  # a stream not finished by then counts as dropped
 
 
 @dataclass(slots=True)
@@ -90,8 +91,10 @@ async def _one(conn: _Conn, request: bytes, endpoint: Endpoint, want: int,
     try:
         reader, writer = await conn.ensure()
         writer.write(request)
-        status, raw, ttft, keep = await _read_stream(reader, start)
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        status, raw, ttft, keep = await asyncio.wait_for(_read_stream(reader, start),
+                                                         REQUEST_TIMEOUT_S)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+            TimeoutError) as exc:
         conn.close()
         result.dropped.append(f"{type(exc).__name__}: {exc}"[:200])
         return

@@ -177,6 +177,7 @@ def main() -> int:
     p.add_argument("--extra", default="{}", help="JSON of further ServerSettings fields")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("server.serve_split").setLevel(logging.INFO)  # the engine's pid
     args.ctl_dir.mkdir(parents=True, exist_ok=True)
     settings = ServerSettings(host="127.0.0.1", port=args.port, metrics_port=0,
                               max_batch_size=args.max_batch_size,

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from scheduler.config import SchedulerConfig, fit_to_executor
 from scheduler.plan import Executor, StepPlan, StepRefusedError, StepResult
@@ -47,6 +47,13 @@ def merge_outputs(a: RequestOutput, b: RequestOutput) -> RequestOutput:
 def _joined(a: list[T] | None, b: list[T] | None) -> list[T] | None:
     """Per-token lists of two deltas, in order (None when neither has one)."""
     return None if a is None and b is None else [*(a or ()), *(b or ())]
+
+
+class OutputSink(Protocol):
+    """Where `_publish` hands one request's deltas: a RequestStream, or an IPC connection's
+    per-step batch in the engine-core process (server/engine_core.py)."""
+
+    def put(self, output: RequestOutput) -> None: ...
 
 
 class RequestStream:
@@ -91,7 +98,7 @@ class EngineLoop:
             eos_token_ids=eos_token_ids, decode=decode,
             device_sampling=bool(getattr(executor, "samples_on_device", False)))
         self._on_step = on_step
-        self._streams: dict[str, RequestStream] = {}
+        self._streams: dict[str, OutputSink] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._threads: ThreadPoolExecutor | None = None
@@ -133,15 +140,19 @@ class EngineLoop:
             self._threads.shutdown(wait=True)
 
     def add(self, request: Request) -> RequestStream:
+        stream = RequestStream(request.request_id, self)
+        self.add_to(request, stream)
+        return stream
+
+    def add_to(self, request: Request, sink: OutputSink) -> None:
+        """`add` with the deltas handed to `sink.put` (same checks, same errors)."""
         if self._dead is not None:
             raise EngineDeadError(f"engine loop is dead: {self._dead}")
         if self._stopping:
             raise EngineDeadError("engine loop is stopping")
         self._scheduler.add(request)  # RequestError / QueueFullError propagate
-        stream = RequestStream(request.request_id, self)
-        self._streams[request.request_id] = stream
+        self._streams[request.request_id] = sink
         self._wake.set()
-        return stream
 
     def abort(self, request_id: str) -> None:
         out = self._scheduler.abort(request_id)

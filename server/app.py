@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +34,7 @@ from server.triton_schema import ALL_TRITON_MODELS
 
 logger = logging.getLogger(__name__)
 
+M = TypeVar("M", bound=ServerMetrics)
 Loader = Callable[[ServerSettings, ServerMetrics], Awaitable[ServingModel]]
 DEATH_POLL_S = 0.25
 
@@ -90,13 +93,31 @@ async def _unload(lifecycle: Lifecycle) -> None:
         model.close()
 
 
-def create_app(settings: ServerSettings, loader: Loader,
-               metrics: ServerMetrics | None = None) -> FastAPI:
-    lifecycle = Lifecycle()
+def default_metrics(settings: ServerSettings,
+                    cls: type[M] = ServerMetrics) -> M:  # type: ignore[assignment]
+    """The registry with the Triton models and the served model's series present from start."""
     served = settings.served_model_name[0] if settings.served_model_name else settings.model
-    metrics = metrics or ServerMetrics(list(dict.fromkeys((*ALL_TRITON_MODELS, served))))
+    return cls(list(dict.fromkeys((*ALL_TRITON_MODELS, served))))
+
+
+@dataclass(frozen=True, slots=True)
+class FrontEnd:
+    """What makes an app one of the front ends of `--api-server-count` (serve_split.py)."""
+
+    metrics: ServerMetrics  # forwards to the engine process, which owns the registry
+    request_id_prefix: str  # the first hex digits of its request ids: unique across them
+    ready_gate: Callable[[], bool]  # readiness: every front end has the model
+
+
+def create_app(settings: ServerSettings, loader: Loader, metrics: ServerMetrics | None = None,
+               frontend: FrontEnd | None = None) -> FastAPI:
+    lifecycle = Lifecycle()
+    if frontend is not None:
+        metrics, lifecycle.ready_gate = frontend.metrics, frontend.ready_gate
+    metrics = metrics or default_metrics(settings)
     state = AppState(settings, lifecycle, metrics,
-                     GenerationService(lifecycle, metrics, settings.request_timeout),
+                     GenerationService(lifecycle, metrics, settings.request_timeout,
+                                       frontend.request_id_prefix if frontend else ""),
                      RequestPrep(settings.parse_processes, settings.tokenize_threads))
 
     @contextlib.asynccontextmanager
@@ -146,7 +167,7 @@ def create_metrics_app(app: FastAPI) -> Callable[..., Awaitable[None]]:
             status, body, ctype = 405, b'{"error":"Method Not Allowed"}', "application/json"
         else:
             status = 200
-            body, ctype = state.metrics.exposition()
+            body, ctype = await state.metrics.exposition_async()
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

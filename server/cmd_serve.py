@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError as PydanticError
 
-from server.app import Loader, create_app, create_metrics_app
+from server.app import FrontEnd, Loader, create_app, create_metrics_app
 from server.app_state import AppState
 from server.log_format import configure_logging
 from server.preflight import (
@@ -89,11 +89,12 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _servers(settings: ServerSettings, loader: Loader | None) -> tuple[list[_Server], AppState]:
+def _servers(settings: ServerSettings, loader: Loader | None, frontend: FrontEnd | None = None
+             ) -> tuple[list[_Server], AppState]:
     if loader is None:
         from server.model_loader import load_serving_model as loader
 
-    app = create_app(settings, loader)
+    app = create_app(settings, loader, frontend=frontend)
     common: dict[str, Any] = {"host": settings.host, "log_config": None,
                               "log_level": settings.log_level, "http": HTTP_PROTOCOL,
                               "timeout_graceful_shutdown": GRACEFUL_CLOSE_S,
@@ -118,11 +119,12 @@ async def _announce(servers: list[_Server], sockets: list[Any], settings: Server
 
 
 async def serve(settings: ServerSettings, loader: Loader | None = None,
-                sockets: list[Any] | None = None) -> int:
+                sockets: list[Any] | None = None, frontend: FrontEnd | None = None) -> int:
     """Run until SIGTERM/SIGINT (exit code 0 after the drain) or engine death (1). `sockets`:
-    the ports bound before loading (bind_ports); bound here when not given."""
+    the ports bound before loading (bind_ports); bound here when not given. `frontend`: set in
+    each front-end process of --api-server-count (server/serve_split.py)."""
     sockets = sockets if sockets is not None else bind_ports(settings)
-    servers, state = _servers(settings, loader)
+    servers, state = _servers(settings, loader, frontend)
     state.prep.warm()
     lifecycle = state.lifecycle
     loop = asyncio.get_running_loop()
@@ -173,7 +175,15 @@ def run_serve(settings: ServerSettings, loader: Loader | None = None,
     """`serve` on the event loop the CLI uses (uvloop when installed, else asyncio's).
 
     The documented hook for tests and benchmarks: `loader` replaces the model loader, e.g. with
-    an instant executor (bench/host_path_server.py)."""
+    an instant executor (bench/host_path_server.py). With --api-server-count N >= 1 the loader
+    runs in the engine-core process and N front-end processes serve HTTP (serve_split.py)."""
+    if settings.api_server_count > 0:
+        from server.serve_split import run_split
+
+        if loader is None:
+            from server.model_loader import load_serving_model as loader
+        return run_split(settings, loader, sockets if sockets is not None
+                         else bind_ports(settings))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(serve(settings, loader, sockets=sockets))
 

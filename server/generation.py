@@ -11,19 +11,26 @@ import uuid
 from collections.abc import AsyncIterator
 
 from scheduler.request import (
+    EngineDeadError,
     FinishReason,
+    QueueFullError,
     QueueTimeoutError,
     Request,
+    RequestError,
     RequestOutput,
     SamplingParams,
 )
-from server.errors import ApiError, UnavailableError, to_api_error
+from server.errors import ApiError, UnavailableError, ValidationError, to_api_error
 from server.lifecycle import Lifecycle
 from server.metrics import RequestRecord, ServerMetrics
 from server.request_log import log_finished
 from server.serving import RequestStreamLike, ServingModel
 
 logger = logging.getLogger(__name__)
+
+# final ERROR outputs that mean 503: a queue timeout, or an add refused by the engine process
+UNAVAILABLE_ERRORS = frozenset(e.__name__ for e in (QueueTimeoutError, QueueFullError,
+                                                    EngineDeadError))
 
 
 class EngineFailedError(ApiError):
@@ -73,8 +80,10 @@ class Generation:
     def _final_error(self, out: RequestOutput) -> ApiError | None:
         if out.finish_reason is FinishReason.ERROR:
             msg = out.error or "engine error"
-            if out.error_type == QueueTimeoutError.__name__:
+            if out.error_type in UNAVAILABLE_ERRORS:
                 return UnavailableError(msg)
+            if out.error_type == RequestError.__name__:  # an add the engine process refused
+                return ValidationError(msg)
             return EngineFailedError(msg)
         if out.finish_reason is FinishReason.ABORT and self._service.lifecycle.shutdown_reason:
             return UnavailableError(self._service.lifecycle.shutdown_reason)
@@ -152,10 +161,11 @@ class GenerationService:
     """Admits requests into the engine loop; the single place requests are counted."""
 
     def __init__(self, lifecycle: Lifecycle, metrics: ServerMetrics,
-                 request_timeout: float) -> None:
+                 request_timeout: float, request_id_prefix: str = "") -> None:
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.request_timeout = request_timeout
+        self.request_id_prefix = request_id_prefix  # the front end's, with --api-server-count
 
     def admit(self, label: str) -> ServingModel:
         """Cheap checks before any tokenization: phase and capacity (RELIABILITY §7.18)."""
@@ -182,7 +192,8 @@ class GenerationService:
 
     def submit(self, model: ServingModel, prompt_ids: list[int], params: SamplingParams,
                label: str, arrival: float) -> Generation:
-        request_id = uuid.uuid4().hex
+        prefix = self.request_id_prefix  # 32 hex digits either way
+        request_id = prefix + uuid.uuid4().hex[len(prefix):]
         timeout = self.request_timeout
         request = Request(request_id=request_id, prompt_token_ids=prompt_ids, params=params,
                           arrival_time=arrival,

@@ -35,6 +35,8 @@ class Lifecycle:
         self._idle = asyncio.Event()
         self._idle.set()
         self.on_exit: Callable[[int], None] | None = None  # asks the runner to stop
+        # with --api-server-count: readiness also waits for every other front end
+        self.ready_gate: Callable[[], bool] | None = None
 
     # ---- state -------------------------------------------------------------------------
     def set_ready(self, model: ServingModel) -> None:
@@ -55,7 +57,7 @@ class Lifecycle:
 
     @property
     def ready(self) -> bool:
-        return self.phase is Phase.READY
+        return self.phase is Phase.READY and (self.ready_gate is None or self.ready_gate())
 
     @property
     def live(self) -> bool:

@@ -157,6 +157,10 @@ class ServerMetrics:
         names = (*self._core.counter_names, *self._trtllm.counter_names)
         return fix_counter_headers(generate_latest(self.registry), names), CONTENT_TYPE
 
+    async def exposition_async(self) -> tuple[bytes, str]:
+        """`exposition()`; a front end of `--api-server-count` asks the engine process."""
+        return self.exposition()
+
     def core_value(self, name: str, model: str) -> float:
         """One `nv_inference_*` counter value (tests, logs)."""
         return self._core.value(name, model, None)

@@ -118,7 +118,7 @@ async def repository_index(request: Request) -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    body, content_type = get_state(request).metrics.exposition()
+    body, content_type = await get_state(request).metrics.exposition_async()
     return Response(body, media_type=content_type)
 
 

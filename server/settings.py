@@ -103,6 +103,11 @@ class ServerSettings(BaseSettings):
                                       "expiry (httpx 5 s, aiohttp 15 s) so the client, not the "
                                       "server, closes idle connections: a server close racing a "
                                       "new request on that connection drops the request.")
+    api_server_count: int = Field(1, ge=0, le=64, description="HTTP front-end processes. 0: "
+                                  "one process runs HTTP and the engine loop. N >= 1: the engine "
+                                  "loop runs in its own process and N processes share the ports, "
+                                  "each parsing, tokenising and streaming its requests "
+                                  "(docs/host-path.md says when it pays).")
     drain_timeout: float = Field(30.0, ge=0.0, description="At SIGTERM, seconds in-flight "
                                  "requests get to finish before they are aborted.")
     api_key: SecretStr | None = Field(None, description="Require `Authorization: Bearer <key>` "

@@ -1,0 +1,42 @@
+"""`trtserve serve` with the scripted engine (tests/server/real_engine.py) instead of a model:
+the real CLI options and env, the real run_serve (one process, or --api-server-count N), the real
+EngineLoop + Scheduler over a ScriptedExecutor. Used by test_split_processes.py.
+
+    python tests/server/split_server.py --port P --metrics-port M --api-server-count 2 \
+        [--step-s 0.01] [--script TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]
+
+from real_engine import scripted_loader  # noqa: E402
+
+from server.cli import build_parser  # noqa: E402
+from server.cmd_serve import run_serve, settings_from_args  # noqa: E402
+from server.log_format import configure_logging  # noqa: E402
+from server.preflight import bind_ports  # noqa: E402
+
+SCRIPT = "Hello from the scripted engine."
+
+
+def main() -> int:
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--step-s", type=float, default=0.0)
+    extra.add_argument("--script", default=SCRIPT)
+    own, rest = extra.parse_known_args()
+    args = build_parser(only="serve").parse_args(["serve", "--model", "fake-model", *rest])
+    settings = settings_from_args(args)
+    configure_logging(settings.log_format, settings.log_level)
+    os.environ.pop("TRTSERVE_API_SERVER_COUNT", None)  # read once, above
+    return run_serve(settings, scripted_loader(own.script, own.step_s), bind_ports(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
