@@ -18,7 +18,7 @@ from typing import Any
 from scheduler.loop import RequestStream
 from scheduler.request import EngineDeadError, Request
 from scheduler.stats import SchedulerStats
-from scheduler.validation import validate_prompt
+from scheduler.validation import validate_params, validate_prompt
 from server.app import Loader
 from server.errors import UnavailableError
 from server.ipc_frames import EngineInfo, FrameWriter, error_output, output_from, read_frame
@@ -80,7 +80,7 @@ class EngineClient:
         info = self.info
         if info is not None and info.limits is not None:  # 400 before any stream starts
             max_model_len, vocab, kv_tokens = info.limits
-            request.params.validate(max_model_len, vocab)
+            validate_params(request.params, max_model_len, vocab)
             validate_prompt(request.prompt_token_ids, request.params, max_model_len, vocab,
                             kv_tokens)
         stream = RequestStream(request.request_id, self)  # type: ignore[arg-type]
