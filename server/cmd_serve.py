@@ -178,12 +178,12 @@ def run_serve(settings: ServerSettings, loader: Loader | None = None,
     an instant executor (bench/host_path_server.py). With --api-server-count N >= 1 the loader
     runs in the engine-core process and N front-end processes serve HTTP (serve_split.py)."""
     if settings.api_server_count > 0:
-        from server.serve_split import run_split
+        from server.serve_split import ServeHooks, run_split
 
         if loader is None:
             from server.model_loader import load_serving_model as loader
         return run_split(settings, loader, sockets if sockets is not None
-                         else bind_ports(settings))
+                         else bind_ports(settings), ServeHooks(_loop_factory, serve))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(serve(settings, loader, sockets=sockets))
 

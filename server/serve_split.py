@@ -29,6 +29,8 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -60,32 +62,38 @@ def _child_setup(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@dataclass(frozen=True)
+class ServeHooks:
+    """What the children run: the CLI's event-loop factory and one front end's `serve`."""
+
+    loop_factory: Callable[[], Callable[[], asyncio.AbstractEventLoop] | None]
+    serve: Callable[..., Coroutine[Any, Any, int]]
+
+
 def _engine_child(settings: ServerSettings, loader: Loader, listener: socket.socket,
-                  sockets: list[socket.socket], parent: int) -> None:
+                  sockets: list[socket.socket], parent: int, hooks: ServeHooks) -> None:
     _child_setup(parent)
     for sock in sockets:  # the engine never accepts HTTP connections
         sock.close()
-    from server.cmd_serve import _loop_factory
     from server.engine_core import EngineCore
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=hooks.loop_factory()) as runner:
         code = runner.run(EngineCore(settings, loader).run(listener))
     sys.exit(code)
 
 
 def _frontend_child(index: int, settings: ServerSettings, sockets: list[socket.socket],
-                    path: str, parent: int, loaded: Any) -> None:
+                    path: str, parent: int, loaded: Any, hooks: ServeHooks) -> None:
     _child_setup(parent)
     from server.app import FrontEnd
-    from server.cmd_serve import _loop_factory, serve
     from server.engine_client import EngineClient, RemoteMetrics, frontend_loader
 
     client = EngineClient(path)
     count = settings.api_server_count
     frontend = FrontEnd(metrics=RemoteMetrics(client), request_id_prefix=f"{index:02x}",
                         ready_gate=lambda: loaded.value >= count)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        code = runner.run(serve(settings, frontend_loader(client, loaded), sockets=sockets,
+    with asyncio.Runner(loop_factory=hooks.loop_factory()) as runner:
+        code = runner.run(hooks.serve(settings, frontend_loader(client, loaded), sockets=sockets,
                                 frontend=frontend))
     sys.exit(code)
 
@@ -159,8 +167,12 @@ class Supervisor:
             self.engine.join(5)
 
 
-def run_split(settings: ServerSettings, loader: Loader, sockets: list[socket.socket]) -> int:
-    """Fork the engine and the front ends on the bound `sockets`, supervise until all exit."""
+def run_split(settings: ServerSettings, loader: Loader, sockets: list[socket.socket],
+              hooks: ServeHooks) -> int:
+    """Fork the engine and the front ends on the bound `sockets`, supervise until all exit.
+
+    `hooks` hands in cmd_serve's event-loop factory and its `serve` (one HTTP front end), so
+    this module does not import the command that calls it."""
     ipc_dir = Path(tempfile.mkdtemp(prefix="trtserve-ipc-"))  # mode 0700: ours only
     path = str(ipc_dir / "engine.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -171,11 +183,11 @@ def run_split(settings: ServerSettings, loader: Loader, sockets: list[socket.soc
     loaded = ctx.Value("i", 0)  # front ends that have the model: all of them -> ready
     try:
         engine = ctx.Process(target=_engine_child, name="trtserve-engine",
-                             args=(settings, loader, listener, sockets, me))
+                             args=(settings, loader, listener, sockets, me, hooks))
         engine.start()
         listener.close()
         frontends = [ctx.Process(target=_frontend_child, name=f"trtserve-http-{i}",
-                                 args=(i, settings, sockets, path, me, loaded))
+                                 args=(i, settings, sockets, path, me, loaded, hooks))
                      for i in range(settings.api_server_count)]
         for proc in frontends:
             proc.start()
