@@ -108,7 +108,12 @@ class RequestPrep:
             self._processes, self._warming = None, []
 
     def close(self) -> None:
+        """Stop both pools without waiting. Parser processes still starting (a spawn under load
+        takes seconds) are terminated: the interpreter's exit would otherwise join them."""
         self._threads.shutdown(wait=False, cancel_futures=True)
-        if self._processes is not None:
-            self._processes.shutdown(wait=False, cancel_futures=True)
-            self._processes = None
+        pool, self._processes = self._processes, None
+        if pool is not None:
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in workers:
+                proc.terminate()
