@@ -83,8 +83,8 @@ async def _load(state: AppState, loader: Loader) -> None:
     await _watch_engine(state.lifecycle, model)
 
 
-async def _unload(lifecycle: Lifecycle) -> None:
-    model = lifecycle.model
+async def stop_model(model: ServingModel | None) -> None:
+    """Stop the engine loop (aborting what is left), then free the executor."""
     if model is None:
         return
     try:
@@ -129,7 +129,7 @@ def create_app(settings: ServerSettings, loader: Loader, metrics: ServerMetrics 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await _unload(lifecycle)
+            await stop_model(lifecycle.model)
             state.prep.close()
 
     app = FastAPI(title="trtserve", version="0.1.0", lifespan=lifespan,

@@ -22,7 +22,7 @@ from typing import Any
 
 from scheduler.request import EngineDeadError, Request, RequestOutput
 from scheduler.stats import SchedulerStats
-from server.app import Loader, default_metrics
+from server.app import Loader, default_metrics, stop_model
 from server.ipc_frames import (
     EngineInfo,
     FrameWriter,
@@ -207,13 +207,9 @@ class EngineCore:
         await asyncio.sleep(DEAD_NOTICE_S)
 
     async def _shutdown(self, code: int) -> None:
-        model = self.model
-        if model is None:
+        if self.model is None:
             return
-        try:
-            await model.loop.stop()
-        finally:
-            model.close()
+        await stop_model(self.model)
         self._flush()
         for conn in list(self.conns):
             conn.out.close()
