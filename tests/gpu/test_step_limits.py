@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,22 +20,11 @@ from scheduler.request import FinishReason, Request, RequestOutput, SamplingPara
 from server.model_loader import engine_options
 from server.settings import ServerSettings
 
-from .tiny_model import BLOCK_SIZE, TINY, build_graph
+from .tiny_model import BLOCK_SIZE, TINY
 
 NUM_BLOCKS = 64
 
 
-@pytest.fixture()
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    pytest.importorskip("cuda.bindings", reason="the fake reuses cuda-python's enum types")
-    from .fake_cuda import install_fake
-
-    yield install_fake(monkeypatch, host_ort_cuda=True)
-
-
-@pytest.fixture(scope="module")
-def graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_graph(tmp_path_factory.mktemp("tiny") / "float16", "float16")
 
 
 def test_settings_reach_the_engine_options(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,14 +47,14 @@ def test_unset_token_budget_is_the_backends() -> None:
 
 
 def test_non_default_limits_reach_the_executor_and_the_scheduler(
-        fake: object, graph: Path) -> None:
+        fake_host_ort: object, tiny_fp16_graph: Path) -> None:
     """runtime builds the CUDA executor with the options' limits (it ignored them before); the
     loop's scheduler plans within what the executor reports."""
     options = runtime.EngineOptions(kv_cache_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
                                     max_batch_size=3, max_num_tokens=40, max_context=96)
     limits = decide_limits(options.max_batch_size, options.max_num_tokens,
                            ORT_CUDA.max_num_tokens, runtime.check_max_context(options, TINY))
-    executor = runtime._executor(ORT_CUDA, graph, TINY, options, limits, "float16", None)
+    executor = runtime._executor(ORT_CUDA, tiny_fp16_graph, TINY, options, limits, "float16", None)
     try:
         assert (executor.max_batch_size, executor.max_num_tokens, executor.max_context) == (
             3, 40, 96)
@@ -78,7 +66,7 @@ def test_non_default_limits_reach_the_executor_and_the_scheduler(
         assert loop.scheduler.max_model_len == 96
     finally:
         executor.close()
-    assert fake.allocations == {}  # type: ignore[attr-defined]
+    assert fake_host_ort.allocations == {}  # type: ignore[attr-defined]
 
 
 def _request(rid: str, n: int) -> Request:
@@ -96,12 +84,12 @@ class _OverstatingExecutor(ort_cuda.OrtCudaExecutor):
         return 3
 
 
-def test_a_refused_step_fails_only_its_requests(fake: object, graph: Path) -> None:
+def test_a_refused_step_fails_only_its_requests(fake_host_ort: object, tiny_fp16_graph: Path) -> None:
     """Three requests form a 3-sequence step the executor (built for 2) refuses: those three
     end with ERROR; the fourth, waiting behind them, and one sent afterwards complete; no KV
     block leaks and the loop is not dead."""
     executor = _OverstatingExecutor(
-        graph, TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
+        tiny_fp16_graph, TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
         max_context=TINY.max_position_embeddings,
         limits=decide_limits(2, 64, None, TINY.max_position_embeddings))
 
@@ -132,4 +120,4 @@ def test_a_refused_step_fails_only_its_requests(fake: object, graph: Path) -> No
         asyncio.run(asyncio.wait_for(main(), 60))
     finally:
         executor.close()
-    assert fake.allocations == {}  # type: ignore[attr-defined]
+    assert fake_host_ort.allocations == {}  # type: ignore[attr-defined]
