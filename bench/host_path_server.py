@@ -4,7 +4,7 @@ Everything on the host path is the tree's own code: uvicorn, FastAPI, routes, SS
 metrics, EngineLoop and Scheduler. Only the device is replaced: `InstantExecutor` implements the
 scheduler's Executor protocol and answers every step at once with precomputed logits whose argmax
 is one fixed token (returned as `StepResult.argmax`, as a device executor does). It is loaded
-through the server's documented test/bench hook: `server.cmd_serve.serve(settings, loader)`
+through the server's documented test/bench hook: `server.cli.serve.serve(settings, loader)`
 (`run_serve(settings, loader)` where the tree has it, so the event loop is the one the CLI uses).
 
 Run from inside the source tree to measure (`cwd` = that tree, it goes first on sys.path):
@@ -38,7 +38,7 @@ from engine.registry import DEFAULT_MODEL, resolve_model  # noqa: E402
 from scheduler.config import SchedulerConfig  # noqa: E402
 from scheduler.loop import EngineLoop  # noqa: E402
 from scheduler.plan import StepPlan, StepResult  # noqa: E402
-from server import cmd_serve  # noqa: E402
+from server.cli import serve as cmd_serve  # noqa: E402
 from server.serving import ServingModel  # noqa: E402
 from server.settings import ServerSettings  # noqa: E402
 
@@ -177,7 +177,7 @@ def main() -> int:
     p.add_argument("--extra", default="{}", help="JSON of further ServerSettings fields")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("server.serve_split").setLevel(logging.INFO)  # the engine's pid
+    logging.getLogger("server.split.serve").setLevel(logging.INFO)  # the engine's pid
     args.ctl_dir.mkdir(parents=True, exist_ok=True)
     settings = ServerSettings(host="127.0.0.1", port=args.port, metrics_port=0,
                               max_batch_size=args.max_batch_size,

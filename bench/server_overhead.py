@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from server_proc import ServerProc  # noqa: E402
 
 from scheduler.request import Request, SamplingParams  # noqa: E402
-from server.metrics import ServerMetrics  # noqa: E402
+from server.metrics.server_metrics import ServerMetrics  # noqa: E402
 from server.model_loader import load_serving_model  # noqa: E402
 from server.serving import ServingModel  # noqa: E402
 from server.settings import ServerSettings  # noqa: E402

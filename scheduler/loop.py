@@ -51,7 +51,7 @@ def _joined(a: list[T] | None, b: list[T] | None) -> list[T] | None:
 
 class OutputSink(Protocol):
     """Where `_publish` hands one request's deltas: a RequestStream, or an IPC connection's
-    per-step batch in the engine-core process (server/engine_core.py)."""
+    per-step batch in the engine-core process (server/split/engine_core.py)."""
 
     def put(self, output: RequestOutput) -> None: ...
 

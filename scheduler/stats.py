@@ -1,4 +1,4 @@
-"""Per-step statistics the scheduler returns; `server/metrics.py` turns them into Prometheus
+"""Per-step statistics the scheduler returns; `server/metrics/server_metrics.py` turns them into Prometheus
 series."""
 
 from __future__ import annotations

@@ -18,19 +18,21 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from server import routes_kserve, routes_openai, routes_root, routes_triton
+from server.api import kserve as routes_kserve, root as routes_root
+from server.api.openai import routes as routes_openai
+from server.api.triton import routes as routes_triton
 from server.app_state import AppState
-from server.cors import JsonCORSMiddleware
+from server.api.cors import JsonCORSMiddleware
 from server.errors import ApiError, ValidationError, error_body, error_headers, to_api_error
-from server.generation import GenerationService
-from server.lifecycle import Lifecycle
-from server.metrics import ServerMetrics
-from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from server.request_prep import RequestPrep
-from server.request_log import RouteContext
+from server.request.generation import GenerationService
+from server.request.lifecycle import Lifecycle
+from server.metrics.server_metrics import ServerMetrics
+from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from server.request.prep import RequestPrep
+from server.request.log import RouteContext
 from server.serving import ServingModel
 from server.settings import ServerSettings
-from server.triton_schema import ALL_TRITON_MODELS
+from server.api.triton.schema import ALL_TRITON_MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def default_metrics(settings: ServerSettings,
 
 @dataclass(frozen=True, slots=True)
 class FrontEnd:
-    """What makes an app one of the front ends of `--api-server-count` (serve_split.py)."""
+    """What makes an app one of the front ends of `--api-server-count` (server/split/serve.py)."""
 
     metrics: ServerMetrics  # forwards to the engine process, which owns the registry
     request_id_prefix: str  # the first hex digits of its request ids: unique across them

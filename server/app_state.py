@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-from server.generation import GenerationService
-from server.lifecycle import Lifecycle
-from server.metrics import ServerMetrics
-from server.request_prep import RequestPrep
+from server.request.generation import GenerationService
+from server.request.lifecycle import Lifecycle
+from server.metrics.server_metrics import ServerMetrics
+from server.request.prep import RequestPrep
 from server.settings import ServerSettings
 
 

@@ -12,11 +12,11 @@ from engine.runtime import LoadedModel, load_model
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
 from scheduler.request import Request, SamplingParams
-from server.metrics import ServerMetrics
-from server.preflight import read_chat_template
+from server.metrics.server_metrics import ServerMetrics
+from server.cli.preflight import read_chat_template
 from server.serving import ServingModel
 from server.settings import ServerSettings
-from server.stats_log import StatsLogger
+from server.metrics.stats_log import StatsLogger
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server.cli import main
+from server.cli.main import main
 
 from .fake_server import FakeServer
 
@@ -81,7 +81,7 @@ def test_missing_matplotlib_is_reported_before_the_run(tmp_path: Path,
 
 def test_every_bench_flag_has_help() -> None:
     """`trtserve bench --help` explains each option."""
-    from server.cli import build_parser
+    from server.cli.main import build_parser
 
     parser = build_parser(only="bench")
     sub = next(a for a in parser._actions if a.dest == "command")

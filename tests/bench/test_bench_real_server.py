@@ -23,8 +23,8 @@ READY_TIMEOUT_S = float(os.environ.get("TRTSERVE_TEST_READY_S", "300"))
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.skipif(not (REPO / "server" / "cmd_serve.py").exists(),
-                       reason="server/cmd_serve.py (trtserve serve) not written yet"),
+    pytest.mark.skipif(not (REPO / "server" / "cli" / "serve.py").exists(),
+                       reason="server/cli/serve.py (trtserve serve) not written yet"),
 ]
 
 
@@ -87,7 +87,7 @@ def _total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
 def test_sweep_agrees_with_server_metrics(real_server: str, tmp_path: Path) -> None:
     """Requests and output tokens the bench counted (from the stream) match the server's own
     Prometheus counters within 1%; the JSON and the PNG are written and readable."""
-    from server.cli import main
+    from server.cli.main import main
 
     before = _scrape(real_server)
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadgen.tokenizer import HFTokenizer, load_tokenizer
-from server.cli import build_parser
+from server.cli.main import build_parser
 
 LOADGEN = Path(__file__).resolve().parents[2] / "loadgen"
 PRODUCT = ("server", "engine", "scheduler")

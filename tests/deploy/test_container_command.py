@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from server.cli import build_parser
+from server.cli.main import build_parser
 
 yaml = pytest.importorskip("yaml")
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.cli import SUBCOMMANDS
-from server.metrics import ServerMetrics
+from server.cli.main import SUBCOMMANDS
+from server.metrics.server_metrics import ServerMetrics
 
 yaml = pytest.importorskip("yaml")
 

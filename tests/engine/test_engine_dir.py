@@ -25,7 +25,7 @@ from engine.engine_dir import (
 )
 from engine.engine_dir_here import Machine, check_engine_dir
 from engine.runtime import EngineOptions, load_model
-from server.cli import main
+from server.cli.main import main
 
 # large enough for TensorRT's fused attention (head_dim 16); vocab = the tiny tokenizer's
 SMALL = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
@@ -184,7 +184,7 @@ def test_graph_flags_are_recorded_adopted_and_refused(small_dir: Path, tmp_path:
     --engine-dir adopts them when unset and refuses other values (and another --model) in one
     line before loading."""
     from engine.engine_dir_here import engine_dir_options
-    from server.preflight import adopt_engine_limits
+    from server.cli.preflight import adopt_engine_limits
     from server.settings import ServerSettings
 
     out = tmp_path / "fast"

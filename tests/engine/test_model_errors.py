@@ -20,7 +20,7 @@ from engine.loaders.hf import load_hf
 from engine.reference import reference_logits
 from engine.registry import DEFAULT_MODEL, resolve_model
 from engine.runtime import EngineOptions, LoadedModel, check_max_context, load_model
-from server.cli import main as cli_main
+from server.cli.main import main as cli_main
 
 
 def write_gguf(path: Path, arch: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from engine.generate import greedy_generate
 from engine.runtime import EngineOptions, LoadedModel, load_model, prepare_model
-from server.cli import main as cli_main
+from server.cli.main import main as cli_main
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = json.loads((DATA / "smollm2_greedy.json").read_text(encoding="utf-8"))

@@ -8,7 +8,7 @@ import json
 import random
 from typing import Any
 
-from server.triton_schema import ENSEMBLE_INPUTS
+from server.api.triton.schema import ENSEMBLE_INPUTS
 
 MODEL = "fuzz-model"
 ROUTES = ("/v2/models/ensemble/generate", "/v2/models/ensemble/generate_stream",

@@ -18,10 +18,10 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 from real_engine import scripted_loader  # noqa: E402
 
-from server.cli import build_parser  # noqa: E402
-from server.cmd_serve import run_serve, settings_from_args  # noqa: E402
-from server.log_format import configure_logging  # noqa: E402
-from server.preflight import bind_ports  # noqa: E402
+from server.cli.main import build_parser  # noqa: E402
+from server.cli.serve import run_serve, settings_from_args  # noqa: E402
+from server.cli.log_format import configure_logging  # noqa: E402
+from server.cli.preflight import bind_ports  # noqa: E402
 
 SCRIPT = "Hello from the scripted engine."
 

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import sys
-import server.cli as cli
+import server.cli.main as cli
 try:
     cli.main({argv!r})
 except SystemExit:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from server.cli import build_parser
+from server.cli.main import build_parser
 from server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from engine.registry import DEFAULT_MODEL, resolve_model
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
 from server.app import create_app
-from server.metrics import ServerMetrics
+from server.metrics.server_metrics import ServerMetrics
 from server.serving import ServingModel
 from server.settings import ServerSettings
 

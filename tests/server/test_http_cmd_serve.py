@@ -10,8 +10,8 @@ import pytest
 from server_fakes import FakeLoop, fake_model, loader_for
 
 from engine.options import EngineOptions
-from server.cli import build_parser
-from server.cmd_serve import serve, settings_from_args
+from server.cli.main import build_parser
+from server.cli.serve import serve, settings_from_args
 from server.model_loader import engine_options
 from server.settings import ServerSettings
 

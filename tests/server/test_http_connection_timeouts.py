@@ -16,8 +16,8 @@ import httpx
 import pytest
 from server_fakes import FakeLoop, fake_model, loader_for
 
-from server.cli import build_parser
-from server.cmd_serve import serve, settings_from_args
+from server.cli.main import build_parser
+from server.cli.serve import serve, settings_from_args
 from server.settings import ServerSettings
 
 TIMEOUT_S = 0.5

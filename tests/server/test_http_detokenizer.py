@@ -12,7 +12,7 @@ import pytest
 
 from engine.loaders.gguf_tokenizer import tokenizer_from_gguf
 from engine.registry import DEFAULT_MODEL, resolve_model
-from server.detokenizer import MAX_HOLD, IncrementalDetokenizer
+from server.request.detokenizer import MAX_HOLD, IncrementalDetokenizer
 
 N_SEQUENCES = 10_000
 

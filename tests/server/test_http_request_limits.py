@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from server_fakes import FakeTokenizer
 
-from server.cli import build_parser
-from server.cmd_serve import settings_from_args
+from server.cli.main import build_parser
+from server.cli.serve import settings_from_args
 
 TRITON = "/v2/models/ensemble/generate"
 MakeClient = Callable[..., TestClient]

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from scheduler.stats import SchedulerStats
-from server.metrics import RequestRecord, ServerMetrics
-from server.metrics_triton import FAILURE_REASONS
-from server.metrics_trtllm import (
+from server.metrics.server_metrics import RequestRecord, ServerMetrics
+from server.metrics.triton import FAILURE_REASONS
+from server.metrics.trtllm import (
     GENERAL_TYPES,
     IFB_TYPES,
     KV_BLOCK_TYPES,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from scheduler.stats import SchedulerStats
-from server.log_format import JsonFormatter, UvicornOnce
-from server.preflight import PreflightError, bind_ports, read_chat_template
+from server.cli.log_format import JsonFormatter, UvicornOnce
+from server.cli.preflight import PreflightError, bind_ports, read_chat_template
 from server.settings import ServerSettings
-from server.stats_log import StatsLogger
+from server.metrics.stats_log import StatsLogger
 
 
 def test_busy_metrics_port_releases_the_main_port() -> None:

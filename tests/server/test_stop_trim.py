@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.stop_trim import StopTrimmer
+from server.request.stop_trim import StopTrimmer
 
 
 def feed_all(trim: StopTrimmer, parts: list[str]) -> list[str]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.errors import ValidationError
-from server.json_body import check_text
-from server.triton_schema import ALIASES, INPUTS_BY_NAME, TensorSpec
+from server.api.json_body import check_text
+from server.api.triton.schema import ALIASES, INPUTS_BY_NAME, TensorSpec
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 UINT64_MAX = 2**64 - 1

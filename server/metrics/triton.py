@@ -11,7 +11,7 @@ import logging
 from prometheus_client import Gauge
 from prometheus_client.registry import CollectorRegistry
 
-from server.metrics_families import ExactCounter
+from server.metrics.families import ExactCounter
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from starlette.responses import Response
 
 from server.app_state import get_state
 from server.errors import NotImplementedApiError, ValidationError
-from server.json_body import parse_json_body
-from server.openapi_docs import REPOSITORY_INDEX_BODY
-from server.routes_triton import resolve_model
-from server.served_names import served_names
-from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, model_config, model_metadata
+from server.api.json_body import parse_json_body
+from server.api.openapi_docs import REPOSITORY_INDEX_BODY
+from server.api.triton.routes import resolve_model
+from server.models import served_names
+from server.api.triton.schema import ALL_TRITON_MODELS, MODEL_VERSION, model_config, model_metadata
 
 router = APIRouter()
 SERVER_VERSION = "2.59.0"

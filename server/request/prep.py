@@ -21,10 +21,10 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from server.errors import UnavailableError
-from server.json_body import parse_json_body
-from server.openai_schema import ChatMessage, ChatRequest, _Base, message_text, validate_body
-from server.request_limits import RequestLimits, check_openai_body, check_triton_body
-from server.triton_parse import TritonInputs, parse_triton_body
+from server.api.json_body import parse_json_body
+from server.api.openai.schema import ChatMessage, ChatRequest, _Base, message_text, validate_body
+from server.request.limits import RequestLimits, check_openai_body, check_triton_body
+from server.api.triton.parse import TritonInputs, parse_triton_body
 
 logger = logging.getLogger(__name__)
 

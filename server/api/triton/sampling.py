@@ -15,7 +15,7 @@ from scheduler.request import ParamError, SamplingParams
 from scheduler.validation import validate_params
 from server.errors import ValidationError, param_error
 from server.tokenizer_protocol import TokenizerLike
-from server.triton_parse import TritonInputs
+from server.api.triton.parse import TritonInputs
 
 # SamplingParams field -> the Triton input it comes from (the others have the same name)
 TRITON_NAMES = {"end_ids": "end_id", "bad_words_ids": "bad_words", "stop": "stop_words",

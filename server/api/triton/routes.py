@@ -15,20 +15,20 @@ from starlette.responses import Response, StreamingResponse
 
 from scheduler.request import RequestOutput, SamplingParams
 from server.app_state import AppState, get_state
-from server.detokenizer import IncrementalDetokenizer
-from server.disconnect import abort_on_disconnect
+from server.request.detokenizer import IncrementalDetokenizer
+from server.api.disconnect import abort_on_disconnect
 from server.errors import ApiError, UnknownModelError, ValidationError, to_api_error
-from server.generation import Generation
-from server.json_body import dumps_compact
-from server.openapi_docs import TRITON_GENERATE_BODY
-from server.request_limits import limits_for
-from server.request_prep import parse_triton_request
-from server.served_names import served_names
+from server.request.generation import Generation
+from server.api.json_body import dumps_compact
+from server.api.openapi_docs import TRITON_GENERATE_BODY
+from server.request.limits import limits_for
+from server.request.prep import parse_triton_request
+from server.models import served_names
 from server.serving import ServingModel
-from server.triton_parse import TritonInputs
-from server.sse_encode import encode_event
-from server.triton_sampling import TritonOptions, triton_to_sampling
-from server.triton_schema import ALL_TRITON_MODELS, MODEL_VERSION, TEXT_MODELS
+from server.api.triton.parse import TritonInputs
+from server.api.sse import encode_event
+from server.api.triton.sampling import TritonOptions, triton_to_sampling
+from server.api.triton.schema import ALL_TRITON_MODELS, MODEL_VERSION, TEXT_MODELS
 
 logger = logging.getLogger(__name__)
 

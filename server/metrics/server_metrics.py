@@ -19,9 +19,9 @@ from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from scheduler.stats import SchedulerStats
-from server.metrics_families import fix_counter_headers
-from server.metrics_triton import BACKEND_MODEL, TritonCoreMetrics
-from server.metrics_trtllm import TrtLlmMetrics
+from server.metrics.families import fix_counter_headers
+from server.metrics.triton import BACKEND_MODEL, TritonCoreMetrics
+from server.metrics.trtllm import TrtLlmMetrics
 
 PREFIX = "trtserve"
 # The classic text format generate_latest writes (Triton itself says `text/plain; charset=utf-8`).

@@ -15,8 +15,8 @@ from starlette.responses import Response, StreamingResponse
 from scheduler.request import FinishReason, ParamError, RequestOutput, TopLogprobs
 from scheduler.validation import check_token_ids
 from server.app_state import AppState, get_state
-from server.detokenizer import IncrementalDetokenizer
-from server.disconnect import abort_on_disconnect
+from server.request.detokenizer import IncrementalDetokenizer
+from server.api.disconnect import abort_on_disconnect
 from server.errors import (
     ApiError,
     UnavailableError,
@@ -25,18 +25,18 @@ from server.errors import (
     param_error,
     to_api_error,
 )
-from server.generation import EngineFailedError, Generation
-from server.json_body import check_text
-from server.openai_logprobs import LogprobRenderer
-from server.openai_schema import ChatRequest, CompletionRequest, _Base, message_text
-from server.openapi_docs import CHAT_BODY, COMPLETIONS_BODY
-from server.request_limits import limits_for
-from server.request_prep import parse_openai_request
-from server.served_names import served_names
+from server.request.generation import EngineFailedError, Generation
+from server.api.json_body import check_text
+from server.api.openai.logprobs import LogprobRenderer
+from server.api.openai.schema import ChatRequest, CompletionRequest, _Base, message_text
+from server.api.openapi_docs import CHAT_BODY, COMPLETIONS_BODY
+from server.request.limits import limits_for
+from server.request.prep import parse_openai_request
+from server.models import served_names
 from server.serving import ServingModel
-from server.stop_trim import StopTrimmer
-from server.sse_encode import encode_event
-from server.triton_schema import TEXT_MODELS
+from server.request.stop_trim import StopTrimmer
+from server.api.sse import encode_event
+from server.api.triton.schema import TEXT_MODELS
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`--api-server-count N` (N >= 1): one engine-core process and N HTTP front-end processes.
 
 The process that ran `trtserve serve` binds the HTTP ports (before anything loads) and the IPC
-socket, forks the engine-core process (server/engine_core.py: model, EngineLoop, Scheduler,
+socket, forks the engine-core process (server/split/engine_core.py: model, EngineLoop, Scheduler,
 executor) and N front ends (the FastAPI app, parsing, tokenising, detokenising, SSE; each
 accepts on the same inherited listening sockets, as uvicorn's workers do), then supervises:
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from server.app import Loader
-from server.engine_core import STOP_SIGNAL
+from server.split.engine_core import STOP_SIGNAL
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _engine_child(settings: ServerSettings, loader: Loader, listener: socket.soc
     _child_setup(parent)
     for sock in sockets:  # the engine never accepts HTTP connections
         sock.close()
-    from server.engine_core import EngineCore
+    from server.split.engine_core import EngineCore
 
     with asyncio.Runner(loop_factory=hooks.loop_factory()) as runner:
         code = runner.run(EngineCore(settings, loader).run(listener))
@@ -86,7 +86,7 @@ def _frontend_child(index: int, settings: ServerSettings, sockets: list[socket.s
                     path: str, parent: int, loaded: Any, hooks: ServeHooks) -> None:
     _child_setup(parent)
     from server.app import FrontEnd
-    from server.engine_client import EngineClient, RemoteMetrics, frontend_loader
+    from server.split.engine_client import EngineClient, RemoteMetrics, frontend_loader
 
     client = EngineClient(path)
     count = settings.api_server_count

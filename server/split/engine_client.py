@@ -1,7 +1,7 @@
 """A front end's view of the engine-core process (`--api-server-count N`).
 
 `EngineClient` has the shape the HTTP layer expects of an engine loop (server/serving.py:
-add/abort/stats/dead/num_unfinished), reached over the IPC socket (server/ipc_frames.py); each
+add/abort/stats/dead/num_unfinished), reached over the IPC socket (server/split/frames.py); each
 request's deltas land in a scheduler.loop.RequestStream, so a lagging consumer still gets them
 merged. `RemoteMetrics` forwards the request records to the engine process, which owns every
 metric; `frontend_loader` is the app's loader: connect, take the model's tokenizer and limits
@@ -21,8 +21,8 @@ from scheduler.stats import SchedulerStats
 from scheduler.validation import validate_params, validate_prompt
 from server.app import Loader
 from server.errors import UnavailableError
-from server.ipc_frames import EngineInfo, FrameWriter, error_output, output_from, read_frame
-from server.metrics import RequestRecord, ServerMetrics
+from server.split.frames import EngineInfo, FrameWriter, error_output, output_from, read_frame
+from server.metrics.server_metrics import RequestRecord, ServerMetrics
 from server.serving import ServingModel
 from server.settings import ServerSettings
 

@@ -14,8 +14,8 @@ from prometheus_client import Gauge
 from prometheus_client.registry import CollectorRegistry
 
 from scheduler.stats import SchedulerStats
-from server.metrics_families import ExactCounter, ExactHistogram
-from server.metrics_triton import BACKEND_MODEL, MODEL_VERSION
+from server.metrics.families import ExactCounter, ExactHistogram
+from server.metrics.triton import BACKEND_MODEL, MODEL_VERSION
 
 REQUEST_TYPES = ("active", "max", "scheduled", "context", "waiting")
 MEMORY_TYPES = ("cpu", "gpu", "pinned")

@@ -1,5 +1,5 @@
 """The engine-core process of `--api-server-count N`: EngineLoop + Scheduler + executor, served
-to the HTTP front-end processes over the IPC socket (server/ipc_frames.py).
+to the HTTP front-end processes over the IPC socket (server/split/frames.py).
 
 It loads the model with the same loader as the one-process server, then answers each front
 end's adds and aborts, and sends it one frame per engine step carrying every output of that step
@@ -23,7 +23,7 @@ from typing import Any
 from scheduler.request import EngineDeadError, Request, RequestOutput
 from scheduler.stats import SchedulerStats
 from server.app import Loader, default_metrics, stop_model
-from server.ipc_frames import (
+from server.split.frames import (
     EngineInfo,
     FrameWriter,
     OutputTuple,
@@ -31,7 +31,7 @@ from server.ipc_frames import (
     output_tuple,
     read_frame,
 )
-from server.metrics import ServerMetrics
+from server.metrics.server_metrics import ServerMetrics
 from server.serving import ServingModel
 from server.settings import ServerSettings
 

@@ -21,9 +21,9 @@ from scheduler.request import (
     SamplingParams,
 )
 from server.errors import ApiError, UnavailableError, ValidationError, to_api_error
-from server.lifecycle import Lifecycle
-from server.metrics import RequestRecord, ServerMetrics
-from server.request_log import log_finished
+from server.request.lifecycle import Lifecycle
+from server.metrics.server_metrics import RequestRecord, ServerMetrics
+from server.request.log import log_finished
 from server.serving import RequestStreamLike, ServingModel
 
 logger = logging.getLogger(__name__)

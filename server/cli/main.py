@@ -20,25 +20,25 @@ Adder = Callable[[Any], None]  # registers one subcommand's parser on the subpar
 
 
 def _serve(sub: Any) -> None:
-    from server import cmd_serve
+    from server.cli import serve as cmd_serve
 
     cmd_serve.add_parser(sub)
 
 
 def _build(sub: Any) -> None:
-    from server import cmd_build
+    from server.cli import build as cmd_build
 
     cmd_build.add_parser(sub)
 
 
 def _prepare(sub: Any) -> None:
-    from server import cmd_prepare
+    from server.cli import prepare as cmd_prepare
 
     cmd_prepare.add_parser(sub)
 
 
 def _generate(sub: Any) -> None:
-    from server import cmd_generate
+    from server.cli import generate as cmd_generate
 
     cmd_generate.add_parser(sub)
 

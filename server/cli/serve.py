@@ -23,8 +23,8 @@ from pydantic import ValidationError as PydanticError
 
 from server.app import FrontEnd, Loader, create_app, create_metrics_app
 from server.app_state import AppState
-from server.log_format import configure_logging
-from server.preflight import (
+from server.cli.log_format import configure_logging
+from server.cli.preflight import (
     PreflightError,
     adopt_engine_limits,
     bind_ports,
@@ -122,7 +122,7 @@ async def serve(settings: ServerSettings, loader: Loader | None = None,
                 sockets: list[Any] | None = None, frontend: FrontEnd | None = None) -> int:
     """Run until SIGTERM/SIGINT (exit code 0 after the drain) or engine death (1). `sockets`:
     the ports bound before loading (bind_ports); bound here when not given. `frontend`: set in
-    each front-end process of --api-server-count (server/serve_split.py)."""
+    each front-end process of --api-server-count (server/split/serve.py)."""
     sockets = sockets if sockets is not None else bind_ports(settings)
     servers, state = _servers(settings, loader, frontend)
     state.prep.warm()
@@ -176,9 +176,9 @@ def run_serve(settings: ServerSettings, loader: Loader | None = None,
 
     The documented hook for tests and benchmarks: `loader` replaces the model loader, e.g. with
     an instant executor (bench/host_path_server.py). With --api-server-count N >= 1 the loader
-    runs in the engine-core process and N front-end processes serve HTTP (serve_split.py)."""
+    runs in the engine-core process and N front-end processes serve HTTP (server/split/serve.py)."""
     if settings.api_server_count > 0:
-        from server.serve_split import ServeHooks, run_split
+        from server.split.serve import ServeHooks, run_split
 
         if loader is None:
             from server.model_loader import load_serving_model as loader

@@ -12,7 +12,7 @@ from engine.config import ModelError
 from engine.generate import greedy_generate
 from engine.runtime import load_model
 from engine.tokenizer import Tokenizer
-from server.cmd_prepare import add_model_arguments, options_from_args
+from server.cli.prepare import add_model_arguments, options_from_args
 
 DEFAULT_MAX_TOKENS = 64
 
