@@ -2,7 +2,7 @@
 
 Measured (bench/results/health_under_load.md): `json.loads` holds the GIL for its whole run (40-270
 ms for a 4 MiB body, depending on its shape), so a thread would stall the event loop just as
-much; bodies over INLINE_PARSE_BYTES are therefore parsed, size-checked (server/request_limits)
+much; bodies over INLINE_PARSE_BYTES are therefore parsed, size-checked (server/request/limits.py)
 and validated in a small process pool, which sends back only the bounded, validated result. The
 tokenizer's `encode_batch` releases the GIL, so tokenising and chat templates run on a thread
 pool. Both pools are bounded: a flood of huge bodies queues for them while the event loop keeps
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from server.errors import UnavailableError
 from server.api.json_body import parse_json_body
 from server.api.openai.schema import ChatMessage, ChatRequest, _Base, message_text, validate_body
+from server.split.children import die_with_parent
 from server.request.limits import RequestLimits, check_openai_body, check_triton_body
 from server.api.triton.parse import TritonInputs, parse_triton_body
 
@@ -97,7 +99,9 @@ class RequestPrep:
         if self._num_processes == 0 or self._processes is not None:
             return
         context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-        self._processes = ProcessPoolExecutor(self._num_processes, mp_context=context)
+        self._processes = ProcessPoolExecutor(self._num_processes, mp_context=context,
+                                              initializer=die_with_parent,
+                                              initargs=(os.getpid(),))
         self._warming = [self._processes.submit(int) for _ in range(self._num_processes)]
 
     def _drop_if_broken(self) -> None:

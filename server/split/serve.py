@@ -18,7 +18,6 @@ accepts on the same inherited listening sockets, as uvicorn's workers do), then 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -38,25 +37,19 @@ from typing import Any
 from server.app import Loader
 from server.split.engine_core import STOP_SIGNAL
 from server.settings import ServerSettings
+from server.split.children import die_with_parent
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 ENGINE_STOP_S = 30.0  # the engine's own stop (abort leftovers, close the executor)
 FRONTEND_GRACE_S = 15.0  # beyond --drain-timeout, for uvicorn's close and process exit
-PR_SET_PDEATHSIG = 1
 
 
 def _child_setup(parent: int) -> None:
     """In each child: die with the parent, and leave its process group so a terminal's Ctrl-C
     reaches only the parent (which then stops the children in order)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        logger.warning("PR_SET_PDEATHSIG unavailable: children may outlive the server")
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+    die_with_parent(parent)
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
