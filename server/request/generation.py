@@ -49,6 +49,7 @@ class Generation:
         self._registry = registry  # says why it was aborted when the drain aborted it
         self._on_end = on_end  # records the outcome, once
         self._done = False  # the final output arrived
+        self._abort_sent = False
         self._ended = False
         self._handed_on = False
         self._expired = False  # the request timeout fired
@@ -81,8 +82,9 @@ class Generation:
         return self
 
     def abort(self) -> None:
-        """Ask the engine to stop it; its final (ABORT) output then ends `outputs()`."""
-        if not self._done:
+        """Ask the engine to stop it (once); its final (ABORT) output then ends `outputs()`."""
+        if not self._done and not self._abort_sent:
+            self._abort_sent = True
             logger.info("[%s] abort", self.request_id)
             self._stream.abort()
 
