@@ -74,7 +74,8 @@ async def _load(state: AppState, loader: Loader) -> None:
         state.lifecycle.set_dead(f"model load failed: {exc}")
         return
     state.lifecycle.set_ready(model)
-    model.loop.on_death(state.lifecycle.engine_died)  # pushed once by the loop: no polling
+    # pushed once by the loop, after every live request got its final ERROR output: no polling
+    model.loop.on_death(state.lifecycle.set_dead)
 
 
 async def stop_model(model: ServingModel | None) -> None:

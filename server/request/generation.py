@@ -234,6 +234,6 @@ class GenerationService:
         """Called once per request, by its Generation when it ends."""
         record = gen.record()
         self.metrics.request_finished(record)
-        ended = str(gen.finish_reason) if gen.outcome is Outcome.FINISHED else str(gen.outcome)
         log_finished(gen.request_id, record.model, record.num_input_tokens,
-                     record.num_output_tokens, record.ttft_s, record.e2e_s, ended)
+                     record.num_output_tokens, record.ttft_s, record.e2e_s,
+                     record.failure_reason or str(gen.finish_reason))

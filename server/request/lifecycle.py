@@ -53,12 +53,6 @@ class Lifecycle:
         if self.on_exit is not None:
             self.on_exit(1)
 
-    def engine_died(self, reason: str) -> None:
-        """The engine's death callback (pushed once by the loop): end what is still live, then
-        DEAD (readiness and liveness 503, exit code 1)."""
-        self.requests.abort_all(f"engine died: {reason}")
-        self.set_dead(reason)
-
     @property
     def ready(self) -> bool:
         return self.phase is Phase.READY and (self.ready_gate is None or self.ready_gate())
