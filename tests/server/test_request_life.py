@@ -166,9 +166,10 @@ def test_engine_death_ends_every_live_request_once_and_readiness_503_at_once() -
                 assert r.status_code == 200
                 assert "injected device fault" in r.text.strip().splitlines()[-1]
             assert plain.status_code == 500 and "injected device fault" in plain.json()["error"]
-            # no poll: the loop pushed its death before the last outputs reached anyone
-            assert (await srv.client.get("/v2/health/ready")).status_code == 503
+            # no poll, no probe with a side effect: the loop pushed its death before the last
+            # outputs reached anyone
             assert (await srv.client.get("/v2/health/live")).status_code == 503
+            assert (await srv.client.get("/v2/health/ready")).status_code == 503
             r = await srv.client.post("/v2/models/ensemble/generate", json=LONG)
             assert r.status_code == 503 and "engine is dead" in r.json()["error"]
             assert await _metric(srv, "nv_inference_request_failure", model="ensemble",
