@@ -106,11 +106,9 @@ class FrontEnd:
 
 def create_app(settings: ServerSettings, loader: Loader, metrics: ServerMetrics | None = None,
                frontend: FrontEnd | None = None) -> FastAPI:
-    lifecycle = Lifecycle(LiveRequests())
-    if frontend is not None:
-        metrics, lifecycle.ready_gate = frontend.metrics, frontend.ready_gate
-    metrics = metrics or default_metrics(settings)
-    lifecycle.requests.on_count = metrics.set_in_flight
+    metrics = (frontend.metrics if frontend else metrics) or default_metrics(settings)
+    lifecycle = Lifecycle(LiveRequests(on_count=metrics.set_in_flight))
+    lifecycle.ready_gate = frontend.ready_gate if frontend else None
     state = AppState(settings, lifecycle, metrics,
                      GenerationService(lifecycle, metrics, settings.request_timeout,
                                        frontend.request_id_prefix if frontend else ""),

@@ -24,13 +24,13 @@ class LiveRequest(Protocol):
 
 
 class LiveRequests:
-    def __init__(self) -> None:
+    def __init__(self, on_count: Callable[[str, int], None] | None = None) -> None:
         self._live: dict[str, LiveRequest] = {}
         self._per_label: Counter[str] = Counter()
         self._idle = asyncio.Event()
         self._idle.set()
         self.abort_reason: str | None = None  # set once abort_all ran (the drain, engine death)
-        self.on_count: Callable[[str, int], None] | None = None  # (label, live requests of it)
+        self.on_count = on_count  # called with (label, its live requests) at every change
 
     def add(self, req: LiveRequest) -> None:
         self._live[req.request_id] = req
