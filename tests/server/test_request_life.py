@@ -125,6 +125,14 @@ async def _outcomes(srv: _Served) -> tuple[float, float, float]:
             await _metric(srv, "trtserve_requests_in_flight", model="ensemble"))
 
 
+async def _canceled_once(srv: _Served) -> None:
+    """One request, aborted once, its blocks back, counted CANCELED (not a success)."""
+    stats = await _idle_stats(srv)
+    assert stats["scheduler"]["blocks_used"] == 0, stats
+    assert list(srv.aborts.values()) == [1]
+    assert await _outcomes(srv) == (0, 1, 0)
+
+
 def test_dropped_stream_is_aborted_once_frees_blocks_and_counts_canceled() -> None:
     async def main() -> None:
         async with _served(ScriptedExecutor(list(b"hello"), step_s=0.01)) as srv:
@@ -134,10 +142,7 @@ def test_dropped_stream_is_aborted_once_frees_blocks_and_counts_canceled() -> No
                     if line.startswith("data: "):
                         break
                 assert await _metric(srv, "trtserve_requests_in_flight", model="ensemble") == 1
-            stats = await _idle_stats(srv)
-            assert stats["scheduler"]["blocks_used"] == 0, stats
-            assert list(srv.aborts.values()) == [1]
-            assert await _outcomes(srv) == (0, 1, 0)
+            await _canceled_once(srv)
 
     asyncio.run(main())
 
@@ -148,10 +153,7 @@ def test_non_stream_client_that_gives_up_is_canceled_not_a_success() -> None:
             with pytest.raises(httpx.ReadTimeout):
                 await srv.client.post("/v2/models/ensemble/generate",
                                       json=dict(LONG, stream=False), timeout=0.3)
-            stats = await _idle_stats(srv)
-            assert stats["scheduler"]["blocks_used"] == 0, stats
-            assert list(srv.aborts.values()) == [1]
-            assert await _outcomes(srv) == (0, 1, 0)
+            await _canceled_once(srv)
 
     asyncio.run(main())
 
