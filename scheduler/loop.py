@@ -10,7 +10,8 @@ Idle: the loop awaits an asyncio.Event set by `add` (no polling), after running 
 check and handing `on_step` one idle snapshot (nothing scheduled, step_time_s 0), so gauges
 fed from it do not keep the last step's counts. A plan the executor refuses (StepRefusedError)
 fails only its own requests; on any other executor/update exception every unfinished request
-gets a final ERROR output, `dead` is set and `add` raises EngineDeadError.
+gets a final ERROR output, `dead` is set, `add` raises EngineDeadError and the callback given to
+`on_death` is called once with the reason (the server's only news of the death: no polling).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class EngineLoop:
         self._task: asyncio.Task[None] | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._dead: BaseException | None = None
+        self._death_callback: Callable[[str], None] | None = None
         self._stopping = False
         self._stats = self._scheduler.stats()
 
@@ -118,6 +120,13 @@ class EngineLoop:
     @property
     def num_unfinished(self) -> int:
         return self._scheduler.num_unfinished
+
+    def on_death(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` once when the loop dies, after every request got its ERROR
+        output (at once if it is already dead)."""
+        self._death_callback = callback
+        if self._dead is not None:
+            callback(str(self._dead))
 
     def stats(self) -> SchedulerStats:
         return self._stats
@@ -191,6 +200,15 @@ class EngineLoop:
             logger.exception("engine loop died; failing %d requests", self.num_unfinished)
             error = f"{type(exc).__name__}: {exc}"
             self._publish(pending + self._scheduler.fail_all(error), None)
+            self._announce_death(str(exc))
+
+    def _announce_death(self, reason: str) -> None:
+        if self._death_callback is None:
+            return
+        try:
+            self._death_callback(reason)
+        except Exception:
+            logger.exception("on_death callback failed")
 
     def _execute_and_sample(self, plan: StepPlan) -> tuple[StepResult, SampledTokens, float]:
         """Worker thread: the forward pass, then sampling (pure w.r.t. the event loop's state)."""

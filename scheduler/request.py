@@ -11,7 +11,19 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # a stop string matched
     END_ID = "end_id"  # the end-of-sequence token (end_id / model eos) was produced
     ABORT = "abort"  # client went away, shutdown, or explicit abort
-    ERROR = "error"  # the engine failed while this request was in flight
+    ERROR = "error"  # the engine failed while this request was in flight (see ErrorKind)
+
+
+class ErrorKind(enum.StrEnum):
+    """Why a request finished with ERROR (RequestOutput.error_type); the server maps each
+    kind to its HTTP answer in one table (server/request/outcome.py)."""
+
+    QUEUE_TIMEOUT = "queue_timeout"  # waited in the queue past its deadline
+    QUEUE_FULL = "queue_full"  # refused at add: the queue is at max_queue_size
+    INVALID = "invalid"  # refused at add: a client error (RequestError)
+    ENGINE_DEAD = "engine_dead"  # refused at add: the engine has died or is stopping
+    STEP_REFUSED = "step_refused"  # the executor refused the step this request was in
+    ENGINE = "engine"  # the engine failed while this request was in flight
 
 
 class RequestError(ValueError):
@@ -35,12 +47,19 @@ class QueueFullError(RuntimeError):
     """The waiting queue is at max_queue_size. Maps to HTTP 503 + Retry-After."""
 
 
-class QueueTimeoutError(RuntimeError):
-    """The request waited in the queue longer than its deadline. Maps to HTTP 503."""
-
-
 class EngineDeadError(RuntimeError):
     """The engine loop has died; no request can be served. Maps to HTTP 503 (health: not ready)."""
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """The kind of failure an exception raised by `EngineLoop.add` (or the executor) is."""
+    if isinstance(exc, RequestError):
+        return ErrorKind.INVALID
+    if isinstance(exc, QueueFullError):
+        return ErrorKind.QUEUE_FULL
+    if isinstance(exc, EngineDeadError):
+        return ErrorKind.ENGINE_DEAD
+    return ErrorKind.ENGINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +119,6 @@ class RequestOutput:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0  # total produced so far
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
-    error: str | None = None  # set with finish_reason ERROR (or a queue timeout)
-    error_type: str | None = None  # with error: taxonomy class name, "QueueTimeoutError" for a
-    # queue timeout (HTTP 503), "EngineError" when the executor failed
+    error: str | None = None  # set with finish_reason ERROR
+    error_type: ErrorKind | None = None  # with error: what kind of failure it was
     new_top_logprobs: list[TopLogprobs] | None = None  # per new token, when params.top_logprobs

@@ -23,7 +23,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.kv_cache import KVCacheManager, PrefixHit
 from scheduler.outputs import SampledTokens, delta_output
 from scheduler.plan import StepPlan, StepResult
-from scheduler.request import QueueFullError, Request, RequestError, RequestOutput
+from scheduler.request import ErrorKind, QueueFullError, Request, RequestError, RequestOutput
 from scheduler.sampling import SampleStats, is_greedy
 from scheduler.sequence import SeqStatus, Sequence
 from scheduler.stats import SchedulerStats
@@ -185,7 +185,7 @@ class Scheduler:
         for seq in expired:
             self.waiting.remove(seq)
             seq.error = f"queue timeout: {seq.request_id} waited in the queue past its deadline"
-            seq.error_type = "QueueTimeoutError"
+            seq.error_type = ErrorKind.QUEUE_TIMEOUT
             self._pending.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
 
     # ---- results ----------
@@ -249,7 +249,7 @@ class Scheduler:
         self._logit_seqs.pop(plan.step_id, None)
         for seq in self._step_seqs.pop(plan.step_id, ()):
             if seq.status is SeqStatus.RUNNING:
-                seq.error, seq.error_type = error, "StepRefusedError"
+                seq.error, seq.error_type = error, ErrorKind.STEP_REFUSED
                 self._pending.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
         self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
         return self.drain_outputs()
@@ -260,7 +260,7 @@ class Scheduler:
         self._logit_seqs.clear()
         self._step_seqs.clear()
         for seq in [*self.running, *self.waiting]:
-            seq.error, seq.error_type = error, "EngineError"
+            seq.error, seq.error_type = error, ErrorKind.ENGINE
             outputs.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
         self.running.clear()
         self.waiting.clear()

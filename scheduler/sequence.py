@@ -15,7 +15,7 @@ from collections.abc import Sequence as Sequence_
 import numpy as np
 
 from scheduler.logits_processors import is_greedy, needs_processing
-from scheduler.request import FinishReason, Request, SamplingParams, TopLogprobs
+from scheduler.request import ErrorKind, FinishReason, Request, SamplingParams, TopLogprobs
 
 
 class SeqStatus(enum.IntEnum):
@@ -92,7 +92,7 @@ class Sequence:
         self.rng = rng  # per-request generator: exactly one uniform per sampled token
         self.num_reported_tokens = 0  # output tokens already sent in a RequestOutput
         self.error: str | None = None
-        self.error_type: str | None = None
+        self.error_type: ErrorKind | None = None
         self.num_hit_blocks = 0  # leading table blocks that came from a prefix-cache hit
         # ---- per-request constants for the hot path ----
         self.end_ids: tuple[int, ...] = params.end_ids or tuple(eos_token_ids)  # effective

@@ -26,6 +26,7 @@ from server.api.cors import JsonCORSMiddleware
 from server.errors import ApiError, ValidationError, error_body, error_headers, to_api_error
 from server.request.generation import GenerationService
 from server.request.lifecycle import Lifecycle
+from server.request.live import LiveRequests
 from server.metrics.server_metrics import ServerMetrics
 from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from server.request.prep import RequestPrep
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=ServerMetrics)
 Loader = Callable[[ServerSettings, ServerMetrics], Awaitable[ServingModel]]
-DEATH_POLL_S = 0.25
 
 
 def _error_response(request: Request, err: ApiError) -> Response:
@@ -64,14 +64,6 @@ def _install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, api_error)
 
 
-async def _watch_engine(lifecycle: Lifecycle, model: ServingModel) -> None:
-    while lifecycle.live:
-        await asyncio.sleep(DEATH_POLL_S)
-        if model.loop.dead is not None:
-            lifecycle.abort_all(f"engine died: {model.loop.dead}")
-            lifecycle.set_dead(str(model.loop.dead))
-
-
 async def _load(state: AppState, loader: Loader) -> None:
     try:
         model = await loader(state.settings, state.metrics)
@@ -82,7 +74,8 @@ async def _load(state: AppState, loader: Loader) -> None:
         state.lifecycle.set_dead(f"model load failed: {exc}")
         return
     state.lifecycle.set_ready(model)
-    await _watch_engine(state.lifecycle, model)
+    # pushed once by the loop, after every live request got its final ERROR output: no polling
+    model.loop.on_death(state.lifecycle.set_dead)
 
 
 async def stop_model(model: ServingModel | None) -> None:
@@ -113,10 +106,9 @@ class FrontEnd:
 
 def create_app(settings: ServerSettings, loader: Loader, metrics: ServerMetrics | None = None,
                frontend: FrontEnd | None = None) -> FastAPI:
-    lifecycle = Lifecycle()
-    if frontend is not None:
-        metrics, lifecycle.ready_gate = frontend.metrics, frontend.ready_gate
-    metrics = metrics or default_metrics(settings)
+    metrics = (frontend.metrics if frontend else metrics) or default_metrics(settings)
+    lifecycle = Lifecycle(LiveRequests(on_count=metrics.set_in_flight))
+    lifecycle.ready_gate = frontend.ready_gate if frontend else None
     state = AppState(settings, lifecycle, metrics,
                      GenerationService(lifecycle, metrics, settings.request_timeout,
                                        frontend.request_id_prefix if frontend else ""),

@@ -10,7 +10,6 @@ from scheduler.request import (
     EngineDeadError,
     ParamError,
     QueueFullError,
-    QueueTimeoutError,
     RequestError,
 )
 
@@ -80,8 +79,6 @@ def to_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, QueueFullError):
         return UnavailableError(f"Exceeds maximum queue size: {exc}" if str(exc) else
                                 "Exceeds maximum queue size")
-    if isinstance(exc, QueueTimeoutError):
-        return UnavailableError(f"Request timeout expired while queued: {exc}")
     if isinstance(exc, EngineDeadError):
         return UnavailableError(f"engine is dead: {exc}")
     logger.exception("unexpected error", exc_info=exc)

@@ -34,8 +34,8 @@ class EngineLoopLike(Protocol):
 
     def stats(self) -> SchedulerStats: ...
 
-    @property
-    def dead(self) -> BaseException | None: ...
+    def on_death(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` once if the loop dies (at once if it has)."""
 
     @property
     def num_unfinished(self) -> int: ...

@@ -1,4 +1,5 @@
-"""Notice a client that went away while its request is still running, and abort the request.
+"""Notice a client that went away while its request is still running, and abort the request;
+and a streamed response that holds its request until the last byte.
 
 Reading `receive()` after the body was consumed blocks until the server reports
 `http.disconnect` (the client closed the connection or the response completed).
@@ -10,8 +11,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -40,3 +45,18 @@ async def abort_on_disconnect(request: Request, abort: Callable[[], None],
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+class HeldStreamingResponse(StreamingResponse):
+    """A streamed answer that holds its request (`async with owner`, a Generation handed on by
+    the route) while it is sent: the request ends when the last byte went out, the client went
+    away or the send failed, even if the body was never iterated."""
+
+    def __init__(self, owner: AbstractAsyncContextManager[Any], content: AsyncIterator[bytes],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.owner = owner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self.owner:
+            await super().__call__(scope, receive, send)

@@ -45,10 +45,7 @@ async def health_live(request: Request) -> Response:
 @router.get("/v2/health/ready")
 @router.head("/v2/health/ready", include_in_schema=False)
 async def health_ready(request: Request) -> Response:
-    lc = get_state(request).lifecycle
-    if lc.model is not None and lc.model.loop.dead is not None:
-        lc.set_dead(str(lc.model.loop.dead))
-    return _empty(200) if lc.ready else _empty(503)
+    return _empty(200) if get_state(request).lifecycle.ready else _empty(503)
 
 
 @router.get("/v2")
@@ -129,4 +126,4 @@ async def scheduler_stats(request: Request) -> Response:
     model = state.lifecycle.model
     stats = dataclasses.asdict(model.loop.stats()) if model is not None else None
     return _json({"phase": state.lifecycle.phase.value, "active_requests":
-                  state.lifecycle.num_active, "scheduler": stats})
+                  len(state.lifecycle.requests), "scheduler": stats})

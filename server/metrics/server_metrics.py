@@ -1,9 +1,9 @@
 """Prometheus metrics of the server: Triton's families plus trtserve latency histograms.
 
 `ServerMetrics` owns one `CollectorRegistry` (never the global one, so tests and several servers in
-one process do not collide). The server calls `request_started`/`request_finished` around each
-request and passes `observe_step` to the engine loop as `on_step`; `/metrics` serves
-`exposition()`. docs/metrics.md lists every family.
+one process do not collide). The registry of live requests (server/request/live.py) sets the
+in-flight gauge through `set_in_flight`, each ended request is recorded by `request_finished`,
+`observe_step` is the engine loop's `on_step`; `/metrics` serves `exposition()`. docs/metrics.md lists every family.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class RequestRecord:
     model: str  # the model name the client asked for ("ensemble", "tensorrt_llm_bls", ...)
     ok: bool  # finished without error (stop, length, stop word...)
     failure_reason: str | None  # REJECTED | CANCELED | BACKEND | OTHER when not ok
+    # (server/request/outcome.py: ENDINGS)
     queue_s: float  # arrival -> first scheduled
     ttft_s: float | None  # arrival -> first output token (None when none was produced)
     e2e_s: float  # arrival -> last byte of the response
@@ -120,20 +121,19 @@ class ServerMetrics:
         self._trtllm = TrtLlmMetrics(self.registry)
         self._latency = _LatencyMetrics(self.registry)
         self._models: set[str] = set()
-        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
         self._totals = {"preemptions": 0, "prefix_queries": 0, "prefix_hits": 0}
         self._core.add_model(BACKEND_MODEL)
         for model in model_names:
             self._ensure_model(model)
 
-    def request_started(self, model: str) -> None:
+    def set_in_flight(self, model: str, count: int) -> None:
+        """The live requests of `model` (the registry's count, never below 0)."""
         self._ensure_model(model)
-        self._move_in_flight(model, +1)
+        self._latency.in_flight.labels(model=model).set(max(count, 0))
 
     def request_finished(self, rec: RequestRecord) -> None:
         self._ensure_model(rec.model)
-        self._move_in_flight(rec.model, -1)
         for model in self._core_models(rec.model):
             if rec.ok:
                 self._core.success(model, rec.queue_s, rec.compute_s, rec.e2e_s)
@@ -173,12 +173,6 @@ class ServerMetrics:
         if model != BACKEND_MODEL:
             self._core.add_model(model)
         self._latency.add_model(model)
-
-    def _move_in_flight(self, model: str, delta: int) -> None:
-        with self._lock:
-            value = max(self._in_flight.get(model, 0) + delta, 0)
-            self._in_flight[model] = value
-        self._latency.in_flight.labels(model=model).set(value)
 
     @staticmethod
     def _core_models(model: str) -> tuple[str, ...]:

@@ -1,5 +1,12 @@
-"""One generation request from admission to its last delta: admission checks, timeout, abort on
-client disconnect or shutdown, and the metrics record.
+"""One generation request from admission to its end, and the one thing that ends it.
+
+`GenerationService.submit` admits a request into the engine loop and the registry of live
+requests; the route then holds the returned `Generation` in `async with`, which is the only place
+a request is closed: on the way out it aborts the request if it is still running, takes it out of
+the registry and records its outcome (outcome.py) in the metrics and the request log, once,
+whatever ended it (its last output, the client going away, its timeout, the drain, engine death).
+A streamed answer hands the request on (`hand_on`) to the response that streams it, which holds
+it in `async with` again until the last byte.
 """
 
 from __future__ import annotations
@@ -8,50 +15,48 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
 
-from scheduler.request import (
-    EngineDeadError,
-    FinishReason,
-    QueueFullError,
-    QueueTimeoutError,
-    Request,
-    RequestError,
-    RequestOutput,
-    SamplingParams,
-)
-from server.errors import ApiError, UnavailableError, ValidationError, to_api_error
-from server.request.lifecycle import Lifecycle
+from starlette.requests import ClientDisconnect
+
+from scheduler.request import FinishReason, Request, RequestOutput, SamplingParams, error_kind
+from server.errors import ApiError, UnavailableError, to_api_error
 from server.metrics.server_metrics import RequestRecord, ServerMetrics
+from server.request.lifecycle import Lifecycle
+from server.request.live import LiveRequests
 from server.request.log import log_finished
+from server.request.outcome import ENDINGS, Outcome, error_outcome
 from server.serving import RequestStreamLike, ServingModel
 
 logger = logging.getLogger(__name__)
 
-# final ERROR outputs that mean 503: a queue timeout, or an add refused by the engine process
-UNAVAILABLE_ERRORS = frozenset(e.__name__ for e in (QueueTimeoutError, QueueFullError,
-                                                    EngineDeadError))
-
-
-class EngineFailedError(ApiError):
-    """The engine failed while this request was in flight (Triton: INTERNAL -> 500)."""
-
-    status = 500
+# what ends an `async with` when the client went away (the streamed response's send failed,
+# or the task serving it was cancelled)
+_CLIENT_GONE = (asyncio.CancelledError, OSError, ClientDisconnect)
 
 
 class Generation:
-    """A live request; iterate `outputs()` once. Aborts itself if the consumer stops early."""
+    """A live request: `async with` it, iterate `outputs()` once."""
 
-    def __init__(self, service: GenerationService, request: Request, stream: RequestStreamLike,
-                 label: str) -> None:
+    def __init__(self, request: Request, stream: RequestStreamLike, label: str, timeout: float,
+                 registry: LiveRequests, on_end: Callable[[Generation], None]) -> None:
         self.request = request
         self.request_id = request.request_id
-        self._service = service
+        self.label = label
         self._stream = stream
-        self._label = label
-        self._done = False
-        self._closed = False
+        self._timeout = timeout  # --request-timeout (0: none)
+        self._registry = registry  # says why it was aborted when the drain aborted it
+        self._on_end = on_end  # records the outcome, once
+        self._done = False  # the final output arrived
+        self._abort_sent = False
+        self._ended = False
+        self._handed_on = False
         self._expired = False  # the request timeout fired
+        self._disconnected = False
+        self.outcome: Outcome | None = None
+        self._message = ""  # the error message of a failed outcome
+        self._timer = self._start_timer()
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
         self._gaps: list[float] = []
@@ -60,10 +65,94 @@ class Generation:
         self.num_cached_tokens = 0
         self.finish_reason: FinishReason | None = None
 
+    # ---- ownership -----------------------------------------------------------------------
+    async def __aenter__(self) -> Generation:
+        self._handed_on = False
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if exc is None and self._handed_on:
+            return
+        self._end(exc)
+
+    def hand_on(self) -> Generation:
+        """Leave this `async with` without ending the request: the next holder ends it."""
+        self._handed_on = True
+        return self
+
     def abort(self) -> None:
-        if not self._done:
+        """Ask the engine to stop it (once); its final (ABORT) output then ends `outputs()`."""
+        if not self._done and not self._abort_sent:
+            self._abort_sent = True
             logger.info("[%s] abort", self.request_id)
             self._stream.abort()
+
+    def disconnected(self) -> None:
+        """The client went away (the disconnect watcher): abort, nobody is answered."""
+        self._disconnected = True
+        self.abort()
+
+    def _expire(self) -> None:
+        self._expired = True
+        self.abort()
+
+    def _start_timer(self) -> asyncio.TimerHandle | None:
+        """One timer per request (not a wait_for, i.e. a task, per streamed delta)."""
+        if self._timeout <= 0:
+            return None
+        delay = self.request.arrival_time + self._timeout - time.monotonic()
+        return asyncio.get_running_loop().call_later(max(delay, 0.0), self._expire)
+
+    def _end(self, exc: BaseException | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.outcome is None:
+            gone = self._disconnected or exc is None or isinstance(exc, _CLIENT_GONE)
+            self.outcome = Outcome.CLIENT_GONE if gone else Outcome.INTERNAL
+        self.abort()
+        self._done = True
+        self._registry.remove(self)
+        self._on_end(self)
+
+    # ---- outputs -------------------------------------------------------------------------
+    async def outputs(self) -> AsyncIterator[RequestOutput]:
+        """Deltas in order; the last one has `finished`. Raises ApiError when the request
+        failed (its outcome's status and message)."""
+        async for out in self._stream:
+            self._observe(out)
+            if out.finished:
+                self._done, self.finish_reason = True, out.finish_reason
+                self.outcome, self._message = self._final_outcome(out)
+                if self.outcome is not Outcome.FINISHED:
+                    raise self.error()
+            yield out
+            if out.finished:
+                return
+        self.outcome = Outcome.INTERNAL
+        self._message = "the engine ended the request without a result"
+        raise self.error()
+
+    def error(self) -> ApiError:
+        """The client's error for a failed outcome."""
+        ending = ENDINGS[self.outcome or Outcome.INTERNAL]
+        return ApiError(self._message or ending.message, ending.status)
+
+    def _final_outcome(self, out: RequestOutput) -> tuple[Outcome, str]:
+        if out.finish_reason is FinishReason.ERROR:
+            return error_outcome(out.error_type), out.error or ""
+        if out.finish_reason is not FinishReason.ABORT:
+            return Outcome.FINISHED, ""
+        if self._expired:
+            late = Outcome.QUEUE_TIMEOUT if self._first_token_at is None else Outcome.TIMEOUT
+            return late, f"request timeout: not finished within {self._timeout:g} s"
+        if self._disconnected:
+            return Outcome.CLIENT_GONE, ""
+        reason = self._registry.abort_reason
+        return (Outcome.SHUTDOWN, reason) if reason else (Outcome.ABORTED, "")
 
     def _observe(self, out: RequestOutput) -> None:
         now = time.monotonic()
@@ -77,92 +166,26 @@ class Generation:
         self.num_output_tokens = out.num_output_tokens
         self.num_cached_tokens = out.num_cached_tokens
 
-    def _final_error(self, out: RequestOutput) -> ApiError | None:
-        if out.finish_reason is FinishReason.ERROR:
-            msg = out.error or "engine error"
-            if out.error_type in UNAVAILABLE_ERRORS:
-                return UnavailableError(msg)
-            if out.error_type == RequestError.__name__:  # an add the engine process refused
-                return ValidationError(msg)
-            return EngineFailedError(msg)
-        if out.finish_reason is FinishReason.ABORT and self._service.lifecycle.shutdown_reason:
-            return UnavailableError(self._service.lifecycle.shutdown_reason)
-        return None
-
-    def _expire(self) -> None:
-        """The request's deadline passed: abort it; its final (ABORT) output ends outputs()."""
-        self._expired = True
-        self.abort()
-
-    def _start_timer(self) -> asyncio.TimerHandle | None:
-        """One timer per request (not a wait_for, i.e. a task, per streamed delta)."""
-        timeout = self._service.request_timeout
-        if timeout <= 0:
-            return None
-        delay = self.request.arrival_time + timeout - time.monotonic()
-        return asyncio.get_running_loop().call_later(max(delay, 0.0), self._expire)
-
-    async def outputs(self) -> AsyncIterator[RequestOutput]:
-        """Deltas in order; the last one has `finished`. Raises ApiError on failure/timeout."""
-        it = aiter(self._stream)
-        failure: str | None = "CANCELED"
-        timer = self._start_timer()
-        try:
-            while True:
-                try:
-                    out = await anext(it)
-                except StopAsyncIteration:
-                    failure = "OTHER"
-                    raise EngineFailedError(
-                        "the engine ended the request without a result") from None
-                self._observe(out)
-                if out.finished:
-                    self.finish_reason = out.finish_reason
-                    self._done = True
-                    if self._expired and out.finish_reason is FinishReason.ABORT:
-                        failure = "REJECTED" if self._first_token_at is None else "OTHER"
-                        raise UnavailableError("request timeout: not finished within "
-                                               f"{self._service.request_timeout:g} s")
-                    err = self._final_error(out)
-                    if err is not None:
-                        failure = "BACKEND" if err.status == 500 else "CANCELED"
-                        raise err
-                    failure = None
-                yield out
-                if out.finished:
-                    return
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self.close(failure)
-
-    def close(self, failure: str | None = "CANCELED") -> None:
-        """Abort if still running and record the outcome; idempotent (call it in a finally)."""
-        if self._closed:
-            return
-        self._closed = True
-        self.abort()
-        self._done = True
-        self._service.finish(self, failure)
-
-    def record(self, failure: str | None) -> RequestRecord:
+    def record(self) -> RequestRecord:
         now = time.monotonic()
         arrival = self.request.arrival_time
         ttft = None if self._first_token_at is None else self._first_token_at - arrival
         queue_s = ttft if ttft is not None else now - arrival
+        reason = ENDINGS[self.outcome or Outcome.INTERNAL].failure_reason
         return RequestRecord(
-            model=self._label, ok=failure is None, failure_reason=failure, queue_s=queue_s,
-            ttft_s=ttft, e2e_s=now - arrival, compute_s=max(0.0, now - arrival - queue_s),
-            num_input_tokens=self.num_prompt_tokens, num_output_tokens=self.num_output_tokens,
-            inter_token_s=self._gaps)
+            model=self.label, ok=self.outcome is Outcome.FINISHED, failure_reason=reason,
+            queue_s=queue_s, ttft_s=ttft, e2e_s=now - arrival,
+            compute_s=max(0.0, now - arrival - queue_s), num_input_tokens=self.num_prompt_tokens,
+            num_output_tokens=self.num_output_tokens, inter_token_s=self._gaps)
 
 
 class GenerationService:
-    """Admits requests into the engine loop; the single place requests are counted."""
+    """Admits requests into the engine loop and records how each ended."""
 
     def __init__(self, lifecycle: Lifecycle, metrics: ServerMetrics,
                  request_timeout: float, request_id_prefix: str = "") -> None:
         self.lifecycle = lifecycle
+        self.requests: LiveRequests = lifecycle.requests
         self.metrics = metrics
         self.request_timeout = request_timeout
         self.request_id_prefix = request_id_prefix  # the front end's, with --api-server-count
@@ -173,49 +196,44 @@ class GenerationService:
         if err is not None or self.lifecycle.model is None:
             raise err or UnavailableError("Server not ready")
         model = self.lifecycle.model
-        if model.loop.dead is not None:
-            self.lifecycle.set_dead(str(model.loop.dead))
-            raise UnavailableError(f"engine is dead: {model.loop.dead}")
         capacity = model.max_batch_size + model.max_queue_size
         if model.max_queue_size > 0 and model.loop.num_unfinished >= capacity:
-            self.metrics.request_started(label)
-            self._rejected(label, 0, time.monotonic())
-            raise UnavailableError("Exceeds maximum queue size")
+            self._refused(label, Outcome.QUEUE_FULL, 0, time.monotonic())
+            raise UnavailableError(ENDINGS[Outcome.QUEUE_FULL].message)
         return model
-
-    def _rejected(self, label: str, num_prompt_tokens: int, arrival: float,
-                  reason: str = "REJECTED") -> None:
-        self.metrics.request_finished(RequestRecord(
-            model=label, ok=False, failure_reason=reason, queue_s=0.0, ttft_s=None,
-            e2e_s=time.monotonic() - arrival, compute_s=0.0,
-            num_input_tokens=num_prompt_tokens, num_output_tokens=0))
 
     def submit(self, model: ServingModel, prompt_ids: list[int], params: SamplingParams,
                label: str, arrival: float) -> Generation:
+        """The request, admitted into the engine loop and the registry: `async with` it."""
         prefix = self.request_id_prefix  # 32 hex digits either way
         request_id = prefix + uuid.uuid4().hex[len(prefix):]
         timeout = self.request_timeout
         request = Request(request_id=request_id, prompt_token_ids=prompt_ids, params=params,
                           arrival_time=arrival,
                           queue_deadline=arrival + timeout if timeout > 0 else None)
-        self.metrics.request_started(label)
         try:
             stream = model.loop.add(request)
         except Exception as exc:  # noqa: BLE001 - mapped by the taxonomy
             err = to_api_error(exc)
-            reason = "REJECTED" if err.status == 503 else "OTHER"
-            self._rejected(label, len(prompt_ids), arrival, reason)
+            self._refused(label, error_outcome(error_kind(exc)), len(prompt_ids), arrival)
             logger.info("[%s] rejected (%d): %s", request_id, err.status, err.message)
             raise err from None
-        gen = Generation(self, request, stream, label)
-        self.lifecycle.track(request_id, gen.abort)
+        gen = Generation(request, stream, label, timeout, self.requests, self._finished)
+        self.requests.add(gen)
         logger.debug("[%s] admitted: %d prompt tokens", request_id, len(prompt_ids))
         return gen
 
-    def finish(self, gen: Generation, failure: str | None) -> None:
-        self.lifecycle.untrack(gen.request_id)
-        record = gen.record(failure)
+    def _refused(self, label: str, outcome: Outcome, num_prompt_tokens: int,
+                 arrival: float) -> None:
+        self.metrics.request_finished(RequestRecord(
+            model=label, ok=False, failure_reason=ENDINGS[outcome].failure_reason, queue_s=0.0,
+            ttft_s=None, e2e_s=time.monotonic() - arrival, compute_s=0.0,
+            num_input_tokens=num_prompt_tokens, num_output_tokens=0))
+
+    def _finished(self, gen: Generation) -> None:
+        """Called once per request, by its Generation when it ends."""
+        record = gen.record()
         self.metrics.request_finished(record)
         log_finished(gen.request_id, record.model, record.num_input_tokens,
                      record.num_output_tokens, record.ttft_s, record.e2e_s,
-                     failure or str(gen.finish_reason or "-"))
+                     record.failure_reason or str(gen.finish_reason))

@@ -1,17 +1,18 @@
 """Server phases: loading -> ready -> draining (SIGTERM) | dead (engine loop died).
 
 Readiness is 503 unless READY; liveness is 200 unless DEAD. New generation requests are admitted
-only when READY. The drain waits for in-flight requests, then aborts the rest.
+only when READY. The drain waits for the live requests (live.py), then aborts the rest. DEAD is
+set by the engine loop's death callback (app.py) or a failed load, never by polling.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Callable
 
 from server.errors import UnavailableError
+from server.request.live import LiveRequests
 from server.serving import ServingModel
 
 logger = logging.getLogger(__name__)
@@ -25,15 +26,12 @@ class Phase(enum.StrEnum):
 
 
 class Lifecycle:
-    def __init__(self) -> None:
+    def __init__(self, requests: LiveRequests) -> None:
         self.phase = Phase.LOADING
         self.model: ServingModel | None = None
         self.failure: str | None = None  # why the server is dead
         self.exit_code = 0
-        self.shutdown_reason: str | None = None  # set when remaining requests are aborted
-        self._active: dict[str, Callable[[], None]] = {}  # request id -> abort
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.requests = requests
         self.on_exit: Callable[[int], None] | None = None  # asks the runner to stop
         # with --api-server-count: readiness also waits for every other front end
         self.ready_gate: Callable[[], bool] | None = None
@@ -72,37 +70,14 @@ class Lifecycle:
             return UnavailableError("Server exiting")
         return UnavailableError(f"engine is dead: {self.failure}")
 
-    # ---- in-flight tracking ------------------------------------------------------------
-    def track(self, request_id: str, abort: Callable[[], None]) -> None:
-        self._active[request_id] = abort
-        self._idle.clear()
-
-    def untrack(self, request_id: str) -> None:
-        self._active.pop(request_id, None)
-        if not self._active:
-            self._idle.set()
-
-    @property
-    def num_active(self) -> int:
-        return len(self._active)
-
     # ---- drain -------------------------------------------------------------------------
     async def drain(self, timeout: float) -> None:
-        """Stop admitting, let in-flight requests finish for `timeout` s, abort the rest."""
+        """Stop admitting, let live requests finish for `timeout` s, abort the rest."""
         if self.phase is Phase.READY or self.phase is Phase.LOADING:
             self.phase = Phase.DRAINING
-        logger.info("draining %d in-flight requests (timeout %.1fs)", self.num_active, timeout)
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            self.abort_all("server shutting down: drain timeout expired")
-            try:
-                await asyncio.wait_for(self._idle.wait(), 2.0)
-            except TimeoutError:
-                logger.warning("%d requests still active after abort", self.num_active)
-
-    def abort_all(self, reason: str) -> None:
-        self.shutdown_reason = reason
-        for request_id, abort in list(self._active.items()):
-            logger.info("aborting %s: %s", request_id, reason)
-            abort()
+        logger.info("draining %d in-flight requests (timeout %.1fs)", len(self.requests), timeout)
+        if await self.requests.wait_idle(timeout):
+            return
+        self.requests.abort_all("server shutting down: drain timeout expired")
+        if not await self.requests.wait_idle(2.0):
+            logger.warning("%d requests still active after abort", len(self.requests))

@@ -3,8 +3,9 @@
 `EngineClient` has the shape the HTTP layer expects of an engine loop (server/serving.py:
 add/abort/stats/dead/num_unfinished), reached over the IPC socket (server/split/frames.py); each
 request's deltas land in a scheduler.loop.RequestStream, so a lagging consumer still gets them
-merged. `RemoteMetrics` forwards the request records to the engine process, which owns every
-metric; `frontend_loader` is the app's loader: connect, take the model's tokenizer and limits
+merged. When the engine process goes away every live request ends with an ERROR output and the
+`on_death` callback is called once. `RemoteMetrics` forwards the request records and the
+in-flight counts to the engine process, which owns every metric; `frontend_loader` is the app's loader: connect, take the model's tokenizer and limits
 from the engine's hello.
 """
 
@@ -13,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from scheduler.loop import RequestStream
-from scheduler.request import EngineDeadError, Request
+from scheduler.request import EngineDeadError, ErrorKind, Request
 from scheduler.stats import SchedulerStats
 from scheduler.validation import validate_params, validate_prompt
 from server.app import Loader
@@ -44,6 +46,7 @@ class EngineClient:
         self._queries: dict[int, asyncio.Future[Any]] = {}
         self._query_ids = itertools.count()
         self._dead: BaseException | None = None
+        self._death_callback: Callable[[str], None] | None = None
         self._stats: SchedulerStats | None = None
         self._unfinished = 0  # the engine's count at its last step
         self._added = 0  # adds sent since then
@@ -106,6 +109,12 @@ class EngineClient:
     def num_unfinished(self) -> int:
         return self._unfinished + self._added
 
+    def on_death(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` once when the engine process is lost (not at our own stop)."""
+        self._death_callback = callback
+        if self._dead is not None and str(self._dead) != STOPPED:
+            callback(str(self._dead))
+
     async def query_metrics(self) -> tuple[bytes, str]:
         if self._out is None or self._dead is not None:
             raise UnavailableError("the engine process is not reachable")
@@ -162,11 +171,13 @@ class EngineClient:
         logger.log(level, "engine connection closed: %s", reason)
         self._dead = EngineDeadError(reason)
         for rid, stream in list(self._streams.items()):
-            stream.put(error_output(rid, RuntimeError(reason)))
+            stream.put(error_output(rid, reason, ErrorKind.ENGINE))
         self._streams.clear()
         for future in [*self._queries.values(), self._hello]:
             if future is not None and not future.done():
                 future.set_exception(EngineDeadError(reason))
+        if reason != STOPPED and self._death_callback is not None:
+            self._death_callback(reason)
 
 
 class RemoteMetrics(ServerMetrics):
@@ -176,8 +187,8 @@ class RemoteMetrics(ServerMetrics):
     def __init__(self, client: EngineClient) -> None:  # no registry of its own
         self.client = client
 
-    def request_started(self, model: str) -> None:
-        self.client.send(("started", model))
+    def set_in_flight(self, model: str, count: int) -> None:
+        self.client.send(("in_flight", model, count))
 
     def request_finished(self, rec: RequestRecord) -> None:
         self.client.send(("finished", rec))

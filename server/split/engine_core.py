@@ -4,23 +4,24 @@ to the HTTP front-end processes over the IPC socket (server/split/frames.py).
 It loads the model with the same loader as the one-process server, then answers each front
 end's adds and aborts, and sends it one frame per engine step carrying every output of that step
 for that front end plus the step's SchedulerStats. It owns every metric: front ends forward the
-start and the record of each request, and a /metrics scrape in any front end is answered here,
-so every process shows the same totals. A front end that disconnects has its requests aborted
+record of each ended request and their count of live requests per model (the in-flight gauge is
+their sum), and a /metrics scrape in any front end is answered here, so every process shows the
+same totals. A front end that disconnects has its requests aborted
 (their KV blocks freed). SIGUSR1 (sent by the supervisor once the front ends drained): stop the
 loop, exit 0; SIGTERM/SIGINT are ignored (the supervisor drains the front ends first). Engine
-death: every front end is told, exit 1.
+death (the loop's `on_death` callback): every front end is told, exit 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
+from collections import Counter
 from typing import Any
 
-from scheduler.request import EngineDeadError, Request, RequestOutput
+from scheduler.request import ErrorKind, Request, RequestOutput, error_kind
 from scheduler.stats import SchedulerStats
 from server.app import Loader, default_metrics, stop_model
 from server.split.frames import (
@@ -38,7 +39,6 @@ from server.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 STOP_SIGNAL = signal.SIGUSR1  # from the supervisor, once the front ends drained
-DEATH_POLL_S = 0.25
 DEAD_NOTICE_S = 0.5  # the "dead" message gets this long to reach the front ends before exit
 
 
@@ -49,6 +49,7 @@ class _Connection:
         self.core = core
         self.out = FrameWriter(writer)
         self.live: set[str] = set()
+        self.in_flight: Counter[str] = Counter()  # its registry's live requests per model
         self.outputs: list[OutputTuple] = []
         self.sent_stats: SchedulerStats | None = None
 
@@ -82,6 +83,7 @@ class EngineCore:
         self._dirty: set[_Connection] = set()
         self._scheduled = False
         self._stop = asyncio.Event()
+        self._death: str | None = None  # why the engine loop died
 
     # ---- per-step batching ------------------------------------------------------------
     def mark(self, conn: _Connection) -> None:
@@ -115,8 +117,9 @@ class EngineCore:
         elif kind == "abort":
             if self.model is not None and msg[1] in conn.live:
                 self.model.loop.abort(msg[1])
-        elif kind == "started":
-            self.metrics.request_started(msg[1])
+        elif kind == "in_flight":
+            conn.in_flight[msg[1]] = msg[2]
+            self._sum_in_flight(msg[1])
         elif kind == "finished":
             self.metrics.request_finished(msg[1])
         elif kind == "metrics":
@@ -125,10 +128,13 @@ class EngineCore:
         else:
             logger.error("unknown IPC message %r", kind)
 
+    def _sum_in_flight(self, model: str) -> None:
+        self.metrics.set_in_flight(model, sum(c.in_flight[model] for c in self.conns))
+
     def _add(self, conn: _Connection, request: Request) -> None:
         rid = request.request_id
         if self.model is None:
-            conn.put(error_output(rid, EngineDeadError("the model is not loaded")))
+            conn.put(error_output(rid, "the model is not loaded", ErrorKind.ENGINE_DEAD))
             return
         loop: Any = self.model.loop
         try:
@@ -137,7 +143,7 @@ class EngineCore:
             else:  # a loop without add_to (test fakes): pump its stream
                 asyncio.get_running_loop().create_task(self._pump(loop.add(request), conn))
         except Exception as exc:  # noqa: BLE001 - the front end maps it (400 / 503)
-            conn.put(error_output(rid, exc))
+            conn.put(error_output(rid, str(exc), error_kind(exc)))
             return
         conn.live.add(rid)
 
@@ -160,6 +166,8 @@ class EngineCore:
         finally:
             self.conns.discard(conn)
             self._dirty.discard(conn)
+            for model in conn.in_flight:
+                self._sum_in_flight(model)
             conn.out.closed = True
             if self.model is not None and conn.live:
                 logger.warning("front end gone: aborting its %d requests", len(conn.live))
@@ -190,15 +198,19 @@ class EngineCore:
         return code
 
     async def _watch(self) -> int:
+        """Until SIGUSR1 (0) or the engine loop's death callback (1)."""
         assert self.model is not None
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), DEATH_POLL_S)
-            if self.model.loop.dead is not None:
-                await self._broadcast_dead(f"engine died: {self.model.loop.dead}")
-                return 1
+        self.model.loop.on_death(self._died)
+        await self._stop.wait()
+        if self._death is not None:
+            await self._broadcast_dead(f"engine died: {self._death}")
+            return 1
         logger.info("engine core: stopping")
         return 0
+
+    def _died(self, reason: str) -> None:
+        self._death = reason
+        self._stop.set()
 
     async def _broadcast_dead(self, reason: str) -> None:
         for conn in list(self.conns):

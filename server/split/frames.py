@@ -8,7 +8,7 @@ only this server's own processes can open the socket, and it is the cheapest cod
 the tuples and lists that cross (docs/host-path.md).
 
 Messages are tuples whose first item names them:
-front end -> engine: ("add", Request), ("abort", request_id), ("started", model),
+front end -> engine: ("add", Request), ("abort", request_id), ("in_flight", model, count),
     ("finished", RequestRecord), ("metrics", query_id)
 engine -> front end: ("hello", EngineInfo), ("step", [output tuple...], stats | None,
     num_unfinished), ("reply", query_id, payload), ("dead", reason)
@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.request import FinishReason, RequestOutput
+from scheduler.request import ErrorKind, FinishReason, RequestOutput
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +69,19 @@ def output_tuple(out: RequestOutput) -> OutputTuple:
     return (out.request_id, out.new_token_ids, out.new_logprobs, out.finished,
             None if out.finish_reason is None else str(out.finish_reason),
             out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens, out.error,
-            out.error_type, out.new_top_logprobs)
+            None if out.error_type is None else str(out.error_type), out.new_top_logprobs)
 
 
 def output_from(t: OutputTuple) -> RequestOutput:
-    reason = t[4]
+    reason, kind = t[4], t[9]
     return RequestOutput(t[0], t[1], t[2], t[3], None if reason is None else FinishReason(reason),
-                         t[5], t[6], t[7], t[8], t[9], t[10])
+                         t[5], t[6], t[7], t[8], None if kind is None else ErrorKind(kind), t[10])
 
 
-def error_output(request_id: str, exc: BaseException) -> RequestOutput:
-    """The engine refused an add: a finished ERROR output naming the exception's class."""
+def error_output(request_id: str, error: str, kind: ErrorKind) -> RequestOutput:
+    """A request that ends here with ERROR: an add the engine refused, or a lost engine."""
     return RequestOutput(request_id, finished=True, finish_reason=FinishReason.ERROR,
-                         error=str(exc), error_type=type(exc).__name__)
+                         error=error, error_type=kind)
 
 
 class FrameWriter:

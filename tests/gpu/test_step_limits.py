@@ -16,7 +16,7 @@ from engine.executors import ort_cuda
 from engine.limits import decide_limits
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
-from scheduler.request import FinishReason, Request, RequestOutput, SamplingParams
+from scheduler.request import ErrorKind, FinishReason, Request, RequestOutput, SamplingParams
 from server.model_loader import engine_options
 from server.settings import ServerSettings
 
@@ -112,7 +112,7 @@ def test_a_refused_step_fails_only_its_requests(fake_host_ort: object, tiny_fp16
             await loop.stop()
         reasons = [out.finish_reason for out in first]
         assert reasons == [FinishReason.ERROR] * 3 + [FinishReason.LENGTH], first
-        assert all(out.error_type == "StepRefusedError" for out in first[:3])
+        assert all(out.error_type is ErrorKind.STEP_REFUSED for out in first[:3])
         assert "max_batch_size is 2" in (first[0].error or "")
         assert later.finish_reason is FinishReason.LENGTH and later.num_output_tokens == 4
 

@@ -14,7 +14,7 @@ from sched_fakes import (
     tokens_of,
 )
 
-from scheduler.request import FinishReason, QueueFullError, RequestError
+from scheduler.request import ErrorKind, FinishReason, QueueFullError, RequestError
 from scheduler.sequence import SeqStatus
 
 
@@ -144,7 +144,7 @@ def test_queue_timeout_finishes_without_kv() -> None:
     assert len(timed_out) == 1
     o = timed_out[0]
     assert (o.finished, o.finish_reason, o.error_type, o.new_token_ids) == (
-        True, FinishReason.ERROR, "QueueTimeoutError", [])
+        True, FinishReason.ERROR, ErrorKind.QUEUE_TIMEOUT, [])
     assert o.error == "queue timeout: second waited in the queue past its deadline"
     got = run_all(sched, ex)
     assert got["first"][-1].finish_reason == FinishReason.LENGTH

@@ -13,7 +13,7 @@ from sched_fakes import FakeExecutor, greedy_reference, make_request
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop, RequestStream
 from scheduler.plan import StepPlan, StepResult
-from scheduler.request import EngineDeadError, FinishReason, RequestOutput
+from scheduler.request import EngineDeadError, ErrorKind, FinishReason, RequestOutput
 from scheduler.stats import SchedulerStats
 
 
@@ -89,7 +89,7 @@ def test_engine_exception_fails_everyone_and_kills_loop() -> None:
         for outs in results:
             last = outs[-1]
             assert (last.finished, last.finish_reason, last.error, last.error_type) == (
-                True, FinishReason.ERROR, "RuntimeError: fake device failure", "EngineError")
+                True, FinishReason.ERROR, "RuntimeError: fake device failure", ErrorKind.ENGINE)
         assert isinstance(loop.dead, RuntimeError)
         with pytest.raises(EngineDeadError, match="fake device failure"):
             loop.add(make_request())
@@ -184,4 +184,4 @@ def test_a_refused_step_does_not_republish_the_previous_steps_stats() -> None:
 
     outs = run(main())
     assert outs[-1].finish_reason is FinishReason.ERROR
-    assert outs[-1].error_type == "StepRefusedError"
+    assert outs[-1].error_type is ErrorKind.STEP_REFUSED

@@ -58,11 +58,13 @@ class ScriptedExecutor:
 
 
 def scripted_model(script: str | Sequence[int], step_s: float = 0.0,
-                   on_step: object = None) -> ServingModel:
-    """A ServingModel whose loop is the real EngineLoop over a ScriptedExecutor (not started)."""
+                   on_step: object = None, executor: ScriptedExecutor | None = None
+                   ) -> ServingModel:
+    """A ServingModel whose loop is the real EngineLoop over a ScriptedExecutor (not started);
+    `executor` replaces the one built from `script` and `step_s`."""
     ids = list(script.encode()) if isinstance(script, str) else list(script)
     tok = FakeTokenizer()
-    ex = ScriptedExecutor(ids, step_s=step_s)
+    ex = executor or ScriptedExecutor(ids, step_s=step_s)
     cfg = SchedulerConfig(max_batch_size=8, max_queue_size=16)
 
     def decode(tokens: Sequence[int]) -> str:

@@ -8,7 +8,7 @@ emits the bytes of REPLY (cycled), one token per step, then EOS when max_tokens 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from scheduler.request import (
@@ -105,6 +105,7 @@ class FakeLoop:
         self.added: list[Request] = []
         self.steps = 0
         self._dead: BaseException | None = None
+        self._on_death: Callable[[str], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -123,6 +124,9 @@ class FakeLoop:
     @property
     def num_unfinished(self) -> int:
         return len(self.running) + len(self.waiting)
+
+    def on_death(self, callback: Callable[[str], None]) -> None:
+        self._on_death = callback
 
     def add(self, request: Request) -> FakeStream:
         if self._dead is not None:
@@ -193,6 +197,8 @@ class FakeLoop:
                                                error=str(exc)))
         self.running.clear()
         self.waiting.clear()
+        if self._on_death is not None:
+            self._on_death(str(exc))
 
 
 def fake_model(loop: FakeLoop | None = None) -> ServingModel:

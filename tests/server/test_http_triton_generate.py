@@ -7,7 +7,7 @@ import json
 from fastapi.testclient import TestClient
 from server_fakes import REPLY, FakeLoop, FakeStream
 
-from scheduler.request import FinishReason, QueueTimeoutError, Request, RequestOutput
+from scheduler.request import ErrorKind, FinishReason, Request, RequestOutput
 
 GEN = "/v2/models/ensemble/generate"
 STREAM = "/v2/models/ensemble/generate_stream"
@@ -128,7 +128,7 @@ class _TimingOutLoop(FakeLoop):
         seq.queue.put_nowait(RequestOutput(
             request.request_id, finished=True, finish_reason=FinishReason.ERROR,
             error="queue timeout: waited longer than the request timeout",
-            error_type=QueueTimeoutError.__name__))
+            error_type=ErrorKind.QUEUE_TIMEOUT))
         return stream
 
 

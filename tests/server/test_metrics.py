@@ -156,7 +156,6 @@ def test_triton_counters_keep_exact_names() -> None:
 def test_success_moves_core_counters_for_model_and_backend() -> None:
     """A successful ensemble request counts once under `ensemble` and once under tensorrt_llm."""
     metrics = make_metrics()
-    metrics.request_started("ensemble")
     metrics.request_finished(make_record())
     metrics.request_finished(make_record(queue_s=0.75, e2e_s=4.0, compute_s=3.0))
     samples, _ = scrape(metrics)
@@ -242,18 +241,19 @@ def test_latency_histograms_move_after_records() -> None:
     assert value(samples, "trtserve_prompt_tokens_total", model="ensemble") == 20
 
 
-def test_in_flight_gauge_tracks_started_minus_finished() -> None:
-    """request_started/finished move the in-flight gauge, which never goes negative."""
+def test_in_flight_gauge_is_the_registry_count() -> None:
+    """The in-flight gauge is what the registry of live requests says (set_in_flight), never
+    negative, and a finished record does not move it."""
     metrics = make_metrics()
-    metrics.request_started("ensemble")
-    metrics.request_started("ensemble")
+    metrics.set_in_flight("ensemble", 2)
     metrics.request_finished(make_record())
     samples, _ = scrape(metrics)
-    assert value(samples, "trtserve_requests_in_flight", model="ensemble") == 1
-    for _ in range(3):
-        metrics.request_finished(make_record())
+    assert value(samples, "trtserve_requests_in_flight", model="ensemble") == 2
+    metrics.set_in_flight("ensemble", -1)
+    metrics.set_in_flight("my-model", 3)
     samples, _ = scrape(metrics)
     assert value(samples, "trtserve_requests_in_flight", model="ensemble") == 0
+    assert value(samples, "trtserve_requests_in_flight", model="my-model") == 3
 
 
 def test_unknown_model_gets_series_on_first_use() -> None:

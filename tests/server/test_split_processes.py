@@ -160,19 +160,29 @@ def _stats(url: str) -> dict[str, int]:
     return httpx.get(url + "/v2/trtserve/stats", timeout=5).json()["scheduler"]
 
 
+def _in_flight(url: str) -> float:
+    """The engine's in-flight gauge: the sum of what each front end's registry counts."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    m = re.search(r'^trtserve_requests_in_flight\{model="ensemble"\} (\S+)$', text, re.M)
+    assert m, text[:2000]
+    return float(m.group(1))
+
+
 def test_client_disconnect_in_a_front_end_frees_the_engines_blocks() -> None:
     with split_server("--api-server-count", "2", step_s=0.02) as srv:
-        async def stream_then_leave() -> dict[str, int]:
+        async def stream_then_leave() -> tuple[dict[str, int], float]:
             async with httpx.AsyncClient(timeout=30) as c, c.stream(
                     "POST", srv.url + "/v2/models/ensemble/generate_stream",
                     json=_triton_body(400)) as r:
                 async for line in r.aiter_lines():
                     if line.startswith("data: "):  # streaming: the engine holds its blocks
-                        return await asyncio.to_thread(_stats, srv.url)
+                        return (await asyncio.to_thread(_stats, srv.url),
+                                await asyncio.to_thread(_in_flight, srv.url))
                 raise AssertionError("no event")
 
-        busy = asyncio.run(stream_then_leave())  # the client has closed its connection
+        busy, in_flight = asyncio.run(stream_then_leave())  # the client has closed its connection
         assert busy["blocks_used"] > 0 and busy["num_running"] == 1, busy
+        assert in_flight == 1
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             s = _stats(srv.url)
@@ -183,6 +193,10 @@ def test_client_disconnect_in_a_front_end_frees_the_engines_blocks() -> None:
         assert s["step_id"] < 300  # aborted well before its 400 tokens
         assert re.search(r"request 0[01][0-9a-f]{30} POST \S+ model=ensemble .* "
                          r"finish=CANCELED", srv.log())
+        deadline = time.monotonic() + 5  # the front end's count travels after its log line
+        while _in_flight(srv.url) != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _in_flight(srv.url) == 0
 
 
 def test_sigterm_drains_in_flight_requests_and_every_process_exits() -> None:

@@ -10,22 +10,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from scheduler.request import FinishReason, ParamError, RequestOutput, TopLogprobs
 from scheduler.validation import check_token_ids
 from server.app_state import AppState, get_state
 from server.request.detokenizer import IncrementalDetokenizer
-from server.api.disconnect import abort_on_disconnect
-from server.errors import (
-    ApiError,
-    UnavailableError,
-    UnknownModelError,
-    ValidationError,
-    param_error,
-    to_api_error,
-)
-from server.request.generation import EngineFailedError, Generation
+from server.api.disconnect import HeldStreamingResponse, abort_on_disconnect
+from server.errors import ApiError, UnknownModelError, ValidationError, param_error, to_api_error
+from server.request.generation import Generation
 from server.api.json_body import check_text
 from server.api.openai.logprobs import LogprobRenderer
 from server.api.openai.schema import ChatRequest, CompletionRequest, _Base, message_text
@@ -86,7 +79,7 @@ class _Job:
         self.finish: str | None = None
 
     def feed(self, out: RequestOutput) -> str:
-        """The text to send for one delta; raises ApiError when the engine aborted it."""
+        """The text to send for one delta."""
         self.tokens.extend(out.new_token_ids)
         self.logprobs.extend(out.new_logprobs or [])
         self.tops.extend(out.new_top_logprobs or [])
@@ -134,20 +127,15 @@ class _Job:
 
 def _finish_reason(out: RequestOutput, trim: StopTrimmer | None) -> str:
     """OpenAI's finish reasons are only "stop" and "length": an aborted or failed request is an
-    error object instead (Generation already raises for failures it can classify)."""
-    reason = out.finish_reason
-    if reason is FinishReason.ERROR:
-        raise EngineFailedError(out.error or "engine error")
-    if reason is FinishReason.ABORT:
-        raise UnavailableError("the request was aborted by the server")
+    error object instead (Generation.outputs raises before such a final output)."""
     if trim is not None and trim.hit:
         return "stop"
-    return "length" if reason is FinishReason.LENGTH else "stop"
+    return "length" if out.finish_reason is FinishReason.LENGTH else "stop"
 
 
 async def _whole(request: Request, job: _Job) -> Response:
     gen = job.gen
-    async with abort_on_disconnect(request, gen.abort, gen.request_id):
+    async with abort_on_disconnect(request, gen.disconnected, gen.request_id):
         async for out in gen.outputs():
             job.feed(out)
     body = job.envelope(job.choice(job.text, job.finish, None, 0, chunk=False), chunk=False)
@@ -163,7 +151,7 @@ async def _stream(request: Request, job: _Job) -> AsyncIterator[bytes]:
     gen = job.gen
     outputs = gen.outputs()
     try:
-        async with abort_on_disconnect(request, gen.abort, gen.request_id):
+        async with abort_on_disconnect(request, gen.disconnected, gen.request_id):
             if job.kind == "chat.completion":
                 first = job.choice("", None, _EMPTY, 0, chunk=True)
                 first["delta"] = {"role": "assistant", "content": ""}
@@ -187,7 +175,6 @@ async def _stream(request: Request, job: _Job) -> AsyncIterator[bytes]:
             yield b"data: [DONE]\n\n"
     finally:
         await outputs.aclose()
-        gen.close()
 
 
 async def _run(request: Request, cls: type[_Base], kind: str,
@@ -202,19 +189,18 @@ async def _run(request: Request, cls: type[_Base], kind: str,
     prompt_ids = await state.prep.in_thread(to_ids, model, req)
     if not prompt_ids:
         raise ValidationError("the prompt is empty")
-    gen = state.service.submit(model, prompt_ids, params, label, arrival)
-    logger.info("[%s] %s: %d prompt tokens, max_tokens %d, stream %s", gen.request_id, kind,
-                len(prompt_ids), params.max_tokens, req.stream)
-    job = _Job(model, gen, req, kind)
-    if req.stream:
-        return StreamingResponse(_stream(request, job), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
     try:
-        return await _whole(request, job)
+        async with state.service.submit(model, prompt_ids, params, label, arrival) as gen:
+            logger.info("[%s] %s: %d prompt tokens, max_tokens %d, stream %s", gen.request_id,
+                        kind, len(prompt_ids), params.max_tokens, req.stream)
+            job = _Job(model, gen, req, kind)
+            if req.stream:
+                return HeldStreamingResponse(gen.hand_on(), _stream(request, job),
+                                             media_type="text/event-stream",
+                                             headers={"Cache-Control": "no-cache"})
+            return await _whole(request, job)
     except Exception as exc:
         raise to_api_error(exc) from None
-    finally:
-        gen.close()
 
 
 def _completion_ids(model: ServingModel, req: CompletionRequest) -> list[int]:

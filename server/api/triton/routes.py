@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from scheduler.request import RequestOutput, SamplingParams
 from server.app_state import AppState, get_state
 from server.request.detokenizer import IncrementalDetokenizer
-from server.api.disconnect import abort_on_disconnect
+from server.api.disconnect import HeldStreamingResponse, abort_on_disconnect
 from server.errors import ApiError, UnknownModelError, ValidationError, to_api_error
 from server.request.generation import Generation
 from server.api.json_body import dumps_compact
@@ -98,7 +98,7 @@ def _full_text(model: ServingModel, gen: Generation, opts: TritonOptions, ids: l
 
 async def _whole(request: Request, model: ServingModel, gen: Generation, opts: TritonOptions,
                  base: dict[str, Any]) -> dict[str, Any]:
-    async with abort_on_disconnect(request, gen.abort, gen.request_id):
+    async with abort_on_disconnect(request, gen.disconnected, gen.request_id):
         ids, logprobs = await _collect(gen)
     body = dict(base, text_output=_full_text(model, gen, opts, ids))
     body.update(_extras(opts, gen, logprobs, sum(logprobs) if logprobs else None))
@@ -154,7 +154,7 @@ async def _sse(request: Request, state: _StreamState, first: RequestOutput,
                outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
     gen = state.gen
     try:
-        async with abort_on_disconnect(request, gen.abort, gen.request_id):
+        async with abort_on_disconnect(request, gen.disconnected, gen.request_id):
             chunk = state.render(first)
             if chunk:
                 yield chunk
@@ -170,25 +170,20 @@ async def _sse(request: Request, state: _StreamState, first: RequestOutput,
                 yield _event({"error": err.message})
     finally:
         await outputs.aclose()
-        gen.close()
 
 
 async def _stream_response(request: Request, model: ServingModel, gen: Generation,
                            opts: TritonOptions, base: dict[str, Any]) -> Response:
-    """Status comes from the first result: errors before it are plain JSON."""
+    """Status comes from the first result: errors before it are plain JSON. The response
+    holds the request on until its last event."""
     outputs = gen.outputs()
-    try:
-        async with abort_on_disconnect(request, gen.abort, gen.request_id):
-            first = await anext(outputs)
-    except BaseException:
-        await outputs.aclose()
-        gen.close()
-        raise
+    async with abort_on_disconnect(request, gen.disconnected, gen.request_id):
+        first = await anext(outputs)
     state = _StreamState(model, gen, opts, base)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                **load_report(request, model)}
-    return StreamingResponse(_sse(request, state, first, outputs), media_type=SSE_MEDIA,
-                             headers=headers)
+    return HeldStreamingResponse(gen.hand_on(), _sse(request, state, first, outputs),
+                                 media_type=SSE_MEDIA, headers=headers)
 
 
 def _tokenize(inputs: TritonInputs, model: ServingModel
@@ -210,20 +205,17 @@ async def _generate(request: Request, name: str, version: str | None, stream_rou
     inputs = await state.prep.parse(parse_triton_request, await request.body(), limits)
     model = state.service.admit(label)
     params, opts, prompt_ids = await state.prep.in_thread(_tokenize, inputs, model)
-    gen = state.service.submit(model, prompt_ids, params, label, arrival)
     base = _base(label, inputs.request_id)
-    logger.info("[%s] %s %s: %d prompt tokens, max_tokens %d, stream %s", gen.request_id,
-                label, "generate_stream" if stream_route else "generate", len(prompt_ids),
-                params.max_tokens, opts.stream)
     try:
-        if stream_route and opts.stream:
-            return await _stream_response(request, model, gen, opts, base)
-        body = await _whole(request, model, gen, opts, base)
+        async with state.service.submit(model, prompt_ids, params, label, arrival) as gen:
+            logger.info("[%s] %s %s: %d prompt tokens, max_tokens %d, stream %s",
+                        gen.request_id, label, "generate_stream" if stream_route else "generate",
+                        len(prompt_ids), params.max_tokens, opts.stream)
+            if stream_route and opts.stream:
+                return await _stream_response(request, model, gen, opts, base)
+            body = await _whole(request, model, gen, opts, base)
     except Exception as exc:
         raise to_api_error(exc) from None
-    finally:
-        if not (stream_route and opts.stream):
-            gen.close()
     headers = load_report(request, model)
     if stream_route:
         return Response(_event(body), media_type=SSE_MEDIA, headers=headers)
