@@ -18,9 +18,9 @@ from collections.abc import Sequence as Seq
 
 import numpy as np
 
-from scheduler.block_pool import BlockPool
+from scheduler.block_allocator import BlockAllocator
 from scheduler.config import SchedulerConfig
-from scheduler.kv_cache import KVCacheManager, PrefixHit
+from scheduler.block_tables import BlockTables, PrefixHit
 from scheduler.outputs import SampledTokens, delta_output
 from scheduler.plan import StepPlan, StepResult
 from scheduler.request import QueueFullError, Request, RequestError, RequestOutput
@@ -46,8 +46,8 @@ class Scheduler:
         self.eos_token_ids = tuple(eos_token_ids)
         self.decode = decode
         self.clock = clock
-        self.pool = BlockPool(num_blocks, block_size, config.enable_prefix_caching)
-        self.kv = KVCacheManager(self.pool)
+        self.allocator = BlockAllocator(num_blocks, block_size, config.enable_prefix_caching)
+        self.tables = BlockTables(self.allocator)
         self.waiting: deque[Sequence] = deque()  # FCFS; preempted ones re-enter at the front
         self.running: list[Sequence] = []  # in admission order (newest last)
         self._by_request: dict[str, Sequence] = {}
@@ -72,7 +72,7 @@ class Scheduler:
             raise RequestError(f"request id {request.request_id!r} is already in flight")
         validate_params(request.params, self.max_model_len, self.vocab_size)
         validate_prompt(request.prompt_token_ids, request.params, self.max_model_len,
-                        self.vocab_size, self.pool.num_blocks * self.pool.block_size)
+                        self.vocab_size, self.allocator.num_blocks * self.allocator.block_size)
         limit = self.config.max_queue_size
         if limit and len(self.waiting) >= limit:
             raise QueueFullError(f"waiting queue is full ({limit} requests)")
@@ -108,7 +108,7 @@ class Scheduler:
 
     def _schedule_running(self, budget: int) -> tuple[list[tuple[Sequence, int]], int]:
         chosen: list[tuple[Sequence, int]] = []
-        allocate = self.kv.allocate_slots
+        allocate = self.tables.allocate_slots
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -122,7 +122,7 @@ class Scheduler:
 
     def _make_room(self, seq: Sequence, n: int) -> bool:
         """Preempt the newest running sequences until seq gets room; False if seq was one."""
-        while not self.kv.allocate_slots(seq, n):
+        while not self.tables.allocate_slots(seq, n):
             assert self.config.policy == "max_utilization", (
                 f"guaranteed_no_evict ran out of blocks for {seq}: reservation bug")
             victim = self.running.pop()
@@ -135,15 +135,15 @@ class Scheduler:
         chosen: list[tuple[Sequence, int]] = []
         while self.waiting and budget > 0 and len(self.running) < self.config.max_batch_size:
             seq = self.waiting[0]
-            hit = self.kv.find_prefix(seq)
+            hit = self.tables.find_prefix(seq)
             n = min(seq.num_tokens - hit.num_tokens, budget)
             if self.config.policy == "guaranteed_no_evict":
-                need = self.kv.admission_cost(seq, hit, seq.max_kv_tokens)
-                reserved = sum(self.kv.remaining_reservation(r) for r in self.running)
-                available = self.pool.num_free - reserved
+                need = self.tables.admission_cost(seq, hit, seq.max_kv_tokens)
+                reserved = sum(self.tables.remaining_reservation(r) for r in self.running)
+                available = self.allocator.num_free - reserved
             else:
-                need = self.kv.admission_cost(seq, hit, hit.num_tokens + n)
-                available = self.pool.num_free
+                need = self.tables.admission_cost(seq, hit, hit.num_tokens + n)
+                available = self.allocator.num_free
             if need > available:
                 break
             self.waiting.popleft()
@@ -153,8 +153,8 @@ class Scheduler:
         return chosen
 
     def _admit(self, seq: Sequence, hit: PrefixHit, n: int) -> None:
-        self.kv.admit(seq, hit)
-        ok = self.kv.allocate_slots(seq, n)
+        self.tables.admit(seq, hit)
+        ok = self.tables.allocate_slots(seq, n)
         assert ok, f"admission of {seq} passed the block check but allocation failed"
         if not seq.admitted_once:
             seq.num_cached_tokens = seq.num_computed_tokens
@@ -163,7 +163,7 @@ class Scheduler:
         self.running.append(seq)
 
     def _preempt(self, seq: Sequence) -> None:
-        self.kv.free(seq)
+        self.tables.free(seq)
         seq.status = SeqStatus.PREEMPTED
         self.waiting.appendleft(seq)
         self.preemptions_total += 1
@@ -176,7 +176,7 @@ class Scheduler:
         self._step_seqs[self.step_id] = seqs
         self._logit_seqs[self.step_id] = [seq for seq, r in zip(seqs, rows, strict=True)
                                           if r.want_logits]
-        return StepPlan(step_id=self.step_id, seqs=rows, block_copies=self.kv.take_copies())
+        return StepPlan(step_id=self.step_id, seqs=rows, block_copies=self.tables.take_copies())
 
     def _expire_queue_deadlines(self) -> None:
         now = self.clock()
@@ -205,7 +205,7 @@ class Scheduler:
             sampled = self.sample_step(plan, result)
         assert sampled.step_id == plan.step_id, "sampled tokens of another step"
         self._logit_seqs.pop(plan.step_id, None)
-        cache_blocks = self.kv.cache_computed_blocks
+        cache_blocks = self.tables.cache_computed_blocks
         for seq in self._step_seqs.pop(plan.step_id, ()):
             if seq.status is SeqStatus.RUNNING:
                 cache_blocks(seq)
@@ -225,7 +225,7 @@ class Scheduler:
     def _finish(self, seq: Sequence, status: SeqStatus) -> RequestOutput:
         """The one place a sequence becomes finished: frees its KV and forgets it."""
         assert status.is_finished and not seq.is_finished, f"{seq} -> {status.name}"
-        self.kv.free(seq)
+        self.tables.free(seq)
         seq.status = status
         del self._by_request[seq.request_id]
         del self._by_seq[seq.seq_id]
@@ -285,7 +285,7 @@ class Scheduler:
         for seq in self.running:
             assert seq.status == SeqStatus.RUNNING, seq
         assert len(self.running) + len(self.waiting) == len(self._by_request) == len(self._by_seq)
-        self.pool.check_integrity(s.block_table for s in self.running)
+        self.allocator.check_integrity(s.block_table for s in self.running)
 
     def stats(self, step_time_s: float = 0.0) -> SchedulerStats:
         return SchedulerStats(
@@ -294,9 +294,9 @@ class Scheduler:
             num_generation_requests=self._last_generation,
             num_scheduled_tokens=self._last_tokens,
             max_batch_size=self.config.max_batch_size, max_num_tokens=self.config.max_num_tokens,
-            blocks_total=self.pool.num_blocks, blocks_free=self.pool.num_free,
-            blocks_used=self.pool.num_used, blocks_cached=self.pool.num_cached_free,
-            tokens_per_block=self.pool.block_size, preemptions_total=self.preemptions_total,
-            prefix_cache_queries_total=self.kv.queries_total,
-            prefix_cache_hits_total=self.kv.hits_total,
+            blocks_total=self.allocator.num_blocks, blocks_free=self.allocator.num_free,
+            blocks_used=self.allocator.num_used, blocks_cached=self.allocator.num_cached_free,
+            tokens_per_block=self.allocator.block_size, preemptions_total=self.preemptions_total,
+            prefix_cache_queries_total=self.tables.queries_total,
+            prefix_cache_hits_total=self.tables.hits_total,
             requests_completed_total=self.completed_total, step_time_s=step_time_s)

@@ -3,7 +3,7 @@
 Only `append_token` adds tokens; everything derived is a property, except a few per-request
 constants fixed at construction for the per-step hot path (`stop_ids`, `length_limit`,
 `plain_greedy_from`, `has_stop`). Only the Scheduler changes `status` (in `_admit`, `_preempt`,
-`_finish`); only the KV cache manager (kv_cache.py) edits `block_table` (and `num_hit_blocks`).
+`_finish`); only BlockTables (block_tables.py) edits `block_table` (and `num_hit_blocks`).
 """
 
 from __future__ import annotations

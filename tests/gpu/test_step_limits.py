@@ -107,7 +107,7 @@ def test_a_refused_step_fails_only_its_requests(fake_host_ort: object, tiny_fp16
             later = await collect(loop, _request("later", 6))
             assert loop.dead is None
             loop.scheduler.check_integrity()
-            assert loop.scheduler.pool.num_used == 0
+            assert loop.scheduler.allocator.num_used == 0
         finally:
             await loop.stop()
         reasons = [out.finish_reason for out in first]

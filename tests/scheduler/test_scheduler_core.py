@@ -98,7 +98,7 @@ def test_preemption_recompute_same_output_and_resumes() -> None:
     for r in (a, b):
         assert tokens_of(got[r.request_id]) == greedy_reference(r.prompt_token_ids, 10)
         assert got[r.request_id][-1].finish_reason == FinishReason.LENGTH
-    assert sched.pool.num_free == 6
+    assert sched.allocator.num_free == 6
 
 
 def test_guaranteed_no_evict_never_preempts() -> None:
@@ -182,7 +182,7 @@ def test_abort_in_every_state_frees_exactly_once(state: str) -> None:
     assert sched.abort(target) is None
     sched.check_integrity()
     run_all(sched, ex)
-    assert sched.pool.num_free == 6
+    assert sched.allocator.num_free == 6
 
 
 def test_abort_between_schedule_and_update_skips_row() -> None:

@@ -42,7 +42,7 @@ def test_live_requests_share_blocks() -> None:
     a, b = sched.running
     assert a.block_table[:2] == b.block_table[:2]
     assert a.block_table[2] != b.block_table[2]
-    assert [sched.pool.ref_count(x) for x in a.block_table[:2]] == [2, 2]
+    assert [sched.allocator.ref_count(x) for x in a.block_table[:2]] == [2, 2]
     got = run_all(sched, ex)
     assert tokens_of(first + got["b"]) == greedy_reference(PREFIX + [3], 8)
 

@@ -77,7 +77,7 @@ def test_random_operations_keep_integrity(config: dict, num_blocks: int, program
             break
         record(step(sched, ex))
     assert not sched.has_work() and sched.num_unfinished == 0
-    assert sched.pool.num_free == num_blocks
+    assert sched.allocator.num_free == num_blocks
     sched.check_integrity()
     assert set(finals) == set(added)
     if config["policy"] == "guaranteed_no_evict":
