@@ -29,8 +29,8 @@ class HostKVPool:
         shape = (config.num_layers, 2, config.num_kv_heads, num_blocks, block_size,
                  config.head_dim)
         self.data = np.zeros(shape, dtype=dtype)  # [L, 2, KVH, NB, BS, D]
-        logger.info("KV pool in host memory: %d blocks x %d tokens, %.1f MiB", num_blocks, block_size,
-                    self.data.nbytes / 2**20)
+        logger.info("KV pool in host memory: %d blocks x %d tokens, %.1f MiB", num_blocks,
+                    block_size, self.data.nbytes / 2**20)
 
     @property
     def graph_view(self) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Only `append_token` adds tokens; everything derived is a property, except a few per-request
 constants fixed at construction for the per-step hot path (`stop_ids`, `length_limit`,
-`plain_greedy_from`, `has_stop`). Only the Scheduler changes `status` (in `_admit`, `_preempt`,
-`_finish`); only BlockTables (block_tables.py) edits `block_table` (and `num_hit_blocks`).
+`plain_greedy_from`, `has_stop`). Only Admission (`_admit`, `_preempt`) and the Scheduler
+(`_finish`) change `status`; only BlockTables (block_tables.py) edits `block_table` (and
+`num_hit_blocks`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""BlockAllocator: free xor referenced, ref counts, LRU eviction of cached blocks, integrity check."""
+"""BlockAllocator: free xor referenced, ref counts, LRU eviction of cached blocks, integrity
+check."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def test_plan_rows_share_the_sequence_block_table() -> None:
     for _ in range(6):
         plan = sched.schedule()
         assert plan is not None
-        assert plan.seqs[0].block_table is sched.running[0].block_table
+        assert plan.seqs[0].block_table is sched.admission.running[0].block_table
         used.append(sched.allocator.num_used)
         sched.update(plan, ex.execute(plan))
     # prompt 3 tokens -> 1 block; positions 3 (block 0), 4..7 (block 1), 8 (block 2)

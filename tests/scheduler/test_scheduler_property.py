@@ -81,7 +81,7 @@ def test_random_operations_keep_integrity(config: dict, num_blocks: int, program
     sched.check_integrity()
     assert set(finals) == set(added)
     if config["policy"] == "guaranteed_no_evict":
-        assert sched.preemptions_total == 0
+        assert sched.admission.preemptions_total == 0
     for rid, (prompt, max_tokens, sampled) in prompts.items():
         if not sampled and finals[rid] in (FinishReason.LENGTH, FinishReason.END_ID):
             assert tokens[rid] == expected(prompt, max_tokens)

@@ -151,7 +151,7 @@ def test_seeded_request_same_alone_and_in_busy_batch() -> None:
     busy.add(make_request(4, max_tokens=10))
     got = run_all(busy, busy_ex)
     assert tokens_of(got["s"]) == solo
-    assert busy.preemptions_total > 0
+    assert busy.admission.preemptions_total > 0
     other = make_scheduler(FakeExecutor(num_blocks=64))
     other.add(make_request(9, request_id="s", **(params | {"seed": 8})))
     assert tokens_of(run_all(other, FakeExecutor(num_blocks=64))["s"]) != solo
