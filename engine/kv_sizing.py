@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.config import ModelConfig
+from engine.engine_dir import read_config
 
 if TYPE_CHECKING:
+    from engine.backends import BackendChoice
     from engine.options import EngineOptions
 
 
@@ -59,3 +62,15 @@ def device_kv_blocks(options: EngineOptions, config: ModelConfig, max_context: i
     blocks = blocks_that_fit(config, options.block_size, dtype,
                              int(free * options.kv_cache_fraction))
     return max(blocks, math.ceil(max_context / options.block_size))
+
+
+def pool_blocks(backend: BackendChoice, options: EngineOptions, config: ModelConfig,
+                max_context: int, dtype: str) -> int:
+    """The KV pool of `backend`, in blocks: host memory for onnxruntime CPU, device memory for
+    the GPU executors; a TensorRT engine directory caps it at the pool it was built for."""
+    if backend.name == "onnxruntime-cpu":
+        return kv_cache_blocks(options, config, max_context, dtype)
+    blocks = device_kv_blocks(options, config, max_context, dtype)
+    if backend.name == "tensorrt" and options.engine_dir:
+        blocks = min(blocks, read_config(Path(options.engine_dir)).max_kv_blocks)
+    return blocks
