@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from pathlib import Path
 from loadgen.config import BenchConfigError
 from loadgen.tokenizer import BenchTokenizer
 
-logger = logging.getLogger(__name__)
 
 # A token that is one space-led lowercase word re-tokenizes to itself next to its neighbours
 # under byte-level BPE pre-tokenizers (the ` ?\p{L}+` split), which makes lengths exact.

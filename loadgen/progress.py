@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import TextIO
 
 from tqdm import tqdm
 
 from loadgen.client import RequestResult
-
-logger = logging.getLogger(__name__)
 
 
 class ProgressBar:

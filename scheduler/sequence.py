@@ -108,7 +108,7 @@ class Sequence:
                                   else sys.maxsize)
 
     # ---- the one mutator of the token list ----------
-    def append_token(self, token_id: int, logprob: float | None = None) -> int:
+    def append_token(self, token_id: int, logprob: float | None) -> int:
         """Append one output token; returns the new number of tokens."""
         self._token_ids.append(token_id)
         if logprob is not None:
