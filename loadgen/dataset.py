@@ -11,7 +11,6 @@ from pathlib import Path
 from loadgen.config import BenchConfigError
 from loadgen.tokenizer import BenchTokenizer
 
-
 # A token that is one space-led lowercase word re-tokenizes to itself next to its neighbours
 # under byte-level BPE pre-tokenizers (the ` ?\p{L}+` split), which makes lengths exact.
 _WORD = re.compile(r"^ [a-z]{2,12}$")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 
-
 _EOL = re.compile(r"\r\n|\r|\n")
 
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from loadgen.client import RequestResult
 
-
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
 
 

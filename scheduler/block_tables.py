@@ -66,14 +66,13 @@ class BlockTables:
         """Free blocks consumed if seq is admitted with `hit` and KV room for num_kv_tokens."""
         revived = sum(1 for b in hit.blocks if self.allocator.ref_count(b) == 0)
         new = max(0, cdiv(num_kv_tokens, self.block_size) - len(hit.blocks))
-        return revived + new + self._cow_needed(hit)
+        return revived + new + self._cow_needed(hit.blocks, hit.num_tokens, own_refs=0)
 
-    def _cow_needed(self, hit: PrefixHit) -> int:
-        """1 if the first written token lands in a hit block that someone else is using."""
-        idx = hit.num_tokens // self.block_size
-        if idx < len(hit.blocks) and self.allocator.ref_count(hit.blocks[idx]) > 0:
-            return 1
-        return 0
+    def _cow_needed(self, blocks: list[int], num_tokens: int, own_refs: int) -> int:
+        """1 if the token after the first num_tokens lands in one of `blocks` that someone else
+        uses too (beyond the own_refs references this sequence holds): it must be copied."""
+        idx = num_tokens // self.block_size
+        return int(idx < len(blocks) and self.allocator.ref_count(blocks[idx]) > own_refs)
 
     def admit(self, seq: Sequence, hit: PrefixHit) -> None:
         """Give seq the hit blocks (one reference each) and skip their tokens."""
@@ -92,10 +91,7 @@ class BlockTables:
         return max(0, total - len(seq.block_table)) + self._write_target_shared(seq)
 
     def _write_target_shared(self, seq: Sequence) -> int:
-        idx = seq.num_computed_tokens // self.block_size
-        if idx < len(seq.block_table) and self.allocator.ref_count(seq.block_table[idx]) > 1:
-            return 1
-        return 0
+        return self._cow_needed(seq.block_table, seq.num_computed_tokens, own_refs=1)
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
         """Make seq's block table cover num_new_tokens more tokens; False if blocks are short.

@@ -13,7 +13,6 @@ import logging
 import time
 from typing import Any, Literal
 
-
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LogFormat = Literal["text", "json"]
 

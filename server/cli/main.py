@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-
 Adder = Callable[[Any], None]  # registers one subcommand's parser on the subparsers
 
 
