@@ -8,7 +8,7 @@ import pytest
 import engine.backends as backends
 import engine.prepare as prepare
 import engine.runtime as rt
-from engine.config import ModelError
+from engine.config import ModelConfig, ModelError
 
 
 def _machine(monkeypatch: pytest.MonkeyPatch, *, gpu: str | None, trt: str | None,
@@ -102,3 +102,22 @@ def test_builder_source_names_the_installed_builder() -> None:
     assert source.version == builder.BUILDER_VERSION
     assert {"builder.py", "dtypes.py", "graph/attention.py", "loaders/gguf.py"} <= names
     assert prepare.builder_version().startswith(f"{builder.BUILDER_VERSION}-")
+
+
+def test_pool_blocks_per_backend(tmp_path) -> None:
+    """The pool's size in blocks: the options' count on every backend, capped for TensorRT by
+    the pool an engine directory was built for (not for the other backends it may run on)."""
+    from engine.engine_dir import BuildConfig, write_config
+    from engine.kv_sizing import pool_blocks
+
+    write_config(tmp_path, BuildConfig(model="m", name="m", backend="tensorrt", dtype="float16",
+                                       max_batch_size=8, max_num_tokens=256, max_model_len=128,
+                                       block_size=16, max_kv_blocks=64, builder_version="x"))
+    config = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                         intermediate_size=128, vocab_size=32)
+    options = rt.EngineOptions(kv_cache_blocks=500, engine_dir=str(tmp_path))
+    got = {b.name: pool_blocks(b, options, config, 128, "float16")
+           for b in (backends.TENSORRT, backends.ORT_CUDA, backends.ORT_CPU)}
+    assert got == {"tensorrt": 64, "onnxruntime-cuda": 500, "onnxruntime-cpu": 500}
+    no_dir = rt.EngineOptions(kv_cache_blocks=500)
+    assert pool_blocks(backends.TENSORRT, no_dir, config, 128, "float16") == 500
