@@ -27,7 +27,7 @@ class BenchPrompt:
     output_len: int      # tokens to force the server to generate
 
 
-def word_pool(tok: BenchTokenizer, seed: int, size: int = _POOL_SIZE) -> list[str]:
+def word_pool(tok: BenchTokenizer, seed: int) -> list[str]:
     """Vocabulary tokens that are single words and round-trip exactly through encode."""
     rng = random.Random(seed)
     ids = list(range(tok.vocab_size))
@@ -37,7 +37,7 @@ def word_pool(tok: BenchTokenizer, seed: int, size: int = _POOL_SIZE) -> list[st
         text = tok.decode([token_id])
         if _WORD.match(text) and tok.encode(text, add_special_tokens=False) == [token_id]:
             pool.append(text)
-            if len(pool) >= size:
+            if len(pool) >= _POOL_SIZE:
                 break
     if len(pool) < 16:
         raise BenchConfigError("tokenizer has too few word tokens to build random prompts")
