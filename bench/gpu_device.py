@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from engine.device.cuda import CudaContext, CudaError, Event, Stream  # noqa: E402
 from engine.device.kernels import KVKernels  # noqa: E402
 from engine.device.memory import DeviceBuffer, PinnedBuffer, copy_device_to_device  # noqa: E402
-from engine.device_pool import DeviceKVPool, PoolGeometry  # noqa: E402
+from engine.device_kv_pool import DeviceKVPool, PoolGeometry  # noqa: E402
 
 logger = logging.getLogger("bench.gpu_device")
 

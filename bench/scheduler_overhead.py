@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scheduler.config import SchedulerConfig  # noqa: E402
 from scheduler.plan import StepPlan, StepResult  # noqa: E402
 from scheduler.request import Request, SamplingParams  # noqa: E402
-from scheduler.sampling import SampleInput, sample  # noqa: E402
 from scheduler.scheduler import Scheduler  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -124,13 +123,14 @@ def measure(batch: int, variant: str, steps: int) -> dict[str, float]:
         t_total.append((t1 - t0) + (t3 - t2))
     stats = sched.sample_stats
     full_sort = stats.full_sort_rows / stats.sampled_rows if stats.sampled_rows else -1.0
+    plan = sched.schedule()  # sampled below as often as needed, through the scheduler's path
+    assert plan is not None
     result = ex.execute(plan)
     logits = result.logits
-    rows = [SampleInput(params, [0], 1, (), np.random.default_rng(0)) for _ in range(batch)]
     t_sample, t_argmax = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        sample(logits, rows, result.argmax)
+        sched.sample_step(plan, result)
         t1 = time.perf_counter()
         np.argmax(logits, axis=1)
         t_argmax.append(time.perf_counter() - t1)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.config import ModelError
+
+if TYPE_CHECKING:
+    from engine.options import EngineOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +84,13 @@ def backend_candidates(requested: str) -> list[BackendChoice]:
         if _ort_cuda_available():
             gpu.append(ORT_CUDA)
     return [*gpu, ORT_CPU]
+
+
+def select_backend(options: EngineOptions) -> BackendChoice:
+    """The preferred executor for this machine (the first candidate)."""
+    return backend_candidates(options.backend)[0]
+
+
+def resolve_dtype(options: EngineOptions, backend: BackendChoice) -> str:
+    """The graph dtype: the user's, or the backend's best when options.dtype is auto."""
+    return backend.dtype if options.dtype == "auto" else options.dtype

@@ -116,10 +116,10 @@ def _tensorrt_first(opts: BuildOptions) -> tuple[TrtModule, tuple[str, ...], tup
 
 def _build_trt(out: Path, config: BuildConfig,
                trt_targets: tuple[TrtModule, tuple[str, ...], tuple[str, ...]]) -> TensorRTTarget:
+    from engine.builder import MODEL_FILE
     from engine.device.step_io import StepLimits
     from engine.executors.trt import profile_dims
     from engine.executors.trt_build import build_serialized
-    from engine.runtime import MODEL_FILE
 
     trt, targets, archs = trt_targets
     manifest_config = config_from_json(json.loads((out / MANIFEST_FILE).read_text())["config"])
@@ -143,7 +143,7 @@ def _limits(opts: BuildOptions, max_positions: int) -> tuple[int, int]:
 def build_engine_dir(opts: BuildOptions, stage: Stage | None = None) -> BuildConfig:
     """Build everything into opts.output_dir; return what config.json records."""
     from engine.options import EngineOptions
-    from engine.runtime import build_graph, builder_version
+    from engine.prepare import build_graph, builder_version
 
     stage = stage or (lambda name: None)
     started = time.monotonic()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.config import ModelConfig
+from engine.engine_dir import read_config
 
 if TYPE_CHECKING:
+    from engine.backends import BackendChoice
     from engine.options import EngineOptions
 
 
@@ -27,6 +30,11 @@ def available_memory_bytes() -> int:
     return FALLBACK_AVAILABLE_BYTES
 
 
+def blocks_that_fit(config: ModelConfig, block_size: int, dtype: str, budget_bytes: int) -> int:
+    """How many KV blocks `budget_bytes` of host or device memory holds (at least 1)."""
+    return max(1, budget_bytes // config.kv_bytes_per_block(block_size, dtype))
+
+
 def kv_cache_blocks(options: EngineOptions, config: ModelConfig, max_context: int,
                     dtype: str, available: int | None = None) -> int:
     """options.kv_cache_blocks, or a fraction of free memory (capped), but always room for one
@@ -35,8 +43,8 @@ def kv_cache_blocks(options: EngineOptions, config: ModelConfig, max_context: in
         return options.kv_cache_blocks
     free = available_memory_bytes() if available is None else available
     budget = min(int(free * options.kv_cache_fraction), KV_BUDGET_CAP_BYTES)
-    blocks = budget // config.kv_bytes_per_block(options.block_size, dtype)
-    return max(int(blocks), math.ceil(max_context / options.block_size))
+    blocks = blocks_that_fit(config, options.block_size, dtype, budget)
+    return max(blocks, math.ceil(max_context / options.block_size))
 
 
 def device_kv_blocks(options: EngineOptions, config: ModelConfig, max_context: int,
@@ -45,7 +53,6 @@ def device_kv_blocks(options: EngineOptions, config: ModelConfig, max_context: i
     if options.kv_cache_blocks is not None:
         return options.kv_cache_blocks
     from engine.device.cuda import CudaContext
-    from engine.device_pool import blocks_that_fit
 
     ctx = CudaContext(0)
     try:
@@ -55,3 +62,15 @@ def device_kv_blocks(options: EngineOptions, config: ModelConfig, max_context: i
     blocks = blocks_that_fit(config, options.block_size, dtype,
                              int(free * options.kv_cache_fraction))
     return max(blocks, math.ceil(max_context / options.block_size))
+
+
+def pool_blocks(backend: BackendChoice, options: EngineOptions, config: ModelConfig,
+                max_context: int, dtype: str) -> int:
+    """The KV pool of `backend`, in blocks: host memory for onnxruntime CPU, device memory for
+    the GPU executors; a TensorRT engine directory caps it at the pool it was built for."""
+    if backend.name == "onnxruntime-cpu":
+        return kv_cache_blocks(options, config, max_context, dtype)
+    blocks = device_kv_blocks(options, config, max_context, dtype)
+    if backend.name == "tensorrt" and options.engine_dir:
+        blocks = min(blocks, read_config(Path(options.engine_dir)).max_kv_blocks)
+    return blocks

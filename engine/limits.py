@@ -6,8 +6,13 @@ executor refuses."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from engine.config import ModelConfig, ModelError
 from scheduler.config import SchedulerConfig
+
+if TYPE_CHECKING:
+    from engine.options import EngineOptions
 
 _SCHED = SchedulerConfig()  # the scheduler's defaults, defined once there
 
@@ -32,3 +37,14 @@ def decide_limits(max_batch_size: int, max_num_tokens: int | None, backend_token
     tokens = max_num_tokens or backend_tokens or _SCHED.max_num_tokens
     return StepLimits(max_num_tokens=tokens, max_batch_size=max_batch_size,
                       max_context=max_context)
+
+
+def check_max_context(options: EngineOptions, config: ModelConfig) -> int:
+    """The context limit: the options' max_context, at most the model's own (the default)."""
+    limit = config.max_position_embeddings
+    if options.max_context is None:
+        return limit
+    if options.max_context > limit:
+        raise ModelError(f"max_context {options.max_context} exceeds the model's maximum "
+                         f"context of {limit} tokens")
+    return options.max_context

@@ -11,8 +11,6 @@ from loadgen.report import render, write_json
 from loadgen.runner import run_benchmark
 from loadgen.tokenizer import ModelTokenizer, load_tokenizer
 
-logger = logging.getLogger(__name__)
-
 _D = BenchConfig.__dataclass_fields__  # defaults come from the dataclass, never copied
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
 from dataclasses import dataclass
@@ -11,8 +10,6 @@ from pathlib import Path
 
 from loadgen.config import BenchConfigError
 from loadgen.tokenizer import BenchTokenizer
-
-logger = logging.getLogger(__name__)
 
 # A token that is one space-led lowercase word re-tokenizes to itself next to its neighbours
 # under byte-level BPE pre-tokenizers (the ` ?\p{L}+` split), which makes lengths exact.
@@ -30,7 +27,7 @@ class BenchPrompt:
     output_len: int      # tokens to force the server to generate
 
 
-def word_pool(tok: BenchTokenizer, seed: int, size: int = _POOL_SIZE) -> list[str]:
+def word_pool(tok: BenchTokenizer, seed: int) -> list[str]:
     """Vocabulary tokens that are single words and round-trip exactly through encode."""
     rng = random.Random(seed)
     ids = list(range(tok.vocab_size))
@@ -40,7 +37,7 @@ def word_pool(tok: BenchTokenizer, seed: int, size: int = _POOL_SIZE) -> list[st
         text = tok.decode([token_id])
         if _WORD.match(text) and tok.encode(text, add_special_tokens=False) == [token_id]:
             pool.append(text)
-            if len(pool) >= size:
+            if len(pool) >= _POOL_SIZE:
                 break
     if len(pool) < 16:
         raise BenchConfigError("tokenizer has too few word tokens to build random prompts")

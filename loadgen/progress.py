@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-from typing import TextIO
 
 from tqdm import tqdm
 
 from loadgen.client import RequestResult
 
-logger = logging.getLogger(__name__)
-
 
 class ProgressBar:
     """Counts finished requests of one run; `update` is the loadgen's on_done callback."""
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None,
-                 enabled: bool = True) -> None:
+    def __init__(self, label: str, total: int, enabled: bool = True) -> None:
         self.total = total
         self.done = 0
         self.failed = 0
         self._bar = tqdm(total=total, desc=label, unit="req", disable=not enabled,
-                         file=stream if stream is not None else sys.stderr, mininterval=0.1,
+                         file=sys.stderr, mininterval=0.1,
                          bar_format="{desc} |{bar:30}| {n}/{total}{postfix} {elapsed}")
         self._bar.set_postfix_str("failed=0", refresh=False)
 

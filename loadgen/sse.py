@@ -8,10 +8,7 @@ ignored. Chunks may split anywhere, including inside a CRLF.
 
 from __future__ import annotations
 
-import logging
 import re
-
-logger = logging.getLogger(__name__)
 
 _EOL = re.compile(r"\r\n|\r|\n")
 

@@ -6,7 +6,6 @@ and from the token throughputs: a failure is never averaged into a latency.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -16,8 +15,6 @@ from typing import Any
 import numpy as np
 
 from loadgen.client import RequestResult
-
-logger = logging.getLogger(__name__)
 
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
 

@@ -7,12 +7,9 @@ the caller passes a reader (`trtserve bench` passes the engine's, engine.registr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-
-logger = logging.getLogger(__name__)
 
 
 class BenchTokenizer(Protocol):

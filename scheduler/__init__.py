@@ -1,4 +1,5 @@
-"""Pure-Python scheduling: sequences, the KV block pool, in-flight batching, sampling, stop logic.
+"""Pure-Python scheduling: sequences, block ids (allocator, tables, prefix cache), in-flight
+batching, sampling, stop logic.
 
 Imports no web, executor or device framework; the engine is reached only through the
 `Executor` protocol in `scheduler.plan`.

@@ -31,7 +31,7 @@ from scheduler.logits_processors import (
 from scheduler.request import SamplingParams, TopLogprobs
 
 __all__ = ["GREEDY_EPS", "SampleInput", "SampleStats", "choose_tokens", "cumsum_search",
-           "is_greedy", "sample", "sample_row", "top_logprobs"]
+           "is_greedy", "sample_row", "top_logprobs"]
 
 
 @dataclass(slots=True)
@@ -51,21 +51,6 @@ class SampleStats:
 
     sampled_rows: int = 0  # rows drawn from a distribution
     full_sort_rows: int = 0  # of those, rows that needed the exact full-vocab nucleus sort
-
-
-def is_plain_greedy(r: SampleInput) -> bool:
-    """The row's token is the argmax of its raw logits (nothing can move the argmax)."""
-    return is_greedy(r.params) and not needs_processing(r.params, len(r.token_ids) - r.num_prompt)
-
-
-def sample(logits: np.ndarray, rows: list[SampleInput], argmax: np.ndarray | None = None
-           ) -> tuple[list[int], list[float | None]]:
-    """Choose one token per row of logits [len(rows), vocab]; return tokens and log-probs.
-    `argmax` (int64 [rows], optional) is the executor's argmax of each raw logits row."""
-    assert logits.shape[0] == len(rows), f"{logits.shape[0]} logits rows for {len(rows)} seqs"
-    special = [(i, r) for i, r in enumerate(rows) if not is_plain_greedy(r)]
-    want_logprobs = [i for i, r in enumerate(rows) if r.params.logprobs]
-    return choose_tokens(logits, argmax, special, want_logprobs)
 
 
 def choose_tokens(logits: np.ndarray, argmax: np.ndarray | None,

@@ -1,26 +1,24 @@
 """The in-flight batching scheduler: a synchronous state machine (no awaits, no threads).
 
 Contract: `add(request)`, `schedule() -> StepPlan | None`, `update(plan, result) ->
-list[RequestOutput]`, `abort(request_id)`, `fail_step(plan, error)` for a refused plan. Every
-step first continues the running sequences (oldest first; a decode is one token, an unfinished
-prompt a chunk), then admits waiting ones FCFS under the token budget, batch cap and free blocks.
-Policies (TensorRT-LLM's): max_utilization preempts the newest by recompute when a running
-sequence cannot get a block; guaranteed_no_evict admits only when prompt + max_tokens fits beside
-what running sequences may still claim. Status changes only in `_finish`, `_preempt`, `_admit`."""
+list[RequestOutput]`, `abort(request_id)`, `fail_step(plan, error)` for a refused plan. Who runs
+in a step (admission, preemption, the two queues) is admission.py's; this class takes requests
+in, turns the chosen sequences into a plan, applies results and ends requests. Status changes
+only in `_finish` here and in Admission's `_admit`, `_preempt`."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 
 import numpy as np
 
-from scheduler.block_pool import BlockPool
+from scheduler.admission import Admission, Chosen
+from scheduler.block_allocator import BlockAllocator
+from scheduler.block_tables import BlockTables
 from scheduler.config import SchedulerConfig
-from scheduler.kv_cache import KVCacheManager, PrefixHit
 from scheduler.outputs import SampledTokens, delta_output
 from scheduler.plan import StepPlan, StepResult
 from scheduler.request import ErrorKind, QueueFullError, Request, RequestError, RequestOutput
@@ -46,10 +44,9 @@ class Scheduler:
         self.eos_token_ids = tuple(eos_token_ids)
         self.decode = decode
         self.clock = clock
-        self.pool = BlockPool(num_blocks, block_size, config.enable_prefix_caching)
-        self.kv = KVCacheManager(self.pool)
-        self.waiting: deque[Sequence] = deque()  # FCFS; preempted ones re-enter at the front
-        self.running: list[Sequence] = []  # in admission order (newest last)
+        self.allocator = BlockAllocator(num_blocks, block_size, config.enable_prefix_caching)
+        self.tables = BlockTables(self.allocator)
+        self.admission = Admission(config, self.allocator, self.tables)
         self._by_request: dict[str, Sequence] = {}
         self._by_seq: dict[int, Sequence] = {}
         self._seed_rng = np.random.default_rng(seed)  # seeds requests that bring no seed
@@ -59,7 +56,6 @@ class Scheduler:
         self.sample_stats = SampleStats()
         self._next_seq_id = 0
         self.step_id = 0
-        self.preemptions_total = 0
         self.completed_total = 0
         self._last_context = 0
         self._last_generation = 0
@@ -72,14 +68,14 @@ class Scheduler:
             raise RequestError(f"request id {request.request_id!r} is already in flight")
         validate_params(request.params, self.max_model_len, self.vocab_size)
         validate_prompt(request.prompt_token_ids, request.params, self.max_model_len,
-                        self.vocab_size, self.pool.num_blocks * self.pool.block_size)
+                        self.vocab_size, self.allocator.num_blocks * self.allocator.block_size)
         limit = self.config.max_queue_size
-        if limit and len(self.waiting) >= limit:
+        if limit and len(self.admission.waiting) >= limit:
             raise QueueFullError(f"waiting queue is full ({limit} requests)")
         seq = Sequence(self._next_seq_id, request, self._make_rng(request), self.eos_token_ids,
                        self.max_model_len)
         self._next_seq_id += 1
-        self.waiting.append(seq)
+        self.admission.waiting.append(seq)
         self._by_request[request.request_id] = seq
         self._by_seq[seq.seq_id] = seq
         logger.debug("queued %s (%d prompt tokens)", request.request_id, seq.num_prompt_tokens)
@@ -95,95 +91,28 @@ class Scheduler:
     def schedule(self) -> StepPlan | None:
         """Build the next step, or None when nothing can run."""
         self._expire_queue_deadlines()
-        budget = self.config.max_num_tokens
-        preemptions_before = self.preemptions_total
-        chosen, budget = self._schedule_running(budget)
-        if self.preemptions_total == preemptions_before:
-            chosen += self._admit_waiting(budget)
+        chosen = self.admission.choose(self.config.max_num_tokens)
         if not chosen:  # nothing runs: the per-step counts of stats() read 0, not the last step's
             self._last_context = self._last_generation = self._last_tokens = 0
             return None
         self.step_id += 1
         return self._build_plan(chosen)
 
-    def _schedule_running(self, budget: int) -> tuple[list[tuple[Sequence, int]], int]:
-        chosen: list[tuple[Sequence, int]] = []
-        allocate = self.kv.allocate_slots
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(seq.num_uncomputed_tokens, budget)
-            if not allocate(seq, n) and not self._make_room(seq, n):
-                break  # seq itself was preempted; it was the newest
-            chosen.append((seq, n))
-            budget -= n
-            i += 1
-        return chosen, budget
-
-    def _make_room(self, seq: Sequence, n: int) -> bool:
-        """Preempt the newest running sequences until seq gets room; False if seq was one."""
-        while not self.kv.allocate_slots(seq, n):
-            assert self.config.policy == "max_utilization", (
-                f"guaranteed_no_evict ran out of blocks for {seq}: reservation bug")
-            victim = self.running.pop()
-            self._preempt(victim)
-            if victim is seq:
-                return False
-        return True
-
-    def _admit_waiting(self, budget: int) -> list[tuple[Sequence, int]]:
-        chosen: list[tuple[Sequence, int]] = []
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_batch_size:
-            seq = self.waiting[0]
-            hit = self.kv.find_prefix(seq)
-            n = min(seq.num_tokens - hit.num_tokens, budget)
-            if self.config.policy == "guaranteed_no_evict":
-                need = self.kv.admission_cost(seq, hit, seq.max_kv_tokens)
-                reserved = sum(self.kv.remaining_reservation(r) for r in self.running)
-                available = self.pool.num_free - reserved
-            else:
-                need = self.kv.admission_cost(seq, hit, hit.num_tokens + n)
-                available = self.pool.num_free
-            if need > available:
-                break
-            self.waiting.popleft()
-            self._admit(seq, hit, n)
-            chosen.append((seq, n))
-            budget -= n
-        return chosen
-
-    def _admit(self, seq: Sequence, hit: PrefixHit, n: int) -> None:
-        self.kv.admit(seq, hit)
-        ok = self.kv.allocate_slots(seq, n)
-        assert ok, f"admission of {seq} passed the block check but allocation failed"
-        if not seq.admitted_once:
-            seq.num_cached_tokens = seq.num_computed_tokens
-            seq.admitted_once = True
-        seq.status = SeqStatus.RUNNING
-        self.running.append(seq)
-
-    def _preempt(self, seq: Sequence) -> None:
-        self.kv.free(seq)
-        seq.status = SeqStatus.PREEMPTED
-        self.waiting.appendleft(seq)
-        self.preemptions_total += 1
-        logger.info("preempted %s (recompute %d tokens)", seq.request_id, seq.num_tokens)
-
-    def _build_plan(self, chosen: list[tuple[Sequence, int]]) -> StepPlan:
+    def _build_plan(self, chosen: Chosen) -> StepPlan:
         rows, self._last_context, self._last_generation, self._last_tokens = build_rows(
             chosen, self.device_sampling)
         seqs = [seq for seq, _ in chosen]
         self._step_seqs[self.step_id] = seqs
         self._logit_seqs[self.step_id] = [seq for seq, r in zip(seqs, rows, strict=True)
                                           if r.want_logits]
-        return StepPlan(step_id=self.step_id, seqs=rows, block_copies=self.kv.take_copies())
+        return StepPlan(step_id=self.step_id, seqs=rows, block_copies=self.tables.take_copies())
 
     def _expire_queue_deadlines(self) -> None:
         now = self.clock()
-        expired = [s for s in self.waiting if not s.admitted_once
+        expired = [s for s in self.admission.waiting if not s.admitted_once
                    and s.request.queue_deadline is not None and now >= s.request.queue_deadline]
         for seq in expired:
-            self.waiting.remove(seq)
+            self.admission.waiting.remove(seq)
             seq.error = f"queue timeout: {seq.request_id} waited in the queue past its deadline"
             seq.error_type = ErrorKind.QUEUE_TIMEOUT
             self._pending.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
@@ -205,7 +134,7 @@ class Scheduler:
             sampled = self.sample_step(plan, result)
         assert sampled.step_id == plan.step_id, "sampled tokens of another step"
         self._logit_seqs.pop(plan.step_id, None)
-        cache_blocks = self.kv.cache_computed_blocks
+        cache_blocks = self.tables.cache_computed_blocks
         for seq in self._step_seqs.pop(plan.step_id, ()):
             if seq.status is SeqStatus.RUNNING:
                 cache_blocks(seq)
@@ -213,7 +142,7 @@ class Scheduler:
         completed_before = self.completed_total
         outputs += apply_tokens(sampled, self.decode, self.max_model_len, self._finish)
         if self.completed_total != completed_before:  # one pass, not a remove() per finish
-            self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
+            self.admission.drop_finished()
         return outputs
 
     def drain_outputs(self) -> list[RequestOutput]:
@@ -225,7 +154,7 @@ class Scheduler:
     def _finish(self, seq: Sequence, status: SeqStatus) -> RequestOutput:
         """The one place a sequence becomes finished: frees its KV and forgets it."""
         assert status.is_finished and not seq.is_finished, f"{seq} -> {status.name}"
-        self.kv.free(seq)
+        self.tables.free(seq)
         seq.status = status
         del self._by_request[seq.request_id]
         del self._by_seq[seq.seq_id]
@@ -238,10 +167,7 @@ class Scheduler:
         seq = self._by_request.get(request_id)
         if seq is None:
             return None
-        if seq.status == SeqStatus.RUNNING:
-            self.running.remove(seq)
-        else:
-            self.waiting.remove(seq)
+        self.admission.remove(seq)
         return self._finish(seq, SeqStatus.FINISHED_ABORTED)
 
     def fail_step(self, plan: StepPlan, error: str) -> list[RequestOutput]:
@@ -251,7 +177,7 @@ class Scheduler:
             if seq.status is SeqStatus.RUNNING:
                 seq.error, seq.error_type = error, ErrorKind.STEP_REFUSED
                 self._pending.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
-        self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
+        self.admission.drop_finished()
         return self.drain_outputs()
 
     def fail_all(self, error: str) -> list[RequestOutput]:
@@ -259,11 +185,9 @@ class Scheduler:
         outputs = self.drain_outputs()
         self._logit_seqs.clear()
         self._step_seqs.clear()
-        for seq in [*self.running, *self.waiting]:
+        for seq in self.admission.take_all():
             seq.error, seq.error_type = error, ErrorKind.ENGINE
             outputs.append(self._finish(seq, SeqStatus.FINISHED_ERROR))
-        self.running.clear()
-        self.waiting.clear()
         return outputs
 
     # ---- introspection ----------
@@ -275,28 +199,25 @@ class Scheduler:
         return list(self._by_request)
 
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting or self._pending)
+        return bool(self.admission.running or self.admission.waiting or self._pending)
 
     def check_integrity(self) -> None:
         """Raise IntegrityError/AssertionError if KV bookkeeping or queues are inconsistent."""
-        for seq in self.waiting:
-            assert not seq.block_table, seq
-            assert seq.status in (SeqStatus.WAITING, SeqStatus.PREEMPTED), seq
-        for seq in self.running:
-            assert seq.status == SeqStatus.RUNNING, seq
-        assert len(self.running) + len(self.waiting) == len(self._by_request) == len(self._by_seq)
-        self.pool.check_integrity(s.block_table for s in self.running)
+        self.admission.check_integrity()
+        assert self.admission.num_live == len(self._by_request) == len(self._by_seq)
 
     def stats(self, step_time_s: float = 0.0) -> SchedulerStats:
+        queues, blocks = self.admission, self.allocator
         return SchedulerStats(
-            step_id=self.step_id, num_running=len(self.running), num_waiting=len(self.waiting),
+            step_id=self.step_id, num_running=len(queues.running), num_waiting=len(queues.waiting),
             num_context_requests=self._last_context,
             num_generation_requests=self._last_generation,
             num_scheduled_tokens=self._last_tokens,
             max_batch_size=self.config.max_batch_size, max_num_tokens=self.config.max_num_tokens,
-            blocks_total=self.pool.num_blocks, blocks_free=self.pool.num_free,
-            blocks_used=self.pool.num_used, blocks_cached=self.pool.num_cached_free,
-            tokens_per_block=self.pool.block_size, preemptions_total=self.preemptions_total,
-            prefix_cache_queries_total=self.kv.queries_total,
-            prefix_cache_hits_total=self.kv.hits_total,
+            blocks_total=blocks.num_blocks, blocks_free=blocks.num_free,
+            blocks_used=blocks.num_used, blocks_cached=blocks.num_cached_free,
+            tokens_per_block=blocks.block_size,
+            preemptions_total=queues.preemptions_total,
+            prefix_cache_queries_total=self.tables.queries_total,
+            prefix_cache_hits_total=self.tables.hits_total,
             requests_completed_total=self.completed_total, step_time_s=step_time_s)

@@ -2,8 +2,9 @@
 
 Only `append_token` adds tokens; everything derived is a property, except a few per-request
 constants fixed at construction for the per-step hot path (`stop_ids`, `length_limit`,
-`plain_greedy_from`, `has_stop`). Only the Scheduler changes `status` (in `_admit`, `_preempt`,
-`_finish`); only the KV cache manager (kv_cache.py) edits `block_table` (and `num_hit_blocks`).
+`plain_greedy_from`, `has_stop`). Only Admission (`_admit`, `_preempt`) and the Scheduler
+(`_finish`) change `status`; only BlockTables (block_tables.py) edits `block_table` (and
+`num_hit_blocks`).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class Sequence:
                                   else sys.maxsize)
 
     # ---- the one mutator of the token list ----------
-    def append_token(self, token_id: int, logprob: float | None = None) -> int:
+    def append_token(self, token_id: int, logprob: float | None) -> int:
         """Append one output token; returns the new number of tokens."""
         self._token_ids.append(token_id)
         if logprob is not None:

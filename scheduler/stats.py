@@ -1,5 +1,5 @@
-"""Per-step statistics the scheduler returns; `server/metrics/server_metrics.py` turns them into Prometheus
-series."""
+"""Per-step statistics the scheduler returns; `server/metrics/server_metrics.py` turns them into
+Prometheus series."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from engine.device.cuda import CudaContext, Stream
 from engine.device.kernels import KVKernels
 from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea
 from engine.device.sampling import MAX_BANS, PickKernel, ban_matrix, host_rows, row_runs
-from engine.device_pool import DeviceKVPool, PoolGeometry, geometry_for
+from engine.device_kv_pool import DeviceKVPool, PoolGeometry, geometry_for
 from engine.limits import StepLimits
 from engine.step_inputs import Bucket, pack_decode, pack_plan
 from scheduler.plan import StepPlan, StepRefusedError

@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from engine.config import ModelConfig
 from engine.executors.packing import PAD_SLACK, split_for_padding
-from engine.kv_pool import KVPool
+from engine.host_kv_pool import HostKVPool
 from engine.step_inputs import pack_seqs
 from scheduler.plan import ScheduledSeq, StepPlan, StepRefusedError, StepResult
 
@@ -95,7 +95,7 @@ class OrtExecutor:
         self._config = config
         self._max_context = max_context
         self._pad_slack = pad_slack
-        self._pool = KVPool(config, num_blocks, block_size, kv_dtype)
+        self._pool = HostKVPool(config, num_blocks, block_size, kv_dtype)
         self._lock = threading.Lock()
         self._closed = False
         self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
@@ -120,7 +120,7 @@ class OrtExecutor:
         return self._max_context
 
     @property
-    def pool(self) -> KVPool:
+    def pool(self) -> HostKVPool:
         return self._pool
 
     @property

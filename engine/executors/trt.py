@@ -1,5 +1,5 @@
 """TensorRT executor: the model graph as a TensorRT engine, run with execute_async_v3 on a
-cuda-python stream over the device KV pool (engine/device_pool.py).
+cuda-python stream over the device KV pool (engine/device_kv_pool.py).
 
 Start-up: import `tensorrt` (>= 10.15) or `tensorrt_rtx`; build or load the cached engine for
 this GPU (trt_build.py); deserialize it. A runtime that refuses this GPU (TensorRT for RTX on

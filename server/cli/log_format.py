@@ -13,8 +13,6 @@ import logging
 import time
 from typing import Any, Literal
 
-logger = logging.getLogger(__name__)
-
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LogFormat = Literal["text", "json"]
 

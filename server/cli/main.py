@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-logger = logging.getLogger(__name__)
-
 Adder = Callable[[Any], None]  # registers one subcommand's parser on the subparsers
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.config import ModelError
 from engine.options import EngineOptions
-from engine.runtime import prepare_model
+from engine.prepare import prepare_model
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -232,7 +232,7 @@ def _info(model: ServingModel) -> EngineInfo:
     limits = None
     if sched is not None:
         limits = (sched.max_model_len, sched.vocab_size,
-                  sched.pool.num_blocks * sched.pool.block_size)
+                  sched.allocator.num_blocks * sched.allocator.block_size)
     return EngineInfo(name=model.name, aliases=model.aliases, backend=model.backend,
                       max_context=model.max_context, max_batch_size=model.max_batch_size,
                       max_queue_size=model.max_queue_size, tokenizer=model.tokenizer,

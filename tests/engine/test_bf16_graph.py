@@ -18,7 +18,7 @@ from tiny_llama import PagedSeq, ShuffledBlocks, assert_close, schedule, tiny_co
 from engine.backends import ORT_CPU
 from engine.builder import BUILDER_VERSION, MODEL_FILE, build_model_graph
 from engine.config import ModelError
-from engine.kv_pool import KVPool
+from engine.host_kv_pool import HostKVPool
 from engine.reference import random_weights, reference_logits
 from engine.runtime import EngineOptions, load_model
 from engine.step_inputs import pack_seqs
@@ -63,7 +63,7 @@ def test_bf16_graph_matches_reference_through_a_paged_pool(graph: tuple[dict, Pa
     weights, path = graph
     rounded = {k: v.astype(ml_dtypes.bfloat16).astype(np.float32) for k, v in weights.items()}
     session = ReferenceEvaluator(str(path))
-    pool = KVPool(CONFIG, 32, BLOCK, ml_dtypes.bfloat16)
+    pool = HostKVPool(CONFIG, 32, BLOCK, ml_dtypes.bfloat16)
     blocks, seq = ShuffledBlocks(32, seed=5), PagedSeq(0)
     tokens = np.random.default_rng(5).integers(0, CONFIG.vocab_size, 19).tolist()
     for chunk in (tokens[:9], tokens[9:14], *([t] for t in tokens[14:])):

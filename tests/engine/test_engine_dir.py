@@ -77,13 +77,13 @@ def test_onnxruntime_build_is_served_without_rebuild(small_dir: Path, tmp_path: 
     out = tmp_path / "ort"
     assert main(["build", "--model", str(small_dir), "--backend", "onnxruntime",
                  "--max-model-len", "64", "--output-dir", str(out)]) == 0
-    import engine.runtime as runtime
+    import engine.prepare as prepare
 
     def no_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("rebuilt a served engine directory")
 
-    monkeypatch.setattr(runtime, "build_graph", no_build)
-    monkeypatch.setattr(runtime, "build_entry", no_build)
+    monkeypatch.setattr(prepare, "build_graph", no_build)
+    monkeypatch.setattr(prepare, "build_entry", no_build)
     cache = tmp_path / "cache"
     model = load_model(EngineOptions(engine_dir=str(out), cache_dir=str(cache),
                                      kv_cache_blocks=8))

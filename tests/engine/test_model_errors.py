@@ -14,12 +14,13 @@ from tiny_hf import TINY, random_weights, write_config, write_safetensors, write
 from engine.builder import build_model_graph
 from engine.config import ModelConfig, ModelError
 from engine.generate import greedy_generate
+from engine.limits import check_max_context
 from engine.loaders import load_weights
 from engine.loaders.gguf import load_gguf
 from engine.loaders.hf import load_hf
 from engine.reference import reference_logits
 from engine.registry import DEFAULT_MODEL, resolve_model
-from engine.runtime import EngineOptions, LoadedModel, check_max_context, load_model
+from engine.runtime import EngineOptions, LoadedModel, load_model
 from server.cli.main import main as cli_main
 
 

@@ -21,7 +21,7 @@ from engine.builder import BUILDER_VERSION, DATA_FILE, MODEL_FILE, build_model_g
 from engine.config import ModelConfig
 from engine.executors.ort import OrtExecutor
 from engine.executors.packing import split_for_padding
-from engine.kv_pool import KVPool
+from engine.host_kv_pool import HostKVPool
 from engine.reference import reference_logits
 from scheduler.plan import ScheduledSeq, StepPlan
 
@@ -215,7 +215,7 @@ def test_rows_without_logits_are_skipped_in_plan_order(model: Model,
 def test_pool_slot_writes_and_block_copies() -> None:
     """write() puts token t at (block, offset); copy_blocks copies all layers, K and V."""
     config = CONFIGS["gqa-plain-untied"]
-    pool = KVPool(config, num_blocks=5, block_size=4)
+    pool = HostKVPool(config, num_blocks=5, block_size=4)
     new = np.arange(config.num_layers * 2 * 2 * 3 * 16, dtype=np.float32).reshape(2, 2, 2, 3, 16)
     pool.write(np.array([3, 3, 1]), np.array([2, 3, 0]), new)
     np.testing.assert_array_equal(pool.read([3, 1], 8)[:, :, :, [2, 3, 4]], new)
@@ -229,15 +229,15 @@ def test_pool_slot_writes_and_block_copies() -> None:
 def test_kv_bytes_per_block_is_the_pools_size(dtype: str) -> None:
     """The one bytes-per-block (ModelConfig.kv_bytes_per_block) is what a block really takes in
     the host pool and in the device pool's geometry, and what both sizing paths divide by."""
-    from engine.device_pool import blocks_that_fit, geometry_for
+    from engine.device_kv_pool import geometry_for
     from engine.dtypes import NUMPY_DTYPES
-    from engine.kv_sizing import kv_cache_blocks
+    from engine.kv_sizing import blocks_that_fit, kv_cache_blocks
     from engine.options import EngineOptions
 
     config = CONFIGS["gqa-plain-untied"]
     per = config.kv_bytes_per_block(16, dtype)
     assert per == 2 * 2 * 2 * 16 * 16 * NUMPY_DTYPES[dtype].itemsize
-    assert KVPool(config, 3, 16, NUMPY_DTYPES[dtype]).data.nbytes == 3 * per
+    assert HostKVPool(config, 3, 16, NUMPY_DTYPES[dtype]).data.nbytes == 3 * per
     assert geometry_for(config, 3, 16, dtype).nbytes == 3 * per
     assert blocks_that_fit(config, 16, dtype, 10 * per + per - 1) == 10
     opts = EngineOptions(kv_cache_fraction=1.0, block_size=16)

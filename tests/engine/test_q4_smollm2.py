@@ -17,8 +17,9 @@ from engine.executors.ort import DENSE, SINGLE_TOKEN, OrtExecutor
 from engine.graph.linears import q4_layer_blocks
 from engine.loaders.gguf import config_from_gguf, open_gguf
 from engine.loaders.gguf_q4 import Q4Blocks, blocks_from_gguf
+from engine.prepare import prepare_model
 from engine.registry import DEFAULT_MODEL, resolve_model
-from engine.runtime import EngineOptions, LoadedModel, load_model, prepare_model
+from engine.runtime import EngineOptions, LoadedModel, load_model
 from scheduler.plan import ScheduledSeq, StepPlan
 
 PROMPT = "Explain in one sentence why the sky is blue."

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.generate import greedy_generate
-from engine.runtime import EngineOptions, LoadedModel, load_model, prepare_model
+from engine.prepare import prepare_model
+from engine.runtime import EngineOptions, LoadedModel, load_model
 from server.cli.main import main as cli_main
 
 DATA = Path(__file__).parent / "data"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 import engine.backends as backends
+import engine.prepare as prepare
 import engine.runtime as rt
-from engine.config import ModelError
+from engine.config import ModelConfig, ModelError
 
 
 def _machine(monkeypatch: pytest.MonkeyPatch, *, gpu: str | None, trt: str | None,
@@ -31,7 +32,7 @@ def test_gpu_machine_prefers_tensorrt_then_ort_cuda(monkeypatch: pytest.MonkeyPa
     assert _names(rt.EngineOptions()) == ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
     assert _names(rt.EngineOptions(backend="onnxruntime")) == ["onnxruntime-cuda",
                                                                "onnxruntime-cpu"]
-    assert rt.select_backend(rt.EngineOptions()).dtype == "float16"
+    assert backends.select_backend(rt.EngineOptions()).dtype == "float16"
 
 
 def test_explicit_tensorrt_without_gpu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,13 +78,46 @@ def test_builder_version_follows_the_graph_sources(tmp_path, monkeypatch: pytest
         (tmp_path / folder / "part.py").write_text("X = 1\n")
     (tmp_path / "dtypes.py").write_text("X = 1\n")
     (tmp_path / "builder.py").write_text("BUILDER_VERSION = '7'\n")
-    fake = type("Builder", (), {"__file__": str(tmp_path / "builder.py"), "BUILDER_VERSION": "7"})
-    monkeypatch.setattr(rt, "_builder", lambda: fake)
+    files = tuple(tmp_path / f for f in ("builder.py", "dtypes.py", "graph/part.py",
+                                        "loaders/part.py"))
+    monkeypatch.setattr(prepare, "builder_source",
+                        lambda: prepare.BuilderSource("7", tmp_path, files))
     versions = []
     for edit in (None, "graph/part.py", "loaders/part.py", "dtypes.py"):
         if edit is not None:
             (tmp_path / edit).write_text(f"X = '{edit}'\n")
-        rt.builder_version.cache_clear()
-        versions.append(rt.builder_version())
-    rt.builder_version.cache_clear()
+        prepare.builder_version.cache_clear()
+        versions.append(prepare.builder_version())
+    prepare.builder_version.cache_clear()
     assert all(v.startswith("7-") for v in versions) and len(set(versions)) == 4
+
+
+def test_builder_source_names_the_installed_builder() -> None:
+    """The real BuilderSource: engine/builder.py's BUILDER_VERSION, the builder, its dtype
+    table and every module of engine/graph/ and engine/loaders/."""
+    import engine.builder as builder
+
+    source = prepare.builder_source()
+    names = {str(p.relative_to(source.root)) for p in source.files}
+    assert source.version == builder.BUILDER_VERSION
+    assert {"builder.py", "dtypes.py", "graph/attention.py", "loaders/gguf.py"} <= names
+    assert prepare.builder_version().startswith(f"{builder.BUILDER_VERSION}-")
+
+
+def test_pool_blocks_per_backend(tmp_path) -> None:
+    """The pool's size in blocks: the options' count on every backend, capped for TensorRT by
+    the pool an engine directory was built for (not for the other backends it may run on)."""
+    from engine.engine_dir import BuildConfig, write_config
+    from engine.kv_sizing import pool_blocks
+
+    write_config(tmp_path, BuildConfig(model="m", name="m", backend="tensorrt", dtype="float16",
+                                       max_batch_size=8, max_num_tokens=256, max_model_len=128,
+                                       block_size=16, max_kv_blocks=64, builder_version="x"))
+    config = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                         intermediate_size=128, vocab_size=32)
+    options = rt.EngineOptions(kv_cache_blocks=500, engine_dir=str(tmp_path))
+    got = {b.name: pool_blocks(b, options, config, 128, "float16")
+           for b in (backends.TENSORRT, backends.ORT_CUDA, backends.ORT_CPU)}
+    assert got == {"tensorrt": 64, "onnxruntime-cuda": 500, "onnxruntime-cpu": 500}
+    no_dir = rt.EngineOptions(kv_cache_blocks=500)
+    assert pool_blocks(backends.TENSORRT, no_dir, config, 128, "float16") == 500

@@ -11,7 +11,7 @@ import pytest
 from engine.device.cuda import CudaContext, Stream
 from engine.device.kernels import KVKernels
 from engine.device.memory import DeviceBuffer
-from engine.device_pool import DeviceKVPool, PoolGeometry
+from engine.device_kv_pool import DeviceKVPool, PoolGeometry
 
 from .kv_reference import random_slots, reference_block_copy, reference_scatter
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from engine.config import ModelConfig
-from engine.device_pool import PoolGeometry, blocks_that_fit, geometry_for
+from engine.device_kv_pool import PoolGeometry, geometry_for
+from engine.kv_sizing import blocks_that_fit
 
 from .kv_reference import (
     emulate_block_copy,

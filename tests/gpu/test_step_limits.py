@@ -13,7 +13,7 @@ import pytest
 from engine import runtime
 from engine.backends import ORT_CPU, ORT_CUDA
 from engine.executors import ort_cuda
-from engine.limits import decide_limits
+from engine.limits import check_max_context, decide_limits
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
 from scheduler.request import ErrorKind, FinishReason, Request, RequestOutput, SamplingParams
@@ -53,7 +53,7 @@ def test_non_default_limits_reach_the_executor_and_the_scheduler(
     options = runtime.EngineOptions(kv_cache_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
                                     max_batch_size=3, max_num_tokens=40, max_context=96)
     limits = decide_limits(options.max_batch_size, options.max_num_tokens,
-                           ORT_CUDA.max_num_tokens, runtime.check_max_context(options, TINY))
+                           ORT_CUDA.max_num_tokens, check_max_context(options, TINY))
     executor = runtime._executor(ORT_CUDA, tiny_fp16_graph, TINY, options, limits, "float16", None)
     try:
         assert (executor.max_batch_size, executor.max_num_tokens, executor.max_context) == (
@@ -107,7 +107,7 @@ def test_a_refused_step_fails_only_its_requests(fake_host_ort: object, tiny_fp16
             later = await collect(loop, _request("later", 6))
             assert loop.dead is None
             loop.scheduler.check_integrity()
-            assert loop.scheduler.pool.num_used == 0
+            assert loop.scheduler.allocator.num_used == 0
         finally:
             await loop.stop()
         reasons = [out.finish_reason for out in first]

@@ -17,6 +17,8 @@ from scheduler.config import SchedulerConfig
 from scheduler.plan import StepPlan, StepResult
 from scheduler.request import Request, RequestOutput, SamplingParams
 from scheduler.scheduler import Scheduler
+from scheduler.sequence import Sequence
+from scheduler.step_rows import sample_rows
 
 VOCAB = 64
 
@@ -98,6 +100,26 @@ def make_scheduler(executor: FakeExecutor | None = None, *, eos: Seq[int] = (),
                      num_blocks=ex.num_blocks, vocab_size=ex.vocab_size,
                      max_context=ex.max_context, eos_token_ids=eos, decode=decode,  # type: ignore[arg-type]
                      **kwargs)
+
+
+def seq_of(params: SamplingParams, token_ids: Seq[int], num_prompt: int,
+           end_ids: Seq[int] = (), rng: np.random.Generator | None = None) -> Sequence:
+    """A live sequence of `num_prompt` prompt tokens followed by the rest of token_ids as
+    output; end_ids stand for the model's eos ids."""
+    request = Request(request_id=f"s{next(_ids)}", prompt_token_ids=list(token_ids[:num_prompt]),
+                      params=params, arrival_time=0.0)
+    seq = Sequence(next(_ids), request, rng, tuple(end_ids))
+    for token in token_ids[num_prompt:]:
+        seq.append_token(token, None)
+    return seq
+
+
+def sample_seqs(logits: np.ndarray, seqs: list[Sequence], argmax: np.ndarray | None = None
+                ) -> tuple[list[int], list[float | None]]:
+    """Tokens and log-probs for hand-built logits rows, one per sequence, chosen the way a
+    scheduler step chooses them (step_rows.sample_rows, the production path)."""
+    sampled = sample_rows(StepPlan(0, []), StepResult(0, logits, argmax), seqs)
+    return sampled.tokens, sampled.logprobs
 
 
 def step(sched: Scheduler, ex: FakeExecutor) -> list[RequestOutput]:

@@ -28,8 +28,8 @@ def test_admission_is_fcfs_and_capped_by_batch_size() -> None:
     plan = sched.schedule()
     assert plan is not None
     assert [s.seq_id for s in plan.seqs] == [0, 1]
-    assert [s.request_id for s in sched.running] == ["q0", "q1"]
-    assert [s.request_id for s in sched.waiting] == ["q2"]
+    assert [s.request_id for s in sched.admission.running] == ["q0", "q1"]
+    assert [s.request_id for s in sched.admission.waiting] == ["q2"]
     sched.update(plan, ex.execute(plan))
 
 
@@ -91,14 +91,15 @@ def test_preemption_recompute_same_output_and_resumes() -> None:
             break
         for o in step(sched, ex):
             got.setdefault(o.request_id, []).append(o)
-        if sched.waiting and sched.waiting[0].status == SeqStatus.PREEMPTED:
+        waiting = sched.admission.waiting
+        if waiting and waiting[0].status == SeqStatus.PREEMPTED:
             preempted_seen = True
-            assert sched.waiting[0].request_id == "b" and sched.waiting[0].block_table == []
-    assert preempted_seen and sched.preemptions_total >= 1
+            assert waiting[0].request_id == "b" and waiting[0].block_table == []
+    assert preempted_seen and sched.admission.preemptions_total >= 1
     for r in (a, b):
         assert tokens_of(got[r.request_id]) == greedy_reference(r.prompt_token_ids, 10)
         assert got[r.request_id][-1].finish_reason == FinishReason.LENGTH
-    assert sched.pool.num_free == 6
+    assert sched.allocator.num_free == 6
 
 
 def test_guaranteed_no_evict_never_preempts() -> None:
@@ -111,9 +112,9 @@ def test_guaranteed_no_evict_never_preempts() -> None:
     sched.add(a)
     sched.add(b)
     first = step(sched, ex)
-    assert [s.request_id for s in sched.running] == ["a"]
+    assert [s.request_id for s in sched.admission.running] == ["a"]
     got = run_all(sched, ex)
-    assert sched.preemptions_total == 0
+    assert sched.admission.preemptions_total == 0
     for r in (a, b):
         outs = [o for o in first if o.request_id == r.request_id] + got[r.request_id]
         assert tokens_of(outs) == greedy_reference(r.prompt_token_ids, 10)
@@ -126,7 +127,7 @@ def test_queue_full_refused_at_once() -> None:
     sched.add(make_request())
     with pytest.raises(QueueFullError, match="2 requests"):
         sched.add(make_request(request_id="late"))
-    assert len(sched.waiting) == 2 and "late" not in sched.request_ids()
+    assert len(sched.admission.waiting) == 2 and "late" not in sched.request_ids()
 
 
 def test_queue_timeout_finishes_without_kv() -> None:
@@ -161,15 +162,16 @@ def test_abort_in_every_state_frees_exactly_once(state: str) -> None:
     target = "a"
     if state == "prefilling":
         step(sched, ex)
-        assert sched.running[0].num_computed_tokens == 4
+        assert sched.admission.running[0].num_computed_tokens == 4
     elif state == "decoding":
         step(sched, ex), step(sched, ex)
-        assert sched.running[0].num_output_tokens == 1
+        assert sched.admission.running[0].num_output_tokens == 1
     elif state == "preempted":
         sched.add(make_request(7, request_id="b", max_tokens=10))
-        while not (sched.waiting and sched.waiting[0].status == SeqStatus.PREEMPTED):
+        waiting = sched.admission.waiting
+        while not (waiting and waiting[0].status == SeqStatus.PREEMPTED):
             step(sched, ex)
-        target = sched.waiting[0].request_id
+        target = waiting[0].request_id
     elif state == "finished":
         run_all(sched, ex)
     elif state == "unknown":
@@ -182,7 +184,7 @@ def test_abort_in_every_state_frees_exactly_once(state: str) -> None:
     assert sched.abort(target) is None
     sched.check_integrity()
     run_all(sched, ex)
-    assert sched.pool.num_free == 6
+    assert sched.allocator.num_free == 6
 
 
 def test_abort_between_schedule_and_update_skips_row() -> None:

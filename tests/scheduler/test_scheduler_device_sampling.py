@@ -96,7 +96,7 @@ def test_too_many_bans_take_the_host_path() -> None:
 
 def test_a_device_result_that_does_not_match_the_plan_is_refused() -> None:
     plan = StepPlan(1, [ScheduledSeq(0, [1], 0, [0], True)])
-    seqs = list(make_scheduler().running)  # no sequences: only the shape check matters
+    seqs = list(make_scheduler().admission.running)  # no sequences: only the shape check matters
     bad = StepResult(1, np.zeros((1, 8), np.float32), None, logits_rows=np.array([0]))
     with pytest.raises(ValueError, match="does not match"):
         sample_rows(plan, bad, seqs)

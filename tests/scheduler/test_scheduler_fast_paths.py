@@ -12,12 +12,13 @@ from sched_fakes import (
     make_request,
     make_scheduler,
     run_all,
+    sample_seqs,
+    seq_of,
     tokens_of,
 )
 
 from scheduler.plan import StepResult
 from scheduler.request import SamplingParams
-from scheduler.sampling import SampleInput, sample
 
 
 def test_executor_argmax_used_only_for_plain_greedy_rows() -> None:
@@ -25,21 +26,20 @@ def test_executor_argmax_used_only_for_plain_greedy_rows() -> None:
     rows whose processing can move the argmax (penalty, min_tokens) or that sample."""
     logits = np.tile(np.array([0, 9, 1, 8], np.float32), (4, 1))
     fake_argmax = np.array([3, 3, 3, 3], np.int64)
-    rows = [SampleInput(SamplingParams(), [0], 1, (), None),
-            SampleInput(SamplingParams(repetition_penalty=2.0), [1], 0, (), None),
-            SampleInput(SamplingParams(min_tokens=2), [0], 1, (1,), None),
-            SampleInput(SamplingParams(temperature=1.0, top_k=1), [0], 1, (),
-                        np.random.default_rng(0))]
-    tokens, _ = sample(logits, rows, fake_argmax)
+    rows = [seq_of(SamplingParams(), [0], 1),
+            seq_of(SamplingParams(repetition_penalty=2.0), [1], 0),
+            seq_of(SamplingParams(min_tokens=2), [0], 1, (1,)),
+            seq_of(SamplingParams(temperature=1.0, top_k=1), [0], 1, (), np.random.default_rng(0))]
+    tokens, _ = sample_seqs(logits, rows, fake_argmax)
     assert tokens == [3, 3, 3, 1]
-    assert sample(logits, rows)[0] == [1, 3, 3, 1]
+    assert sample_seqs(logits, rows)[0] == [1, 3, 3, 1]
 
 
 def test_executor_argmax_logprobs_are_raw() -> None:
     """With executor argmax, log-probs are still log_softmax of the raw row at the token."""
     raw = np.array([[1.0, 2.0, 3.0]], np.float32)
     p = SamplingParams(logprobs=True)
-    tokens, lps = sample(raw, [SampleInput(p, [0], 1, (), None)], np.array([2]))
+    tokens, lps = sample_seqs(raw, [seq_of(p, [0], 1)], np.array([2]))
     expect = 3.0 - math.log(math.exp(1) + math.exp(2) + math.exp(3))
     assert tokens == [2] and lps[0] == pytest.approx(expect, abs=1e-6)
 
@@ -82,8 +82,8 @@ def test_plan_rows_share_the_sequence_block_table() -> None:
     for _ in range(6):
         plan = sched.schedule()
         assert plan is not None
-        assert plan.seqs[0].block_table is sched.running[0].block_table
-        used.append(sched.pool.num_used)
+        assert plan.seqs[0].block_table is sched.admission.running[0].block_table
+        used.append(sched.allocator.num_used)
         sched.update(plan, ex.execute(plan))
     # prompt 3 tokens -> 1 block; positions 3 (block 0), 4..7 (block 1), 8 (block 2)
     assert used == [1, 1, 2, 2, 2, 2]

@@ -47,7 +47,7 @@ def test_concurrent_requests_stream_reference_tokens() -> None:
                 r.prompt_token_ids, r.params.max_tokens)
             assert outs[-1].finished and outs[-1].finish_reason == FinishReason.LENGTH
         loop.scheduler.check_integrity()
-        assert loop.num_unfinished == 0 and loop.scheduler.pool.num_free == 64
+        assert loop.num_unfinished == 0 and loop.scheduler.allocator.num_free == 64
         assert seen[-1].blocks_used == 0 and seen[-1].requests_completed_total == 8
         steps = [s for s in seen if s.step_time_s > 0]  # the rest: idle snapshots
         assert [s.step_id for s in steps] == list(range(1, len(ex.plans) + 1))
@@ -72,7 +72,7 @@ def test_abort_mid_stream_frees_blocks() -> None:
         assert outs[-1].finish_reason == FinishReason.ABORT and len(outs) == 3
         assert loop.num_unfinished == 0
         loop.scheduler.check_integrity()
-        assert loop.scheduler.pool.num_free == 64
+        assert loop.scheduler.allocator.num_free == 64
         await loop.stop()
     run(main())
 
@@ -93,7 +93,7 @@ def test_engine_exception_fails_everyone_and_kills_loop() -> None:
         assert isinstance(loop.dead, RuntimeError)
         with pytest.raises(EngineDeadError, match="fake device failure"):
             loop.add(make_request())
-        assert loop.scheduler.pool.num_free == 64
+        assert loop.scheduler.allocator.num_free == 64
         await loop.stop()
     run(main())
 

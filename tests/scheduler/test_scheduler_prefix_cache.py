@@ -39,10 +39,10 @@ def test_live_requests_share_blocks() -> None:
     step(sched, ex)
     sched.add(make_request(PREFIX + [3], request_id="b", max_tokens=8))
     first = [o for o in step(sched, ex) if o.request_id == "b"]
-    a, b = sched.running
+    a, b = sched.admission.running
     assert a.block_table[:2] == b.block_table[:2]
     assert a.block_table[2] != b.block_table[2]
-    assert [sched.pool.ref_count(x) for x in a.block_table[:2]] == [2, 2]
+    assert [sched.allocator.ref_count(x) for x in a.block_table[:2]] == [2, 2]
     got = run_all(sched, ex)
     assert tokens_of(first + got["b"]) == greedy_reference(PREFIX + [3], 8)
 
@@ -55,7 +55,7 @@ def test_fully_cached_prompt_copies_on_write() -> None:
     sched = make_scheduler(ex)
     sched.add(make_request(PREFIX, request_id="a", max_tokens=8))
     step(sched, ex)
-    a_table = list(sched.running[0].block_table)
+    a_table = list(sched.admission.running[0].block_table)
     sched.add(make_request(PREFIX, request_id="b", max_tokens=8))
     plan = sched.schedule()
     assert plan is not None

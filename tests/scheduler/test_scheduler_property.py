@@ -77,11 +77,11 @@ def test_random_operations_keep_integrity(config: dict, num_blocks: int, program
             break
         record(step(sched, ex))
     assert not sched.has_work() and sched.num_unfinished == 0
-    assert sched.pool.num_free == num_blocks
+    assert sched.allocator.num_free == num_blocks
     sched.check_integrity()
     assert set(finals) == set(added)
     if config["policy"] == "guaranteed_no_evict":
-        assert sched.preemptions_total == 0
+        assert sched.admission.preemptions_total == 0
     for rid, (prompt, max_tokens, sampled) in prompts.items():
         if not sampled and finals[rid] in (FinishReason.LENGTH, FinishReason.END_ID):
             assert tokens[rid] == expected(prompt, max_tokens)

@@ -6,7 +6,16 @@ import math
 
 import numpy as np
 import pytest
-from sched_fakes import FakeExecutor, fake_logits, make_request, make_scheduler, run_all, tokens_of
+from sched_fakes import (
+    FakeExecutor,
+    fake_logits,
+    make_request,
+    make_scheduler,
+    run_all,
+    sample_seqs,
+    seq_of,
+    tokens_of,
+)
 
 from scheduler.logits_processors import (
     apply_presence_frequency,
@@ -14,7 +23,7 @@ from scheduler.logits_processors import (
     banned_bad_words,
 )
 from scheduler.request import SamplingParams
-from scheduler.sampling import SampleInput, cumsum_search, sample, sample_row
+from scheduler.sampling import cumsum_search, sample_row
 
 
 def row(*values: float) -> np.ndarray:
@@ -32,8 +41,8 @@ def draw(x: np.ndarray, u: float, **params: object) -> int:
 def test_greedy_is_argmax_batched() -> None:
     """temperature 0 picks the argmax of each row."""
     logits = np.stack([row(0, 5, 1), row(9, 1, 2)])
-    inputs = [SampleInput(SamplingParams(), [0], 1, (), None) for _ in range(2)]
-    assert sample(logits, inputs) == ([1, 0], [None, None])
+    seqs = [seq_of(SamplingParams(), [0], 1) for _ in range(2)]
+    assert sample_seqs(logits, seqs) == ([1, 0], [None, None])
 
 
 def test_inverse_cdf_draw_and_temperature() -> None:
@@ -97,23 +106,23 @@ def test_bad_words() -> None:
     assert banned_bad_words([7, 1], [[5], [1, 2], [9, 2]]) == [5, 2]
     logits = row(0, 0, 9, 8, 0)[None, :]
     p = SamplingParams(bad_words_ids=((1, 2),))
-    assert sample(logits, [SampleInput(p, [7, 1], 1, (), None)])[0] == [3]
-    assert sample(logits, [SampleInput(p, [7, 0], 1, (), None)])[0] == [2]
+    assert sample_seqs(logits, [seq_of(p, [7, 1], 1)])[0] == [3]
+    assert sample_seqs(logits, [seq_of(p, [7, 0], 1)])[0] == [2]
 
 
 def test_min_tokens_suppresses_end_ids() -> None:
     """Before min_tokens outputs, end ids get -inf; after, they are allowed."""
     logits = row(0, 9, 1)[None, :]
     p = SamplingParams(min_tokens=2)
-    assert sample(logits, [SampleInput(p, [0, 4], 1, (1,), None)])[0] == [2]
-    assert sample(logits, [SampleInput(p, [0, 4, 4], 1, (1,), None)])[0] == [1]
+    assert sample_seqs(logits, [seq_of(p, [0, 4], 1, (1,))])[0] == [2]
+    assert sample_seqs(logits, [seq_of(p, [0, 4, 4], 1, (1,))])[0] == [1]
 
 
 def test_logprobs_are_raw_log_softmax() -> None:
     """Reported log-prob = log_softmax(raw logits)[token], before penalties and temperature."""
     raw = row(1.0, 2.0, 3.0)
     p = SamplingParams(logprobs=True, repetition_penalty=5.0)
-    tokens, lps = sample(raw[None, :].copy(), [SampleInput(p, [0, 2], 1, (), None)])
+    tokens, lps = sample_seqs(raw[None, :].copy(), [seq_of(p, [0, 2], 1)])
     expect = 2.0 - math.log(math.exp(1) + math.exp(2) + math.exp(3))
     assert tokens == [1] and lps[0] == pytest.approx(expect, abs=1e-12)
 
@@ -151,7 +160,7 @@ def test_seeded_request_same_alone_and_in_busy_batch() -> None:
     busy.add(make_request(4, max_tokens=10))
     got = run_all(busy, busy_ex)
     assert tokens_of(got["s"]) == solo
-    assert busy.preemptions_total > 0
+    assert busy.admission.preemptions_total > 0
     other = make_scheduler(FakeExecutor(num_blocks=64))
     other.add(make_request(9, request_id="s", **(params | {"seed": 8})))
     assert tokens_of(run_all(other, FakeExecutor(num_blocks=64))["s"]) != solo

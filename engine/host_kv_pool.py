@@ -1,6 +1,7 @@
-"""The host KV pool: one numpy array [L, 2 (K, V), KVH, NB, BS, D] that the graph reads through
-its `kv_cache` input (viewed as [L*2*KVH*NB, BS, D], same memory) and that only this class
-writes: new K/V by slot mapping after a step, whole-block copies before one.
+"""The KV pool in host memory (the CPU executor's): one numpy array [L, 2 (K, V), KVH, NB, BS,
+D] that the graph reads through its `kv_cache` input (viewed as [L*2*KVH*NB, BS, D], same
+memory) and that only this class writes: new K/V by slot mapping after a step, whole-block
+copies before one. Its twin in device memory is engine/device_kv_pool.py.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from engine.config import ModelConfig
 logger = logging.getLogger(__name__)
 
 
-class KVPool:
-    """Owns the pool array. Block ids are 0..num_blocks-1; slot = block * BS + offset."""
+class HostKVPool:
+    """Owns the pool array (the KV tensors; which block belongs to whom is the scheduler's
+    BlockAllocator's business). Block ids are 0..num_blocks-1; slot = block * BS + offset."""
 
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int,
                  dtype: np.dtype | str = np.float32) -> None:
@@ -27,8 +29,8 @@ class KVPool:
         shape = (config.num_layers, 2, config.num_kv_heads, num_blocks, block_size,
                  config.head_dim)
         self.data = np.zeros(shape, dtype=dtype)  # [L, 2, KVH, NB, BS, D]
-        logger.info("KV pool: %d blocks x %d tokens, %.1f MiB", num_blocks, block_size,
-                    self.data.nbytes / 2**20)
+        logger.info("KV pool in host memory: %d blocks x %d tokens, %.1f MiB", num_blocks,
+                    block_size, self.data.nbytes / 2**20)
 
     @property
     def graph_view(self) -> np.ndarray:

@@ -1,15 +1,16 @@
-"""BlockPool: free xor referenced, ref counts, LRU eviction of cached blocks, integrity check."""
+"""BlockAllocator: free xor referenced, ref counts, LRU eviction of cached blocks, integrity
+check."""
 
 from __future__ import annotations
 
 import pytest
 
-from scheduler.block_pool import BlockPool, IntegrityError, hash_block
+from scheduler.block_allocator import BlockAllocator, IntegrityError, hash_block
 
 
 def test_allocate_free_roundtrip() -> None:
     """Allocated blocks leave the free list with ref 1 and come back when freed."""
-    pool = BlockPool(4, 4)
+    pool = BlockAllocator(4, 4)
     got = pool.allocate(3)
     assert got == [0, 1, 2]
     assert pool.num_free == 1 and [pool.ref_count(b) for b in range(4)] == [1, 1, 1, 0]
@@ -21,14 +22,14 @@ def test_allocate_free_roundtrip() -> None:
 
 def test_over_allocation_raises() -> None:
     """Asking for more blocks than are free is an impossible state for callers: ValueError."""
-    pool = BlockPool(2, 4)
+    pool = BlockAllocator(2, 4)
     with pytest.raises(ValueError, match="only 2 free"):
         pool.allocate(3)
 
 
 def test_double_free_raises() -> None:
     """Freeing a block twice is caught immediately."""
-    pool = BlockPool(2, 4)
+    pool = BlockAllocator(2, 4)
     b = pool.allocate(1)
     pool.free(b)
     with pytest.raises(IntegrityError, match="double free of block 0"):
@@ -37,7 +38,7 @@ def test_double_free_raises() -> None:
 
 def test_shared_block_refcount() -> None:
     """touch() adds references; the block is free only after the last one is dropped."""
-    pool = BlockPool(2, 4)
+    pool = BlockAllocator(2, 4)
     (b,) = pool.allocate(1)
     pool.cache_block(b, 123)
     pool.touch([b])
@@ -52,7 +53,7 @@ def test_shared_block_refcount() -> None:
 def test_cached_blocks_evicted_lru_and_only_when_free() -> None:
     """Freed cached blocks stay findable; allocation reuses uncached blocks first, then the
     least recently freed cached one."""
-    pool = BlockPool(3, 4)
+    pool = BlockAllocator(3, 4)
     a, b, c = pool.allocate(3)
     pool.cache_block(a, 1)
     pool.cache_block(b, 2)
@@ -68,7 +69,7 @@ def test_cached_blocks_evicted_lru_and_only_when_free() -> None:
 
 def test_reviving_a_cached_free_block() -> None:
     """touch() on a free cached block takes it off the free list without evicting it."""
-    pool = BlockPool(2, 4)
+    pool = BlockAllocator(2, 4)
     (a,) = pool.allocate(1)
     pool.cache_block(a, 7)
     pool.free([a])
@@ -79,7 +80,7 @@ def test_reviving_a_cached_free_block() -> None:
 
 def test_first_writer_wins_for_duplicate_hashes() -> None:
     """Two blocks with identical content: the hash keeps pointing at the first one."""
-    pool = BlockPool(2, 4)
+    pool = BlockAllocator(2, 4)
     a, b = pool.allocate(2)
     pool.cache_block(a, 5)
     pool.cache_block(b, 5)
@@ -90,7 +91,7 @@ def test_first_writer_wins_for_duplicate_hashes() -> None:
 
 def test_integrity_detects_leak_and_wrong_refcount() -> None:
     """A referenced block nobody names, or a ref count that disagrees, is reported."""
-    pool = BlockPool(3, 4)
+    pool = BlockAllocator(3, 4)
     blocks = pool.allocate(2)
     with pytest.raises(IntegrityError, match="block 1: ref 1 != 0"):
         pool.check_integrity([blocks[:1]])

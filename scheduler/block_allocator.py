@@ -1,6 +1,8 @@
-"""The KV block pool: the only code that touches the free list, ref counts and the prefix cache.
+"""The block allocator: the only code that touches the free list, ref counts and the prefix cache.
 
-Blocks are fixed-size pages of the executor's KV pool, ids 0..num_blocks-1. A block is either
+Host-side bookkeeping of block *ids* only; the KV tensors themselves live in the executor's KV
+pool (engine/host_kv_pool.py in host memory, engine/device_kv_pool.py in device memory). Blocks
+are fixed-size pages of that pool, ids 0..num_blocks-1. A block is either
 free (on the free list, ref count 0) or referenced by one or more sequences (ref count > 0),
 never both. A full block may carry a hash of its content (chained over all previous blocks plus
 a salt) and be found again by that hash; it stays findable after it is freed, until the free list
@@ -15,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 
 class IntegrityError(RuntimeError):
-    """The pool's bookkeeping disagrees with the sequences' block tables (a bug)."""
+    """The allocator's bookkeeping disagrees with the sequences' block tables (a bug)."""
 
 
 def hash_block(parent: int | None, tokens: Sequence[int], salt: str) -> int:
@@ -27,8 +29,8 @@ def hash_block(parent: int | None, tokens: Sequence[int], salt: str) -> int:
     return hash((parent, tuple(tokens), salt))
 
 
-class BlockPool:
-    """Free list + ref counts + hash -> block map over `num_blocks` blocks."""
+class BlockAllocator:
+    """Free list + ref counts + hash -> block map over `num_blocks` block ids (no KV data)."""
 
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
         if num_blocks < 1 or block_size < 1:

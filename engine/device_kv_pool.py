@@ -1,4 +1,5 @@
-"""The paged KV pool in device memory: one cuda-python allocation, owned, with close().
+"""The KV pool in device memory (the GPU executors'): one cuda-python allocation, owned, with
+close(). Its twin in host memory is engine/host_kv_pool.py.
 
 Layout is the graph's (engine/builder.py KV_LAYOUT): [L, 2 (K, V), KVH, NB, BS, D], bound to the
 graph's `kv_cache` input as [L*2*KVH*NB, BS, D] (same memory). The graph's `new_kv` output is
@@ -110,11 +111,6 @@ def geometry_for(config: ModelConfig, num_blocks: int, block_size: int, dtype: s
     return PoolGeometry(num_layers=config.num_layers, num_kv_heads=config.num_kv_heads,
                         num_blocks=num_blocks, block_size=block_size, head_dim=config.head_dim,
                         dtype=dtype)
-
-
-def blocks_that_fit(config: ModelConfig, block_size: int, dtype: str, budget_bytes: int) -> int:
-    """How many KV blocks `budget_bytes` of device memory holds (at least 1)."""
-    return max(1, budget_bytes // config.kv_bytes_per_block(block_size, dtype))
 
 
 class DeviceKVPool:
