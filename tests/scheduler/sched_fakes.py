@@ -1,82 +1,18 @@
-"""Test doubles and keyword-default factories for the scheduler tests.
-
-`FakeExecutor` keeps a fake KV pool holding the token id written at every slot, so logits are a
-deterministic function of the sequence content *as read back through the block table*: a wrong
-block table, a missed copy-on-write or a bad prefix-cache hit changes the outputs.
-"""
+"""Keyword-default factories and step helpers for the scheduler tests (the executor they drive
+is tests/fakes.py's FakeExecutor)."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Sequence as Seq
 
-import numpy as np
+from fakes import VOCAB, FakeExecutor
 
 from scheduler.config import SchedulerConfig
-from scheduler.plan import StepPlan, StepResult
 from scheduler.request import Request, RequestOutput, SamplingParams
 from scheduler.scheduler import Scheduler
 from scheduler.sequence import Sequence
 from scheduler.step_rows import sample_rows
-
-VOCAB = 64
-
-
-class FakeExecutor:
-    def __init__(self, num_blocks: int = 16, block_size: int = 4, vocab_size: int = VOCAB,
-                 max_context: int = 256, fail_at_step: int | None = None,
-                 with_argmax: bool = False) -> None:
-        self.block_size = block_size
-        self.num_blocks = num_blocks
-        self.vocab_size = vocab_size
-        self.max_context = max_context
-        self.fail_at_step = fail_at_step
-        self.with_argmax = with_argmax  # also return StepResult.argmax, as a device executor does
-        self.kv = np.full((num_blocks, block_size), -1, dtype=np.int64)
-        self.plans: list[StepPlan] = []
-        self.closed = False
-
-    def execute(self, plan: StepPlan) -> StepResult:
-        if self.fail_at_step is not None and plan.step_id >= self.fail_at_step:
-            raise RuntimeError("fake device failure")
-        self.plans.append(plan)
-        for src, dst in plan.block_copies:
-            self.kv[dst] = self.kv[src]
-        rows = []
-        for s in plan.seqs:
-            past = [self._read(s.block_table, p) for p in range(s.start_pos)]
-            assert -1 not in past, f"seq {s.seq_id} reads unwritten KV: {past}"
-            if s.want_logits:
-                rows.append(fake_logits(past + s.token_ids, self.vocab_size))
-        for s in plan.seqs:  # new KV lands after the forward, by slot mapping
-            for i, tok in enumerate(s.token_ids):
-                pos = s.start_pos + i
-                self.kv[s.block_table[pos // self.block_size], pos % self.block_size] = tok
-        logits = np.stack(rows) if rows else np.zeros((0, self.vocab_size), np.float32)
-        argmax = np.argmax(logits, axis=1) if self.with_argmax else None
-        return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
-
-    def _read(self, table: list[int], pos: int) -> int:
-        return int(self.kv[table[pos // self.block_size], pos % self.block_size])
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def fake_logits(context: Seq[int], vocab_size: int = VOCAB) -> np.ndarray:
-    digest = hashlib.blake2b(np.asarray(context, np.int64).tobytes(), digest_size=8).digest()
-    rng = np.random.default_rng(int.from_bytes(digest, "little"))
-    return (rng.standard_normal(vocab_size) * 3.0).astype(np.float32)
-
-
-def greedy_reference(prompt: Seq[int], n: int, vocab_size: int = VOCAB) -> list[int]:
-    """What greedy decoding of the fake model produces, computed without any scheduler."""
-    ctx = list(prompt)
-    for _ in range(n):
-        ctx.append(int(np.argmax(fake_logits(ctx, vocab_size))))
-    return ctx[len(prompt):]
-
 
 _ids = itertools.count()
 

@@ -5,15 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from sched_fakes import (
-    VOCAB,
-    FakeExecutor,
-    fake_logits,
-    make_request,
-    make_scheduler,
-    run_all,
-    tokens_of,
-)
+from fakes import VOCAB, FakeExecutor, fake_logits
+from sched_fakes import make_request, make_scheduler, run_all, tokens_of
 
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop

@@ -4,15 +4,8 @@ finish reasons."""
 from __future__ import annotations
 
 import pytest
-from sched_fakes import (
-    FakeExecutor,
-    greedy_reference,
-    make_request,
-    make_scheduler,
-    run_all,
-    step,
-    tokens_of,
-)
+from fakes import FakeExecutor, greedy_reference
+from sched_fakes import make_request, make_scheduler, run_all, step, tokens_of
 
 from scheduler.request import ErrorKind, FinishReason, QueueFullError, RequestError
 from scheduler.sequence import SeqStatus

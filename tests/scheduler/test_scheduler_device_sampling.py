@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sched_fakes import FakeExecutor, make_request, make_scheduler, run_all, tokens_of
+from fakes import FakeExecutor
+from sched_fakes import make_request, make_scheduler, run_all, tokens_of
 
 from scheduler.plan import ScheduledSeq, StepPlan, StepResult
 from scheduler.scheduler import Scheduler

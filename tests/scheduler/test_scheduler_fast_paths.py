@@ -6,16 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from sched_fakes import (
-    FakeExecutor,
-    greedy_reference,
-    make_request,
-    make_scheduler,
-    run_all,
-    sample_seqs,
-    seq_of,
-    tokens_of,
-)
+from fakes import FakeExecutor, greedy_reference
+from sched_fakes import make_request, make_scheduler, run_all, sample_seqs, seq_of, tokens_of
 
 from scheduler.plan import StepResult
 from scheduler.request import SamplingParams

@@ -8,7 +8,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
-from sched_fakes import FakeExecutor, greedy_reference, make_request
+from fakes import FakeExecutor, greedy_reference
+from sched_fakes import make_request
 
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop, RequestStream

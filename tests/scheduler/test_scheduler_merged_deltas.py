@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from sched_fakes import FakeExecutor, greedy_reference, make_request
+from fakes import FakeExecutor, greedy_reference
+from sched_fakes import make_request
 
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop, merge_outputs

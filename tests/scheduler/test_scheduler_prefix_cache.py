@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from sched_fakes import (
-    FakeExecutor,
-    greedy_reference,
-    make_request,
-    make_scheduler,
-    run_all,
-    step,
-    tokens_of,
-)
+from fakes import FakeExecutor, greedy_reference
+from sched_fakes import make_request, make_scheduler, run_all, step, tokens_of
 
 PREFIX = [5, 9, 13, 17, 21, 25, 29, 33]  # two full blocks of 4
 

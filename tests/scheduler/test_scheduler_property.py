@@ -7,7 +7,8 @@ import functools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sched_fakes import FakeExecutor, greedy_reference, make_request, make_scheduler, step
+from fakes import FakeExecutor, greedy_reference
+from sched_fakes import make_request, make_scheduler, step
 
 from scheduler.request import FinishReason, QueueFullError, RequestError
 

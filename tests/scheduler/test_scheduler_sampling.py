@@ -6,16 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from sched_fakes import (
-    FakeExecutor,
-    fake_logits,
-    make_request,
-    make_scheduler,
-    run_all,
-    sample_seqs,
-    seq_of,
-    tokens_of,
-)
+from fakes import FakeExecutor, fake_logits
+from sched_fakes import make_request, make_scheduler, run_all, sample_seqs, seq_of, tokens_of
 
 from scheduler.logits_processors import (
     apply_presence_frequency,

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 
-from sched_fakes import (
-    FakeExecutor,
-    greedy_reference,
-    make_request,
-    make_scheduler,
-    run_all,
-    tokens_of,
-)
+from fakes import FakeExecutor, greedy_reference
+from sched_fakes import make_request, make_scheduler, run_all, tokens_of
 
 from scheduler.request import FinishReason
 from scheduler.stop import stop_string_hit

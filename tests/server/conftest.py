@@ -1,4 +1,6 @@
-"""Fixtures: the app over a fake engine (TestClient as a context manager runs the lifespan)."""
+"""Fixtures: the real app over the real EngineLoop + Scheduler, with only the device, model and
+tokenizer faked (tests/fakes.py's FakeEngine). TestClient as a context manager runs the lifespan.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +8,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from fakes import MODEL, FakeEngine
 from fastapi.testclient import TestClient
-from server_fakes import FakeLoop, fake_model, loader_for
 
-from server.app import Loader, create_app
+from server.app import create_app
 from server.settings import ServerSettings
 
 MakeClient = Callable[..., TestClient]
@@ -26,17 +28,17 @@ def wait_ready(client: TestClient, timeout: float = 5.0) -> None:
 def make_client() -> Iterator[MakeClient]:
     clients: list[TestClient] = []
 
-    def make(loop: FakeLoop | None = None, loader: Loader | None = None,
-             **settings: object) -> TestClient:
-        """The app over a FakeLoop, or over what `loader` loads (e.g. real_engine.py)."""
-        model = fake_model(loop)
-        settings.setdefault("model", "fake-model")
-        app = create_app(ServerSettings(**settings), loader or loader_for(model))
+    def make(engine: FakeEngine | None = None, **settings: object) -> TestClient:
+        """The app with these settings over `engine` (default: FakeEngine(), which speaks
+        fakes.REPLY); the engine stays reachable as `client.engine`."""
+        engine = engine or FakeEngine()
+        settings.setdefault("model", MODEL)
+        app = create_app(ServerSettings(**settings), engine)
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
         wait_ready(client)
-        client.fake_loop = model.loop  # type: ignore[attr-defined]
+        client.engine = engine  # type: ignore[attr-defined]
         return client
 
     yield make

@@ -1,6 +1,6 @@
-"""`trtserve serve` with the scripted engine (tests/server/real_engine.py) instead of a model:
-the real CLI options and env, the real run_serve (one process, or --api-server-count N), the real
-EngineLoop + Scheduler over a ScriptedExecutor. Used by test_split_processes.py.
+"""`trtserve serve` with tests/fakes.py's FakeEngine instead of a model: the real CLI options and
+env, the real run_serve (one process, or --api-server-count N), the real EngineLoop + Scheduler
+over a FakeExecutor speaking a script. Used by test_split_processes.py.
 
     python tests/server/split_server.py --port P --metrics-port M --api-server-count 2 \
         [--step-s 0.01] [--script TEXT]
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1])]
+sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]
 
-from real_engine import scripted_loader  # noqa: E402
+from fakes import FakeEngine  # noqa: E402
 
 from server.cli.main import build_parser  # noqa: E402
 from server.cli.serve import run_serve, settings_from_args  # noqa: E402
@@ -35,7 +35,7 @@ def main() -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
     os.environ.pop("TRTSERVE_API_SERVER_COUNT", None)  # read once, above
-    return run_serve(settings, scripted_loader(own.script, own.step_s), bind_ports(settings))
+    return run_serve(settings, FakeEngine(own.script, step_s=own.step_s), bind_ports(settings))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import httpx
+from fakes import FakeExecutor
 from fuzz_bodies import MODEL, ROUTES, BodyGen
 
 from engine.loaders.gguf_tokenizer import tokenizer_from_gguf
@@ -23,9 +22,6 @@ from server.app import create_app
 from server.metrics.server_metrics import ServerMetrics
 from server.serving import ServingModel
 from server.settings import ServerSettings
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "scheduler"))
-from sched_fakes import FakeExecutor  # noqa: E402
 
 NUM_BODIES = 10_000
 CONCURRENCY = 8

@@ -1,5 +1,5 @@
 """RELIABILITY §7 cases 1-10, 13: bad HTTP input is a 400/404/413 with a JSON body, never a 500,
-and the engine is never called."""
+and the engine is never called (over the real EngineLoop + Scheduler, tests/fakes.py)."""
 
 from __future__ import annotations
 
@@ -59,15 +59,18 @@ def _assert_error(r, status: int, *words: str) -> None:  # noqa: ANN001
     ('{"text_input":"a","max_tokens":5,"return_context_logits":true}', ["return_context_logits"]),
 ])
 def test_rejected_with_400(client: TestClient, path: str, body: str, words: list[str]) -> None:
-    before = len(client.fake_loop.added)  # type: ignore[attr-defined]
     r = _post(client, path, body)
     _assert_error(r, 400, *words)
-    assert len(client.fake_loop.added) == before  # type: ignore[attr-defined]
+    assert client.engine.added == []  # type: ignore[attr-defined]
 
 
 def test_too_long_prompt_is_400_from_scheduler(client: TestClient) -> None:
+    """600 characters + BOS: the request reaches the scheduler, which refuses it."""
     r = _post(client, ROUTES[0], json.dumps({"text_input": "a" * 600, "max_tokens": 5}))
-    _assert_error(r, 400, "601", "512")
+    _assert_error(r, 400, "prompt (601 tokens) + max_tokens (5) = 606 exceeds the maximum "
+                  "model length 512")
+    assert len(client.engine.added) == 1  # type: ignore[attr-defined]
+    assert client.engine.loop.num_unfinished == 0  # type: ignore[attr-defined]
 
 
 def test_unknown_parameter_scalar_is_ignored(client: TestClient) -> None:

@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from server_fakes import FakeLoop, fake_model, loader_for
+from fakes import MODEL, FakeEngine
 
 from engine.options import EngineOptions
 from server.cli.main import build_parser
@@ -51,12 +51,12 @@ def test_engine_options_follow_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_engine_death_exits_nonzero() -> None:
-    settings = ServerSettings(model="fake-model", host="127.0.0.1", port=_free_port(),
+    settings = ServerSettings(model=MODEL, host="127.0.0.1", port=_free_port(),
                               metrics_port=_free_port(), log_level="warning")
-    loop = FakeLoop(step_s=0.01, die_after=2)
+    engine = FakeEngine(step_s=0.01, fail_at_step=3)  # the device fails at the third step
 
     async def main() -> int:
-        task = asyncio.create_task(serve(settings, loader_for(fake_model(loop))))
+        task = asyncio.create_task(serve(settings, engine))
         url = f"http://127.0.0.1:{settings.port}"
         async with httpx.AsyncClient(timeout=10) as c:
             for _ in range(200):
@@ -68,7 +68,7 @@ def test_engine_death_exits_nonzero() -> None:
                 await asyncio.sleep(0.02)
             r = await c.post(url + "/v2/models/ensemble/generate_stream",
                              json={"text_input": "a", "max_tokens": 50, "stream": True})
-            assert "injected engine fault" in r.text
+            assert '{"error":"RuntimeError: fake device failure"}' in r.text
         t0 = time.monotonic()
         code = await asyncio.wait_for(task, 10)
         assert time.monotonic() - t0 < 10

@@ -1,5 +1,5 @@
-"""Issue 10, items 5-7, over the real app + real EngineLoop (scripted executor, see
-real_engine.py): Triton end_id / `GET /` / HEAD, OpenAI stop trimming / top_logprobs / finish
+"""Issue 10, items 5-7, over the real app + real EngineLoop (tests/fakes.py's FakeEngine speaking
+SCRIPT): Triton end_id / `GET /` / HEAD, OpenAI stop trimming / top_logprobs / finish
 reasons, CORS preflight body, idle gauges."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from fakes import EOS, MODEL, FakeEngine
 from fastapi.testclient import TestClient
-from real_engine import scripted_loader
-from server_fakes import EOS
 
 from server.app import create_app
 from server.settings import ServerSettings
@@ -26,7 +25,7 @@ MakeApp = Callable[..., TestClient]
 def make_app(make_client: Callable[..., TestClient]) -> MakeApp:
     def make(script: str | list[int] = SCRIPT, step_s: float = 0.0,
              **settings: object) -> TestClient:
-        return make_client(loader=scripted_loader(script, step_s), **settings)
+        return make_client(FakeEngine(script, step_s=step_s), **settings)
     return make
 
 
@@ -223,7 +222,8 @@ def test_aborted_request_is_an_error_not_a_finish_reason() -> None:
     """A request the server aborts (e.g. the engine loop stopping) gets an OpenAI error object,
     never finish_reason "abort"."""
     async def main() -> list[httpx.Response]:
-        app = create_app(ServerSettings(model="fake-model"), scripted_loader(SCRIPT, 0.01))
+        engine = FakeEngine(SCRIPT, step_s=0.01)
+        app = create_app(ServerSettings(model=MODEL), engine)
         ctx = app.router.lifespan_context(app)
         await ctx.__aenter__()
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")

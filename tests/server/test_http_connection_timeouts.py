@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-from server_fakes import FakeLoop, fake_model, loader_for
+from fakes import MODEL, FakeEngine
 
 from server.cli.main import build_parser
 from server.cli.serve import serve, settings_from_args
@@ -31,12 +31,12 @@ def _free_port() -> int:
 
 def _run(check: Callable[[int], Awaitable[None]], timeout: float = TIMEOUT_S,
          keep_alive: float = 60.0) -> None:
-    settings = ServerSettings(model="fake-model", host="127.0.0.1", port=_free_port(),
+    settings = ServerSettings(model=MODEL, host="127.0.0.1", port=_free_port(),
                               metrics_port=0, log_level="warning", body_read_timeout=timeout,
                               keep_alive_timeout=keep_alive)
 
     async def main() -> None:
-        task = asyncio.create_task(serve(settings, loader_for(fake_model(FakeLoop(step_s=0.05)))))
+        task = asyncio.create_task(serve(settings, FakeEngine(step_s=0.05)))
         try:
             async with httpx.AsyncClient(timeout=5) as c:
                 for _ in range(250):

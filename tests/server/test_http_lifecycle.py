@@ -1,13 +1,14 @@
-"""Overload, drain and engine death over the fake engine (disconnects need a real socket:
-tests/e2e)."""
+"""Overload, drain and engine death over the real EngineLoop + Scheduler, the device faked
+(tests/fakes.py: slow steps, a failing step). Disconnects need a real socket: tests/e2e."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
-from server_fakes import FakeLoop, fake_model, loader_for
+from fakes import MODEL, FakeEngine
 
 from server.app import create_app
 from server.settings import ServerSettings
@@ -15,9 +16,8 @@ from server.settings import ServerSettings
 BODY = {"text_input": "a", "max_tokens": 20, "stream": True}
 
 
-async def _app_client(loop: FakeLoop, **settings: object):  # noqa: ANN202
-    model = fake_model(loop)
-    app = create_app(ServerSettings(model="fake-model", **settings), loader_for(model))
+async def _app_client(engine: FakeEngine, **settings: object):  # noqa: ANN202
+    app = create_app(ServerSettings(model=MODEL, **settings), engine)
     ctx = app.router.lifespan_context(app)
     await ctx.__aenter__()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
@@ -46,8 +46,8 @@ def test_readiness_503_while_loading_liveness_200(make_client) -> None:  # noqa:
 
 def test_overload_503_fast_and_accepted_complete() -> None:
     async def main() -> None:
-        loop = FakeLoop(max_batch_size=2, max_queue_size=4, step_s=0.01)
-        app, client, ctx = await _app_client(loop)
+        app, client, ctx = await _app_client(FakeEngine(step_s=0.01), max_batch_size=2,
+                                             max_queue_size=4)
 
         async def one() -> tuple[int, float, str]:
             t0 = time.monotonic()
@@ -77,8 +77,8 @@ def test_overload_503_fast_and_accepted_complete() -> None:
 
 def test_drain_finishes_then_aborts_rest_with_error_event() -> None:
     async def main() -> None:
-        loop = FakeLoop(max_batch_size=8, step_s=0.01)
-        app, client, ctx = await _app_client(loop, drain_timeout=0.3)
+        app, client, ctx = await _app_client(FakeEngine(step_s=0.01), max_batch_size=8,
+                                             drain_timeout=0.3)
         lc = app.state.trtserve.lifecycle
 
         async def stream(n: int) -> str:
@@ -107,10 +107,13 @@ def test_drain_finishes_then_aborts_rest_with_error_event() -> None:
 
 def test_engine_death_error_event_and_unhealthy() -> None:
     async def main() -> None:
-        loop = FakeLoop(step_s=0.01, die_after=3)
-        app, client, ctx = await _app_client(loop)
+        engine = FakeEngine(step_s=0.01, fail_at_step=4)
+        app, client, ctx = await _app_client(engine)
         r = await client.post("/v2/models/ensemble/generate_stream", json=dict(BODY, max_tokens=50))
-        assert r.status_code == 200 and "injected engine fault" in r.text.splitlines()[-2]
+        assert r.status_code == 200
+        assert r.text.splitlines()[-2] == 'data: {"error":"RuntimeError: fake device failure"}'
+        events = [json.loads(ln[len("data: "):]) for ln in r.text.splitlines() if ln]
+        assert "".join(e.get("text_output", "") for e in events) == "Hi "  # steps 1-3 ran
         await asyncio.sleep(0.4)
         assert (await client.get("/v2/health/ready")).status_code == 503
         assert (await client.get("/v2/health/live")).status_code == 503

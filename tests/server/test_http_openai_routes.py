@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes over the fake engine."""
+"""OpenAI-compatible routes over the real EngineLoop + Scheduler (tests/fakes.py's FakeEngine)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from server_fakes import IM_START, REPLY
+from fakes import IM_START, REPLY
 
 
 def _chunks(text: str) -> list:
@@ -25,7 +25,7 @@ def test_completion_greedy_by_default_with_usage(client: TestClient) -> None:
     assert d["object"] == "text_completion" and d["choices"][0]["text"] == REPLY[:4].decode()
     assert d["choices"][0]["finish_reason"] == "length"
     assert d["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
-    assert client.fake_loop.added[-1].params.temperature == 0.0  # type: ignore[attr-defined]
+    assert client.engine.added[-1].params.temperature == 0.0  # type: ignore[attr-defined]
 
 
 def test_completion_stream_matches(client: TestClient) -> None:
@@ -37,7 +37,7 @@ def test_completion_stream_matches(client: TestClient) -> None:
     text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
     assert text == REPLY.decode()
     assert chunks[-1]["usage"]["completion_tokens"] == len(REPLY)
-    p = client.fake_loop.added[-1].params  # type: ignore[attr-defined]
+    p = client.engine.added[-1].params  # type: ignore[attr-defined]
     assert (p.seed, p.stop, p.ignore_eos, p.min_tokens, p.temperature) == (3, ("zz",), True, 2, 0.7)
 
 
@@ -48,7 +48,7 @@ def test_chat_template_and_plain_text_content(client: TestClient) -> None:
     d = r.json()
     assert d["choices"][0]["message"] == {"role": "assistant", "content": "Hi"}
     assert len(d["choices"][0]["logprobs"]["content"]) == 2
-    ids = client.fake_loop.added[-1].prompt_token_ids  # type: ignore[attr-defined]
+    ids = client.engine.added[-1].prompt_token_ids  # type: ignore[attr-defined]
     assert ids.count(IM_START) == 2  # template's own markers only, not the user's text
 
 

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+from fakes import FakeTokenizer
 from fastapi.testclient import TestClient
-from server_fakes import FakeTokenizer
 
 from server.cli.main import build_parser
 from server.cli.serve import settings_from_args

@@ -1,8 +1,9 @@
 """Fuzz every operation of /openapi.json (positive and negative examples): zero 5xx, JSON errors.
 
-Runs against the real HTTP stack (uvicorn in a thread) over the fake engine so that generated
-max_tokens values finish quickly. MAX_EXAMPLES is kept modest for CI time (RELIABILITY §7.30 asks
-for >= 1,000 per operation in a dedicated fuzz run: set TRTSERVE_FUZZ_EXAMPLES).
+Runs against the real HTTP stack (uvicorn in a thread) and the real EngineLoop + Scheduler over
+tests/fakes.py's fake device, so that generated max_tokens values finish quickly. MAX_EXAMPLES is
+kept modest for CI time (RELIABILITY §7.30 asks for >= 1,000 per operation in a dedicated fuzz
+run: set TRTSERVE_FUZZ_EXAMPLES).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import httpx
 import pytest
 import schemathesis
 import uvicorn
+from fakes import MODEL, FakeEngine
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from server_fakes import FakeLoop, fake_model
 
 from server.app import create_app
 from server.settings import ServerSettings
@@ -38,13 +39,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def live_url() -> Iterator[str]:
-    model = fake_model(FakeLoop(max_batch_size=16, max_queue_size=64, step_s=0.0005))
-
-    async def loader(settings, metrics):  # noqa: ANN001, ANN202
-        await model.loop.start()
-        return model
-
-    app = create_app(ServerSettings(model="fake-model", max_body_bytes=65536), loader)
+    server_settings = ServerSettings(model=MODEL, max_body_bytes=65536, max_batch_size=16,
+                                     max_queue_size=64)
+    app = create_app(server_settings, FakeEngine())
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
                                            http="h11", lifespan="on"))

@@ -1,16 +1,19 @@
-"""Triton generate / generate_stream over the fake engine: shapes, semantics, errors."""
+"""Triton generate / generate_stream over the real EngineLoop + Scheduler (tests/fakes.py's
+FakeEngine: a fake device speaking REPLY): shapes, semantics, errors."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
+import pytest
+from fakes import REPLY, FakeEngine, FakeTokenizer, scripted_logprob
 from fastapi.testclient import TestClient
-from server_fakes import REPLY, FakeLoop, FakeStream
-
-from scheduler.request import ErrorKind, FinishReason, Request, RequestOutput
 
 GEN = "/v2/models/ensemble/generate"
 STREAM = "/v2/models/ensemble/generate_stream"
+MakeClient = Callable[..., TestClient]
 
 
 def _events(text: str) -> list[dict]:
@@ -44,8 +47,10 @@ def test_exclude_input_and_id_echo(client: TestClient) -> None:
                         "text_output": "Hi "}
 
 
-def test_stream_concat_equals_nonstream_with_utf8(client: TestClient) -> None:
-    """Deltas never split a multi-byte char; concat == non-stream text (exclude_input)."""
+def test_stream_concat_equals_nonstream_with_utf8(make_client: MakeClient) -> None:
+    """Deltas never split a multi-byte char; concat == non-stream text (exclude_input). Steps
+    of 20 ms: the stream has time to send most tokens on their own."""
+    client = make_client(FakeEngine(step_s=0.02))
     n = len(REPLY)
     body = {"text_input": "x", "max_tokens": n, "exclude_input_in_output": True}
     whole = client.post(GEN, json=body).json()["text_output"]
@@ -70,28 +75,30 @@ def test_logprobs_scalar_or_list(client: TestClient) -> None:
     r = client.post(GEN, json={"text_input": "a", "max_tokens": 3, "return_log_probs": True,
                                "return_num_output_tokens": True})
     d = r.json()
-    assert d["output_log_probs"] == [-0.5, -0.5, -0.5]
-    assert d["cum_log_probs"] == -1.5 and d["num_output_tokens"] == 3
+    want = [scripted_logprob(REPLY, i) for i in range(3)]  # what the scheduler computes
+    assert d["output_log_probs"] == pytest.approx(want, rel=1e-3, abs=1e-6)
+    assert d["cum_log_probs"] == pytest.approx(sum(d["output_log_probs"]))
+    assert d["num_output_tokens"] == 3
     r = client.post(GEN, json={"text_input": "a", "max_tokens": 1, "return_log_probs": True})
-    assert r.json()["output_log_probs"] == -0.5
+    assert r.json()["output_log_probs"] == pytest.approx(want[0], rel=1e-3, abs=1e-6)
 
 
 def test_default_is_greedy_and_aliases(client: TestClient) -> None:
     client.post(GEN, json={"text_input": "a", "max_tokens": 2, "temperature": 0.9,
                            "min_length": 2, "random_seed": 7, "end_id": 5, "pad_id": 6,
                            "stop_words": ["x", ""], "bad_words": "Hi"})
-    p = client.fake_loop.added[-1].params  # type: ignore[attr-defined]
+    p = client.engine.added[-1].params  # type: ignore[attr-defined]
     assert p.temperature == 0.0 and p.min_tokens == 2 and p.seed == 7
     assert p.end_ids == (5,) and p.pad_id == 6 and p.stop == ("x",)
     assert p.bad_words_ids == ((72, 105), (32, 72, 105))  # alone and mid-sentence forms
     client.post(GEN, json={"text_input": "a", "max_tokens": 2, "top_k": 5, "temperature": 0.5})
-    p = client.fake_loop.added[-1].params  # type: ignore[attr-defined]
+    p = client.engine.added[-1].params  # type: ignore[attr-defined]
     assert (p.temperature, p.top_k, p.top_p) == (0.5, 5, 1.0)
 
 
 def test_special_tokens_parsed_in_text_input(client: TestClient) -> None:
     client.post(GEN, json={"text_input": "<|im_start|>user", "max_tokens": 1})
-    ids = client.fake_loop.added[-1].prompt_token_ids  # type: ignore[attr-defined]
+    ids = client.engine.added[-1].prompt_token_ids  # type: ignore[attr-defined]
     assert ids[:2] == [256, 258]
 
 
@@ -118,23 +125,20 @@ def test_endpoint_load_metrics_header(client: TestClient) -> None:
     assert "endpoint-load-metrics" not in client.post(GEN, json=body).headers
 
 
-class _TimingOutLoop(FakeLoop):
-    """Every request times out in the queue, as the scheduler reports it (RELIABILITY §7.17)."""
+class SlowTokenizer(FakeTokenizer):
+    """Tokenising takes longer than the request timeout (a prep pool swamped by long prompts)."""
 
-    def add(self, request: Request) -> FakeStream:
-        stream = super().add(request)
-        seq = self.waiting.pop(request.request_id)
-        seq.done = True
-        seq.queue.put_nowait(RequestOutput(
-            request.request_id, finished=True, finish_reason=FinishReason.ERROR,
-            error="queue timeout: waited longer than the request timeout",
-            error_type=ErrorKind.QUEUE_TIMEOUT))
-        return stream
+    def encode(self, text: str, **kwargs: bool) -> list[int]:
+        time.sleep(0.3)
+        return super().encode(text, **kwargs)
 
 
-def test_queue_timeout_is_503_not_500(make_client) -> None:  # noqa: ANN001
-    client = make_client(_TimingOutLoop())
+def test_queue_timeout_is_503_not_500(make_client: MakeClient) -> None:
+    """The request's deadline passes before it reaches the scheduler, which refuses it with its
+    queue timeout (RELIABILITY §7.17): both routes answer 503 with the scheduler's message."""
+    client = make_client(FakeEngine(tokenizer=SlowTokenizer()), request_timeout=0.1)
     for route in ("generate", "generate_stream"):
         r = client.post(f"/v2/models/ensemble/{route}", json={"text_input": "a", "max_tokens": 4})
         assert r.status_code == 503, (route, r.text)
-        assert "queue timeout" in r.json()["error"]
+        assert "waited in the queue past its deadline" in r.json()["error"], r.text
+    assert client.engine.loop.num_unfinished == 0  # type: ignore[attr-defined]

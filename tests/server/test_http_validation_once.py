@@ -1,20 +1,19 @@
 """Validation once: both route families enforce the scheduler's bounds (scheduler/validation.py),
 each saying them with its own input names and in its own error shape. Over the real EngineLoop
-(real_engine.py), so an in-bound edge value is also accepted by the scheduler itself."""
+(tests/fakes.py's FakeEngine), so an in-bound edge value is also accepted by the scheduler itself."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from fakes import MODEL, SERVER_GEOMETRY, FakeEngine, FakeTokenizer
 from fastapi.testclient import TestClient
-from real_engine import scripted_loader
-from server_fakes import FakeTokenizer
 
 from scheduler.request import ParamError, SamplingParams
 from scheduler.validation import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, validate_params
 
-MAX_CONTEXT = 1024  # the scripted model's (real_engine.py)
+MAX_CONTEXT = SERVER_GEOMETRY["max_context"]
 TRITON = "/v2/models/ensemble/generate"
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -27,7 +26,7 @@ def app() -> TestClient:
     from server.app import create_app
     from server.settings import ServerSettings
 
-    client = TestClient(create_app(ServerSettings(model="fake-model"), scripted_loader("ok")),
+    client = TestClient(create_app(ServerSettings(model=MODEL), FakeEngine("ok")),
                         raise_server_exceptions=False)
     with client:
         yield client

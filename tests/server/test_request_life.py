@@ -18,9 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from real_engine import ScriptedExecutor, scripted_model
+from fakes import FakeEngine
 
-from scheduler.plan import StepPlan, StepResult
 from scheduler.request import ErrorKind
 from server.cli.serve import serve
 from server.request.outcome import ENDINGS, Outcome, error_outcome
@@ -31,18 +30,9 @@ STREAM = "/v2/models/ensemble/generate_stream"
 LONG = {"text_input": "a", "max_tokens": 500, "stream": True}
 
 
-class _DyingExecutor(ScriptedExecutor):
-    """Fails from its `fail_at`-th step on, as a device fault would."""
-
-    def __init__(self, fail_at: int, step_s: float) -> None:
-        super().__init__(list(b"hello"), step_s=step_s)
-        self.fail_at, self.steps = fail_at, 0
-
-    def execute(self, plan: StepPlan) -> StepResult:
-        self.steps += 1
-        if self.steps >= self.fail_at:
-            raise RuntimeError("injected device fault")
-        return super().execute(plan)
+def _engine(**executor_options: Any) -> FakeEngine:
+    """The real EngineLoop + Scheduler over a fake executor that says "hello" then filler."""
+    return FakeEngine(b"hello", num_blocks=256, max_context=1024, step_s=0.01, **executor_options)
 
 
 @dataclass
@@ -72,15 +62,14 @@ def _count_aborts(model: ServingModel) -> Counter[str]:
 
 
 @contextlib.asynccontextmanager
-async def _served(executor: ScriptedExecutor) -> AsyncIterator[_Served]:
+async def _served(engine: FakeEngine) -> AsyncIterator[_Served]:
     settings = ServerSettings(model="fake-model", host="127.0.0.1", port=_free_port(),
                               metrics_port=0, log_level="warning")
     models: list[ServingModel] = []
 
     async def load(s: object, metrics: Any) -> ServingModel:
-        model = scripted_model("", on_step=metrics.observe_step, executor=executor)
+        model = await engine(s, metrics)  # type: ignore[arg-type]
         models.append(model)
-        await model.loop.start()
         return model
 
     task = asyncio.create_task(serve(settings, load))
@@ -135,7 +124,7 @@ async def _canceled_once(srv: _Served) -> None:
 
 def test_dropped_stream_is_aborted_once_frees_blocks_and_counts_canceled() -> None:
     async def main() -> None:
-        async with _served(ScriptedExecutor(list(b"hello"), step_s=0.01)) as srv:
+        async with _served(_engine()) as srv:
             async with srv.client.stream("POST", STREAM, json=LONG) as r:
                 assert r.status_code == 200
                 async for line in r.aiter_lines():
@@ -149,7 +138,7 @@ def test_dropped_stream_is_aborted_once_frees_blocks_and_counts_canceled() -> No
 
 def test_non_stream_client_that_gives_up_is_canceled_not_a_success() -> None:
     async def main() -> None:
-        async with _served(ScriptedExecutor(list(b"hello"), step_s=0.01)) as srv:
+        async with _served(_engine()) as srv:
             with pytest.raises(httpx.ReadTimeout):
                 await srv.client.post("/v2/models/ensemble/generate",
                                       json=dict(LONG, stream=False), timeout=0.3)
@@ -160,14 +149,14 @@ def test_non_stream_client_that_gives_up_is_canceled_not_a_success() -> None:
 
 def test_engine_death_ends_every_live_request_once_and_readiness_503_at_once() -> None:
     async def main() -> None:
-        async with _served(_DyingExecutor(fail_at=8, step_s=0.01)) as srv:
+        async with _served(_engine(fail_at_step=8)) as srv:
             streams = [srv.client.post(STREAM, json=LONG) for _ in range(2)]
             whole = srv.client.post("/v2/models/ensemble/generate", json=dict(LONG, stream=False))
             *sse, plain = await asyncio.gather(*streams, whole)
             for r in sse:
                 assert r.status_code == 200
-                assert "injected device fault" in r.text.strip().splitlines()[-1]
-            assert plain.status_code == 500 and "injected device fault" in plain.json()["error"]
+                assert "fake device failure" in r.text.strip().splitlines()[-1]
+            assert plain.status_code == 500 and "fake device failure" in plain.json()["error"]
             # no poll, no probe with a side effect: the loop pushed its death before the last
             # outputs reached anyone
             assert (await srv.client.get("/v2/health/live")).status_code == 503
