@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence as Seq
 
+import numpy as np
 from fakes import VOCAB, FakeExecutor
 
 from scheduler.config import SchedulerConfig
+from scheduler.plan import StepPlan, StepResult
 from scheduler.request import Request, RequestOutput, SamplingParams
 from scheduler.scheduler import Scheduler
 from scheduler.sequence import Sequence

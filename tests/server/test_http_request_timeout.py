@@ -27,7 +27,7 @@ def test_timeout_before_output_is_503_and_aborts(make_client: MakeClient) -> Non
     assert steps < 20, steps
     time.sleep(0.2)
     assert len(engine.executor.plans) <= steps + 1  # at most the step in flight at the abort
-    assert loop.scheduler.pool.num_free == engine.executor.num_blocks
+    assert loop.scheduler.allocator.num_free == engine.executor.num_blocks
 
 
 def test_requests_inside_the_timeout_finish_normally(make_client: MakeClient) -> None:
