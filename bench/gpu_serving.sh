@@ -6,6 +6,8 @@
 # QUICK=1 skips bench/gpu_decode_graphs.py and the server with --no-cuda-graphs; NO_TESTS=1 the
 # GPU tests, NO_DECODE=1 bench/gpu_decode_graphs.py (a lease that ran them in an earlier call). During c64 and
 # c256: GPU utilisation (nvidia-smi), py-spy, and the per-step host split (bench/gpu_step_split.py).
+# API_SERVERS (default 4) is passed as --api-server-count (0: the one-process server); py-spy
+# then records the engine-core child (the PID the server logs), not the supervisor.
 # Every step runs under `timeout`; only PIDs started here are waited on or stopped. Output:
 # $OUT/summary-<part>.txt (printed last) and $OUT/logs-<part>.tgz.
 set -uo pipefail
@@ -22,12 +24,15 @@ PYSPY=$(command -v py-spy || echo /tmp/site/bin/py-spy)
 PORT=18123
 URL=http://127.0.0.1:$PORT
 SUM="$OUT/summary-$PART.txt"
+API_SERVERS=${API_SERVERS:-4}
 say() { echo "$*" | tee -a "$SUM"; }
 
 start_server() {  # $1: name, rest: extra serve flags; sets SRV
   local name=$1; shift
   $PY -m server.cli serve --host 127.0.0.1 --port $PORT --metrics-port 0 --max-batch-size 256 \
-    --max-num-tokens 8192 --max-queue-size 2048 "$@" >"$LOG/serve-$name.log" 2>&1 &
+    --max-num-tokens 8192 --max-queue-size 2048 --api-server-count "$API_SERVERS" "$@" \
+    >"$LOG/serve-$name.log" 2>&1 &
+  SRV_LOG="$LOG/serve-$name.log"
   SRV=$!
   for _ in $(seq 1 150); do
     curl -sf "$URL/v2/health/ready" >/dev/null 2>&1 && return 0
@@ -59,6 +64,12 @@ kv_blocks() {  # the KV block gauges after a run (used must be 0 when idle)
     "$LOG/metrics-$1.txt" | tee -a "$SUM"
 }
 
+engine_pid() {  # the process that steps the model: the split server's engine core, else SRV
+  local pid
+  pid=$(grep -o "engine core pid [0-9]*" "$SRV_LOG" 2>/dev/null | awk '{print $4}' | tail -n 1)
+  echo "${pid:-$SRV}"
+}
+
 step_count() {  # engine steps so far (the server's step-duration histogram count)
   curl -sf "$URL/metrics" | awk '/^trtserve_step_duration_seconds_count/ {print $2}'
 }
@@ -74,7 +85,8 @@ profile_window() {  # $1: name; once a bench's steps run: GPU utilisation, py-sp
   local smi=$!
   sleep 1
   curl -sf "$URL/metrics" >"$LOG/metrics-$1-before.txt"
-  timeout 20 "$PYSPY" record -p "$SRV" -d 5 -r 200 -f raw -o "$LOG/pyspy-$1.txt" \
+  echo "py-spy pid $(engine_pid) (server $SRV)" >"$LOG/pyspy-$1.pid"
+  timeout 20 "$PYSPY" record -p "$(engine_pid)" -d 5 -r 200 -f raw -o "$LOG/pyspy-$1.txt" \
     --nonblocking >"$LOG/pyspy-$1.err" 2>&1
   curl -sf "$URL/metrics" >"$LOG/metrics-$1-after.txt"
   wait "$smi" 2>/dev/null
