@@ -7,7 +7,7 @@ The captured path is timed twice: token ids picked on the device (what the serve
 greedy rows) and every row's logits copied to the host. GPU machine only:
 
     python3 bench/gpu_decode_graphs.py [--batches 1,2,3,4,...] [--steps 32] [--out FILE.md]
-        [--rotary-op] [--attention onnx_attention|group_query_attention] [--prompt-len 32]
+        [--rotary-op] [--no-decode-graph] [--prompt-len 32]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine_cpu import BLOCK, engine_decode, load_weights  # noqa: E402
 
-from engine.builder import GRAPH_ATTENTIONS, MODEL_FILE, build_model_graph  # noqa: E402
+from engine.builder import MODEL_FILE, build_model_graph  # noqa: E402
 from engine.executors import cuda_graphs  # noqa: E402
 from engine.executors.ort_cuda import OrtCudaExecutor  # noqa: E402
 from engine.limits import StepLimits  # noqa: E402
@@ -61,8 +61,8 @@ def main() -> None:
                     help="build RoPE as the opset-23 RotaryEmbedding op")
     ap.add_argument("--min-blocks", type=int, default=cuda_graphs.MIN_BLOCKS,
                     help="past blocks of the smallest context bucket")
-    ap.add_argument("--attention", default=None, choices=GRAPH_ATTENTIONS,
-                    help="the graph's attention (default: what the builder picks)")
+    ap.add_argument("--no-decode-graph", action="store_true",
+                    help="decode buckets run the general graph (no model_decode.onnx)")
     ap.add_argument("--prompt-len", type=int, default=32)
     args = ap.parse_args()
     cuda_graphs.MIN_BLOCKS = args.min_blocks
@@ -72,9 +72,10 @@ def main() -> None:
     lines = [f"# Decode steps with and without CUDA-graph replay — "
              f"{datetime.datetime.now().isoformat(timespec='seconds')}", "",
              f"command: `python3 {' '.join(sys.argv)}`; SmolLM2-135M fp16, prompt "
-             f"{args.prompt_len} random tokens, {args.steps} greedy steps; medians over decode steps; RoPE "
-             f"{'op' if args.rotary_op else 'decomposed'}, context buckets from "
-             f"{args.min_blocks} blocks, attention {args.attention or 'default'}", "",
+             f"{args.prompt_len} random tokens, {args.steps} greedy steps; medians over decode "
+             f"steps; RoPE {'op' if args.rotary_op else 'decomposed'}, context buckets from "
+             f"{args.min_blocks} blocks, decode graph "
+             f"{'off' if args.no_decode_graph else 'default'}", "",
              "| batch | dynamic ms | uncaptured ms | captured ms (ids) | captured ms (logits) "
              "| speed-up vs uncaptured | captured tok/s | replays | tokens = uncaptured | "
              "tokens = dynamic |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -82,7 +83,8 @@ def main() -> None:
     limits = StepLimits(max_num_tokens=8192, max_batch_size=max(batches), max_context=2048)
     with tempfile.TemporaryDirectory() as tmp:
         build_model_graph(config, weights, Path(tmp), dtype="float16", block_size=BLOCK,
-                          rotary_op=args.rotary_op or None, attention_impl=args.attention)
+                          rotary_op=args.rotary_op or None,
+                          decode_graph=False if args.no_decode_graph else None)
         path = Path(tmp) / MODEL_FILE
         dynamic, plain, captured = (
             cls(path, config, num_blocks=max(batches) * per_seq, block_size=BLOCK,
