@@ -83,13 +83,21 @@ profile_window() {  # $1: name; once a bench's steps run: GPU utilisation, py-sp
   timeout 7 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -lms 250 \
     >"$LOG/smi-$1.csv" 2>&1 &
   local smi=$!
+  (for _ in $(seq 1 28); do echo "$(date +%s.%N | cut -c1-14) $(step_count)"; sleep 0.25; done \
+    >"$LOG/steps-$1.txt") &
+  local steps_pid=$!
+  timeout 8 top -b -c -d 1 -n 7 -w 200 >"$LOG/top-$1.txt" 2>&1 &
+  local top_pid=$!
   sleep 1
   curl -sf "$URL/metrics" >"$LOG/metrics-$1-before.txt"
   echo "py-spy pid $(engine_pid) (server $SRV)" >"$LOG/pyspy-$1.pid"
+  timeout 20 "$PYSPY" record -p "$(engine_pid)" -d 5 -r 100 -f raw --idle \
+    -o "$LOG/pyspy-$1-idle.txt" --nonblocking >"$LOG/pyspy-$1-idle.err" 2>&1 &
+  local idle_pid=$!
   timeout 20 "$PYSPY" record -p "$(engine_pid)" -d 5 -r 200 -f raw -o "$LOG/pyspy-$1.txt" \
     --nonblocking >"$LOG/pyspy-$1.err" 2>&1
   curl -sf "$URL/metrics" >"$LOG/metrics-$1-after.txt"
-  wait "$smi" 2>/dev/null
+  wait "$smi" "$steps_pid" "$top_pid" "$idle_pid" 2>/dev/null
 }
 
 report_window() {  # $1: name
@@ -102,6 +110,15 @@ report_window() {  # $1: name
     2>&1 | tee -a "$SUM"
   say "---- py-spy top frames during $1 (own samples):"
   $PY bench/pyspy_top.py "$LOG/pyspy-$1.txt" 2>&1 | head -25 | tee -a "$SUM"
+  say "---- engine steps every 0.25 s during $1 (unix time, step count):"
+  awk 'NR > 1 {printf "%s+%d ", $1, $2 - prev} {prev = $2}' "$LOG/steps-$1.txt" | tee -a "$SUM"
+  say ""
+  say "---- py-spy --idle of the engine during $1 (where it waits; own samples):"
+  $PY bench/pyspy_top.py "$LOG/pyspy-$1-idle.txt" 2>&1 | head -12 | tee -a "$SUM"
+  say "---- top: busiest processes, last three 1 s samples during $1 ($(grep -o \
+    "engine core pid.*" "$SRV_LOG" | tail -n 1); server $SRV):"
+  awk '/^ *PID/ {n++; k=0; next} n >= 5 && k < 7 && NF > 11 {k++; print substr($0, 1, 160)}' \
+    "$LOG/top-$1.txt" | tee -a "$SUM"
 }
 
 serve_part() {
