@@ -127,7 +127,7 @@ serve_part() {
     say "---- pytest tests/gpu -m gpu (rc=$?)"; tail -n 12 "$LOG/pytest-gpu.txt" | tee -a "$SUM"
   fi
   if [ -z "${QUICK:-}" ] && [ -z "${NO_DECODE:-}" ]; then
-    timeout 240 $PY bench/gpu_decode_graphs.py --out "$LOG/decode_graphs.md" \
+    timeout 240 $PY bench/gpu_decode_graphs.py --rotary-op --out "$LOG/decode_graphs.md" \
       >"$LOG/decode_graphs.txt" 2>&1
     say "---- bench/gpu_decode_graphs.py (rc=$?)"
     cat "$LOG/decode_graphs.md" 2>/dev/null | tee -a "$SUM" || tail -n 20 "$LOG/decode_graphs.txt"
