@@ -3,12 +3,7 @@
 # the GPU tests, then bench/gpu_decode_graphs.py with and without the decode graph in the same
 # run (same machine, alternating), on the graph ONNX Runtime CUDA serves (--rotary-op).
 # Run from the repository root on the GPU machine with the wheels in /tmp/site. Output under $OUT.
-set -uo pipefail
-OUT=${OUT:-$PWD/gpu-out}
-LOG="$OUT/decode-ab"
-mkdir -p "$LOG"
-export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TRTSERVE_CACHE_DIR=/tmp/trtserve-cache
+source "$(dirname "$0")/gpu_env.sh" decode-ab
 BATCHES=${BATCHES:-1,16,64,128,256}
 PROMPT=${PROMPT:-128}
 if [ -z "${NO_TESTS:-}" ]; then

@@ -10,15 +10,8 @@
 # then records the engine-core child (the PID the server logs), not the supervisor.
 # Every step runs under `timeout`; only PIDs started here are waited on or stopped. Output:
 # $OUT/summary-<part>.txt (printed last) and $OUT/logs-<part>.tgz.
-set -uo pipefail
 PART=${1:-serve}
-OUT=${OUT:-$PWD/gpu-out}
-LOG="$OUT/logs-$PART"
-mkdir -p "$LOG"
-export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TRTSERVE_CACHE_DIR=/tmp/trtserve-cache
-if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
-[ -n "${CUDA_HOME:-}" ] && export LD_LIBRARY_PATH="$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$(dirname "$0")/gpu_env.sh" "logs-$PART"
 PY=${PYTHON:-python3}
 PYSPY=$(command -v py-spy || echo /tmp/site/bin/py-spy)
 PORT=18123

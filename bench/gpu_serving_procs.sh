@@ -3,12 +3,7 @@
 # beside one `trtserve bench` run on the same server: is the single client process the limit?
 # Split server (4 front ends), prefix caching off (the multi-process client repeats one prompt).
 # GPU machine, repository root, wheels in /tmp/site. Only the server started here is stopped.
-set -uo pipefail
-OUT=${OUT:-$PWD/gpu-out}
-LOG="$OUT/procs"
-mkdir -p "$LOG"
-export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TRTSERVE_CACHE_DIR=/tmp/trtserve-cache
+source "$(dirname "$0")/gpu_env.sh" procs
 PORT=18124
 python3 -m server.cli serve --host 127.0.0.1 --port $PORT --metrics-port 0 --max-batch-size 256 \
   --max-num-tokens 8192 --max-queue-size 2048 --api-server-count 4 --no-enable-prefix-caching \
