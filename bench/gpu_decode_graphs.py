@@ -7,6 +7,7 @@ The captured path is timed twice: token ids picked on the device (what the serve
 greedy rows) and every row's logits copied to the host. GPU machine only:
 
     python3 bench/gpu_decode_graphs.py [--batches 1,2,3,4,...] [--steps 32] [--out FILE.md]
+        [--rotary-op] [--no-decode-graph] [--prompt-len 32]
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from engine.limits import StepLimits  # noqa: E402
 from engine.step_inputs import Bucket  # noqa: E402
 
 logger = logging.getLogger(__name__)
-PROMPT_LEN = 32
 BATCHES = "1,2,3,4,8,16,32,64,100,128,256"
 
 
@@ -61,6 +61,9 @@ def main() -> None:
                     help="build RoPE as the opset-23 RotaryEmbedding op")
     ap.add_argument("--min-blocks", type=int, default=cuda_graphs.MIN_BLOCKS,
                     help="past blocks of the smallest context bucket")
+    ap.add_argument("--no-decode-graph", action="store_true",
+                    help="decode buckets run the general graph (no model_decode.onnx)")
+    ap.add_argument("--prompt-len", type=int, default=32)
     args = ap.parse_args()
     cuda_graphs.MIN_BLOCKS = args.min_blocks
     batches = [int(b) for b in args.batches.split(",")]
@@ -68,18 +71,20 @@ def main() -> None:
     rng = np.random.default_rng(0)
     lines = [f"# Decode steps with and without CUDA-graph replay — "
              f"{datetime.datetime.now().isoformat(timespec='seconds')}", "",
-             f"command: `python3 {' '.join(sys.argv)}`; SmolLM2-135M fp16, prompt {PROMPT_LEN} "
-             f"random tokens, {args.steps} greedy steps; medians over decode steps; RoPE "
-             f"{'op' if args.rotary_op else 'decomposed'}, context buckets from "
-             f"{args.min_blocks} blocks", "",
+             f"command: `python3 {' '.join(sys.argv)}`; SmolLM2-135M fp16, prompt "
+             f"{args.prompt_len} random tokens, {args.steps} greedy steps; medians over decode "
+             f"steps; RoPE {'op' if args.rotary_op else 'decomposed'}, context buckets from "
+             f"{args.min_blocks} blocks, decode graph "
+             f"{'off' if args.no_decode_graph else 'default'}", "",
              "| batch | dynamic ms | uncaptured ms | captured ms (ids) | captured ms (logits) "
              "| speed-up vs uncaptured | captured tok/s | replays | tokens = uncaptured | "
              "tokens = dynamic |", "|---|---|---|---|---|---|---|---|---|---|"]
-    per_seq = -(-(PROMPT_LEN + args.steps) // BLOCK)
+    per_seq = -(-(args.prompt_len + 2 * args.steps + 8) // BLOCK)
     limits = StepLimits(max_num_tokens=8192, max_batch_size=max(batches), max_context=2048)
     with tempfile.TemporaryDirectory() as tmp:
         build_model_graph(config, weights, Path(tmp), dtype="float16", block_size=BLOCK,
-                          rotary_op=args.rotary_op or None)
+                          rotary_op=args.rotary_op or None,
+                          decode_graph=False if args.no_decode_graph else None)
         path = Path(tmp) / MODEL_FILE
         dynamic, plain, captured = (
             cls(path, config, num_blocks=max(batches) * per_seq, block_size=BLOCK,
@@ -87,7 +92,7 @@ def main() -> None:
             for cls, g in ((Dynamic, False), (OrtCudaExecutor, False), (OrtCudaExecutor, True)))
         try:
             for batch in batches:
-                prompts = rng.integers(100, config.vocab_size, (batch, PROMPT_LEN), np.int64)
+                prompts = rng.integers(100, config.vocab_size, (batch, args.prompt_len), np.int64)
                 for ex in (dynamic, plain, captured):  # warm-up: sessions, capture, allocator
                     engine_decode(ex, prompts, 4, host_logits=False)
                 before = captured.graph_replays

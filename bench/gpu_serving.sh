@@ -6,28 +6,26 @@
 # QUICK=1 skips bench/gpu_decode_graphs.py and the server with --no-cuda-graphs; NO_TESTS=1 the
 # GPU tests, NO_DECODE=1 bench/gpu_decode_graphs.py (a lease that ran them in an earlier call). During c64 and
 # c256: GPU utilisation (nvidia-smi), py-spy, and the per-step host split (bench/gpu_step_split.py).
+# API_SERVERS (default 4) is passed as --api-server-count (0: the one-process server); py-spy
+# then records the engine-core child (the PID the server logs), not the supervisor.
 # Every step runs under `timeout`; only PIDs started here are waited on or stopped. Output:
 # $OUT/summary-<part>.txt (printed last) and $OUT/logs-<part>.tgz.
-set -uo pipefail
 PART=${1:-serve}
-OUT=${OUT:-$PWD/gpu-out}
-LOG="$OUT/logs-$PART"
-mkdir -p "$LOG"
-export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TRTSERVE_CACHE_DIR=/tmp/trtserve-cache
-if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
-[ -n "${CUDA_HOME:-}" ] && export LD_LIBRARY_PATH="$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$(dirname "$0")/gpu_env.sh" "logs-$PART"
 PY=${PYTHON:-python3}
 PYSPY=$(command -v py-spy || echo /tmp/site/bin/py-spy)
 PORT=18123
 URL=http://127.0.0.1:$PORT
 SUM="$OUT/summary-$PART.txt"
+API_SERVERS=${API_SERVERS:-4}
 say() { echo "$*" | tee -a "$SUM"; }
 
 start_server() {  # $1: name, rest: extra serve flags; sets SRV
   local name=$1; shift
   $PY -m server.cli serve --host 127.0.0.1 --port $PORT --metrics-port 0 --max-batch-size 256 \
-    --max-num-tokens 8192 --max-queue-size 2048 "$@" >"$LOG/serve-$name.log" 2>&1 &
+    --max-num-tokens 8192 --max-queue-size 2048 --api-server-count "$API_SERVERS" "$@" \
+    >"$LOG/serve-$name.log" 2>&1 &
+  SRV_LOG="$LOG/serve-$name.log"
   SRV=$!
   for _ in $(seq 1 150); do
     curl -sf "$URL/v2/health/ready" >/dev/null 2>&1 && return 0
@@ -59,6 +57,12 @@ kv_blocks() {  # the KV block gauges after a run (used must be 0 when idle)
     "$LOG/metrics-$1.txt" | tee -a "$SUM"
 }
 
+engine_pid() {  # the process that steps the model: the split server's engine core, else SRV
+  local pid
+  pid=$(grep -o "engine core pid [0-9]*" "$SRV_LOG" 2>/dev/null | awk '{print $4}' | tail -n 1)
+  echo "${pid:-$SRV}"
+}
+
 step_count() {  # engine steps so far (the server's step-duration histogram count)
   curl -sf "$URL/metrics" | awk '/^trtserve_step_duration_seconds_count/ {print $2}'
 }
@@ -72,12 +76,21 @@ profile_window() {  # $1: name; once a bench's steps run: GPU utilisation, py-sp
   timeout 7 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -lms 250 \
     >"$LOG/smi-$1.csv" 2>&1 &
   local smi=$!
+  (for _ in $(seq 1 28); do echo "$(date +%s.%N | cut -c1-14) $(step_count)"; sleep 0.25; done \
+    >"$LOG/steps-$1.txt") &
+  local steps_pid=$!
+  timeout 8 top -b -c -d 1 -n 7 -w 200 >"$LOG/top-$1.txt" 2>&1 &
+  local top_pid=$!
   sleep 1
   curl -sf "$URL/metrics" >"$LOG/metrics-$1-before.txt"
-  timeout 20 "$PYSPY" record -p "$SRV" -d 5 -r 200 -f raw -o "$LOG/pyspy-$1.txt" \
+  echo "py-spy pid $(engine_pid) (server $SRV)" >"$LOG/pyspy-$1.pid"
+  timeout 20 "$PYSPY" record -p "$(engine_pid)" -d 5 -r 100 -f raw --idle \
+    -o "$LOG/pyspy-$1-idle.txt" --nonblocking >"$LOG/pyspy-$1-idle.err" 2>&1 &
+  local idle_pid=$!
+  timeout 20 "$PYSPY" record -p "$(engine_pid)" -d 5 -r 200 -f raw -o "$LOG/pyspy-$1.txt" \
     --nonblocking >"$LOG/pyspy-$1.err" 2>&1
   curl -sf "$URL/metrics" >"$LOG/metrics-$1-after.txt"
-  wait "$smi" 2>/dev/null
+  wait "$smi" "$steps_pid" "$top_pid" "$idle_pid" 2>/dev/null
 }
 
 report_window() {  # $1: name
@@ -90,6 +103,15 @@ report_window() {  # $1: name
     2>&1 | tee -a "$SUM"
   say "---- py-spy top frames during $1 (own samples):"
   $PY bench/pyspy_top.py "$LOG/pyspy-$1.txt" 2>&1 | head -25 | tee -a "$SUM"
+  say "---- engine steps every 0.25 s during $1 (unix time, step count):"
+  awk 'NR > 1 {printf "%s+%d ", $1, $2 - prev} {prev = $2}' "$LOG/steps-$1.txt" | tee -a "$SUM"
+  say ""
+  say "---- py-spy --idle of the engine during $1 (where it waits; own samples):"
+  $PY bench/pyspy_top.py "$LOG/pyspy-$1-idle.txt" 2>&1 | head -12 | tee -a "$SUM"
+  say "---- top: busiest processes, last three 1 s samples during $1 ($(grep -o \
+    "engine core pid.*" "$SRV_LOG" | tail -n 1); server $SRV):"
+  awk '/^ *PID/ {n++; k=0; next} n >= 5 && k < 7 && NF > 11 {k++; print substr($0, 1, 160)}' \
+    "$LOG/top-$1.txt" | tee -a "$SUM"
 }
 
 serve_part() {
@@ -98,7 +120,7 @@ serve_part() {
     say "---- pytest tests/gpu -m gpu (rc=$?)"; tail -n 12 "$LOG/pytest-gpu.txt" | tee -a "$SUM"
   fi
   if [ -z "${QUICK:-}" ] && [ -z "${NO_DECODE:-}" ]; then
-    timeout 240 $PY bench/gpu_decode_graphs.py --out "$LOG/decode_graphs.md" \
+    timeout 240 $PY bench/gpu_decode_graphs.py --rotary-op --out "$LOG/decode_graphs.md" \
       >"$LOG/decode_graphs.txt" 2>&1
     say "---- bench/gpu_decode_graphs.py (rc=$?)"
     cat "$LOG/decode_graphs.md" 2>/dev/null | tee -a "$SUM" || tail -n 20 "$LOG/decode_graphs.txt"

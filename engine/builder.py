@@ -26,13 +26,12 @@ The graph never mutates its inputs. Weights are written once to `model.onnx.data
 data); the Q/K/V projections are fused into one MatMul, 1/sqrt(D) is folded into
 the query weights, and the RoPE inverse frequencies (Llama-3 scaling included) are constants.
 
-Given the GGUF Q4 blocks of the layer linears (fp32 graphs only), a second graph with the same
-I/O is written beside it, `model_q4.onnx` + `model_q4.onnx.data`: its layer linears (and the
-head, when the GGUF stores it as Q8_0 or Q4) are com.microsoft MatMulNBits over those blocks
-(engine/graph/quant.py), exactly the same weights; what both graphs hold (the embedding, a
-dense head) it reads from model.onnx.data. It is faster only for single-token steps, which the
-CPU executor runs through it, so its layers are written for T = 1 (engine/graph/single_token.py).
-`cpu_precision` ("exact" | "fast", engine/graph/quant.py): float32 or int8 activations.
+Beside it, same I/O, reading the weights both hold from model.onnx.data: `model_q4.onnx` (fp32,
+given the GGUF Q4 blocks): layer linears (and a Q8_0/Q4 head) as com.microsoft MatMulNBits over
+those blocks (engine/graph/quant.py), for the CPU executor's single-token steps (layers written
+for T = 1, engine/graph/single_token.py); `cpu_precision` "exact" | "fast": fp32 or int8
+activations. `model_decode.onnx` (the ONNX Runtime CUDA builds): decode steps only, attention by
+GroupQueryAttention (engine/graph/gqa.py), what the CUDA executor's decode buckets run.
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ from engine.graph.attention import (
     attention,
     step_tensors,
 )
+from engine.graph.gqa import DECODE_DATA_FILE, DECODE_MODEL_FILE, GqaStep, gqa_attention, gqa_step
 from engine.graph.layers import (
     apply_rope,
     apply_rope_op,
@@ -77,7 +77,7 @@ from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
 
-BUILDER_VERSION = "5"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "6"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 Q4_MODEL_FILE = "model_q4.onnx"
@@ -104,6 +104,7 @@ class GraphSpec:
     builder_version: str = BUILDER_VERSION
     q4_model_file: str | None = None  # same I/O, MatMulNBits layer linears (single-token steps)
     cpu_precision: str = EXACT  # the q4 graph's activations: "exact" float32, "fast" int8
+    decode_model_file: str | None = None  # same I/O, decode steps only (engine/graph/gqa.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ class _Options:
     opset: int
     argmax: bool  # emit the `argmax` output
     single_token: bool = False  # T = 1 only: engine/graph/single_token.py's layers (CPU ops)
+    decode: bool = False  # decode steps only: GroupQueryAttention (engine/graph/gqa.py)
 
 
 def default_attention(dtype: str) -> str:
@@ -130,15 +132,13 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
                       attention_impl: str | None = None, rotary_op: bool | None = None,
                       progress: Callable[[int, int], None] | None = None,
                       blocks: Mapping[str, Q4Blocks] | None = None,
-                      cpu_precision: str = EXACT) -> GraphSpec:
+                      cpu_precision: str = EXACT, decode_graph: bool | None = None) -> GraphSpec:
     """Writes out_dir/model.onnx + model.onnx.data and returns their GraphSpec; with `blocks`
-    (the Q4 layer linears, engine/loaders/gguf_q4.py) and dtype float32, model_q4.onnx too.
-
-    Defaults: fp32 -> decomposed attention + RotaryEmbedding op (the onnxruntime CPU graph,
-    opset 23); fp16 / bf16 -> opset-23 Attention + decomposed RoPE (the GPU graphs; RMSNorm,
-    RoPE tables and the logits in float32, bf16 weights rounded to nearest even). Passing
-    attention_impl="decomposed", rotary_op=False gives a pure opset-18 graph.
-    """
+    (engine/loaders/gguf_q4.py) and fp32, model_q4.onnx too; with `decode_graph` (default: fp16 /
+    bf16 with `rotary_op`, the ONNX Runtime CUDA graphs) model_decode.onnx. Defaults: fp32 ->
+    decomposed attention + RotaryEmbedding op (onnxruntime CPU, opset 23); fp16 / bf16 -> opset-23
+    Attention + decomposed RoPE (RMSNorm, RoPE tables, logits in float32, bf16 weights rounded
+    to nearest even). attention_impl="decomposed", rotary_op=False: a pure opset-18 graph."""
     if dtype not in NUMPY_DTYPES:
         raise ModelError(f"unsupported graph dtype {dtype!r}; one of {sorted(NUMPY_DTYPES)}")
     impl = attention_impl or default_attention(dtype)
@@ -157,16 +157,20 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     if blocks is not None and dtype == "float32":
         graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks, cpu_precision),
                        q4_head(blocks, cpu_precision), replace(opts, single_token=rotary)))
+    if decode_graph or (decode_graph is None and rotary and dtype != "float32"):
+        graphs.append((DECODE_MODEL_FILE, DECODE_DATA_FILE, graphs[0][2], None,
+                       replace(opts, decode=True)))
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
     shared: dict[str, TensorProto] = {}  # external tensors written so far, by name
     for model_file, data_file, linears, head, graph_opts in graphs:
         shared = _write_graph(out_dir, model_file, data_file, config, weights, (linears, head),
                               graph_opts, tick, shared)
+    files = {graph[0] for graph in graphs}
     return GraphSpec(model_file=MODEL_FILE, dtype=dtype, opset=opts.opset, attention=impl,
-                     rotary_op=rotary, block_size=block_size,
+                     rotary_op=rotary, block_size=block_size, cpu_precision=cpu_precision,
                      output_names=OUTPUT_NAMES if opts.argmax else OUTPUT_NAMES[:2],
-                     q4_model_file=Q4_MODEL_FILE if len(graphs) > 1 else None,
-                     cpu_precision=cpu_precision)
+                     q4_model_file=Q4_MODEL_FILE if Q4_MODEL_FILE in files else None,
+                     decode_model_file=DECODE_MODEL_FILE if DECODE_MODEL_FILE in files else None)
 
 
 def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
@@ -214,6 +218,7 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
     inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables", past_lens="past_lens",
                      pad_index="pad_index", unpad_index="unpad_index")
     st = step_tensors(g, config, inp, opts.block_size, dtype)
+    layer_st = gqa_step(g, config, st, opts.block_size) if opts.decode else st
     tables = rope_half_tables if opts.rotary_op else rope_tables
     cos, sin = tables(g, config, "positions", dtype)
     embed = g.weight("model.embed_tokens.weight", weights["model.embed_tokens.weight"]
@@ -227,7 +232,7 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
         rows = g.op("Gather", [normed, "logit_index"], axis=0)  # [R, hidden]
     else:
         for layer in _layers(g, config, weights, layer_linears, dtype, tick):
-            x = _decoder_layer(g, config, st, opts, layer, x, (cos, sin), new_kv)
+            x = _decoder_layer(g, config, layer_st, opts, layer, x, (cos, sin), new_kv)
         rows = g.op("Gather", [x, "logit_index"], axis=0)  # [R, hidden]
         rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
     kv = g.concat_capped(new_kv)  # [L*2*KVH, T, D]
@@ -249,8 +254,9 @@ def _layers(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarra
         tick()
 
 
-def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors, opts: _Options,
-                   layer: LayerRefs, x: str, rope: tuple[str, str], new_kv: list[str]) -> str:
+def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors | GqaStep,
+                   opts: _Options, layer: LayerRefs, x: str, rope: tuple[str, str],
+                   new_kv: list[str]) -> str:
     h, kvh, d = config.num_heads, config.num_kv_heads, config.head_dim
     index, norms, linear = layer
     n = rms_norm(g, x, norms[0], config.rms_norm_eps, opts.dtype)
@@ -265,7 +271,8 @@ def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors, opts: _
     k_heads = g.op("Transpose", [k], perm=[1, 0, 2])  # [KVH, T, D]
     v_heads = g.op("Transpose", [v], perm=[1, 0, 2])  # [KVH, T, D]
     new_kv += [k_heads, v_heads]
-    attn = attention(g, st, config, index, q, k_heads, v_heads, opts.attention)  # [T, H*D]
+    attn = (gqa_attention(g, st, config, index, (q, k, v)) if isinstance(st, GqaStep)
+            else attention(g, st, config, index, q, k_heads, v_heads, opts.attention))
     x = g.op("Add", [x, linear(attn, "o")])
     n = rms_norm(g, x, norms[1], config.rms_norm_eps, opts.dtype)
     return g.op("Add", [x, swiglu_mlp(g, n, linear)])

@@ -21,6 +21,7 @@ from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
 from engine.dtypes import NUMPY_DTYPES
 from engine.executors.cuda_graphs import BucketSessions, bucket_dims, startup_buckets
 from engine.executors.device_base import DeviceExecutor
+from engine.graph.gqa import DECODE_MODEL_FILE
 from engine.step_inputs import Bucket
 from scheduler.plan import StepPlan
 
@@ -82,6 +83,13 @@ def graph_kv_dtype(session: object) -> str:
     raise ValueError("graph has no kv_cache input")
 
 
+def decode_graph_path(model_path: Path) -> Path:
+    """The graph the decode buckets run: model_decode.onnx beside the model (GroupQueryAttention,
+    engine/graph/gqa.py) when the build wrote one, else the model itself."""
+    decode = model_path.parent / DECODE_MODEL_FILE
+    return decode if decode.is_file() else model_path
+
+
 class OrtCudaExecutor(DeviceExecutor):
     """`scheduler.plan.Executor` over onnxruntime's CUDA EP with a device-resident KV pool."""
 
@@ -94,6 +102,7 @@ class OrtCudaExecutor(DeviceExecutor):
         super().__init__(config, max_context=max_context, limits=limits, device_id=device_id)
         self._device_id = device_id
         self._model_path = model_path
+        self._decode_path = decode_graph_path(model_path)
         try:
             self._session = _session(model_path, device_id)
             kv_dtype = graph_kv_dtype(self._session)
@@ -119,7 +128,7 @@ class OrtCudaExecutor(DeviceExecutor):
 
     def _bucket_session(self, bucket: Bucket) -> object:
         g = self._device_io().geometry
-        return _graph_session(self._model_path, self._device_id,
+        return _graph_session(self._decode_path, self._device_id,
                               bucket_dims(bucket, g.graph_shape[0], g.block_size), self._capture)
 
     def _run(self, staged: StagedStep) -> None:
