@@ -136,6 +136,13 @@ class Generation:
                 timer.cancel()
             self.close(failure)
 
+    def stopped(self, last: RequestOutput) -> None:
+        """The output text reached a stop string (server/request/text.py): `last` is the delta
+        it ends with. A success, recorded as one; the engine stops generating the request."""
+        self.num_output_tokens = last.num_output_tokens
+        self.finish_reason = FinishReason.STOP
+        self.close(None)
+
     def close(self, failure: str | None = "CANCELED") -> None:
         """Abort if still running and record the outcome; idempotent (call it in a finally)."""
         if self._closed:

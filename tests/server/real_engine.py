@@ -64,11 +64,7 @@ def scripted_model(script: str | Sequence[int], step_s: float = 0.0,
     tok = FakeTokenizer()
     ex = ScriptedExecutor(ids, step_s=step_s)
     cfg = SchedulerConfig(max_batch_size=8, max_queue_size=16)
-
-    def decode(tokens: Sequence[int]) -> str:
-        return tok.decode(tokens, skip_special_tokens=True)
-
-    loop = EngineLoop(ex, cfg, decode=decode, eos_token_ids=tok.eos_token_ids,
+    loop = EngineLoop(ex, cfg, eos_token_ids=tok.eos_token_ids,
                       on_step=on_step)  # type: ignore[arg-type]
     return ServingModel(name="fake-model", tokenizer=tok, loop=loop, max_context=ex.max_context,
                         max_batch_size=cfg.max_batch_size, max_queue_size=cfg.max_queue_size,
