@@ -34,7 +34,9 @@ def _empty(status: int) -> Response:
 @router.head("/v2/health/live", include_in_schema=False)
 async def health_live(request: Request) -> Response:
     lc = get_state(request).lifecycle
-    return _empty(200) if lc.live else json_response({"error": f"engine is dead: {lc.failure}"}, 503)
+    if lc.live:
+        return _empty(200)
+    return json_response({"error": f"engine is dead: {lc.failure}"}, 503)
 
 
 @router.get("/v2/health/ready")
@@ -124,4 +126,4 @@ async def scheduler_stats(request: Request) -> Response:
     model = state.lifecycle.model
     stats = dataclasses.asdict(model.loop.stats()) if model is not None else None
     return json_response({"phase": state.lifecycle.phase.value, "active_requests":
-                  state.lifecycle.num_active, "scheduler": stats})
+                          state.lifecycle.num_active, "scheduler": stats})

@@ -8,16 +8,22 @@ so greedy output is the script and the other tokens have distinct log-probs.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
+import httpx
 import numpy as np
 from server_fakes import FakeTokenizer
 
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
 from scheduler.plan import StepPlan, StepResult
+from server.app import Loader, create_app
 from server.serving import ServingModel
+from server.settings import ServerSettings
 
 SCRIPT_MARGIN = 10.0
 FILLER = ord("x")
@@ -78,3 +84,20 @@ def scripted_loader(script: str | Sequence[int], step_s: float = 0.0):  # noqa: 
         await model.loop.start()
         return model
     return load
+
+
+@asynccontextmanager
+async def serving(loader: Loader, **settings: Any) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The app over what `loader` loads, lifespan running and ready, and an async client to it
+    (requests in several tasks at once run concurrently)."""
+    app = create_app(ServerSettings(**{"model": "fake-model", **settings}), loader)
+    ctx = app.router.lifespan_context(app)
+    await ctx.__aenter__()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    try:
+        while (await client.get("/v2/health/ready")).status_code != 200:
+            await asyncio.sleep(0.01)
+        yield app, client
+    finally:
+        await client.aclose()
+        await ctx.__aexit__(None, None, None)

@@ -12,11 +12,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from real_engine import scripted_loader
+from real_engine import scripted_loader, serving
 from server_fakes import EOS
 
-from server.app import create_app
-from server.settings import ServerSettings
 
 SCRIPT = "Hello world! STOP here. The end."
 MakeApp = Callable[..., TestClient]
@@ -223,13 +221,7 @@ def test_aborted_request_is_an_error_not_a_finish_reason() -> None:
     """A request the server aborts (e.g. the engine loop stopping) gets an OpenAI error object,
     never finish_reason "abort"."""
     async def main() -> list[httpx.Response]:
-        app = create_app(ServerSettings(model="fake-model"), scripted_loader(SCRIPT, 0.01))
-        ctx = app.router.lifespan_context(app)
-        await ctx.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-        try:
-            while (await client.get("/v2/health/ready")).status_code != 200:
-                await asyncio.sleep(0.01)
+        async with serving(scripted_loader(SCRIPT, 0.01)) as (app, client):
             loop = app.state.trtserve.lifecycle.model.loop
             body = {"model": "fake-model", "prompt": "a", "max_tokens": 200}
             calls = [client.post("/v1/completions", json=dict(body, stream=s)) for s in (False, True)]
@@ -243,9 +235,6 @@ def test_aborted_request_is_an_error_not_a_finish_reason() -> None:
             for rid in loop.scheduler.request_ids():
                 loop.abort(rid)
             return list(await asyncio.gather(*tasks))
-        finally:
-            await client.aclose()
-            await ctx.__aexit__(None, None, None)
 
     whole, stream, chat = asyncio.run(asyncio.wait_for(main(), 30))
     assert whole.status_code == 503 and whole.json()["error"]["type"] == "server_error"

@@ -6,20 +6,17 @@ spans tokens ends the request there, in the engine too."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-from real_engine import ScriptedExecutor
+from real_engine import ScriptedExecutor, serving
 from server_fakes import FakeTokenizer
 
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
-from server.app import create_app
 from server.serving import ServingModel
-from server.settings import ServerSettings
 
 SCRIPT = "Hello world! STOP here. The end."
 MESSAGES = [{"role": "user", "content": "a"}]
@@ -36,23 +33,12 @@ def _model(step_s: float, max_batch_size: int, max_queue_size: int) -> ServingMo
                         backend="scripted")
 
 
-@asynccontextmanager
-async def _serve(model: ServingModel, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+def _serve(model: ServingModel, **settings: Any) -> Any:
     async def load(settings: object, metrics: object) -> ServingModel:
         await model.loop.start()
         return model
 
-    app = create_app(ServerSettings(model="fake-model", **settings), load)
-    ctx = app.router.lifespan_context(app)
-    await ctx.__aenter__()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-    try:
-        while (await client.get("/v2/health/ready")).status_code != 200:
-            await asyncio.sleep(0.01)
-        yield client
-    finally:
-        await client.aclose()
-        await ctx.__aexit__(None, None, None)
+    return serving(load, **settings)
 
 
 def _run(main: Callable[[], Awaitable[Any]]) -> Any:
@@ -94,7 +80,7 @@ def test_streaming_queue_timeout_is_a_503_json_error(path: str, body: dict[str, 
     model = _model(step_s=0.5, max_batch_size=1, max_queue_size=4)
 
     async def main() -> httpx.Response:
-        async with _serve(model, request_timeout=0.3) as client:
+        async with _serve(model, request_timeout=0.3) as (_, client):
             tasks = await _fill(client, model.loop, 1)
             r = await client.post(path, json=body)
             await _drain(model.loop, tasks)
@@ -125,7 +111,7 @@ def test_bad_parameters_are_400_on_a_full_server() -> None:
     model = _model(step_s=0.02, max_batch_size=1, max_queue_size=2)
 
     async def main() -> list[httpx.Response]:
-        async with _serve(model) as client:
+        async with _serve(model) as (_, client):
             tasks = await _fill(client, model.loop, 3)
             good = await client.post("/v1/completions", json={"model": "fake-model",
                                                               "prompt": "a"})
@@ -157,7 +143,7 @@ def test_stop_string_across_tokens_ends_the_request_in_the_engine(
     model = _model(step_s=0.01, max_batch_size=4, max_queue_size=4)
 
     async def main() -> tuple[httpx.Response, int, int]:
-        async with _serve(model) as client:
+        async with _serve(model) as (_, client):
             r = await client.post(path, json=body)
             for _ in range(100):
                 stats = model.loop.stats()
