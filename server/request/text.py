@@ -5,6 +5,8 @@ are matched on that same text (stop_trim.py), token by token, so the client gets
 the match was made on. When a stop string completes, the request ends there: its last delta is
 cut after the token that completed it (finish reason STOP, counts and log-probs cut with it),
 and the engine is told to stop generating it (an abort; the step already in flight is wasted).
+A response that does not stream takes `whole`: without stop strings its tokens are detokenised
+once, at the end (the same text in fewer calls).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from scheduler.request import FinishReason, Request, RequestOutput
+from scheduler.request import FinishReason, Request, RequestOutput, TopLogprobs
 from server.request.detokenizer import IncrementalDetokenizer
 from server.request.generation import Generation
 from server.request.stop_trim import StopMode, StopTrimmer
@@ -49,6 +51,10 @@ class OutputText:
         self._min_tokens = params.min_tokens
         self._count = 0  # output tokens fed
         self.text = ""  # everything sent so far
+
+    @property
+    def has_stops(self) -> bool:
+        return self._stops is not None
 
     @property
     def stopped(self) -> bool:
@@ -94,3 +100,45 @@ async def text_deltas(gen: Generation, text: OutputText) -> AsyncGenerator[TextD
             yield delta
             if delta.out.finished:
                 return
+
+
+class _Merged:
+    """Deltas of one request joined into one (token lists extended, not copied per delta)."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.tops: list[TopLogprobs] = []
+        self.last: RequestOutput | None = None
+        self.any_logprobs = self.any_tops = False
+
+    def add(self, out: RequestOutput) -> None:
+        self.ids.extend(out.new_token_ids)
+        if out.new_logprobs is not None:
+            self.any_logprobs = True
+            self.logprobs.extend(out.new_logprobs)
+        if out.new_top_logprobs is not None:
+            self.any_tops = True
+            self.tops.extend(out.new_top_logprobs)
+        self.last = out
+
+    def output(self) -> RequestOutput:
+        assert self.last is not None, "a request ends with a finished delta"
+        return dataclasses.replace(
+            self.last, new_token_ids=self.ids,
+            new_logprobs=self.logprobs if self.any_logprobs else None,
+            new_top_logprobs=self.tops if self.any_tops else None)
+
+
+async def whole(gen: Generation, text: OutputText) -> TextDelta:
+    """All of gen's output as one finished delta and its text (stop strings applied)."""
+    merged = _Merged()
+    if text.has_stops:
+        async with aclosing(text_deltas(gen, text)) as deltas:
+            async for delta in deltas:
+                merged.add(delta.out)
+        return TextDelta(merged.output(), text.text)
+    async with aclosing(gen.outputs()) as outputs:
+        async for out in outputs:
+            merged.add(out)
+    return text.feed(merged.output())

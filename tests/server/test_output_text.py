@@ -3,13 +3,14 @@ on a tokenizer whose tokens are several characters long, so a stop string spans 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 from scheduler.request import FinishReason, Request, RequestOutput, SamplingParams
 from server.request.stop_trim import StopMode
-from server.request.text import OutputText
+from server.request.text import OutputText, whole
 
 PIECES = ["ab", "cd", "ef", "gh", "bc"]  # token i -> its text
 
@@ -78,3 +79,34 @@ def test_without_stop_strings_the_text_is_the_detokeniser_s() -> None:
     delta = text.feed(_out([4], total=3, finished=True))
     assert delta.text == "bc" and delta.out.finish_reason is FinishReason.LENGTH
     assert not text.stopped and text.text == "abcdbc"
+
+
+class _Gen:
+    """Stands in for Generation: the deltas of one request, and what `stopped` recorded."""
+
+    def __init__(self, outs: list[RequestOutput]) -> None:
+        self.outs, self.stopped_with = outs, None
+
+    async def outputs(self) -> AsyncIterator[RequestOutput]:
+        for out in self.outs:
+            yield out
+
+    def stopped(self, last: RequestOutput) -> None:
+        self.stopped_with = last
+
+
+@pytest.mark.parametrize("stop", [(), ("ef",)])
+def test_whole_joins_the_deltas_and_cuts_at_a_stop(stop: tuple[str, ...]) -> None:
+    """Without stop strings: every delta joined, the text decoded at the end; with "ef" (token
+    2): cut after it, the generation told it stopped there."""
+    gen = _Gen([_out([0], 1), _out([1, 2], 3), _out([3], 4, finished=True)])
+    text = _text(stop, StopMode.EXCLUDE)
+    delta = asyncio.run(whole(gen, text))  # type: ignore[arg-type]
+    if stop:
+        assert (delta.text, delta.out.new_token_ids) == ("abcd", [0, 1, 2])
+        assert delta.out.finish_reason is FinishReason.STOP and delta.out.num_output_tokens == 3
+        assert gen.stopped_with is not None and gen.stopped_with.new_token_ids == [1, 2]
+    else:
+        assert (delta.text, delta.out.new_token_ids) == ("abcdefgh", [0, 1, 2, 3])
+        assert delta.out.finish_reason is FinishReason.LENGTH and gen.stopped_with is None
+    assert delta.out.new_logprobs == [-1.0, -1.0, -2.0, -1.0][:len(delta.out.new_token_ids)]

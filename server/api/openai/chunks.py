@@ -22,7 +22,7 @@ from server.api.sse import DONE, encode_event
 from server.errors import ApiError, UnavailableError
 from server.request.generation import EngineFailedError, Generation
 from server.request.stop_trim import StopMode
-from server.request.text import OutputText, TextDelta, text_deltas
+from server.request.text import OutputText, TextDelta, text_deltas, whole
 from server.serving import ServingModel
 
 _EMPTY = RequestOutput("")  # no tokens: a chunk without log-probs
@@ -60,14 +60,25 @@ class Job:
         """The request's text deltas, each taken in; an aborted request raises ApiError."""
         async with aclosing(text_deltas(self.gen, self.text)) as deltas:
             async for delta in deltas:
-                self.offset = len(self.text.text) - len(delta.text)
-                out = delta.out
-                self.tokens.extend(out.new_token_ids)
-                self.logprobs.extend(out.new_logprobs or [])
-                self.tops.extend(out.new_top_logprobs or [])
-                if out.finished:
-                    self.finish = _finish_reason(out)
+                self._take(delta)
                 yield delta
+
+    async def run_whole(self) -> dict[str, Any]:
+        """Wait for the whole output; the response of a request that does not stream."""
+        self._take(await whole(self.gen, self.text))
+        body = self.envelope(self.choice(self.text.text, self.finish, None, 0, chunk=False),
+                             chunk=False)
+        body["usage"] = self.usage()
+        return body
+
+    def _take(self, delta: TextDelta) -> None:
+        self.offset = len(self.text.text) - len(delta.text)
+        out = delta.out
+        self.tokens.extend(out.new_token_ids)
+        self.logprobs.extend(out.new_logprobs or [])
+        self.tops.extend(out.new_top_logprobs or [])
+        if out.finished:
+            self.finish = _finish_reason(out)
 
     def usage(self) -> dict[str, int]:
         p, c = self.gen.num_prompt_tokens, len(self.tokens)
@@ -99,13 +110,6 @@ class Job:
         obj = self.kind + (".chunk" if chunk and self.kind == "chat.completion" else "")
         return {"id": self.id, "object": obj, "created": self.created,
                 "model": self.req.model, "choices": [choice]}
-
-    def whole(self) -> dict[str, Any]:
-        """The response of a request that does not stream, once every delta was taken in."""
-        body = self.envelope(self.choice(self.text.text, self.finish, None, 0, chunk=False),
-                             chunk=False)
-        body["usage"] = self.usage()
-        return body
 
 
 class Events:

@@ -47,11 +47,10 @@ async def _whole(request: Request, job: Job) -> Response:
     gen = job.gen
     try:
         async with abort_on_disconnect(request, gen.abort, gen.request_id):
-            async for _ in job.deltas():
-                pass
+            body = await job.run_whole()
     finally:
         gen.close()
-    return json_response(job.whole())
+    return json_response(body)
 
 
 async def _run(request: Request, cls: type[_Base], kind: str,

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -28,7 +26,7 @@ from server.request.generation import Generation
 from server.request.limits import limits_for
 from server.request.prep import parse_triton_request
 from server.request.stop_trim import StopMode
-from server.request.text import OutputText, TextDelta, text_deltas
+from server.request.text import OutputText, TextDelta, text_deltas, whole
 from server.serving import ServingModel
 
 logger = logging.getLogger(__name__)
@@ -79,22 +77,16 @@ def _extras(opts: TritonOptions, gen: Generation, logprobs: list[float] | None,
     return out
 
 
-def _deltas(model: ServingModel, gen: Generation) -> AsyncGenerator[TextDelta, None]:
-    """The deltas with their text; a stop word ends the text after its token (TensorRT-LLM)."""
-    return text_deltas(gen, OutputText(model.tokenizer, gen.request, StopMode.TOKEN))
+def _text(model: ServingModel, gen: Generation) -> OutputText:
+    """The request's text: a stop word ends it after its token, as in TensorRT-LLM."""
+    return OutputText(model.tokenizer, gen.request, StopMode.TOKEN)
 
 
 async def _whole(request: Request, model: ServingModel, gen: Generation, opts: TritonOptions,
                  base: dict[str, Any]) -> dict[str, Any]:
-    ids: list[int] = []
-    logprobs: list[float] = []
-    text = ""
-    async with abort_on_disconnect(request, gen.abort, gen.request_id), \
-            aclosing(_deltas(model, gen)) as deltas:
-        async for delta in deltas:
-            ids.extend(delta.out.new_token_ids)
-            logprobs.extend(delta.out.new_logprobs or [])
-            text += delta.text
+    async with abort_on_disconnect(request, gen.abort, gen.request_id):
+        delta = await whole(gen, _text(model, gen))
+    ids, logprobs, text = delta.out.new_token_ids, delta.out.new_logprobs or [], delta.text
     if not opts.exclude_input_in_output:
         text = model.tokenizer.decode([*gen.request.prompt_token_ids, *ids],
                                       skip_special_tokens=True)
@@ -169,8 +161,8 @@ async def _answer(request: Request, model: ServingModel, gen: Generation, opts: 
                   base: dict[str, Any], stream_route: bool) -> Response:
     headers = load_report(request, model)
     if stream_route and opts.stream:
-        return await sse_response(request, gen, _deltas(model, gen), _Events(gen, opts, base),
-                                  headers)
+        return await sse_response(request, gen, text_deltas(gen, _text(model, gen)),
+                                  _Events(gen, opts, base), headers)
     try:
         body = await _whole(request, model, gen, opts, base)
     finally:
