@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -158,8 +159,11 @@ def _loader(ctl: Path) -> Any:
                               max_num_tokens=settings.max_num_tokens or 8192,
                               max_queue_size=settings.max_queue_size)
         executor = InstantExecutor(tok.vocab_size, token, cfg.max_batch_size)
+        # trees before issue 13 matched stop strings in the scheduler, with a decode callback
+        old = {"decode": tok.decode} if "decode" in inspect.signature(EngineLoop).parameters \
+            else {}
         loop = EngineLoop(executor, cfg, eos_token_ids=tok.eos_token_ids,
-                          on_step=metrics.observe_step)
+                          on_step=metrics.observe_step, **old)
         await loop.start()
         Sampler(ctl, executor).start()
         logger.warning("instant executor ready: token %d (%r)", token, tok.decode([token]))

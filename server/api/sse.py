@@ -74,7 +74,8 @@ class EventWriter(Protocol[Item]):
         """Events before the first delta's."""
 
     def event(self, item: Item) -> bytes | None:
-        """The event of one delta (None: nothing to send for it)."""
+        """The event of one delta (None: nothing to send for it); an ApiError for the first
+        delta is answered as a JSON error, for a later one with `error`."""
 
     def tail(self) -> list[bytes]:
         """Events after the last delta's."""
@@ -86,15 +87,17 @@ class EventWriter(Protocol[Item]):
 async def sse_response(request: Request, gen: Streamed, items: AsyncGenerator[T, None],
                        writer: EventWriter[T], headers: Mapping[str, str] | None = None
                        ) -> Response:
-    """Wait for the first item, then stream every item as events. What `items` raises before
-    its first item propagates (the caller answers it as JSON); the stream closes `gen`."""
+    """Wait for the first item and its events, then stream every item as events. What fails
+    before (`items` or the first event raising) propagates, for the caller to answer as JSON;
+    the stream closes `gen`."""
     try:
         async with abort_on_disconnect(request, gen.abort, gen.request_id):
             first = await anext(items)
+        opening = [*writer.head(), writer.event(first)]
     except BaseException:
         await _close(items, gen)
         raise
-    return StreamingResponse(_events(request, gen, first, items, writer), media_type=SSE_MEDIA,
+    return StreamingResponse(_events(request, gen, opening, items, writer), media_type=SSE_MEDIA,
                              headers={**SSE_HEADERS, **(headers or {})})
 
 
@@ -103,15 +106,18 @@ async def _close(items: AsyncGenerator[T, None], gen: Streamed) -> None:
     gen.close()
 
 
-async def _events(request: Request, gen: Streamed, first: T, rest: AsyncGenerator[T, None],
-                  writer: EventWriter[T]) -> AsyncIterator[bytes]:
+async def _events(request: Request, gen: Streamed, opening: list[bytes | None],
+                  rest: AsyncGenerator[T, None], writer: EventWriter[T]) -> AsyncIterator[bytes]:
     try:
         async with abort_on_disconnect(request, gen.abort, gen.request_id):
-            for chunk in writer.head():
-                yield chunk
-            try:
-                async for chunk in _item_events(first, rest, writer):
+            for chunk in opening:
+                if chunk:
                     yield chunk
+            try:
+                async for item in rest:
+                    chunk = writer.event(item)
+                    if chunk:
+                        yield chunk
             except ApiError as err:
                 logger.info("[%s] error mid-stream: %s", gen.request_id, err.message)
                 for chunk in writer.error(err):
@@ -121,14 +127,3 @@ async def _events(request: Request, gen: Streamed, first: T, rest: AsyncGenerato
                 yield chunk
     finally:
         await _close(rest, gen)
-
-
-async def _item_events(first: T, rest: AsyncIterator[T], writer: EventWriter[T]
-                       ) -> AsyncIterator[bytes]:
-    chunk = writer.event(first)
-    if chunk:
-        yield chunk
-    async for item in rest:
-        chunk = writer.event(item)
-        if chunk:
-            yield chunk

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 from scheduler.request import FinishReason, RequestOutput, TopLogprobs
@@ -56,22 +55,20 @@ class Job:
         self.tops: list[TopLogprobs] = []
         self.finish: str | None = None
 
-    async def deltas(self) -> AsyncGenerator[TextDelta, None]:
-        """The request's text deltas, each taken in; an aborted request raises ApiError."""
-        async with aclosing(text_deltas(self.gen, self.text)) as deltas:
-            async for delta in deltas:
-                self._take(delta)
-                yield delta
+    def deltas(self) -> AsyncGenerator[TextDelta, None]:
+        """The request's text deltas, for `Events` (which takes each in)."""
+        return text_deltas(self.gen, self.text)
 
     async def run_whole(self) -> dict[str, Any]:
         """Wait for the whole output; the response of a request that does not stream."""
-        self._take(await whole(self.gen, self.text))
+        self.take(await whole(self.gen, self.text))
         body = self.envelope(self.choice(self.text.text, self.finish, None, 0, chunk=False),
                              chunk=False)
         body["usage"] = self.usage()
         return body
 
-    def _take(self, delta: TextDelta) -> None:
+    def take(self, delta: TextDelta) -> None:
+        """Take one delta in; an aborted or failed request raises ApiError."""
         self.offset = len(self.text.text) - len(delta.text)
         out = delta.out
         self.tokens.extend(out.new_token_ids)
@@ -128,6 +125,7 @@ class Events:
 
     def event(self, delta: TextDelta) -> bytes | None:
         out, job = delta.out, self.job
+        job.take(delta)
         if not delta.text and not out.finished and not out.new_token_ids:
             return None
         choice = job.choice(delta.text, job.finish, out, job.offset, chunk=True)
