@@ -112,7 +112,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[tuple[Level, Level]], st
                            or SchedulerConfig().max_num_tokens)
     config = SchedulerConfig(max_batch_size=max(levels), enable_prefix_caching=False,
                              max_num_tokens=args.max_num_tokens)
-    loop = EngineLoop(model.executor, config, decode=model.tokenizer.decode,
+    loop = EngineLoop(model.executor, config,
                       eos_token_ids=model.tokenizer.eos_token_ids)
     await loop.start()
     prompts = make_prompts(model.tokenizer, max(levels))

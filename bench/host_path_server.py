@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -73,7 +74,7 @@ class InstantExecutor:
         return None
 
 
-SERIALIZE_FUNCS = frozenset({"dumps", "_dumps", "dumps_compact", "_event", "encode_event",
+SERIALIZE_FUNCS = frozenset({"dumps", "_dumps", "compact_json", "_event", "encode_event",
                              "encode", "iterencode", "_sse_bytes"})
 
 
@@ -83,7 +84,8 @@ def classify(frame: Any) -> str:
         path, func = frame.f_code.co_filename, frame.f_code.co_name
         if func in SERIALIZE_FUNCS or "/json/" in path:
             return "serialize"
-        if path.endswith(("detokenizer.py", "engine/tokenizer.py")):
+        if path.endswith(("detokenizer.py", "stop_trim.py", "request/text.py",
+                           "engine/tokenizer.py")):
             return "detokenize"
         if path.endswith(("scheduler/loop.py", "/asyncio/queues.py")) and func in (
                 "_publish", "put", "publish", "put_nowait", "get", "_iterate"):
@@ -157,8 +159,11 @@ def _loader(ctl: Path) -> Any:
                               max_num_tokens=settings.max_num_tokens or 8192,
                               max_queue_size=settings.max_queue_size)
         executor = InstantExecutor(tok.vocab_size, token, cfg.max_batch_size)
-        loop = EngineLoop(executor, cfg, decode=lambda ids: tok.decode(ids),
-                          eos_token_ids=tok.eos_token_ids, on_step=metrics.observe_step)
+        # trees before issue 13 matched stop strings in the scheduler, with a decode callback
+        old = {"decode": tok.decode} if "decode" in inspect.signature(EngineLoop).parameters \
+            else {}
+        loop = EngineLoop(executor, cfg, eos_token_ids=tok.eos_token_ids,
+                          on_step=metrics.observe_step, **old)
         await loop.start()
         Sampler(ctl, executor).start()
         logger.warning("instant executor ready: token %d (%r)", token, tok.decode([token]))

@@ -88,15 +88,14 @@ class RequestStream:
 
 
 class EngineLoop:
-    def __init__(self, executor: Executor, config: SchedulerConfig,
-                 decode: Callable[[Seq[int]], str], eos_token_ids: Seq[int],
+    def __init__(self, executor: Executor, config: SchedulerConfig, eos_token_ids: Seq[int],
                  on_step: Callable[[SchedulerStats], None] | None = None) -> None:
         self._executor = executor
         self._scheduler = Scheduler(
             fit_to_executor(config, executor),
             block_size=executor.block_size, num_blocks=executor.num_blocks,
             vocab_size=executor.vocab_size, max_context=executor.max_context,
-            eos_token_ids=eos_token_ids, decode=decode,
+            eos_token_ids=eos_token_ids,
             device_sampling=bool(getattr(executor, "samples_on_device", False)))
         self._on_step = on_step
         self._streams: dict[str, OutputSink] = {}

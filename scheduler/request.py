@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 class FinishReason(enum.StrEnum):
     LENGTH = "length"  # max_tokens reached, or the model's context is full
-    STOP = "stop"  # a stop string matched
+    STOP = "stop"  # a stop string matched (the server matches them on the output text)
     END_ID = "end_id"  # the end-of-sequence token (end_id / model eos) was produced
     ABORT = "abort"  # client went away, shutdown, or explicit abort
     ERROR = "error"  # the engine failed while this request was in flight (see ErrorKind)
@@ -86,7 +86,8 @@ class SamplingParams:
     ignore_eos: bool = False  # never finish on end ids (benchmarks)
     pad_id: int | None = None  # Triton's pad_id; accepted and reported, never sampled specially
     bad_words_ids: tuple[tuple[int, ...], ...] = ()  # token sequences that must never be produced
-    stop: tuple[str, ...] = ()  # stop strings, matched on decoded text across token boundaries
+    stop: tuple[str, ...] = ()  # stop strings: validated here, matched by the server on the
+    # output text (server/request/text.py), which then finishes the request
     logprobs: bool = False  # report the log-prob of each chosen token
     top_logprobs: int = 0  # with logprobs: also the k most likely tokens of each position
 

@@ -26,7 +26,6 @@ from scheduler.sampling import SampleStats, is_greedy
 from scheduler.sequence import SeqStatus, Sequence
 from scheduler.stats import SchedulerStats
 from scheduler.step_rows import apply_tokens, build_rows, sample_rows
-from scheduler.stop import Decode
 from scheduler.validation import validate_params, validate_prompt
 
 logger = logging.getLogger(__name__)
@@ -35,14 +34,13 @@ logger = logging.getLogger(__name__)
 class Scheduler:
     def __init__(self, config: SchedulerConfig, *, block_size: int, num_blocks: int,
                  vocab_size: int, max_context: int, eos_token_ids: Seq[int] = (),
-                 decode: Decode | None = None, clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.monotonic,
                  seed: int | None = None, device_sampling: bool = False) -> None:
         self.config = config
         self.device_sampling = device_sampling  # the executor samples on the device (plan.py)
         self.vocab_size = vocab_size
         self.max_model_len = config.resolve_max_model_len(max_context)
         self.eos_token_ids = tuple(eos_token_ids)
-        self.decode = decode
         self.clock = clock
         self.allocator = BlockAllocator(num_blocks, block_size, config.enable_prefix_caching)
         self.tables = BlockTables(self.allocator)
@@ -140,7 +138,7 @@ class Scheduler:
                 cache_blocks(seq)
         outputs = self.drain_outputs()
         completed_before = self.completed_total
-        outputs += apply_tokens(sampled, self.decode, self.max_model_len, self._finish)
+        outputs += apply_tokens(sampled, self.max_model_len, self._finish)
         if self.completed_total != completed_before:  # one pass, not a remove() per finish
             self.admission.drop_finished()
         return outputs

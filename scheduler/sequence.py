@@ -2,9 +2,8 @@
 
 Only `append_token` adds tokens; everything derived is a property, except a few per-request
 constants fixed at construction for the per-step hot path (`stop_ids`, `length_limit`,
-`plain_greedy_from`, `has_stop`). Only Admission (`_admit`, `_preempt`) and the Scheduler
-(`_finish`) change `status`; only BlockTables (block_tables.py) edits `block_table` (and
-`num_hit_blocks`).
+`plain_greedy_from`). Only Admission (`_admit`, `_preempt`) and the Scheduler (`_finish`)
+change `status`; only BlockTables (block_tables.py) edits `block_table` (and `num_hit_blocks`).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ class SeqStatus(enum.IntEnum):
     RUNNING = 1  # holds KV blocks; prefilling or decoding
     PREEMPTED = 2  # admitted once, KV dropped (recompute); back at the front of the queue
     FINISHED_END_ID = 3
-    FINISHED_STOP = 4
     FINISHED_LENGTH = 5
     FINISHED_ABORTED = 6
     FINISHED_ERROR = 7
@@ -38,7 +36,6 @@ class SeqStatus(enum.IntEnum):
 
 FINISH_REASONS: dict[SeqStatus, FinishReason] = {
     SeqStatus.FINISHED_END_ID: FinishReason.END_ID,
-    SeqStatus.FINISHED_STOP: FinishReason.STOP,
     SeqStatus.FINISHED_LENGTH: FinishReason.LENGTH,
     SeqStatus.FINISHED_ABORTED: FinishReason.ABORT,
     SeqStatus.FINISHED_ERROR: FinishReason.ERROR,
@@ -71,7 +68,6 @@ class Sequence:
         "stop_ids",
         "length_limit",
         "plain_greedy_from",
-        "has_stop",
     )
 
     def __init__(self, seq_id: int, request: Request, rng: np.random.Generator | None,
@@ -100,7 +96,6 @@ class Sequence:
         self.stop_ids: tuple[int, ...] = () if params.ignore_eos else self.end_ids  # may finish
         limit = self.num_prompt_tokens + params.max_tokens
         self.length_limit = limit if max_model_len is None else min(limit, max_model_len)
-        self.has_stop = bool(params.stop)
         # token count from which a row is plain greedy (argmax of the raw logits is the answer:
         # temperature 0, no penalties/bans, min_tokens reached); maxsize -> never
         static_plain = is_greedy(params) and not needs_processing(params, params.min_tokens)

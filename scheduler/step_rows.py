@@ -15,7 +15,7 @@ from scheduler.plan import ScheduledSeq, StepPlan, StepResult
 from scheduler.request import RequestOutput, TopLogprobs
 from scheduler.sampling import SampleInput, SampleStats, choose_tokens, top_logprobs
 from scheduler.sequence import SeqStatus, Sequence
-from scheduler.stop import Decode, finish_status
+from scheduler.stop import finish_status
 
 Finish = Callable[[Sequence, SeqStatus], RequestOutput]
 
@@ -121,7 +121,7 @@ def _sample_device_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence]
     return SampledTokens(plan.step_id, seqs, tokens, logprobs, top)
 
 
-def apply_tokens(sampled: SampledTokens, decode: Decode | None, max_model_len: int,
+def apply_tokens(sampled: SampledTokens, max_model_len: int,
                  finish: Finish) -> list[RequestOutput]:
     """Append each running row's token; `finish` the ones it ends (the caller then drops them
     from its running list), a delta for the others."""
@@ -134,8 +134,8 @@ def apply_tokens(sampled: SampledTokens, decode: Decode | None, max_model_len: i
         if seq.status is not SeqStatus.RUNNING:
             continue  # aborted while the step ran
         num_tokens = seq.append_token(tok, lp)
-        if tok in seq.stop_ids or seq.has_stop or num_tokens >= seq.length_limit:
-            status = finish_status(seq, seq.end_ids, decode, max_model_len)
+        if tok in seq.stop_ids or num_tokens >= seq.length_limit:
+            status = finish_status(seq, seq.end_ids, max_model_len)
             if status is not None:
                 outputs.append(finish(seq, status))
                 continue

@@ -73,7 +73,7 @@ def validate_params(params: SamplingParams, max_context: int, vocab_size: int) -
     _check_int("max_tokens", params.max_tokens, 1, max_context)
     _check_int("min_tokens", params.min_tokens, 0, params.max_tokens)
     _check_float("temperature", params.temperature, 0.0, MAX_TEMPERATURE)
-    _check_int("top_k", params.top_k, 0, 2**31 - 1)
+    _check_int("top_k", params.top_k, 0, INT32_MAX)
     _check_float("top_p", params.top_p, 0.0, 1.0, lo_open=True)
     _check_float("min_p", params.min_p, 0.0, 1.0)
     _check_float("repetition_penalty", params.repetition_penalty, 0.0, MAX_REPETITION_PENALTY,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 
 from engine.options import EngineOptions
 from engine.runtime import LoadedModel, load_model
@@ -74,11 +73,7 @@ async def load_serving_model(settings: ServerSettings, metrics: ServerMetrics) -
     if settings.chat_template:  # --chat-template FILE replaces the model's own
         tok.chat_template = read_chat_template(settings.chat_template)
     cfg = scheduler_config(settings, lm.max_num_tokens)
-
-    def decode(ids: Sequence[int]) -> str:
-        return tok.decode(ids, skip_special_tokens=True)
-
-    loop = EngineLoop(lm.executor, cfg, decode=decode, eos_token_ids=tok.eos_token_ids,
+    loop = EngineLoop(lm.executor, cfg, eos_token_ids=tok.eos_token_ids,
                       on_step=StatsLogger(settings.stats_interval, metrics.observe_step))
     await loop.start()
     try:

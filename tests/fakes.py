@@ -19,11 +19,14 @@ that speaks REPLY (or a given script) and the FakeTokenizer.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import numpy as np
 
 from scheduler.loop import EngineLoop
@@ -31,6 +34,7 @@ from scheduler.plan import StepPlan, StepResult
 from scheduler.request import Request
 from scheduler.scheduler import Scheduler
 from server.metrics.server_metrics import ServerMetrics
+from server.app import create_app
 from server.model_loader import scheduler_config
 from server.serving import ServingModel
 from server.settings import ServerSettings
@@ -191,12 +195,8 @@ class FakeEngine:
         self.executor = FakeExecutor(vocab_size=tok.vocab_size, script=self.script,
                                      **self.options)
         cfg = scheduler_config(settings)
-
-        def decode(ids: Sequence[int]) -> str:
-            return tok.decode(ids, skip_special_tokens=True)
-
-        self.loop = EngineLoop(self.executor, cfg, decode=decode,
-                               eos_token_ids=tok.eos_token_ids, on_step=metrics.observe_step)
+        self.loop = EngineLoop(self.executor, cfg, eos_token_ids=tok.eos_token_ids,
+                               on_step=metrics.observe_step)
         self._record_adds(self.loop.scheduler)
         await self.loop.start()
         return ServingModel(name=MODEL, tokenizer=tok, loop=self.loop,
@@ -214,3 +214,21 @@ class FakeEngine:
             real_add(request)
 
         scheduler.add = add  # type: ignore[method-assign]
+
+
+@asynccontextmanager
+async def serving(loader: FakeEngine, **settings: Any
+                  ) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The real app over what `loader` loads, lifespan running and ready, and an async client to
+    it (requests in several tasks at once run concurrently)."""
+    app = create_app(ServerSettings(**{"model": MODEL, **settings}), loader)
+    ctx = app.router.lifespan_context(app)
+    await ctx.__aenter__()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    try:
+        while (await client.get("/v2/health/ready")).status_code != 200:
+            await asyncio.sleep(0.01)
+        yield app, client
+    finally:
+        await client.aclose()
+        await ctx.__aexit__(None, None, None)

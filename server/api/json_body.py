@@ -113,8 +113,3 @@ def check_text(value: str, field: str) -> str:
         raise ValidationError(f"'{field}' contains invalid Unicode (lone surrogate)") from None
     return value
 
-
-def dumps_compact(obj: Any) -> bytes:
-    """Flat, key-sorted, compact JSON with raw UTF-8 (Triton's response format)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8", "surrogatepass")

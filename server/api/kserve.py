@@ -7,7 +7,6 @@ The health and model-ready routes also answer HEAD (status only), for load balan
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -16,19 +15,15 @@ from server.app_state import get_state
 from server.errors import NotImplementedApiError, ValidationError
 from server.api.json_body import parse_json_body
 from server.api.openapi_docs import REPOSITORY_INDEX_BODY
+from server.api.sse import json_response
 from server.api.triton.routes import resolve_model
-from server.models import served_names
-from server.api.triton.schema import ALL_TRITON_MODELS, MODEL_VERSION, model_config, model_metadata
+from server.models import triton_names
+from server.api.triton.schema import MODEL_VERSION, model_config, model_metadata
 
 router = APIRouter()
 SERVER_VERSION = "2.59.0"
 EXTENSIONS = ["classification", "sequence", "model_repository", "schedule_policy",
               "model_configuration", "parameters", "statistics", "generate"]
-
-
-def _json(obj: object, status: int = 200) -> Response:
-    return Response(json.dumps(obj, separators=(",", ":"), ensure_ascii=False), status,
-                    media_type="application/json")
 
 
 def _empty(status: int) -> Response:
@@ -39,7 +34,9 @@ def _empty(status: int) -> Response:
 @router.head("/v2/health/live", include_in_schema=False)
 async def health_live(request: Request) -> Response:
     lc = get_state(request).lifecycle
-    return _empty(200) if lc.live else _json({"error": f"engine is dead: {lc.failure}"}, 503)
+    if lc.live:
+        return _empty(200)
+    return json_response({"error": f"engine is dead: {lc.failure}"}, 503)
 
 
 @router.get("/v2/health/ready")
@@ -50,14 +47,14 @@ async def health_ready(request: Request) -> Response:
 
 @router.get("/v2")
 async def server_metadata() -> Response:
-    return _json({"name": "triton", "version": SERVER_VERSION, "extensions": EXTENSIONS})
+    return json_response({"name": "triton", "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
 @router.get("/v2/models/{model_name}")
 @router.get("/v2/models/{model_name}/versions/{version}")
 async def model_meta(request: Request, model_name: str, version: str | None = None) -> Response:
     name = resolve_model(get_state(request), model_name, version)
-    return _json(model_metadata(name, version))
+    return json_response(model_metadata(name, version))
 
 
 @router.get("/v2/models/{model_name}/ready")
@@ -69,7 +66,7 @@ async def model_ready(request: Request, model_name: str, version: str | None = N
     resolve_model(state, model_name, version)
     if state.lifecycle.ready:
         return _empty(200)
-    return _json({"error": "Model version not ready"}, 400)
+    return json_response({"error": "Model version not ready"}, 400)
 
 
 @router.get("/v2/models/{model_name}/config")
@@ -77,7 +74,7 @@ async def model_ready(request: Request, model_name: str, version: str | None = N
 async def model_conf(request: Request, model_name: str, version: str | None = None) -> Response:
     state = get_state(request)
     name = resolve_model(state, model_name, version)
-    return _json(model_config(name, state.settings.max_batch_size))
+    return json_response(model_config(name, state.settings.max_batch_size))
 
 
 @router.post("/v2/models/{model_name}/infer")
@@ -103,14 +100,14 @@ async def repository_index(request: Request) -> Response:
     ready_only = await state.prep.parse(_ready_only, await request.body())
     st = "READY" if state.lifecycle.ready else "UNAVAILABLE"
     entries = []
-    for name in (*ALL_TRITON_MODELS, *served_names(state)):
+    for name in triton_names(state):
         if ready_only and st != "READY":
             continue
         entry = {"name": name, "version": MODEL_VERSION, "state": st}
         if st != "READY":
             entry["reason"] = state.lifecycle.phase.value
         entries.append(entry)
-    return _json(entries)
+    return json_response(entries)
 
 
 @router.get("/metrics")
@@ -125,5 +122,5 @@ async def scheduler_stats(request: Request) -> Response:
     state = get_state(request)
     model = state.lifecycle.model
     stats = dataclasses.asdict(model.loop.stats()) if model is not None else None
-    return _json({"phase": state.lifecycle.phase.value, "active_requests":
-                  len(state.lifecycle.requests), "scheduler": stats})
+    return json_response({"phase": state.lifecycle.phase.value, "active_requests":
+                          len(state.lifecycle.requests), "scheduler": stats})

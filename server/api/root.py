@@ -3,12 +3,12 @@ whenever the process is up, for clients that poll the base URL."""
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from server.api.sse import json_response
 from server.app_state import get_state
+from server.models import listed_name
 
 router = APIRouter()
 
@@ -24,8 +24,6 @@ def _routes(request: Request) -> list[dict[str, object]]:
 async def index(request: Request) -> Response:
     state = get_state(request)
     lc = state.lifecycle
-    body = {"name": request.app.title, "version": request.app.version,
-            "model": lc.model.name if lc.model else state.settings.model,
-            "phase": lc.phase.value, "ready": lc.ready, "routes": _routes(request)}
-    return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-                    media_type="application/json")
+    return json_response({"name": request.app.title, "version": request.app.version,
+                          "model": listed_name(state), "phase": lc.phase.value,
+                          "ready": lc.ready, "routes": _routes(request)})

@@ -166,6 +166,15 @@ class Generation:
         self.num_output_tokens = out.num_output_tokens
         self.num_cached_tokens = out.num_cached_tokens
 
+    def stopped(self, last: RequestOutput) -> None:
+        """The output text reached a stop string (server/request/text.py); `last` is the delta
+        it ends with. A success: the engine stops generating it, the owner records FINISHED."""
+        self.num_output_tokens = last.num_output_tokens
+        self.finish_reason = FinishReason.STOP
+        self.outcome = Outcome.FINISHED
+        self.abort()
+        self._done = True
+
     def record(self) -> RequestRecord:
         now = time.monotonic()
         arrival = self.request.arrival_time

@@ -60,7 +60,7 @@ def test_non_default_limits_reach_the_executor_and_the_scheduler(
             3, 40, 96)
         assert executor.device_io.limits == limits
         loop = EngineLoop(executor, SchedulerConfig(max_batch_size=256, max_num_tokens=8192),
-                          decode=lambda ids: "", eos_token_ids=())
+                          eos_token_ids=())
         config = loop.scheduler.config
         assert (config.max_batch_size, config.max_num_tokens) == (3, 40)
         assert loop.scheduler.max_model_len == 96
@@ -99,7 +99,7 @@ def test_a_refused_step_fails_only_its_requests(fake_host_ort: object, tiny_fp16
     async def main() -> None:
         loop = EngineLoop(executor, SchedulerConfig(max_batch_size=3, max_num_tokens=64,
                                                     enable_prefix_caching=False),
-                          decode=lambda ids: "", eos_token_ids=())
+                          eos_token_ids=())
         await loop.start()
         try:
             first = await asyncio.gather(*(collect(loop, _request(f"r{i}", 5 + i))

@@ -31,12 +31,12 @@ def make_request(prompt: Seq[int] | int = 6, request_id: str | None = None,
 
 
 def make_scheduler(executor: FakeExecutor | None = None, *, eos: Seq[int] = (),
-                   decode: object = None, clock: object = None, **config: object) -> Scheduler:
+                   clock: object = None, **config: object) -> Scheduler:
     ex = executor or FakeExecutor()
     kwargs = {"clock": clock} if clock is not None else {}
     return Scheduler(SchedulerConfig(**config), block_size=ex.block_size,  # type: ignore[arg-type]
                      num_blocks=ex.num_blocks, vocab_size=ex.vocab_size,
-                     max_context=ex.max_context, eos_token_ids=eos, decode=decode,  # type: ignore[arg-type]
+                     max_context=ex.max_context, eos_token_ids=eos,  # type: ignore[arg-type]
                      **kwargs)
 
 

@@ -71,7 +71,7 @@ def test_idle_loop_reports_nothing_scheduled() -> None:
     async def main() -> tuple[list[SchedulerStats], SchedulerStats]:
         ex = FakeExecutor(num_blocks=64)
         seen: list[SchedulerStats] = []
-        loop = EngineLoop(ex, SchedulerConfig(), decode=lambda ids: "", eos_token_ids=(),
+        loop = EngineLoop(ex, SchedulerConfig(), eos_token_ids=(),
                           on_step=seen.append)
         await loop.start()
         async for _ in loop.add(make_request(4, max_tokens=5)):

@@ -24,8 +24,8 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 def make_loop(ex: FakeExecutor, **config: object) -> tuple[EngineLoop, list[SchedulerStats]]:
     seen: list[SchedulerStats] = []
-    loop = EngineLoop(ex, SchedulerConfig(**config), decode=lambda ids: "",  # type: ignore[arg-type]
-                      eos_token_ids=(), on_step=seen.append)
+    loop = EngineLoop(ex, SchedulerConfig(**config), eos_token_ids=(),  # type: ignore[arg-type]
+                      on_step=seen.append)
     return loop, seen
 
 

@@ -39,7 +39,7 @@ def test_merge_outputs_keeps_every_per_token_field() -> None:
 def test_slow_consumer_gets_fewer_deltas_with_every_token() -> None:
     async def main() -> tuple[list[RequestOutput], list[RequestOutput]]:
         ex = FakeExecutor(num_blocks=64, with_argmax=True)
-        loop = EngineLoop(ex, SchedulerConfig(), decode=lambda ids: "", eos_token_ids=())
+        loop = EngineLoop(ex, SchedulerConfig(), eos_token_ids=())
         await loop.start()
         try:
             fast, slow = [], []

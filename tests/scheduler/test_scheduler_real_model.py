@@ -50,7 +50,7 @@ def prompts(model: Any) -> list[list[int]]:
 def run_requests(model: Any, requests: list[Request], concurrent: bool,
                  **config: Any) -> dict[str, list[RequestOutput]]:
     async def main() -> dict[str, list[RequestOutput]]:
-        loop = EngineLoop(model.executor, SchedulerConfig(**config), decode=model.tokenizer.decode,
+        loop = EngineLoop(model.executor, SchedulerConfig(**config),
                           eos_token_ids=model.tokenizer.eos_token_ids)
         await loop.start()
         got: dict[str, list[RequestOutput]] = {}

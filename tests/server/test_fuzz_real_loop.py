@@ -33,8 +33,8 @@ async def _real_loop_model(settings: ServerSettings, metrics: ServerMetrics) -> 
     executor = FakeExecutor(num_blocks=96, block_size=16, vocab_size=tok.vocab_size,
                             max_context=256)
     cfg = SchedulerConfig(max_batch_size=8, max_num_tokens=256, max_queue_size=0)
-    loop = EngineLoop(executor, cfg, decode=lambda ids: tok.decode(ids),
-                      eos_token_ids=tok.eos_token_ids, on_step=metrics.observe_step)
+    loop = EngineLoop(executor, cfg, eos_token_ids=tok.eos_token_ids,
+                      on_step=metrics.observe_step)
     await loop.start()
     return ServingModel(name=MODEL, tokenizer=tok, loop=loop, max_context=256,
                         max_batch_size=8, max_queue_size=0, backend="fake-executor")

@@ -11,11 +11,9 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from fakes import EOS, MODEL, FakeEngine
+from fakes import EOS, FakeEngine, serving
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.settings import ServerSettings
 
 SCRIPT = "Hello world! STOP here. The end."
 MakeApp = Callable[..., TestClient]
@@ -222,14 +220,7 @@ def test_aborted_request_is_an_error_not_a_finish_reason() -> None:
     """A request the server aborts (e.g. the engine loop stopping) gets an OpenAI error object,
     never finish_reason "abort"."""
     async def main() -> list[httpx.Response]:
-        engine = FakeEngine(SCRIPT, step_s=0.01)
-        app = create_app(ServerSettings(model=MODEL), engine)
-        ctx = app.router.lifespan_context(app)
-        await ctx.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-        try:
-            while (await client.get("/v2/health/ready")).status_code != 200:
-                await asyncio.sleep(0.01)
+        async with serving(FakeEngine(SCRIPT, step_s=0.01)) as (app, client):
             loop = app.state.trtserve.lifecycle.model.loop
             body = {"model": "fake-model", "prompt": "a", "max_tokens": 200}
             calls = [client.post("/v1/completions", json=dict(body, stream=s)) for s in (False, True)]
@@ -243,9 +234,6 @@ def test_aborted_request_is_an_error_not_a_finish_reason() -> None:
             for rid in loop.scheduler.request_ids():
                 loop.abort(rid)
             return list(await asyncio.gather(*tasks))
-        finally:
-            await client.aclose()
-            await ctx.__aexit__(None, None, None)
 
     whole, stream, chat = asyncio.run(asyncio.wait_for(main(), 30))
     assert whole.status_code == 503 and whole.json()["error"]["type"] == "server_error"

@@ -12,12 +12,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler.validation import INT32_MAX, SEED_LIMIT
 from server.errors import ValidationError
 from server.api.json_body import check_text
 from server.api.triton.schema import ALIASES, INPUTS_BY_NAME, TensorSpec
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-UINT64_MAX = 2**64 - 1
+INT32_MIN = -INT32_MAX - 1
+UINT64_MAX = SEED_LIMIT - 1  # the seed is Triton's only UINT64 input
 
 
 @dataclass(slots=True)

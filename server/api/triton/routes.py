@@ -7,38 +7,36 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from scheduler.request import RequestOutput, SamplingParams
-from server.app_state import AppState, get_state
-from server.request.detokenizer import IncrementalDetokenizer
-from server.api.disconnect import HeldStreamingResponse, abort_on_disconnect
-from server.errors import ApiError, UnknownModelError, ValidationError, to_api_error
-from server.request.generation import Generation
-from server.api.json_body import dumps_compact
+from scheduler.request import SamplingParams
+from server.api.disconnect import abort_on_disconnect
 from server.api.openapi_docs import TRITON_GENERATE_BODY
+from server.api.sse import SSE_MEDIA, encode_event, json_response, sse_response
+from server.api.triton.parse import TritonInputs
+from server.api.triton.sampling import TritonOptions, triton_to_sampling, with_bad_words
+from server.api.triton.schema import MODEL_VERSION
+from server.app_state import AppState, get_state
+from server.errors import ApiError, UnknownModelError, ValidationError, to_api_error
+from server.models import loaded_model, takes_text, triton_names
+from server.request.generation import Generation
 from server.request.limits import limits_for
 from server.request.prep import parse_triton_request
-from server.models import served_names
+from server.request.stop_trim import StopMode
+from server.request.text import OutputText, TextDelta, text_deltas, whole
 from server.serving import ServingModel
-from server.api.triton.parse import TritonInputs
-from server.api.sse import encode_event
-from server.api.triton.sampling import TritonOptions, triton_to_sampling
-from server.api.triton.schema import ALL_TRITON_MODELS, MODEL_VERSION, TEXT_MODELS
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-SSE_MEDIA = "text/event-stream; charset=utf-8"
 
 
 def resolve_model(state: AppState, name: str, version: str | None) -> str:
     """404 for unknown models/versions (Triton's texts); the name is the metrics label."""
-    if name not in ALL_TRITON_MODELS and name not in served_names(state):
+    if name not in triton_names(state):
         raise UnknownModelError(f"Request for unknown model: '{name}' is not found")
     if version is not None and version != MODEL_VERSION:
         raise UnknownModelError(
@@ -48,7 +46,7 @@ def resolve_model(state: AppState, name: str, version: str | None) -> str:
 
 def _text_model(state: AppState, name: str, version: str | None) -> str:
     label = resolve_model(state, name, version)
-    if label not in TEXT_MODELS and label not in served_names(state):
+    if not takes_text(state, label):
         raise ValidationError(f"model '{label}' does not take the generate text inputs; "
                               "use 'ensemble' or 'tensorrt_llm_bls'")
     return label
@@ -79,28 +77,20 @@ def _extras(opts: TritonOptions, gen: Generation, logprobs: list[float] | None,
     return out
 
 
-async def _collect(gen: Generation) -> tuple[list[int], list[float]]:
-    ids: list[int] = []
-    logprobs: list[float] = []
-    async for out in gen.outputs():
-        ids.extend(out.new_token_ids)
-        logprobs.extend(out.new_logprobs or [])
-    return ids, logprobs
-
-
-def _full_text(model: ServingModel, gen: Generation, opts: TritonOptions, ids: list[int]) -> str:
-    prompt = gen.request.prompt_token_ids
-    if opts.exclude_input_in_output:
-        detok = IncrementalDetokenizer(model.tokenizer, prompt)
-        return detok.step(ids) + detok.finish()
-    return model.tokenizer.decode(list(prompt) + ids, skip_special_tokens=True)
+def _text(model: ServingModel, gen: Generation) -> OutputText:
+    """The request's text: a stop word ends it after its token, as in TensorRT-LLM."""
+    return OutputText(model.tokenizer, gen.request, StopMode.TOKEN)
 
 
 async def _whole(request: Request, model: ServingModel, gen: Generation, opts: TritonOptions,
                  base: dict[str, Any]) -> dict[str, Any]:
     async with abort_on_disconnect(request, gen.disconnected, gen.request_id):
-        ids, logprobs = await _collect(gen)
-    body = dict(base, text_output=_full_text(model, gen, opts, ids))
+        delta = await whole(gen, _text(model, gen))
+    ids, logprobs, text = delta.out.new_token_ids, delta.out.new_logprobs or [], delta.text
+    if not opts.exclude_input_in_output:
+        text = model.tokenizer.decode([*gen.request.prompt_token_ids, *ids],
+                                      skip_special_tokens=True)
+    body = dict(base, text_output=text)
     body.update(_extras(opts, gen, logprobs, sum(logprobs) if logprobs else None))
     return body
 
@@ -126,18 +116,20 @@ def _event(payload: dict[str, Any]) -> bytes:
     return encode_event(payload, sort_keys=True)
 
 
-class _StreamState:
-    def __init__(self, model: ServingModel, gen: Generation, opts: TritonOptions,
-                 base: dict[str, Any]) -> None:
-        self.detok = IncrementalDetokenizer(model.tokenizer, gen.request.prompt_token_ids)
+class _Events:
+    """generate_stream's events (server/api/sse.py EventWriter): one per delta with text (or
+    log-probs), the first even when empty; a failure is `{"error": ...}`."""
+
+    def __init__(self, gen: Generation, opts: TritonOptions, base: dict[str, Any]) -> None:
         self.gen, self.opts, self.base = gen, opts, base
         self.cum = 0.0
         self.sent = 0
 
-    def render(self, out: RequestOutput) -> bytes | None:
-        text = self.detok.step(out.new_token_ids)
-        if out.finished:
-            text += self.detok.finish()
+    def head(self) -> list[bytes]:
+        return []
+
+    def event(self, delta: TextDelta) -> bytes | None:
+        out, text = delta.out, delta.text
         lp = list(out.new_logprobs or [])
         self.cum += sum(lp)
         if not text and not out.new_token_ids and not (out.finished and self.sent == 0):
@@ -149,51 +141,32 @@ class _StreamState:
         payload.update(_extras(self.opts, self.gen, lp, self.cum))
         return _event(payload)
 
+    def tail(self) -> list[bytes]:
+        return []
 
-async def _sse(request: Request, state: _StreamState, first: RequestOutput,
-               outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
-    gen = state.gen
-    try:
-        async with abort_on_disconnect(request, gen.disconnected, gen.request_id):
-            chunk = state.render(first)
-            if chunk:
-                yield chunk
-            if first.finished:
-                return
-            try:
-                async for out in outputs:
-                    chunk = state.render(out)
-                    if chunk:
-                        yield chunk
-            except ApiError as err:
-                logger.info("[%s] error mid-stream: %s", gen.request_id, err.message)
-                yield _event({"error": err.message})
-    finally:
-        await outputs.aclose()
+    def error(self, err: ApiError) -> list[bytes]:
+        return [_event({"error": err.message})]
 
 
-async def _stream_response(request: Request, model: ServingModel, gen: Generation,
-                           opts: TritonOptions, base: dict[str, Any]) -> Response:
-    """Status comes from the first result: errors before it are plain JSON. The response
-    holds the request on until its last event."""
-    outputs = gen.outputs()
-    async with abort_on_disconnect(request, gen.disconnected, gen.request_id):
-        first = await anext(outputs)
-    state = _StreamState(model, gen, opts, base)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-               **load_report(request, model)}
-    return HeldStreamingResponse(gen.hand_on(), _sse(request, state, first, outputs),
-                                 media_type=SSE_MEDIA, headers=headers)
-
-
-def _tokenize(inputs: TritonInputs, model: ServingModel
-              ) -> tuple[SamplingParams, TritonOptions, list[int]]:
-    """Sampling parameters (bad_words are tokenised) and prompt ids; runs on a prep thread."""
-    params, opts = triton_to_sampling(inputs, model.tokenizer, model.max_context)
+def _tokenize(inputs: TritonInputs, params: SamplingParams, model: ServingModel
+              ) -> tuple[SamplingParams, list[int]]:
+    """The prompt's ids and params with the bad words tokenised; runs on a prep thread."""
     prompt_ids = model.tokenizer.encode(inputs.get("text_input"))
     if not prompt_ids:
         raise ValidationError("input 'text_input' tokenizes to no tokens")
-    return params, opts, prompt_ids
+    return with_bad_words(params, inputs, model.tokenizer), prompt_ids
+
+
+async def _answer(request: Request, model: ServingModel, gen: Generation, opts: TritonOptions,
+                  base: dict[str, Any], stream_route: bool) -> Response:
+    headers = load_report(request, model)
+    if stream_route and opts.stream:
+        return await sse_response(request, gen, text_deltas(gen, _text(model, gen)),
+                                  _Events(gen, opts, base), headers)
+    body = await _whole(request, model, gen, opts, base)
+    if stream_route:
+        return Response(_event(body), media_type=SSE_MEDIA, headers=headers)
+    return json_response(body, sort_keys=True, headers=headers)
 
 
 async def _generate(request: Request, name: str, version: str | None, stream_route: bool
@@ -203,23 +176,19 @@ async def _generate(request: Request, name: str, version: str | None, stream_rou
     label = _text_model(state, name, version)
     limits = limits_for(state.settings, state.lifecycle.model)
     inputs = await state.prep.parse(parse_triton_request, await request.body(), limits)
+    model = loaded_model(state)
+    params, opts = triton_to_sampling(inputs, model.max_context, model.tokenizer.vocab_size)
     model = state.service.admit(label)
-    params, opts, prompt_ids = await state.prep.in_thread(_tokenize, inputs, model)
+    params, prompt_ids = await state.prep.in_thread(_tokenize, inputs, params, model)
     base = _base(label, inputs.request_id)
     try:
         async with state.service.submit(model, prompt_ids, params, label, arrival) as gen:
             logger.info("[%s] %s %s: %d prompt tokens, max_tokens %d, stream %s",
                         gen.request_id, label, "generate_stream" if stream_route else "generate",
                         len(prompt_ids), params.max_tokens, opts.stream)
-            if stream_route and opts.stream:
-                return await _stream_response(request, model, gen, opts, base)
-            body = await _whole(request, model, gen, opts, base)
+            return await _answer(request, model, gen, opts, base, stream_route)
     except Exception as exc:
         raise to_api_error(exc) from None
-    headers = load_report(request, model)
-    if stream_route:
-        return Response(_event(body), media_type=SSE_MEDIA, headers=headers)
-    return Response(dumps_compact(body), media_type="application/json", headers=headers)
 
 
 _DOC = {"requestBody": TRITON_GENERATE_BODY}

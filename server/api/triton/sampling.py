@@ -3,7 +3,8 @@
 
 TensorRT-LLM semantics: top_k=0 and top_p=0 (the defaults) mean greedy, whatever the
 temperature; top_p = 0 is "unset"; min_tokens defaults to 1. The bounds are the scheduler's
-(scheduler/validation.py), checked here before the prompt is tokenised.
+(scheduler/validation.py), checked here before admission (a bad value is a 400 however busy the
+server is); the bad words are tokenised after admission, with the prompt.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _is_greedy(top_k: int, top_p: float, temperature: float) -> bool:
     return (top_k == 0 and top_p == 0.0) or top_k == 1 or temperature == 0.0
 
 
-def _params(inputs: TritonInputs, tokenizer: TokenizerLike) -> SamplingParams:
+def _params(inputs: TritonInputs) -> SamplingParams:
     """The inputs under the scheduler's names, as given (top_p=0, "unset", is 1)."""
     end_id = inputs.get("end_id")
     top_p = inputs.get("top_p", 0.0)
@@ -89,20 +90,20 @@ def _params(inputs: TritonInputs, tokenizer: TokenizerLike) -> SamplingParams:
         seed=inputs.get("seed"), min_tokens=inputs.get("min_tokens", 1),
         end_ids=(end_id,) if end_id is not None else (),
         pad_id=inputs.get("pad_id"),
-        bad_words_ids=_words_to_ids(inputs.get("bad_words", []), tokenizer),
         stop=tuple(w for w in inputs.get("stop_words", []) if w),
         logprobs=bool(inputs.get("return_log_probs", False)),
     )
 
 
-def triton_to_sampling(inputs: TritonInputs, tokenizer: TokenizerLike, max_context: int
+def triton_to_sampling(inputs: TritonInputs, max_context: int, vocab_size: int
                        ) -> tuple[SamplingParams, TritonOptions]:
-    """Checked SamplingParams (the scheduler's bounds, said with the Triton input names) and
-    the output options; a greedy request (see `_is_greedy`) drops its sampling knobs."""
+    """Checked SamplingParams (the scheduler's bounds, said with the Triton input names; no
+    bad words yet: `with_bad_words`) and the output options; a greedy request (see
+    `_is_greedy`) drops its sampling knobs."""
     _check_unsupported(inputs)
-    params = _params(inputs, tokenizer)
+    params = _params(inputs)
     try:
-        validate_params(params, max_context, tokenizer.vocab_size)
+        validate_params(params, max_context, vocab_size)
     except ParamError as exc:
         raise param_error(exc, TRITON_NAMES) from None
     if _is_greedy(inputs.get("top_k", 0), inputs.get("top_p", 0.0), params.temperature):
@@ -115,3 +116,10 @@ def triton_to_sampling(inputs: TritonInputs, tokenizer: TokenizerLike, max_conte
         return_num_output_tokens=bool(inputs.get("return_num_output_tokens", False)),
     )
     return params, options
+
+
+def with_bad_words(params: SamplingParams, inputs: TritonInputs, tokenizer: TokenizerLike
+                   ) -> SamplingParams:
+    """params with the `bad_words` input tokenised (token ids of our own tokenizer: in bounds)."""
+    words = _words_to_ids(inputs.get("bad_words", []), tokenizer)
+    return dataclasses.replace(params, bad_words_ids=words) if words else params
