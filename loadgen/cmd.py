@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from loadgen.config import AUTO, ENDPOINTS, BenchConfig, BenchConfigError
+from loadgen.config import AUTO, ENDPOINTS, STREAMS_PER_PROC, BenchConfig, BenchConfigError
 from loadgen.procs import ClientProcsError
 from loadgen.report import render, write_json
 from loadgen.runner import run_benchmark
@@ -44,6 +44,14 @@ def _procs(text: str) -> int | str:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
     return value
+
+
+def _add_client_procs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--client-procs", type=_procs,
+                   default=os.environ.get(CLIENT_PROCS_ENV, str(_D["client_procs"].default)),
+                   help="client processes sharing each run's streams (one event loop each); "
+                        f"'auto': one per {STREAMS_PER_PROC} streams, at most one per core "
+                        f"[env {CLIENT_PROCS_ENV}; %(default)s]")
 
 
 def add_parser(subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
@@ -84,11 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--timeout", type=float, default=_D["timeout_s"].default,
                    help="seconds per request")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    p.add_argument("--client-procs", type=_procs,
-                   default=os.environ.get(CLIENT_PROCS_ENV, str(_D["client_procs"].default)),
-                   help="client processes sharing each run's streams (one event loop each); "
-                        "'auto': one per 32 streams, at most one per core "
-                        f"[env {CLIENT_PROCS_ENV}; %(default)s]")
+    _add_client_procs(p)
     p.set_defaults(run=run, model_tokenizer=model_tokenizer)
 
 
