@@ -103,7 +103,8 @@ def report(args: argparse.Namespace, results: dict[tuple[int, int], list[dict[st
         f"- load average before / after: {load[0]:.1f} / {load[1]:.1f} "
         "(the box is shared with other jobs: numbers are noisy; A/B alternate within rounds)",
         "", "| conc | procs | out tok/s (median) | vs 1 proc | TTFT p50 ms | ITL p50 ms "
-        "| client CPU s | failed | each round tok/s |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        "| client CPU s | failed | each round tok/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for conc in args.concurrency:
         base = statistics.median(r["output_throughput"] for r in results[(conc, args.procs[0])])
         lines += [_row(conc, p, results[(conc, p)], base) for p in args.procs]

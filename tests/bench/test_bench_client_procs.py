@@ -175,3 +175,20 @@ def test_cli_flag_and_env_var(server: FakeServer, fake_tok: object, tmp_path: Pa
     with pytest.raises(SystemExit):
         main(args + ["--client-procs", "0"])
     assert "client-procs" in capsys.readouterr().err
+
+
+def test_cli_reports_a_failed_client_process(fake_tok: object, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI turns ClientProcsError into exit code 1 and one error line, no tables."""
+    from loadgen import cmd
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise ClientProcsError("client process 1 (pid 42) exited (code -9) before reporting")
+
+    monkeypatch.setattr(cmd, "run_benchmark", boom)
+    rc = main(["bench", "--concurrency", "64", "--tokenizer", _write_tokenizer(fake_tok, tmp_path),
+               "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 1 and captured.out == ""
+    assert "trtserve bench: error: client process 1 (pid 42) exited" in captured.err
