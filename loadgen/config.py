@@ -36,7 +36,7 @@ class BenchConfig:
     tokenizer: str = "smollm2-135m-instruct"     # engine model name, .gguf, HF dir, tokenizer.json
     timeout_s: float = 300.0                     # per request, whole stream
     progress: bool = True                        # live progress bar on stderr
-    client_procs: int | str = "auto"             # client processes per run, or "auto"
+    client_procs: int | str = AUTO               # client processes per run, or "auto"
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINTS:

@@ -11,8 +11,8 @@ from loadgen.config import BenchConfig
 from loadgen.dataset import BenchPrompt, build_prompts
 from loadgen.generator import OnDone, run_once
 from loadgen.procs import run_in_procs
-from loadgen.split import make_shares
 from loadgen.progress import ProgressBar
+from loadgen.split import make_shares
 from loadgen.stats import RunStats, compute_stats
 from loadgen.tokenizer import BenchTokenizer
 
