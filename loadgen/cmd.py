@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from loadgen.config import ENDPOINTS, BenchConfig, BenchConfigError
+from loadgen.config import AUTO, ENDPOINTS, STREAMS_PER_PROC, BenchConfig, BenchConfigError
+from loadgen.procs import ClientProcsError
 from loadgen.report import render, write_json
 from loadgen.runner import run_benchmark
 from loadgen.tokenizer import ModelTokenizer, load_tokenizer
 
 _D = BenchConfig.__dataclass_fields__  # defaults come from the dataclass, never copied
+CLIENT_PROCS_ENV = "TRTSERVE_BENCH_CLIENT_PROCS"
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -27,6 +30,26 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _procs(text: str) -> int | str:
+    if text.strip() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
+def _add_client_procs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--client-procs", type=_procs,
+                   default=os.environ.get(CLIENT_PROCS_ENV, str(_D["client_procs"].default)),
+                   help="client processes sharing each run's streams (one event loop each); "
+                        f"'auto': one per {STREAMS_PER_PROC} streams, at most one per core "
+                        f"[env {CLIENT_PROCS_ENV}; %(default)s]")
 
 
 def add_parser(subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
@@ -67,6 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--timeout", type=float, default=_D["timeout_s"].default,
                    help="seconds per request")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    _add_client_procs(p)
     p.set_defaults(run=run, model_tokenizer=model_tokenizer)
 
 
@@ -77,12 +101,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
         dataset=args.dataset, seed=args.seed, output_json=args.output_json, plot=args.plot,
         slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms, tokenizer=args.tokenizer,
-        timeout_s=args.timeout, progress=not args.no_progress)
+        timeout_s=args.timeout, progress=not args.no_progress, client_procs=args.client_procs)
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the benchmark ran (failures are in the report), 1 when every request
-    failed, 2 on bad arguments."""
+    failed or a client process failed, 2 on bad arguments."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     try:
         config = config_from_args(args)
@@ -92,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
             import_pyplot()
         tok = load_tokenizer(config.tokenizer, getattr(args, "model_tokenizer", None))
         runs = run_benchmark(config, tok)
+    except ClientProcsError as exc:
+        sys.stderr.write(f"trtserve bench: error: {exc}\n")
+        return 1
     except (BenchConfigError, ValueError, OSError, ImportError) as exc:
         sys.stderr.write(f"trtserve bench: error: {exc}\n")
         return 2

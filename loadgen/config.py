@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 ENDPOINTS: tuple[str, ...] = ("triton", "openai-completions", "openai-chat")
+AUTO = "auto"
+STREAMS_PER_PROC = 32  # auto: one client process per this many streams (closed loop)
 
 
 class BenchConfigError(ValueError):
@@ -33,6 +36,7 @@ class BenchConfig:
     tokenizer: str = "smollm2-135m-instruct"     # engine model name, .gguf, HF dir, tokenizer.json
     timeout_s: float = 300.0                     # per request, whole stream
     progress: bool = True                        # live progress bar on stderr
+    client_procs: int | str = AUTO               # client processes per run, or "auto"
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINTS:
@@ -52,6 +56,9 @@ class BenchConfig:
                 raise BenchConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.timeout_s <= 0:
             raise BenchConfigError("--timeout must be positive")
+        if self.client_procs != AUTO and (isinstance(self.client_procs, str)
+                                          or self.client_procs <= 0):
+            raise BenchConfigError("--client-procs must be a positive integer or 'auto'")
 
     @property
     def mode(self) -> str:
@@ -62,3 +69,14 @@ class BenchConfig:
     def sweep(self) -> tuple[float, ...]:
         """The values swept, one run each."""
         return tuple(float(c) for c in self.concurrency) if self.concurrency else self.request_rate
+
+    def procs_for(self, value: float) -> int:
+        """Client processes for the run at sweep value `value`: never more than the streams
+        (closed loop) or the prompts. `auto`: one per STREAMS_PER_PROC streams, at most one
+        per core; in open loop the prompts stand for the streams (all may be in flight)."""
+        limit = int(value) if self.mode == "concurrency" else self.num_prompts
+        if self.client_procs == AUTO:
+            want = min(os.cpu_count() or 1, limit // STREAMS_PER_PROC + 1)
+        else:
+            want = int(self.client_procs)
+        return max(1, min(want, limit, self.num_prompts))

@@ -72,11 +72,20 @@ async def run_open_loop(client: httpx.AsyncClient, endpoint: Endpoint,
                         prompts: Sequence[BenchPrompt], rate: float, seed: int,
                         timeout_s: float, on_done: OnDone | None = None) -> list[RequestResult]:
     """Send prompt i at schedule[i] whatever the number in flight (arrivals don't wait)."""
-    schedule = poisson_schedule(len(prompts), rate, seed)
-    start = time.perf_counter()
+    return await send_on_schedule(client, endpoint, prompts,
+                                  poisson_schedule(len(prompts), rate, seed),
+                                  time.perf_counter(), timeout_s, on_done)
+
+
+async def send_on_schedule(client: httpx.AsyncClient, endpoint: Endpoint,
+                           prompts: Sequence[BenchPrompt], send_at: Sequence[float],
+                           start: float, timeout_s: float,
+                           on_done: OnDone | None = None) -> list[RequestResult]:
+    """Send prompt i at perf_counter `start + send_at[i]` (a client process sends its share of
+    one schedule against the run's common start)."""
 
     async def one(i: int) -> RequestResult:
-        delay = start + schedule[i] - time.perf_counter()
+        delay = start + send_at[i] - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         result = await send_request(client, endpoint, prompts[i], i, timeout_s)

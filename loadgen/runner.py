@@ -6,11 +6,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from loadgen.client import RequestResult, make_endpoint
+from loadgen.client import Endpoint, RequestResult, make_endpoint
 from loadgen.config import BenchConfig
-from loadgen.dataset import build_prompts
-from loadgen.generator import run_once
+from loadgen.dataset import BenchPrompt, build_prompts
+from loadgen.generator import OnDone, run_once
+from loadgen.procs import run_in_procs
 from loadgen.progress import ProgressBar
+from loadgen.split import make_shares
 from loadgen.stats import RunStats, compute_stats
 from loadgen.tokenizer import BenchTokenizer
 
@@ -34,6 +36,19 @@ def count_output_tokens(results: Sequence[RequestResult], tok: BenchTokenizer) -
         r.num_output_tokens_concat = _ntok(tok, r.text)
 
 
+def _run_one(config: BenchConfig, endpoint: Endpoint, prompts: Sequence[BenchPrompt],
+             value: float, seed: int, on_done: OnDone) -> tuple[list[RequestResult], float]:
+    """One run, in this process or spread over `config.procs_for(value)` client processes."""
+    procs = config.procs_for(value)
+    if procs == 1:
+        return asyncio.run(run_once(config.url, endpoint, prompts, config.mode, value, seed,
+                                    config.timeout_s, on_done))
+    shares = make_shares(prompts, config.mode, value, seed, procs)
+    logger.info("%d client processes", len(shares))
+    return run_in_procs(config.url, config.endpoint, config.model, shares, config.timeout_s,
+                        on_done)
+
+
 def run_benchmark(config: BenchConfig, tok: BenchTokenizer) -> list[RunStats]:
     """Run every sweep value in order. Run i uses prompts seeded with `seed + i`, so runs never
     share prompts (no prefix-cache hits between runs) and a rerun repeats them exactly."""
@@ -46,10 +61,11 @@ def run_benchmark(config: BenchConfig, tok: BenchTokenizer) -> list[RunStats]:
         bar = ProgressBar(label, len(prompts), enabled=config.progress)
         logger.info("run %s: %d prompts to %s%s", label, len(prompts), config.url,
                     endpoint.path())
-        results, duration = asyncio.run(run_once(
-            config.url, endpoint, prompts, config.mode, value, config.seed + i,
-            config.timeout_s, bar.update))
-        bar.close()
+        try:
+            results, duration = _run_one(config, endpoint, prompts, value, config.seed + i,
+                                         bar.update)
+        finally:
+            bar.close()
         count_output_tokens(results, tok)
         runs.append(compute_stats(results, config.mode, value, duration,
                                   config.slo_ttft_ms, config.slo_tpot_ms))

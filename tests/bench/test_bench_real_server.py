@@ -113,3 +113,29 @@ def test_sweep_agrees_with_server_metrics(real_server: str, tmp_path: Path) -> N
     assert sum(r["total_input_tokens"] for r in runs) == pytest.approx(in_tokens, rel=0.01)
     with Image.open(out_png) as img:
         img.verify()
+
+
+def test_two_client_procs_agree_with_one_and_the_server(real_server: str,
+                                                         tmp_path: Path) -> None:
+    """--client-procs 2 against the real server: the same requests and output tokens as one
+    process (same seed, same prompts), and the server counted exactly those."""
+    from server.cli.main import main
+
+    docs = {}
+    for procs in ("1", "2"):
+        before = _scrape(real_server)
+        out_json = tmp_path / f"procs{procs}.json"
+        rc = main(["bench", "--url", real_server, "--model", "ensemble", "--concurrency", "4",
+                   "--num-prompts", "8", "--input-len", "24", "--output-len", "12",
+                   "--client-procs", procs, "--output-json", str(out_json), "--no-progress"])
+        after = _scrape(real_server)
+        assert rc == 0
+        (run,) = json.loads(out_json.read_text())["runs"]
+        assert (run["completed"], run["failed"]) == (8, 0), run
+        served = (_total(after, "nv_inference_request_success", model="ensemble")
+                  - _total(before, "nv_inference_request_success", model="ensemble"))
+        assert served == 8
+        docs[procs] = run
+    assert docs["2"]["total_output_tokens"] == docs["1"]["total_output_tokens"]
+    assert docs["2"]["total_input_tokens"] == docs["1"]["total_input_tokens"] == 8 * 24
+    assert docs["2"]["ttft_ms"]["count"] == 8
