@@ -55,7 +55,7 @@ async def _fill(client: httpx.AsyncClient, loop: Any, n: int) -> list[asyncio.Ta
     tasks = []
     for i in range(n):
         tasks.append(asyncio.create_task(client.post("/v2/models/ensemble/generate", json=body)))
-        while loop.num_unfinished <= i or not loop.scheduler.running:
+        while loop.num_unfinished <= i or not loop.scheduler.admission.running:
             await asyncio.sleep(0.005)
     return tasks
 

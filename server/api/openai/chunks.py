@@ -18,8 +18,8 @@ from scheduler.request import FinishReason, RequestOutput, TopLogprobs
 from server.api.openai.logprobs import LogprobRenderer
 from server.api.openai.schema import _Base
 from server.api.sse import DONE, encode_event
-from server.errors import ApiError, UnavailableError
-from server.request.generation import EngineFailedError, Generation
+from server.errors import ApiError
+from server.request.generation import Generation
 from server.request.stop_trim import StopMode
 from server.request.text import OutputText, TextDelta, text_deltas, whole
 from server.serving import ServingModel
@@ -29,13 +29,8 @@ _EMPTY = RequestOutput("")  # no tokens: a chunk without log-probs
 
 def _finish_reason(out: RequestOutput) -> str:
     """OpenAI's finish reasons are only "stop" and "length": an aborted or failed request is an
-    error object instead (Generation already raises for failures it can classify)."""
-    reason = out.finish_reason
-    if reason is FinishReason.ERROR:
-        raise EngineFailedError(out.error or "engine error")
-    if reason is FinishReason.ABORT:
-        raise UnavailableError("the request was aborted by the server")
-    return "length" if reason is FinishReason.LENGTH else "stop"
+    error object instead (Generation.outputs raises before such a final output)."""
+    return "length" if out.finish_reason is FinishReason.LENGTH else "stop"
 
 
 class Job:
