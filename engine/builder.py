@@ -77,7 +77,7 @@ from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
 
-BUILDER_VERSION = "5"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "6"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 Q4_MODEL_FILE = "model_q4.onnx"
@@ -155,7 +155,8 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     graphs: list[tuple[str, str, LinearsFactory, HeadFn | None, _Options]] = [
         (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None, opts)]
     if blocks is not None and dtype == "float32":
-        graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks, cpu_precision),
+        graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE,
+                       q4_linears(config, blocks, cpu_precision, one_row=rotary),
                        q4_head(blocks, cpu_precision), replace(opts, single_token=rotary)))
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
     shared: dict[str, TensorProto] = {}  # external tensors written so far, by name

@@ -94,15 +94,27 @@ def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
 
 def test_single_token_graph_has_fewer_nodes_per_layer(model: Model) -> None:
     """The single-token graph: residual Adds folded into SkipSimplifiedLayerNormalization, no
-    Transposes of q/k/v, no pad/unpad Gathers; the dense graph keeps its general layer."""
+    Transposes of q/k/v, no pad/unpad Gathers, the Q4_1 minimum's correction as MatMulNBits's
+    bias (no Add after it), the new K and V reshaped once; the dense graph keeps its general
+    layer."""
     _, out, _ = model
     dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
     q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
     ops = [n.op_type for n in q4.graph.node]
     layers = CONFIG.num_layers
     assert ops.count("SkipSimplifiedLayerNormalization") == 2 * layers
-    assert ops.count("Transpose") == layers  # past K's, fused into its MatMul by onnxruntime
+    assert ops.count("Transpose") == 2 * layers  # past and new K, fused into their MatMuls
     assert ops.count("Gather") == 2 * layers + 6  # past K/V; embedding, logit rows, 4 dims
+    assert ops.count("Reshape") <= 9 * layers + 6
+    linears = [n for n in q4.graph.node if n.op_type == "MatMulNBits"
+               and not n.input[1].startswith(f"{HEAD}.")]
+    assert len(linears) == 4 * layers
+    inputs = {i for n in q4.graph.node for i in n.input}
+    for n in linears:  # minimum (Q4_1): its correction is the bias; none (Q4_0): no bias
+        has_min = n.input[1].removesuffix(".q4") + ".q4_mins_t" in inputs
+        assert (len(n.input) == 6 and n.input[5] != "") == has_min
+    added = {i for n in q4.graph.node if n.op_type == "Add" for i in n.input}
+    assert not added & {n.output[0] for n in linears}
     assert "SkipSimplifiedLayerNormalization" not in {n.op_type for n in dense.graph.node}
 
 
