@@ -22,7 +22,12 @@ from engine.builder import (
     build_model_graph,
 )
 from engine.config import ModelConfig
-from engine.executors.ort import DENSE, SINGLE_TOKEN, OrtExecutor
+from engine.executors.ort import (
+    DENSE,
+    SINGLE_TOKEN,
+    SINGLE_TOKEN_DYNAMIC_BLOCK_BASE,
+    OrtExecutor,
+)
 from engine.loaders.gguf_q4 import HEAD, LINEARS, Q4Blocks, decode_blocks, decode_q8_0
 from engine.reference import reference_logits
 from scheduler.plan import StepPlan
@@ -191,6 +196,18 @@ def test_two_sessions_stop_spinning_after_each_run(model: Model, executor: OrtEx
     with pytest.raises(Exception, match=key):
         alone.session.get_session_options().get_session_config_entry(key)
     alone.close()
+
+
+def test_single_token_session_takes_dynamic_blocks(executor: OrtExecutor) -> None:
+    """Only the single-token session splits its parallel loops into dynamic blocks (one-token
+    steps); the dense session (prefill, batched decode) keeps onnxruntime's fixed shares."""
+    key = "session.intra_op.dynamic_block_base"
+    single = executor.single_token_session
+    assert single is not None
+    assert single.get_session_options().get_session_config_entry(key) == str(
+        SINGLE_TOKEN_DYNAMIC_BLOCK_BASE)
+    with pytest.raises(Exception, match=key):
+        executor.session.get_session_options().get_session_config_entry(key)
 
 
 def test_no_q4_graph_for_fp16_or_without_blocks(tmp_path: Path) -> None:
