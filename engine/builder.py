@@ -155,7 +155,8 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     graphs: list[tuple[str, str, LinearsFactory, HeadFn | None, _Options]] = [
         (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None, opts)]
     if blocks is not None and dtype == "float32":
-        graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE, q4_linears(config, blocks, cpu_precision),
+        graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE,
+                       q4_linears(config, blocks, cpu_precision, one_row=rotary),
                        q4_head(blocks, cpu_precision), replace(opts, single_token=rotary)))
     if decode_graph or (decode_graph is None and rotary and dtype != "float32"):
         graphs.append((DECODE_MODEL_FILE, DECODE_DATA_FILE, graphs[0][2], None,

@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 DENSE = "dense"  # the model graph
 SINGLE_TOKEN = "single_token"  # the graph for calls of one token, when given
+# The single-token session splits each parallel loop into shrinking blocks that idle threads
+# take, not one fixed share per thread: a one-token step runs ~1,300 short nodes, and with the
+# server's front end and other processes on the same cores a fixed share waits for a thread
+# that lost its core (bench/results/engine_cpu.md). 0 = onnxruntime's fixed shares.
+SINGLE_TOKEN_DYNAMIC_BLOCK_BASE = 4
 
 
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
@@ -45,9 +50,10 @@ def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
 
 
 def open_session(path: Path, providers: Sequence[str], intra_op_threads: int | None,
-                 profile_prefix: str | None, stop_spinning: bool = False
-                 ) -> ort.InferenceSession:
-    """An InferenceSession with `session_options`; profiled when `profile_prefix` is given.
+                 profile_prefix: str | None, stop_spinning: bool = False,
+                 dynamic_block_base: int = 0) -> ort.InferenceSession:
+    """An InferenceSession with `session_options`; profiled when `profile_prefix` is given;
+    `dynamic_block_base` > 0: onnxruntime's session.intra_op.dynamic_block_base.
 
     `stop_spinning`: the intra-op workers stop spinning when a run ends. Needed when two sessions
     take turns on the same cores: an idle session's workers otherwise spin through the other's
@@ -56,6 +62,9 @@ def open_session(path: Path, providers: Sequence[str], intra_op_threads: int | N
     opts = session_options(intra_op_threads)
     if stop_spinning:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
+    if dynamic_block_base > 0:
+        opts.add_session_config_entry("session.intra_op.dynamic_block_base",
+                                      str(dynamic_block_base))
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
@@ -84,7 +93,9 @@ class OrtExecutor:
         def session(path: Path, name: str) -> ort.InferenceSession:
             prefix = f"onnxruntime_profile_{name}" if enable_profiling else None
             return open_session(path, providers, intra_op_threads, prefix,
-                                stop_spinning=single_token_model is not None)
+                                stop_spinning=single_token_model is not None,
+                                dynamic_block_base=SINGLE_TOKEN_DYNAMIC_BLOCK_BASE
+                                if name == SINGLE_TOKEN else 0)
 
         self._session = session(model_path, DENSE)
         self._single: ort.InferenceSession | None = None

@@ -68,8 +68,9 @@ def q4_layer_blocks(config: ModelConfig, blocks: Mapping[str, Q4Blocks],
 
 
 def q4_linears(config: ModelConfig, blocks: Mapping[str, Q4Blocks],
-               precision: str = EXACT) -> LinearsFactory:
-    """MatMulNBits nodes; the block sums of an input are computed once (gate and up share)."""
+               precision: str = EXACT, one_row: bool = False) -> LinearsFactory:
+    """MatMulNBits nodes; the block sums of an input are computed once (gate and up share).
+    `one_row`: every input is [1, K] (the single-token graph; quant.q4_linear)."""
     def layer(g: GraphWriter, index: int) -> LinearFn:
         p = f"model.layers.{index}."
         w = q4_layer_blocks(config, blocks, p)
@@ -78,8 +79,8 @@ def q4_linears(config: ModelConfig, blocks: Mapping[str, Q4Blocks],
         def linear(x: str, key: str) -> str:
             b = w[key]
             if b.minimum is not None and x not in sums:
-                sums[x] = block_sums(g, x, b.shape[1])
-            return q4_linear(g, f"{p}{_NAMES[key]}", x, b, sums.get(x), precision)
+                sums[x] = block_sums(g, x, b.shape[1], one_row)
+            return q4_linear(g, f"{p}{_NAMES[key]}", x, b, sums.get(x), precision, one_row)
         return linear
     return layer
 

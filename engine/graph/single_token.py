@@ -75,7 +75,8 @@ def single_token_layer(g: GraphWriter, config: ModelConfig, step: SingleStep,
                        layer: LayerRefs, res: Residual,
                        new_kv: list[str]) -> Residual:
     """One decoder layer at T = 1; `layer` = (index, (input, post-attention norm weights),
-    linears); appends this token's K and V ([KVH, 1, D] each) to new_kv."""
+    linears); appends this token's K and V ([KVH, 1, 1, D] each: concatenated along axis 0 and
+    reshaped like the general graph's [KVH, T, D] parts) to new_kv."""
     index, norms, linear = layer
     h, kvh, d, eps = config.num_heads, config.num_kv_heads, config.head_dim, config.rms_norm_eps
     n, x = skip_norm(g, res, norms[0], eps)
@@ -83,7 +84,8 @@ def single_token_layer(g: GraphWriter, config: ModelConfig, step: SingleStep,
     qk, v = g.op_n("Split", [qkv, g.i64([h + kvh, kvh])], outputs=2, axis=1)
     qk = g.op("RotaryEmbedding", [qk, *step.rope], interleaved=0)  # [1, H+KVH, 1, D]
     q, k = g.op_n("Split", [qk, g.i64([h, kvh])], outputs=2, axis=1)
-    new_kv += [g.op("Reshape", [t, g.i64([kvh, 1, d])]) for t in (k, v)]  # [KVH, 1, D]
+    k, v = (g.op("Reshape", [t, g.i64([kvh, 1, 1, d])]) for t in (k, v))  # [KVH, 1, 1, D]
+    new_kv += [k, v]
     attn = _attention(g, step, config, index, (q, k, v))  # [1, H*D]
     n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
     gate, up = g.op_n("Split", [linear(n, "gate_up"), g.i64([config.intermediate_size] * 2)],
@@ -94,7 +96,7 @@ def single_token_layer(g: GraphWriter, config: ModelConfig, step: SingleStep,
 
 def _attention(g: GraphWriter, step: SingleStep, config: ModelConfig, index: int,
                qkv: tuple[str, str, str]) -> str:
-    """q [1, H, 1, D], k and v [1, KVH, 1, D] (roped) -> [1, H * D]; the past read from the pool
+    """q [1, H, 1, D], k and v [KVH, 1, 1, D] (roped) -> [1, H * D]; the past read from the pool
     as in the general graph, past and new scored apart and sharing one softmax."""
     kvh, grp, d = config.num_kv_heads, config.group_size, config.head_dim
     q, k, v = qkv
@@ -103,11 +105,10 @@ def _attention(g: GraphWriter, step: SingleStep, config: ModelConfig, index: int
     k_past = gather_past(g, st, index, 0, d, kvh)  # [KVH, 1, S, D]
     v_past = gather_past(g, st, index, 1, d, kvh)
     s_past = g.op("MatMul", [qg, g.op("Transpose", [k_past], perm=[0, 1, 3, 2])])  # [.., G, S]
-    s_new = g.op("MatMul", [qg, g.op("Reshape", [k, g.i64([kvh, 1, d, 1])])])  # [KVH, 1, G, 1]
+    s_new = g.op("MatMul", [qg, g.op("Transpose", [k], perm=[0, 1, 3, 2])])  # [KVH, 1, G, 1]
     scores = g.op("Concat", [s_past, s_new], axis=-1)  # [KVH, 1, G, S + 1]
     probs = g.op("Softmax", [g.op("Add", [scores, step.bias])], axis=-1)
     p_past, p_new = g.op_n("Split", [probs, st.split_sizes], outputs=2, axis=-1)
-    v_new = g.op("Reshape", [v, g.i64([kvh, 1, 1, d])])  # [KVH, 1, 1, D]
-    out = g.op("Add", [g.op("MatMul", [p_past, v_past]), g.op("Mul", [p_new, v_new])])
+    out = g.op("Add", [g.op("MatMul", [p_past, v_past]), g.op("Mul", [p_new, v])])
     return g.op("Reshape", [out, g.i64([1, -1])])  # [1, H*D]
 

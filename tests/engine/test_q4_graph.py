@@ -22,7 +22,12 @@ from engine.builder import (
     build_model_graph,
 )
 from engine.config import ModelConfig
-from engine.executors.ort import DENSE, SINGLE_TOKEN, OrtExecutor
+from engine.executors.ort import (
+    DENSE,
+    SINGLE_TOKEN,
+    SINGLE_TOKEN_DYNAMIC_BLOCK_BASE,
+    OrtExecutor,
+)
 from engine.loaders.gguf_q4 import HEAD, LINEARS, Q4Blocks, decode_blocks, decode_q8_0
 from engine.reference import reference_logits
 from scheduler.plan import StepPlan
@@ -94,15 +99,27 @@ def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
 
 def test_single_token_graph_has_fewer_nodes_per_layer(model: Model) -> None:
     """The single-token graph: residual Adds folded into SkipSimplifiedLayerNormalization, no
-    Transposes of q/k/v, no pad/unpad Gathers; the dense graph keeps its general layer."""
+    Transposes of q/k/v, no pad/unpad Gathers, the Q4_1 minimum's correction as MatMulNBits's
+    bias (no Add after it), the new K and V reshaped once; the dense graph keeps its general
+    layer."""
     _, out, _ = model
     dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
     q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
     ops = [n.op_type for n in q4.graph.node]
     layers = CONFIG.num_layers
     assert ops.count("SkipSimplifiedLayerNormalization") == 2 * layers
-    assert ops.count("Transpose") == layers  # past K's, fused into its MatMul by onnxruntime
+    assert ops.count("Transpose") == 2 * layers  # past and new K, fused into their MatMuls
     assert ops.count("Gather") == 2 * layers + 6  # past K/V; embedding, logit rows, 4 dims
+    assert ops.count("Reshape") <= 9 * layers + 6
+    linears = [n for n in q4.graph.node if n.op_type == "MatMulNBits"
+               and not n.input[1].startswith(f"{HEAD}.")]
+    assert len(linears) == 4 * layers
+    inputs = {i for n in q4.graph.node for i in n.input}
+    for n in linears:  # minimum (Q4_1): its correction is the bias; none (Q4_0): no bias
+        has_min = n.input[1].removesuffix(".q4") + ".q4_mins_t" in inputs
+        assert (len(n.input) == 6 and n.input[5] != "") == has_min
+    added = {i for n in q4.graph.node if n.op_type == "Add" for i in n.input}
+    assert not added & {n.output[0] for n in linears}
     assert "SkipSimplifiedLayerNormalization" not in {n.op_type for n in dense.graph.node}
 
 
@@ -179,6 +196,18 @@ def test_two_sessions_stop_spinning_after_each_run(model: Model, executor: OrtEx
     with pytest.raises(Exception, match=key):
         alone.session.get_session_options().get_session_config_entry(key)
     alone.close()
+
+
+def test_single_token_session_takes_dynamic_blocks(executor: OrtExecutor) -> None:
+    """Only the single-token session splits its parallel loops into dynamic blocks (one-token
+    steps); the dense session (prefill, batched decode) keeps onnxruntime's fixed shares."""
+    key = "session.intra_op.dynamic_block_base"
+    single = executor.single_token_session
+    assert single is not None
+    assert single.get_session_options().get_session_config_entry(key) == str(
+        SINGLE_TOKEN_DYNAMIC_BLOCK_BASE)
+    with pytest.raises(Exception, match=key):
+        executor.session.get_session_options().get_session_config_entry(key)
 
 
 def test_no_q4_graph_for_fp16_or_without_blocks(tmp_path: Path) -> None:
