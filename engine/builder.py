@@ -16,9 +16,8 @@ inputs
   logit_index  int64 [R]          packed rows whose logits are wanted (plan order)
 outputs
   logits       float32 [R, vocab]
-  argmax       int64 [R]          argmax of each logits row (first index on ties, like numpy);
-                                  half-precision (GPU) graphs only: onnxruntime's CPU ArgMax runs
-                                  on one thread and costs more than the sampler's numpy argmax
+  argmax       int64 [R]          argmax of each row (first on ties, like numpy); half-precision
+                                  (GPU) graphs only: the CPU ArgMax is one thread, slower than numpy
   new_kv       dtype [L, 2, KVH, T, D]  roped K and V of this step's tokens; the executor writes
                them into the pool at slot (block_table[pos // BS], pos % BS) after the run
 
