@@ -39,7 +39,10 @@ from engine.registry import DEFAULT_MODEL, resolve_model  # noqa: E402
 from scheduler.config import SchedulerConfig  # noqa: E402
 from scheduler.loop import EngineLoop  # noqa: E402
 from scheduler.plan import StepPlan, StepResult  # noqa: E402
-from server.cli import serve as cmd_serve  # noqa: E402
+try:
+    from server.cli import serve as cmd_serve  # noqa: E402
+except ImportError:  # a base tree from before server/ was arranged by concern (545ae04)
+    from server import cmd_serve  # type: ignore[no-redef]  # noqa: E402
 from server.serving import ServingModel  # noqa: E402
 from server.settings import ServerSettings  # noqa: E402
 
@@ -182,7 +185,8 @@ def main() -> int:
     p.add_argument("--extra", default="{}", help="JSON of further ServerSettings fields")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("server.split.serve").setLevel(logging.INFO)  # the engine's pid
+    for name in ("server.split.serve", "server.serve_split"):  # the engine's pid (new, old tree)
+        logging.getLogger(name).setLevel(logging.INFO)
     args.ctl_dir.mkdir(parents=True, exist_ok=True)
     settings = ServerSettings(host="127.0.0.1", port=args.port, metrics_port=0,
                               max_batch_size=args.max_batch_size,
