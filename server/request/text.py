@@ -50,7 +50,13 @@ class OutputText:
         self._mode = mode
         self._min_tokens = params.min_tokens
         self._count = 0  # output tokens fed
-        self.text = ""  # everything sent so far
+        self._parts: list[str] = []  # everything sent so far, joined only when asked for
+        self.length = 0  # characters sent so far
+
+    @property
+    def text(self) -> str:
+        """Everything sent so far."""
+        return "".join(self._parts)
 
     @property
     def has_stops(self) -> bool:
@@ -85,7 +91,8 @@ class OutputText:
         return self._sent(out, "".join(parts))
 
     def _sent(self, out: RequestOutput, text: str) -> TextDelta:
-        self.text += text
+        self._parts.append(text)  # not `+=` on a str attribute: that copies the whole text
+        self.length += len(text)
         return TextDelta(out, text)
 
 

@@ -64,7 +64,7 @@ class Job:
 
     def take(self, delta: TextDelta) -> None:
         """Take one delta in; an aborted or failed request raises ApiError."""
-        self.offset = len(self.text.text) - len(delta.text)
+        self.offset = self.text.length - len(delta.text)
         out = delta.out
         self.tokens.extend(out.new_token_ids)
         self.logprobs.extend(out.new_logprobs or [])
