@@ -19,10 +19,22 @@ fi
 SRC="$ROOT/src/vendor/llama.cpp"
 # Not GGML_NATIVE: -march=native turns on AMX where the CPU lists it, and a VM that lists AMX
 # without enabling its tile state kills llama-server with SIGILL (tilezero) at the first matmul.
-# The x86 extensions below (AVX-512 + VNNI, no AMX) are what llama.cpp's own CPU variants use.
-ISA="${LLAMA_ISA:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON \
-  -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
-  -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON}"
+# Instead each x86 extension llama.cpp's own CPU variants use (AVX-512 + VNNI, no AMX) is turned
+# on when /proc/cpuinfo lists it: a fixed list fails the other way (AVX-VNNI, which AMD Zen 4
+# lacks beside its AVX512-VNNI, is SIGILL there).
+isa_flags() {
+  local have flag out="-DGGML_NATIVE=OFF"
+  have=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  for pair in avx:AVX avx2:AVX2 bmi2:BMI2 fma:FMA f16c:F16C avx512f:AVX512 \
+              avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 \
+              avx_vnni:AVX_VNNI; do
+    flag="${pair%%:*}"
+    if [[ "$have" == *" $flag "* ]]; then out+=" -DGGML_${pair#*:}=ON"; else out+=" -DGGML_${pair#*:}=OFF"; fi
+  done
+  echo "$out"
+}
+ISA="${LLAMA_ISA:-$(isa_flags)}"
+echo "llama.cpp ISA: $ISA" >&2
 # shellcheck disable=SC2086
 nice cmake -S "$SRC" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $ISA >&2

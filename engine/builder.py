@@ -25,11 +25,11 @@ The graph never mutates its inputs. Weights are written once to `model.onnx.data
 data); the Q/K/V projections are fused into one MatMul, 1/sqrt(D) is folded into
 the query weights, and the RoPE inverse frequencies (Llama-3 scaling included) are constants.
 
-Beside it, same I/O, reading the weights both hold from model.onnx.data: `model_q4.onnx` (fp32,
-given the GGUF Q4 blocks): layer linears (and a Q8_0/Q4 head) as com.microsoft MatMulNBits over
-those blocks (engine/graph/quant.py), for the CPU executor's single-token steps (layers written
-for T = 1, engine/graph/single_token.py); `cpu_precision` "exact" | "fast": fp32 or int8
-activations. `model_decode.onnx` (the ONNX Runtime CUDA builds): decode steps only, attention by
+Beside it, reading the weights both hold from model.onnx.data: `model_q4.onnx` (fp32, given the
+GGUF Q4 blocks): layer linears (and a Q8_0/Q4 head) as com.microsoft MatMulNBits over those
+blocks (engine/graph/quant.py), for the CPU executor's single-sequence decode steps (T = 1, its
+own I/O: the past as per-layer inputs, engine/graph/single_token.py); `cpu_precision` "exact" |
+"fast": fp32 or int8 activations. `model_decode.onnx` (the ONNX Runtime CUDA builds): decode steps only, attention by
 GroupQueryAttention (engine/graph/gqa.py), what the CUDA executor's decode buckets run.
 """
 
@@ -64,19 +64,13 @@ from engine.graph.layers import (
     rope_tables,
     swiglu_mlp,
 )
-from engine.graph.linears import (
-    HeadFn,
-    LinearsFactory,
-    dense_linears,
-    q4_head,
-    q4_linears,
-)
-from engine.graph.single_token import LayerRefs, single_token_decoder
+from engine.graph.linears import HeadFn, LinearsFactory, dense_linears, q4_head, q4_linears
+from engine.graph.single_token import LayerRefs, single_token_decoder, single_token_io
 from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
 
-BUILDER_VERSION = "7"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "8"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 Q4_MODEL_FILE = "model_q4.onnx"
@@ -101,7 +95,7 @@ class GraphSpec:
     input_names: tuple[str, ...] = INPUT_NAMES
     output_names: tuple[str, ...] = OUTPUT_NAMES
     builder_version: str = BUILDER_VERSION
-    q4_model_file: str | None = None  # same I/O, MatMulNBits layer linears (single-token steps)
+    q4_model_file: str | None = None  # MatMulNBits linears, single-sequence decode steps
     cpu_precision: str = EXACT  # the q4 graph's activations: "exact" float32, "fast" int8
     decode_model_file: str | None = None  # same I/O, decode steps only (engine/graph/gqa.py)
 
@@ -186,7 +180,8 @@ def _write_graph(out_dir: Path, model_file: str, data_file: str, config: ModelCo
     """Writes one graph; returns its external tensors plus `shared` (for the next graph)."""
     with open(out_dir / data_file, "wb") as data:
         g = GraphWriter(data, data_file, shared)
-        inputs, outputs = _io(config, onnx_type(opts.dtype), opts.argmax)
+        inputs, outputs = (single_token_io(config, onnx_type(opts.dtype)) if opts.single_token
+                           else _io(config, onnx_type(opts.dtype), opts.argmax))
         _body(g, config, weights, linears, opts, tick)
     save_model(g, out_dir / model_file, inputs=inputs, outputs=outputs, opset=opts.opset,
                graph_name=f"trtserve_{config.architecture}")
@@ -215,10 +210,6 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
     """The decoder; `linears` = (each layer's linears, the lm_head (None: dense))."""
     layer_linears, head = linears
     dtype = opts.dtype
-    inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables", past_lens="past_lens",
-                     pad_index="pad_index", unpad_index="unpad_index")
-    st = step_tensors(g, config, inp, opts.block_size, dtype)
-    layer_st = gqa_step(g, config, st, opts.block_size) if opts.decode else st
     tables = rope_half_tables if opts.rotary_op else rope_tables
     cos, sin = tables(g, config, "positions", dtype)
     embed = g.weight("model.embed_tokens.weight", weights["model.embed_tokens.weight"]
@@ -228,9 +219,13 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
     norm_w = g.weight("model.norm.weight", weights["model.norm.weight"].astype(dtype))
     if opts.single_token:
         layers = _layers(g, config, weights, layer_linears, dtype, tick)
-        normed = single_token_decoder(g, config, (st, (cos, sin)), x, layers, new_kv, norm_w)
+        normed = single_token_decoder(g, config, (cos, sin), x, layers, new_kv, norm_w)
         rows = g.op("Gather", [normed, "logit_index"], axis=0)  # [R, hidden]
     else:
+        inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables",
+                         past_lens="past_lens", pad_index="pad_index", unpad_index="unpad_index")
+        st = step_tensors(g, config, inp, opts.block_size, dtype)
+        layer_st = gqa_step(g, config, st, opts.block_size) if opts.decode else st
         for layer in _layers(g, config, weights, layer_linears, dtype, tick):
             x = _decoder_layer(g, config, layer_st, opts, layer, x, (cos, sin), new_kv)
         rows = g.op("Gather", [x, "logit_index"], axis=0)  # [R, hidden]

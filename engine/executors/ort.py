@@ -5,9 +5,11 @@ IOBinding with the pool bound in place (no per-step copy) and the outputs bound 
 allocated here (no copy out of onnxruntime's memory) -> scatter the new K/V into the pool by slot
 mapping -> logits rows (and their in-graph argmax) in plan order.
 
-Given a second graph with the same I/O for single-token steps (the MatMulNBits graph of a Q4
-GGUF, engine/graph/quant.py), every graph call of exactly one token runs through it instead:
-single-sequence decode reads 4-bit weights rather than fp32 ones. Everything else stays dense.
+Given the single-token graph of a Q4 GGUF (MatMulNBits linears, engine/graph/quant.py; the past as
+per-layer inputs, engine/graph/single_token.py), every graph call of one token with a past runs
+through it instead: single-sequence decode reads 4-bit weights rather than fp32 ones and its past
+in place from the sequence's contiguous mirror (engine/executors/past_mirror.py) rather than
+gathered from the pool. Everything else stays dense.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import onnxruntime as ort
 
 from engine.config import ModelConfig
 from engine.executors.packing import PAD_SLACK, split_for_padding
+from engine.executors.past_mirror import PastMirror
+from engine.graph.single_token import past_input_names
 from engine.host_kv_pool import HostKVPool
 from engine.step_inputs import pack_seqs
 from scheduler.plan import ScheduledSeq, StepPlan, StepRefusedError, StepResult
@@ -71,16 +75,25 @@ def open_session(path: Path, providers: Sequence[str], intra_op_threads: int | N
     return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
 
 
-def _check_same_io(dense: ort.InferenceSession, other: ort.InferenceSession, path: Path) -> None:
-    def io(s: ort.InferenceSession) -> tuple[list[str], list[str]]:
-        return [i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()]
-    if io(dense) != io(other):
-        raise ValueError(f"{path}: inputs/outputs {io(other)} differ from the model's {io(dense)}")
+SINGLE_TOKEN_FEEDS = ("input_ids", "positions", "logit_index")  # packed inputs it reads
+
+
+def _check_single_io(single: ort.InferenceSession, dense: ort.InferenceSession,
+                     config: ModelConfig, path: Path) -> None:
+    """The single-token graph reads SINGLE_TOKEN_FEEDS and every layer's past and writes the
+    dense graph's outputs."""
+    inputs = [i.name for i in single.get_inputs()]
+    outputs = [o.name for o in single.get_outputs()]
+    want = [*SINGLE_TOKEN_FEEDS, *past_input_names(config.num_layers)]
+    dense_out = [o.name for o in dense.get_outputs()]
+    if inputs != want or outputs != dense_out:
+        raise ValueError(f"{path}: inputs/outputs {inputs} / {outputs} are not the single-token "
+                         f"graph's {want} / {dense_out} (rebuild the graph)")
 
 
 class OrtExecutor:
     """`scheduler.plan.Executor` over onnxruntime with a numpy KV pool bound by pointer;
-    `single_token_model` (same I/O) runs the graph calls of one token."""
+    `single_token_model` runs the graph calls of one token with a past."""
 
     def __init__(self, model_path: Path, config: ModelConfig, *, num_blocks: int,
                  block_size: int, max_context: int,
@@ -101,12 +114,18 @@ class OrtExecutor:
         self._single: ort.InferenceSession | None = None
         if single_token_model is not None:
             self._single = session(single_token_model, SINGLE_TOKEN)
-            _check_same_io(self._session, self._single, single_token_model)
+            _check_single_io(self._single, self._session, config, single_token_model)
         self._runs = {DENSE: 0, SINGLE_TOKEN: 0}
         self._config = config
         self._max_context = max_context
         self._pad_slack = pad_slack
         self._pool = HostKVPool(config, num_blocks, block_size, kv_dtype)
+        self._mirror = PastMirror(config, block_size, min(max_context, num_blocks * block_size),
+                                  self._pool.data.dtype)
+        # the single-token session's binding, kept across steps: the past inputs are rebound
+        # only when the mirror's bound length changes (every BOUND_STEP tokens)
+        self._single_binding: ort.IOBinding | None = None
+        self._bound_past = 0
         self._lock = threading.Lock()
         self._closed = False
         self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
@@ -153,6 +172,8 @@ class OrtExecutor:
                 raise RuntimeError("OrtExecutor.execute after close()")
             self._check(plan)
             self._pool.copy_blocks(plan.block_copies)
+            if self._mirror.holds_any(set(), {dst for _, dst in plan.block_copies}):
+                self._mirror.invalidate()
             if not plan.seqs:
                 return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32),
                                   np.zeros(0, np.int64) if self._has_argmax else None)
@@ -170,9 +191,19 @@ class OrtExecutor:
 
     def _run_group(self, seqs: list[ScheduledSeq]) -> tuple[np.ndarray, np.ndarray | None]:
         """One graph call: logits (and argmax) of the group's want_logits rows; new K/V into
-        the pool."""
+        the pool (and the mirror, when the call read it)."""
         packed = pack_seqs(seqs, self.block_size)
-        logits, argmax, new_kv = self._run(packed.feeds)
+        if self._single is not None and len(seqs) == 1 and len(seqs[0].token_ids) == 1 \
+                and seqs[0].start_pos > 0:
+            self._mirror.prepare(seqs[0], self._pool)
+            self._runs[SINGLE_TOKEN] += 1
+            logits, argmax, new_kv = self._run(self._single, packed.feeds, mirrored=True)
+            self._mirror.append(seqs[0], new_kv)
+        else:
+            if self._mirror.holds_any({s.seq_id for s in seqs}, set()):
+                self._mirror.invalidate()
+            self._runs[DENSE] += 1
+            logits, argmax, new_kv = self._run(self._session, packed.feeds, mirrored=False)
         self._pool.write(packed.slot_blocks, packed.slot_offsets, new_kv)
         return logits, argmax
 
@@ -187,17 +218,20 @@ class OrtExecutor:
                   if self._has_argmax else None)
         return StepResult(step_id, logits, argmax)
 
-    def _run(self, feeds: dict[str, np.ndarray]
+    def _run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray], mirrored: bool
              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Runs the graph with every output bound to a fresh numpy array (a new one per step:
-        the caller may still hold the previous step's logits)."""
-        session = self._session_for(len(feeds["input_ids"]))
-        binding = session.io_binding()
+        """Runs a graph with every output bound to a fresh numpy array (a new one per step: the
+        caller may still hold the previous step's logits); `mirrored`: the single-token graph
+        over the mirror's past, else the pool bound as `kv_cache`."""
         view = self._pool.graph_view
-        binding.bind_input("kv_cache", "cpu", 0, view.dtype.type, list(view.shape),
-                           view.ctypes.data)
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
+        if mirrored:
+            binding = self._bind_single(feeds)
+        else:
+            binding = session.io_binding()
+            binding.bind_input("kv_cache", "cpu", 0, view.dtype.type, list(view.shape),
+                               view.ctypes.data)
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
         rows, tokens = len(feeds["logit_index"]), len(feeds["input_ids"])
         logits = np.empty((rows, self.vocab_size), dtype=np.float32)
         layers, two, kvh, d = self._kv_shape
@@ -212,13 +246,23 @@ class OrtExecutor:
         session.run_with_iobinding(binding)
         return logits, argmax, new_kv
 
-    def _session_for(self, tokens: int) -> ort.InferenceSession:
-        """The single-token graph for a call of one token (when given), else the dense one."""
-        if tokens == 1 and self._single is not None:
-            self._runs[SINGLE_TOKEN] += 1
-            return self._single
-        self._runs[DENSE] += 1
-        return self._session
+    def _bind_single(self, feeds: dict[str, np.ndarray]) -> ort.IOBinding:
+        """The single-token session's binding: this step's token inputs, and the mirror's past
+        views when their length changed since the last step."""
+        assert self._single is not None
+        if self._single_binding is None:
+            self._single_binding, self._bound_past = self._single.io_binding(), 0
+        binding = self._single_binding
+        if self._mirror.bound != self._bound_past:
+            pasts = zip(past_input_names(self._config.num_layers), self._mirror.views(),
+                        strict=True)
+            for name, past in pasts:
+                binding.bind_input(name, "cpu", 0, past.dtype.type, list(past.shape),
+                                   past.ctypes.data)
+            self._bound_past = self._mirror.bound
+        for name in SINGLE_TOKEN_FEEDS:
+            binding.bind_cpu_input(name, feeds[name])
+        return binding
 
     def _check(self, plan: StepPlan) -> None:
         for seq in plan.seqs:
@@ -250,4 +294,6 @@ class OrtExecutor:
             self._closed = True
             self._session = None  # type: ignore[assignment]
             self._single = None
+            self._single_binding = None
+            self._mirror.close()
             self._pool.data = np.zeros(0, dtype=self._pool.data.dtype)

@@ -28,6 +28,7 @@ from engine.executors.ort import (
     SINGLE_TOKEN_DYNAMIC_BLOCK_BASE,
     OrtExecutor,
 )
+from engine.graph.single_token import past_input_names
 from engine.loaders.gguf_q4 import HEAD, LINEARS, Q4Blocks, decode_blocks, decode_q8_0
 from engine.reference import reference_logits
 from scheduler.plan import StepPlan
@@ -79,13 +80,20 @@ def executor(model: Model) -> Iterator[OrtExecutor]:
     ex.close()
 
 
-def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
-    """Same inputs/outputs as model.onnx; every layer linear (gate and up as one) and the head's
+def test_q4_graph_has_its_own_io_and_matmulnbits(model: Model) -> None:
+    """The dense graph's outputs; as inputs the one token, its position, the logit rows and each
+    layer's past [S, KVH, D] (no pool); every layer linear (gate and up as one) and the head's
     parts are MatMulNBits."""
     _, out, _ = model
     dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
     q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
-    assert q4.graph.input == dense.graph.input and q4.graph.output == dense.graph.output
+    assert [o.name for o in q4.graph.output] == [o.name for o in dense.graph.output]
+    names = [i.name for i in q4.graph.input]
+    assert names == ["input_ids", "positions", "logit_index",
+                     *past_input_names(CONFIG.num_layers)]
+    past = q4.graph.input[3].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in past] == ["S", CONFIG.num_kv_heads,
+                                                            CONFIG.head_dim]
     ops = [n.op_type for n in q4.graph.node]
     head = [n for n in q4.graph.node if n.op_type == "MatMulNBits"
             and n.input[1].startswith(f"{HEAD}.")]
@@ -99,18 +107,19 @@ def test_q4_graph_has_the_dense_io_and_matmulnbits(model: Model) -> None:
 
 def test_single_token_graph_has_fewer_nodes_per_layer(model: Model) -> None:
     """The single-token graph: residual Adds folded into SkipSimplifiedLayerNormalization, no
-    Transposes of q/k/v, no pad/unpad Gathers, the Q4_1 minimum's correction as MatMulNBits's
-    bias (no Add after it), the new K and V reshaped once; the dense graph keeps its general
-    layer."""
+    Transposes, no pool Gathers (the past is an input), no pad/unpad Gathers, the Q4_1
+    minimum's correction as MatMulNBits's bias (no Add after it), the new K and V reshaped
+    once; the dense graph keeps its general layer."""
     _, out, _ = model
     dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
     q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
     ops = [n.op_type for n in q4.graph.node]
     layers = CONFIG.num_layers
     assert ops.count("SkipSimplifiedLayerNormalization") == 2 * layers
-    assert ops.count("Transpose") == 2 * layers  # past and new K, fused into their MatMuls
-    assert ops.count("Gather") == 2 * layers + 6  # past K/V; embedding, logit rows, 4 dims
-    assert ops.count("Reshape") <= 9 * layers + 6
+    assert ops.count("Transpose") == 0  # FusedMatMul's transB / transBatchB
+    assert ops.count("Gather") == 2  # embedding, logit rows
+    assert ops.count("FusedMatMul") == 3 * layers  # past scores, new score, past values
+    assert ops.count("Reshape") <= 9 * layers + 1  # 4 of them: the Q4_1 minimum's block sums
     linears = [n for n in q4.graph.node if n.op_type == "MatMulNBits"
                and not n.input[1].startswith(f"{HEAD}.")]
     assert len(linears) == 4 * layers
