@@ -61,6 +61,7 @@ class TritonCoreMetrics:
             labels,
             registry=registry,
         )
+        self._pending_children: dict[str, Gauge] = {}
 
     @property
     def counter_names(self) -> tuple[str, ...]:
@@ -98,7 +99,12 @@ class TritonCoreMetrics:
         self._failure.inc(model, reason, MODEL_VERSION)
 
     def set_pending(self, model: str, value: int) -> None:
-        self._pending.labels(model=model, version=MODEL_VERSION).set(value)
+        """Called every engine step: the labelled child is looked up once per model."""
+        child = self._pending_children.get(model)
+        if child is None:
+            child = self._pending_children[model] = self._pending.labels(model=model,
+                                                                         version=MODEL_VERSION)
+        child.set(value)
 
     def value(self, name: str, model: str, reason: str | None = None) -> float:
         """Current value of one counter series (for tests and logs)."""

@@ -54,6 +54,9 @@ class TrtLlmMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._gauges: dict[str, Gauge] = {}
+        # labelled children, looked up once: `labels()` validates and locks on every call, and
+        # observe_step sets ~17 of them per engine step on the event loop beside the forward pass
+        self._children: dict[tuple[str, str], Gauge] = {}
         for name, (category, values, doc) in _GAUGES.items():
             gauge = Gauge(name, doc, (category, "model", "version"), registry=registry)
             for value in values:
@@ -131,7 +134,11 @@ class TrtLlmMetrics:
             self._set(family, label, value)
 
     def _set(self, family: str, label: str, value: float) -> None:
-        self._gauges[family].labels(label, BACKEND_MODEL, MODEL_VERSION).set(value)
+        child = self._children.get((family, label))
+        if child is None:
+            child = self._gauges[family].labels(label, BACKEND_MODEL, MODEL_VERSION)
+            self._children[family, label] = child
+        child.set(value)
 
     @staticmethod
     def _token_histogram(name: str, registry: CollectorRegistry) -> ExactHistogram:
