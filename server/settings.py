@@ -34,8 +34,9 @@ class ServerSettings(BaseSettings):
         _E.dtype, description="Graph / engine precision; auto: the backend's own (float32 on "
         "onnxruntime CPU, float16 on GPUs).")
     q4_decode: bool = Field(_E.q4_decode, description="onnxruntime CPU with a Q4 GGUF: run "
-                            "single-token steps through the 4-bit MatMulNBits graph (same weights "
-                            "exactly; ~120 MB more memory).")
+                            "single-sequence decode steps through the 4-bit MatMulNBits graph "
+                            "(same weights exactly; ~120 MB more memory, plus a contiguous copy "
+                            "of the decoding sequence's past, resident as it grows).")
     cuda_graphs: bool = Field(_E.cuda_graphs, description="onnxruntime CUDA: replay decode "
                               "steps as CUDA graphs (one captured session per padded batch and "
                               "context bucket, made on first use).")
