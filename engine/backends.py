@@ -49,15 +49,36 @@ def _ort_cuda_available() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
+# compute capabilities TensorRT-RTX refuses to build for (measured: sm_90, H100 and H200, where
+# `auto` spent ~12 s building an engine before falling back); full TensorRT runs there
+RTX_REFUSED_CAPABILITIES = frozenset({(9, 0)})
+
+
 def _tensorrt_reason() -> str | None:
-    """None when a TensorRT module imports, else why not."""
+    """None when a TensorRT module imports and can run on device 0, else why not."""
     from engine.executors.trt_build import TensorRTError, import_tensorrt
 
     try:
-        import_tensorrt()
+        trt = import_tensorrt()
     except TensorRTError as exc:
         return str(exc)
+    if trt.flavor == "tensorrt_rtx":
+        return _rtx_capability_reason(_device_capability())
     return None
+
+
+def _device_capability() -> tuple[int, int]:
+    from engine.device.cuda import device_compute_capability
+
+    return device_compute_capability(0)
+
+
+def _rtx_capability_reason(capability: tuple[int, int]) -> str | None:
+    if capability not in RTX_REFUSED_CAPABILITIES:
+        return None
+    major, minor = capability
+    return (f"tensorrt_rtx does not run on compute capability {major}.{minor} (sm_{major}{minor}: "
+            "H100/H200); install full TensorRT (pip install tensorrt) or use --backend onnxruntime")
 
 
 TENSORRT = BackendChoice("tensorrt", (), "float16")

@@ -253,6 +253,18 @@ class Event:
         self.close()
 
 
+def device_compute_capability(ordinal: int = 0) -> tuple[int, int]:
+    """(major, minor) of one device, read through the driver without creating a context."""
+    driver, _, _ = bindings()
+    cuda_call(driver.cuInit, 0)
+    device = cuda_call(driver.cuDeviceGet, ordinal)
+    attrs = driver.CUdevice_attribute
+    major, minor = (int(cuda_call(driver.cuDeviceGetAttribute, getattr(attrs, name), device))
+                    for name in ("CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR",
+                                 "CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR"))
+    return major, minor
+
+
 def gpu_available() -> str | None:
     """None when a CUDA device can be used here, else the reason it cannot (for skips/logs)."""
     try:

@@ -58,6 +58,30 @@ def test_auto_falls_back_when_tensorrt_refuses_the_gpu(monkeypatch: pytest.Monke
     assert loaded.backend == "onnxruntime-cuda"
 
 
+@pytest.mark.parametrize(("flavor", "capability", "refused"), [
+    ("tensorrt_rtx", (9, 0), True), ("tensorrt_rtx", (8, 9), False),
+    ("tensorrt_rtx", (12, 0), False), ("tensorrt", (9, 0), False)])
+def test_tensorrt_rtx_is_not_tried_on_sm90(monkeypatch: pytest.MonkeyPatch, flavor: str,
+                                           capability: tuple[int, int], refused: bool) -> None:
+    """TensorRT-RTX on an H100/H200 (sm_90) is skipped before any engine build: `auto` goes
+    straight to ONNX Runtime CUDA and an explicit `tensorrt` names the reason; full TensorRT and
+    RTX on the GPUs it supports stay first."""
+    import engine.executors.trt_build as trt_build
+
+    monkeypatch.setattr(trt_build, "import_tensorrt",
+                        lambda: trt_build.TrtModule(type(trt_build)("fake_trt"), flavor))
+    monkeypatch.setattr(backends, "_device_capability", lambda: capability)
+    monkeypatch.setattr(backends, "_gpu_reason", lambda: None)
+    monkeypatch.setattr(backends, "_ort_cuda_available", lambda: True)
+    names = [b.name for b in backends.backend_candidates("auto")]
+    assert names[0] == ("onnxruntime-cuda" if refused else "tensorrt")
+    if refused:
+        with pytest.raises(ModelError, match=r"compute capability 9\.0.*--backend onnxruntime"):
+            backends.backend_candidates("tensorrt")
+    else:
+        assert [b.name for b in backends.backend_candidates("tensorrt")] == ["tensorrt"]
+
+
 def test_explicit_tensorrt_refusal_is_a_model_error(monkeypatch: pytest.MonkeyPatch) -> None:
     _machine(monkeypatch, gpu=None, trt=None, ort_cuda=True)
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.device.cuda import CudaContext, CudaError, Event, Stream, bindings, cuda_call
+from engine.device.cuda import (
+    CudaContext,
+    CudaError,
+    Event,
+    Stream,
+    bindings,
+    cuda_call,
+    device_compute_capability,
+)
 from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea, copy_device_to_device
 
 pytestmark = pytest.mark.gpu
@@ -24,6 +32,7 @@ def test_context_reports_the_device(cuda_ctx: CudaContext) -> None:
     """Name, compute capability and memory info come back sane."""
     major, minor = cuda_ctx.compute_capability
     assert major >= 5 and minor >= 0
+    assert device_compute_capability(cuda_ctx.ordinal) == (major, minor)  # backend choice's
     assert cuda_ctx.name
     free, total = cuda_ctx.mem_info()
     assert 0 < free <= total

@@ -234,3 +234,11 @@ def test_trt_decode_graphs_on_fake_device(fake: object, graphs: dict[str, Path],
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * np.abs(b).max())
     assert replays == 5 and fake.graph_launches == 5  # type: ignore[attr-defined]
     assert fake.graphs == {} and fake.allocations == {}  # type: ignore[attr-defined]
+
+
+def test_device_compute_capability_reads_the_driver_attributes(fake: object) -> None:
+    """The backend choice's capability query (no context created) over the fake driver, which
+    reports sm_86."""
+    from engine.device.cuda import device_compute_capability
+
+    assert device_compute_capability(0) == (8, 6)
