@@ -5,11 +5,9 @@ IOBinding with the pool bound in place (no per-step copy) and the outputs bound 
 allocated here (no copy out of onnxruntime's memory) -> scatter the new K/V into the pool by slot
 mapping -> logits rows (and their in-graph argmax) in plan order.
 
-Given the single-token graph of a Q4 GGUF (MatMulNBits linears, engine/graph/quant.py; the past as
-per-layer inputs, engine/graph/single_token.py), every graph call of one token with a past runs
-through it instead: single-sequence decode reads 4-bit weights rather than fp32 ones and its past
-in place from the sequence's contiguous mirror (engine/executors/past_mirror.py) rather than
-gathered from the pool. Everything else stays dense.
+Given the single-token graph of a Q4 GGUF (engine/graph/single_token.py), a plan of one token with
+a past runs through it: 4-bit weights rather than fp32, the past read in place from the sequence's
+contiguous mirror (engine/executors/past_mirror.py), not gathered from the pool. Else dense.
 """
 
 from __future__ import annotations
@@ -122,8 +120,7 @@ class OrtExecutor:
         self._pool = HostKVPool(config, num_blocks, block_size, kv_dtype)
         self._mirror = PastMirror(config, block_size, min(max_context, num_blocks * block_size),
                                   self._pool.data.dtype)
-        # the single-token session's binding, kept across steps: the past inputs are rebound
-        # only when the mirror's bound length changes (every BOUND_STEP tokens)
+        # kept across steps: the past inputs are rebound when the mirror's bound changes
         self._single_binding: ort.IOBinding | None = None
         self._bound_past = 0
         self._lock = threading.Lock()
@@ -179,21 +176,24 @@ class OrtExecutor:
                                   np.zeros(0, np.int64) if self._has_argmax else None)
             groups = split_for_padding(plan.seqs, self._pad_slack)
             if len(groups) == 1:
-                logits, argmax = self._run_group(plan.seqs)
+                logits, argmax = self._run_group(plan.seqs, alone=len(plan.seqs) == 1)
                 return StepResult(step_id=plan.step_id, logits=logits, argmax=argmax)
             rows: dict[int, tuple[np.ndarray, np.int64 | None]] = {}
             for group in groups:
-                logits, argmax = self._run_group([plan.seqs[i] for i in group])
+                logits, argmax = self._run_group([plan.seqs[i] for i in group], alone=False)
                 wanted = [i for i in group if plan.seqs[i].want_logits]
                 picks = argmax if argmax is not None else [None] * len(wanted)
                 rows.update(zip(wanted, zip(logits, picks, strict=True), strict=True))
             return self._in_plan_order(plan.step_id, rows)
 
-    def _run_group(self, seqs: list[ScheduledSeq]) -> tuple[np.ndarray, np.ndarray | None]:
-        """One graph call: logits (and argmax) of the group's want_logits rows; new K/V into
-        the pool (and the mirror, when the call read it)."""
+    def _run_group(self, seqs: list[ScheduledSeq], alone: bool
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One graph call: logits (and argmax) of the group's want_logits rows; new K/V into the
+        pool (and the mirror, when read). Only a whole plan (`alone`) of one token with a past
+        runs the single-token graph: lone decodes inside bigger plans stay dense, so sequences
+        taking turns there cannot make the mirror copy their pasts in and out every step."""
         packed = pack_seqs(seqs, self.block_size)
-        if self._single is not None and len(seqs) == 1 and len(seqs[0].token_ids) == 1 \
+        if self._single is not None and alone and len(seqs[0].token_ids) == 1 \
                 and seqs[0].start_pos > 0:
             self._mirror.prepare(seqs[0], self._pool)
             self._runs[SINGLE_TOKEN] += 1

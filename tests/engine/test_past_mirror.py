@@ -131,3 +131,25 @@ def test_single_token_steps_follow_the_pool_when_it_changes(model: Model,  # noq
     for _ in range(BOUND_STEP - len(a.tokens) + 3):  # across a bound: the pasts are rebound
         step(a, 1)
     assert mirror.bound == 2 * BOUND_STEP and mirror.rebuilds == 5
+
+
+def test_a_lone_decode_inside_a_bigger_plan_stays_dense(model: Model) -> None:  # noqa: F811
+    """A plan split for padding into [prefill + decode] and [decode]: the second group is one
+    token with a past, but not the whole plan, so it runs dense and the mirror is not built
+    (sequences taking turns there would copy their pasts in and out every step)."""
+    weights, out, _ = model
+    ex = OrtExecutor(out / MODEL_FILE, CONFIG, num_blocks=NUM_BLOCKS, block_size=BLOCK,
+                     max_context=256, intra_op_threads=1, pad_slack=0,
+                     single_token_model=out / Q4_MODEL_FILE)
+    rng = np.random.default_rng(9)
+    blocks = ShuffledBlocks(NUM_BLOCKS, seed=9)
+    seqs = [PagedSeq(i) for i in range(3)]
+    for seq in seqs[1:]:  # two sequences with a past
+        ex.execute(StepPlan(0, [schedule(seq, rng.integers(0, 97, 5).tolist(), blocks, BLOCK)]))
+    plan = [schedule(seqs[0], rng.integers(0, 97, 8).tolist(), blocks, BLOCK),
+            *(schedule(s, rng.integers(0, 97, 1).tolist(), blocks, BLOCK) for s in seqs[1:])]
+    result = ex.execute(StepPlan(1, plan))
+    for row, seq in zip(result.logits, seqs, strict=True):
+        assert_close(row, reference_logits(CONFIG, weights, seq.tokens)[-1])
+    assert ex.runs == {DENSE: 4, SINGLE_TOKEN: 0} and ex._mirror.rebuilds == 0
+    ex.close()
