@@ -118,8 +118,8 @@ class OrtExecutor:
         self._max_context = max_context
         self._pad_slack = pad_slack
         self._pool = HostKVPool(config, num_blocks, block_size, kv_dtype)
-        self._mirror = PastMirror(config, block_size, min(max_context, num_blocks * block_size),
-                                  self._pool.data.dtype)
+        capacity = min(max_context, num_blocks * block_size) if self._single is not None else 0
+        self._mirror = PastMirror(config, block_size, capacity, self._pool.data.dtype)
         # kept across steps: the past inputs are rebound when the mirror's bound changes
         self._single_binding: ort.IOBinding | None = None
         self._bound_past = 0

@@ -59,7 +59,8 @@ class PastMirror:
 
     @property
     def bound(self) -> int:
-        """Positions the graph sees: the past length rounded up to BOUND_STEP (>= 1)."""
+        """Positions the graph sees: the past length rounded up to BOUND_STEP, at least
+        BOUND_STEP, at most the capacity."""
         return min(self._data.shape[2], max(BOUND_STEP, -(-self.length // BOUND_STEP)
                                             * BOUND_STEP))
 
