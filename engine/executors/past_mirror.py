@@ -9,10 +9,13 @@ the pool), and dropped whenever another graph call writes that sequence's K/V or
 lands in its blocks: the pool stays the one source of truth.
 
 Its array is sized for the whole context but allocated zeroed (calloc: pages become resident
-only when written, so it costs what the sequence uses). The graph sees the first `bound`
-positions, the past length rounded up to BOUND_STEP: the views keep their shape (and the
-executor its input bindings) for BOUND_STEP steps, and the graph masks the positions past the
-sequence's length (zeros, or an earlier sequence's finite values).
+only when written). With transparent huge pages that is 2 MiB at a time in each (layer, K|V)
+region: measured for SmolLM2 (60 regions of 768 B a token), 119 MiB resident after 100
+positions, 2 MiB more per region every ~2,700 tokens up to the whole 377 MiB.
+
+The graph sees the first `bound` positions, the past length rounded up to BOUND_STEP: the views
+keep their shape (and the executor its input bindings) for BOUND_STEP steps, and the graph masks
+the positions past the sequence's length (zeros, or an earlier sequence's finite values).
 """
 
 from __future__ import annotations

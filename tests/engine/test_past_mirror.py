@@ -153,3 +153,21 @@ def test_a_lone_decode_inside_a_bigger_plan_stays_dense(model: Model) -> None:  
         assert_close(row, reference_logits(CONFIG, weights, seq.tokens)[-1])
     assert ex.runs == {DENSE: 4, SINGLE_TOKEN: 0} and ex._mirror.rebuilds == 0
     ex.close()
+
+
+def test_bound_stops_at_a_capacity_short_of_the_next_step(model: Model) -> None:  # noqa: F811
+    """A pool of 10 blocks of 4 (capacity 40, not a multiple of BOUND_STEP): past 32 tokens the
+    views are the whole 40-slot mirror, and decode up to the last slot matches the reference."""
+    weights, out, _ = model
+    ex = OrtExecutor(out / MODEL_FILE, CONFIG, num_blocks=10, block_size=BLOCK,
+                     max_context=256, intra_op_threads=1, single_token_model=out / Q4_MODEL_FILE)
+    rng = np.random.default_rng(11)
+    blocks = ShuffledBlocks(10, seed=11)
+    seq = PagedSeq(0)
+    for n in [30] + [1] * 10:  # positions 30..39
+        result = ex.execute(StepPlan(0, [schedule(seq, rng.integers(0, 97, n).tolist(), blocks,
+                                                  BLOCK)]))
+        assert_close(result.logits[0], reference_logits(CONFIG, weights, seq.tokens)[-1])
+    assert ex._mirror.bound == 40 and ex._mirror.length == 40
+    assert ex.runs == {DENSE: 1, SINGLE_TOKEN: 10}
+    ex.close()
