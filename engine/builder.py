@@ -28,9 +28,10 @@ the query weights, and the RoPE inverse frequencies (Llama-3 scaling included) a
 Beside it, reading the weights both hold from model.onnx.data: `model_q4.onnx` (fp32, given the
 GGUF Q4 blocks): layer linears (and a Q8_0/Q4 head) as com.microsoft MatMulNBits over those
 blocks (engine/graph/quant.py), for the CPU executor's single-sequence decode steps (T = 1, its
-own I/O: the past as per-layer inputs, engine/graph/single_token.py); `cpu_precision` "exact" |
-"fast": fp32 or int8 activations. `model_decode.onnx` (the ONNX Runtime CUDA builds): decode steps only, attention by
-GroupQueryAttention (engine/graph/gqa.py), what the CUDA executor's decode buckets run.
+own I/O: the past as per-layer buffers it reads and appends to, engine/graph/single_token.py;
+head dims that are multiples of 16); `cpu_precision` "exact" | "fast": fp32 or int8
+activations. `model_decode.onnx` (the ONNX Runtime CUDA builds): decode steps only, attention
+by GroupQueryAttention (engine/graph/gqa.py), what the CUDA executor's decode buckets run.
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ from engine.graph.layers import (
 )
 from engine.graph.linears import HeadFn, LinearsFactory, dense_linears, q4_head, q4_linears
 from engine.graph.single_token import LayerRefs, single_token_decoder, single_token_io
+from engine.graph.single_token import supports_single_token as single_token_fits
 from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
 
-BUILDER_VERSION = "8"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "9"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 Q4_MODEL_FILE = "model_q4.onnx"
@@ -147,10 +149,10 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs: list[tuple[str, str, LinearsFactory, HeadFn | None, _Options]] = [
         (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None, opts)]
-    if blocks is not None and dtype == "float32":
+    if blocks is not None and dtype == "float32" and rotary and single_token_fits(config):
         graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE,
-                       q4_linears(config, blocks, cpu_precision, one_row=rotary),
-                       q4_head(blocks, cpu_precision), replace(opts, single_token=rotary)))
+                       q4_linears(config, blocks, cpu_precision, one_row=True),
+                       q4_head(blocks, cpu_precision), replace(opts, single_token=True)))
     if decode_graph or (decode_graph is None and rotary and dtype != "float32"):
         graphs.append((DECODE_MODEL_FILE, DECODE_DATA_FILE, graphs[0][2], None,
                        replace(opts, decode=True)))
@@ -210,26 +212,28 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
     """The decoder; `linears` = (each layer's linears, the lm_head (None: dense))."""
     layer_linears, head = linears
     dtype = opts.dtype
-    tables = rope_half_tables if opts.rotary_op else rope_tables
-    cos, sin = tables(g, config, "positions", dtype)
     embed = g.weight("model.embed_tokens.weight", weights["model.embed_tokens.weight"]
                      .astype(dtype))
     x = g.op("Gather", [embed, "input_ids"], axis=0)  # [T, hidden]
-    new_kv: list[str] = []
     norm_w = g.weight("model.norm.weight", weights["model.norm.weight"].astype(dtype))
-    if opts.single_token:
-        layers = _layers(g, config, weights, layer_linears, dtype, tick)
-        normed = single_token_decoder(g, config, (cos, sin), x, layers, new_kv, norm_w)
+    layers = _layers(g, config, weights, layer_linears, dtype, tick)
+    if opts.single_token:  # its own I/O: the K/V go into the present buffers
+        normed = single_token_decoder(g, config, x, layers, norm_w)  # [1, hidden]
         rows = g.op("Gather", [normed, "logit_index"], axis=0)  # [R, hidden]
-    else:
-        inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables",
-                         past_lens="past_lens", pad_index="pad_index", unpad_index="unpad_index")
-        st = step_tensors(g, config, inp, opts.block_size, dtype)
-        layer_st = gqa_step(g, config, st, opts.block_size) if opts.decode else st
-        for layer in _layers(g, config, weights, layer_linears, dtype, tick):
-            x = _decoder_layer(g, config, layer_st, opts, layer, x, (cos, sin), new_kv)
-        rows = g.op("Gather", [x, "logit_index"], axis=0)  # [R, hidden]
-        rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
+        _lm_head(g, config, weights, dtype, rows, opts.argmax, head)
+        tick()
+        return
+    tables = rope_half_tables if opts.rotary_op else rope_tables
+    cos, sin = tables(g, config, "positions", dtype)
+    new_kv: list[str] = []
+    inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables",
+                     past_lens="past_lens", pad_index="pad_index", unpad_index="unpad_index")
+    st = step_tensors(g, config, inp, opts.block_size, dtype)
+    layer_st = gqa_step(g, config, st, opts.block_size) if opts.decode else st
+    for layer in layers:
+        x = _decoder_layer(g, config, layer_st, opts, layer, x, (cos, sin), new_kv)
+    rows = g.op("Gather", [x, "logit_index"], axis=0)  # [R, hidden]
+    rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
     kv = g.concat_capped(new_kv)  # [L*2*KVH, T, D]
     g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, config.num_kv_heads, -1,
                                    config.head_dim])], "new_kv")

@@ -36,8 +36,8 @@ class ServerSettings(BaseSettings):
     q4_decode: bool = Field(_E.q4_decode, description="onnxruntime CPU with a Q4 GGUF: run "
                             "single-sequence decode steps through the 4-bit MatMulNBits graph "
                             "(same weights exactly; ~120 MB more memory, plus a contiguous copy "
-                            "of the decoding sequence's past: with transparent huge pages ~120 "
-                            "MB resident once SmolLM2 decodes).")
+                            "of the decoding sequence's past, resident as it grows: ~46 KB a "
+                            "position for SmolLM2).")
     cuda_graphs: bool = Field(_E.cuda_graphs, description="onnxruntime CUDA: replay decode "
                               "steps as CUDA graphs (one captured session per padded batch and "
                               "context bucket, made on first use).")

@@ -6,8 +6,9 @@ allocated here (no copy out of onnxruntime's memory) -> scatter the new K/V into
 mapping -> logits rows (and their in-graph argmax) in plan order.
 
 Given the single-token graph of a Q4 GGUF (engine/graph/single_token.py), a plan of one token with
-a past runs through it: 4-bit weights rather than fp32, the past read in place from the sequence's
-contiguous mirror (engine/executors/past_mirror.py), not gathered from the pool. Else dense.
+a past runs through it (engine/executors/single_token_runner.py): 4-bit weights rather than fp32,
+the past read and appended in place in the sequence's mirror (engine/executors/past_mirror.py),
+not gathered from the pool. Else dense.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import onnxruntime as ort
 
 from engine.config import ModelConfig
 from engine.executors.packing import PAD_SLACK, split_for_padding
-from engine.executors.past_mirror import PastMirror
-from engine.graph.single_token import past_input_names
+from engine.executors.single_token_runner import SingleTokenRunner
 from engine.host_kv_pool import HostKVPool
 from engine.step_inputs import pack_seqs
 from scheduler.plan import ScheduledSeq, StepPlan, StepRefusedError, StepResult
@@ -73,22 +73,6 @@ def open_session(path: Path, providers: Sequence[str], intra_op_threads: int | N
     return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
 
 
-SINGLE_TOKEN_FEEDS = ("input_ids", "positions", "logit_index")  # packed inputs it reads
-
-
-def _check_single_io(single: ort.InferenceSession, dense: ort.InferenceSession,
-                     config: ModelConfig, path: Path) -> None:
-    """The single-token graph reads SINGLE_TOKEN_FEEDS and every layer's past and writes the
-    dense graph's outputs."""
-    inputs = [i.name for i in single.get_inputs()]
-    outputs = [o.name for o in single.get_outputs()]
-    want = [*SINGLE_TOKEN_FEEDS, *past_input_names(config.num_layers)]
-    dense_out = [o.name for o in dense.get_outputs()]
-    if inputs != want or outputs != dense_out:
-        raise ValueError(f"{path}: inputs/outputs {inputs} / {outputs} are not the single-token "
-                         f"graph's {want} / {dense_out} (rebuild the graph)")
-
-
 class OrtExecutor:
     """`scheduler.plan.Executor` over onnxruntime with a numpy KV pool bound by pointer;
     `single_token_model` runs the graph calls of one token with a past."""
@@ -109,23 +93,23 @@ class OrtExecutor:
                                 if name == SINGLE_TOKEN else 0)
 
         self._session = session(model_path, DENSE)
-        self._single: ort.InferenceSession | None = None
-        if single_token_model is not None:
-            self._single = session(single_token_model, SINGLE_TOKEN)
-            _check_single_io(self._single, self._session, config, single_token_model)
         self._runs = {DENSE: 0, SINGLE_TOKEN: 0}
         self._config = config
         self._max_context = max_context
         self._pad_slack = pad_slack
         self._pool = HostKVPool(config, num_blocks, block_size, kv_dtype)
-        capacity = min(max_context, num_blocks * block_size) if self._single is not None else 0
-        self._mirror = PastMirror(config, block_size, capacity, self._pool.data.dtype)
-        # kept across steps: the past inputs are rebound when the mirror's bound changes
-        self._single_binding: ort.IOBinding | None = None
-        self._bound_past = 0
+        self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
+        self._single: SingleTokenRunner | None = None
+        if single_token_model is not None:
+            if self._has_argmax:
+                raise ValueError(f"{model_path}: a half-precision graph has no single-token "
+                                 "graph beside it")
+            self._single = SingleTokenRunner(
+                session(single_token_model, SINGLE_TOKEN), config, block_size,
+                min(max_context, num_blocks * block_size), self._pool.data.dtype,
+                single_token_model)
         self._lock = threading.Lock()
         self._closed = False
-        self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
         self._kv_shape = (config.num_layers, 2, config.num_kv_heads, config.head_dim)
         logger.info("onnxruntime session on %s (%s; single-token graph %s)",
                     self._session.get_providers(), model_path, single_token_model)
@@ -156,6 +140,10 @@ class OrtExecutor:
 
     @property
     def single_token_session(self) -> ort.InferenceSession | None:
+        return None if self._single is None else self._single.session
+
+    @property
+    def single_token(self) -> SingleTokenRunner | None:
         return self._single
 
     @property
@@ -169,8 +157,8 @@ class OrtExecutor:
                 raise RuntimeError("OrtExecutor.execute after close()")
             self._check(plan)
             self._pool.copy_blocks(plan.block_copies)
-            if self._mirror.holds_any(set(), {dst for _, dst in plan.block_copies}):
-                self._mirror.invalidate()
+            if self._single is not None:
+                self._single.forget(set(), {dst for _, dst in plan.block_copies})
             if not plan.seqs:
                 return StepResult(plan.step_id, np.zeros((0, self.vocab_size), np.float32),
                                   np.zeros(0, np.int64) if self._has_argmax else None)
@@ -193,17 +181,15 @@ class OrtExecutor:
         runs the single-token graph: lone decodes inside bigger plans stay dense, so sequences
         taking turns there cannot make the mirror copy their pasts in and out every step."""
         packed = pack_seqs(seqs, self.block_size)
-        if self._single is not None and alone and len(seqs[0].token_ids) == 1 \
-                and seqs[0].start_pos > 0:
-            self._mirror.prepare(seqs[0], self._pool)
+        argmax: np.ndarray | None = None
+        if self._single is not None and alone and self._single.accepts(seqs[0]):
             self._runs[SINGLE_TOKEN] += 1
-            logits, argmax, new_kv = self._run(self._single, packed.feeds, mirrored=True)
-            self._mirror.append(seqs[0], new_kv)
+            logits, new_kv = self._single.run(seqs[0], packed.feeds, self._pool)
         else:
-            if self._mirror.holds_any({s.seq_id for s in seqs}, set()):
-                self._mirror.invalidate()
+            if self._single is not None:
+                self._single.forget({s.seq_id for s in seqs}, set())
             self._runs[DENSE] += 1
-            logits, argmax, new_kv = self._run(self._session, packed.feeds, mirrored=False)
+            logits, argmax, new_kv = self._run(packed.feeds)
         self._pool.write(packed.slot_blocks, packed.slot_offsets, new_kv)
         return logits, argmax
 
@@ -218,20 +204,18 @@ class OrtExecutor:
                   if self._has_argmax else None)
         return StepResult(step_id, logits, argmax)
 
-    def _run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray], mirrored: bool
+    def _run(self, feeds: dict[str, np.ndarray]
              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Runs a graph with every output bound to a fresh numpy array (a new one per step: the
-        caller may still hold the previous step's logits); `mirrored`: the single-token graph
-        over the mirror's past, else the pool bound as `kv_cache`."""
+        """Runs the dense graph over the pool bound as `kv_cache`, every output bound to a fresh
+        numpy array (a new one per step: the caller may still hold the previous step's
+        logits)."""
         view = self._pool.graph_view
-        if mirrored:
-            binding = self._bind_single(feeds)
-        else:
-            binding = session.io_binding()
-            binding.bind_input("kv_cache", "cpu", 0, view.dtype.type, list(view.shape),
-                               view.ctypes.data)
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
+        session = self._session
+        binding = session.io_binding()
+        binding.bind_input("kv_cache", "cpu", 0, view.dtype.type, list(view.shape),
+                           view.ctypes.data)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
         rows, tokens = len(feeds["logit_index"]), len(feeds["input_ids"])
         logits = np.empty((rows, self.vocab_size), dtype=np.float32)
         layers, two, kvh, d = self._kv_shape
@@ -245,24 +229,6 @@ class OrtExecutor:
                                 array.ctypes.data)
         session.run_with_iobinding(binding)
         return logits, argmax, new_kv
-
-    def _bind_single(self, feeds: dict[str, np.ndarray]) -> ort.IOBinding:
-        """The single-token session's binding: this step's token inputs, and the mirror's past
-        views when their length changed since the last step."""
-        assert self._single is not None
-        if self._single_binding is None:
-            self._single_binding, self._bound_past = self._single.io_binding(), 0
-        binding = self._single_binding
-        if self._mirror.bound != self._bound_past:
-            pasts = zip(past_input_names(self._config.num_layers), self._mirror.views(),
-                        strict=True)
-            for name, past in pasts:
-                binding.bind_input(name, "cpu", 0, past.dtype.type, list(past.shape),
-                                   past.ctypes.data)
-            self._bound_past = self._mirror.bound
-        for name in SINGLE_TOKEN_FEEDS:
-            binding.bind_cpu_input(name, feeds[name])
-        return binding
 
     def _check(self, plan: StepPlan) -> None:
         for seq in plan.seqs:
@@ -285,7 +251,7 @@ class OrtExecutor:
 
     def end_single_token_profiling(self) -> str | None:
         """Stops the single-token session's profiler; its trace file path (None without it)."""
-        return None if self._single is None else self._single.end_profiling()
+        return None if self._single is None else self._single.session.end_profiling()
 
     def close(self) -> None:
         with self._lock:
@@ -293,7 +259,7 @@ class OrtExecutor:
                 return
             self._closed = True
             self._session = None  # type: ignore[assignment]
-            self._single = None
-            self._single_binding = None
-            self._mirror.close()
+            if self._single is not None:
+                self._single.close()
+                self._single = None
             self._pool.data = np.zeros(0, dtype=self._pool.data.dtype)

@@ -1,24 +1,26 @@
 """One sequence's past K/V laid out for the single-token graph (engine/graph/single_token.py):
-per layer and K|V a contiguous [S, KVH, D] array that the graph reads in place, so that a
-single-sequence decode step gathers nothing from the paged pool.
+per layer and K|V a contiguous [1, KVH, capacity, D] buffer that the graph reads as its past and
+writes as its present (GroupQueryAttention appends the token's K/V at its position), so that a
+single-sequence decode step gathers nothing from the paged pool and copies no past.
 
 The mirror holds the past of at most one sequence. It is (re)built from the pool when a step
 asks for a sequence, past length or block table other than the one it holds (a copy of the
-whole past, once per switch), appended with each step's new K/V (the same values written into
-the pool), and dropped whenever another graph call writes that sequence's K/V or a block copy
-lands in its blocks: the pool stays the one source of truth.
+whole past, once per switch), grows by the position each step writes, and is dropped whenever
+another graph call writes that sequence's K/V or a block copy lands in its blocks: the pool stays
+the one source of truth (the executor writes every step's K/V there too).
 
-Its array is sized for the whole context but allocated zeroed (calloc: pages become resident
-only when written). With transparent huge pages that is 2 MiB at a time in each (layer, K|V)
-region: measured for SmolLM2 (60 regions of 768 B a token), 119 MiB resident after 100
-positions, 2 MiB more per region every ~2,700 tokens up to the whole 377 MiB.
-
-The graph sees the first `bound` positions, the past length rounded up to BOUND_STEP: the views
-keep their shape (and the executor its input bindings) for BOUND_STEP steps, and the graph masks
-the positions past the sequence's length (zeros, or an earlier sequence's finite values).
+The buffer is sized for the capacity (the longest context the executor runs) but mapped
+anonymously (zero pages, resident only when written) with transparent huge pages turned off for
+it: each (layer, K|V, head) row of positions is its own region, and a huge page would make 2 MiB
+of each resident at its first position. With 4 KiB pages the resident size follows the positions
+written: for SmolLM2 (180 regions of 256 B a position) ~46 KiB a position, plus at most one
+partly used page per region.
 """
 
 from __future__ import annotations
+
+import logging
+import mmap
 
 import numpy as np
 
@@ -26,19 +28,34 @@ from engine.config import ModelConfig
 from engine.host_kv_pool import HostKVPool
 from scheduler.plan import ScheduledSeq
 
-BOUND_STEP = 32  # tokens: the views' length is the past length rounded up to this
+logger = logging.getLogger(__name__)
+
+
+def zeroed_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A zero-filled array on its own anonymous mapping, pages resident only once written, no
+    transparent huge pages where the platform lets us say so."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype=dtype)
+    region = mmap.mmap(-1, nbytes)
+    advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
+    if advice is not None:
+        try:
+            region.madvise(advice)
+        except OSError as exc:  # e.g. a kernel built without THP
+            logger.debug("madvise(MADV_NOHUGEPAGE) refused: %s", exc)
+    return np.frombuffer(region, dtype=dtype).reshape(shape)
 
 
 class PastMirror:
-    """Owns the mirror array [L, 2 (K, V), max_context, KVH, D]; `views()` are its first `bound`
-    positions per (layer, K|V), each contiguous."""
+    """Owns the buffer [L, 2 (K, V), KVH, capacity, D]; `buffers()` are its (layer, K|V) parts."""
 
-    def __init__(self, config: ModelConfig, block_size: int, max_context: int,
+    def __init__(self, config: ModelConfig, block_size: int, capacity: int,
                  dtype: np.dtype) -> None:
         self._layers = config.num_layers
         self._block_size = block_size
-        self._data = np.zeros((self._layers, 2, max_context, config.num_kv_heads,
-                               config.head_dim), dtype=dtype)
+        self._data = zeroed_buffer((self._layers, 2, config.num_kv_heads, capacity,
+                                    config.head_dim), dtype)
         self._seq_id: int | None = None
         self._blocks: list[int] = []  # the pool blocks holding positions [0, length)
         self.length = 0
@@ -48,6 +65,10 @@ class PastMirror:
     def seq_id(self) -> int | None:
         return self._seq_id
 
+    @property
+    def capacity(self) -> int:
+        return self._data.shape[3]
+
     def prepare(self, seq: ScheduledSeq, pool: HostKVPool) -> None:
         """Makes the mirror hold `seq`'s past, positions [0, seq.start_pos), as in the pool."""
         past = seq.start_pos
@@ -55,26 +76,21 @@ class PastMirror:
                 and list(seq.block_table[:len(self._blocks)]) == self._blocks):
             return
         blocks = list(seq.block_table[:-(-past // self._block_size)])
-        kv = pool.read(blocks, past)  # [L, 2, KVH, past, D]
-        self._data[:, :, :past] = kv.transpose(0, 1, 3, 2, 4)
+        self._data[:, :, :, :past] = pool.read(blocks, past)  # [L, 2, KVH, past, D]
         self._seq_id, self._blocks, self.length = seq.seq_id, blocks, past
         self.rebuilds += 1
 
-    @property
-    def bound(self) -> int:
-        """Positions the graph sees: the past length rounded up to BOUND_STEP, at least
-        BOUND_STEP, at most the capacity."""
-        return min(self._data.shape[2], max(BOUND_STEP, -(-self.length // BOUND_STEP)
-                                            * BOUND_STEP))
+    def buffers(self) -> list[np.ndarray]:
+        """[1, KVH, capacity, D] per (layer, K|V), in the graph's past-input order; their
+        memory never moves while the mirror is open."""
+        return [self._data[layer, kv][None] for layer in range(self._layers) for kv in (0, 1)]
 
-    def views(self) -> list[np.ndarray]:
-        """[bound, KVH, D] per (layer, K|V), in the graph's past-input order."""
-        return [self._data[layer, kv, :self.bound]
-                for layer in range(self._layers) for kv in (0, 1)]
+    def written(self) -> np.ndarray:
+        """[L, 2, KVH, 1, D]: the K/V the last step wrote at position `length` (a view)."""
+        return self._data[:, :, :, self.length:self.length + 1]
 
-    def append(self, seq: ScheduledSeq, new_kv: np.ndarray) -> None:
-        """After the step of `seq`'s one token at position `length`: new_kv [L, 2, KVH, 1, D]."""
-        self._data[:, :, self.length] = new_kv[:, :, :, 0]
+    def commit(self, seq: ScheduledSeq) -> None:
+        """After the graph wrote `seq`'s token at position `length`: it is part of the past."""
         self.length += 1
         self._blocks = list(seq.block_table[:-(-self.length // self._block_size)])
 
@@ -87,5 +103,6 @@ class PastMirror:
                                              or not blocks.isdisjoint(self._blocks))
 
     def close(self) -> None:
+        """Drops the buffer (its mapping goes with the last reference to it)."""
         self.invalidate()
-        self._data = self._data[:, :, :0].copy()
+        self._data = self._data[:, :, :, :0].copy()

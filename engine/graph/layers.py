@@ -35,6 +35,15 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
+def rope_cos_sin(config: ModelConfig, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 cos and sin [positions, head_dim / 2] of every position below `positions`: the
+    angle rounded to float32 as the graphs compute it (float32 position x float32 inverse
+    frequency), its cos and sin then rounded once from float64."""
+    angle = np.arange(positions, dtype=np.float32)[:, None] * rope_inv_freq(config)[None, :]
+    angle = angle.astype(np.float64)
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
 def rope_tables(g: GraphWriter, config: ModelConfig, positions: str, dtype: np.dtype
                 ) -> tuple[str, str]:
     """cos and signed sin, each [T, 1, head_dim], computed once per step in float32.

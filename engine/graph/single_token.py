@@ -1,22 +1,23 @@
 """The single-token CPU graph (`model_q4.onnx`, engine/builder.py): the executor runs it only for
-graph calls of exactly one token with a past (single-sequence decode), so T = B = Tq = 1 and
-[T, heads, D] <-> [heads, T, D] is a free reshape.
+graph calls of exactly one token with a past (single-sequence decode), so T = B = S = 1.
 
-At one token a step is a chain of ~1,000 small onnxruntime nodes, and their per-node cost and the
-copies between them, not the 4-bit arithmetic, separate it from its matmul roofline. So the
-layer is written for one token, with fewer nodes than the general one (engine/builder.py
-`_decoder_layer`) for the same math:
-- the past is not gathered from the paged pool: each layer's past K and V are graph inputs
-  `past_key_{i}` / `past_value_{i}` of shape [S, KVH, D], bound in place from the executor's
-  contiguous copy of that one sequence's past (engine/executors/past_mirror.py); S >= the past
-  length, the slots from the token's position on masked. FusedMatMul's transBatchB reads
-  [S, KVH, D] as [KVH, S, D] without a transpose;
+At one token a step is a chain of small onnxruntime nodes, and their per-node cost, not the 4-bit
+arithmetic, separates it from its matmul roofline. So the layer is written for one token with as
+few nodes as the same math allows:
+- attention is one com.microsoft GroupQueryAttention: packed QKV in, RoPE inside (`do_rotary`;
+  cos/sin of every position below max_position_embeddings are constants), and the past read
+  from and the token's K/V written into one buffer per layer and K|V: the inputs
+  `past_key_{i}` / `past_value_{i}` and the outputs `present_key_{i}` / `present_value_{i}`,
+  [1, KVH, S, D], which the executor binds to the same memory (its mirror of the sequence's
+  past, engine/executors/past_mirror.py). Past and present sharing a buffer, the op writes the
+  token's K/V at its position (`seqlens_k` = the past length) and attends over the positions up
+  to it only: no copy, no mask, and S (the buffer's capacity) is the same every step;
 - the residual Adds fold into the next norm: com.microsoft SkipSimplifiedLayerNormalization
   (output 3 is input + skip, the new residual stream), which onnxruntime does not fuse by itself;
-- gate and up are one MatMulNBits (the "gate_up" linear) and a Split;
-- q, k and v stay [1, heads, 1, D] (the opset-23 RotaryEmbedding's 4-D layout): no Transposes;
-- the new token's key is scored apart and its value weighted by a Mul (past and new share one
-  softmax), so the past is never concatenated.
+- gate and up are one MatMulNBits (the "gate_up" linear) and a Split; SiLU is com.microsoft
+  QuickGelu with alpha 1 (x * sigmoid(x) in one node);
+- the hidden stream is [1, 1, hidden] (GroupQueryAttention's [B, S, hidden]): no reshapes
+  between layers.
 Everything here is CPU-only (com.microsoft ops): the GPU graphs never use it.
 """
 
@@ -29,15 +30,16 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from engine.config import ModelConfig
+from engine.graph.layers import rope_cos_sin
 from engine.graph.linears import LinearFn
 from engine.graph.quant import MS_DOMAIN
 from engine.graph.writer import GraphWriter
 
-
 LayerRefs = tuple[int, tuple[str, str], LinearFn]  # index, (input, post-attention norm), linears
 
-
 PAST_KEY, PAST_VALUE = "past_key_{}", "past_value_{}"
+PRESENT_KEY, PRESENT_VALUE = "present_key_{}", "present_value_{}"
+SINGLE_TOKEN_FEEDS = ("input_ids", "positions", "logit_index")  # the step's own inputs
 
 
 def past_input_names(num_layers: int) -> list[str]:
@@ -45,37 +47,44 @@ def past_input_names(num_layers: int) -> list[str]:
     return [name.format(i) for i in range(num_layers) for name in (PAST_KEY, PAST_VALUE)]
 
 
+def present_output_names(num_layers: int) -> list[str]:
+    """The per-layer present outputs (the past buffers, written), in (layer, K|V) order."""
+    return [name.format(i) for i in range(num_layers) for name in (PRESENT_KEY, PRESENT_VALUE)]
+
+
+def supports_single_token(config: ModelConfig) -> bool:
+    """GroupQueryAttention's RoPE needs a head dim that is a multiple of 16."""
+    return config.head_dim % 16 == 0
+
+
 def single_token_io(config: ModelConfig, elem: int) -> tuple[list, list]:
-    """The single-token graph's inputs (input_ids, positions, logit_index and the past K/V of
-    every layer, [S, KVH, D]) and its outputs (those of the dense graph without argmax)."""
+    """Inputs: input_ids, positions, logit_index and every layer's past buffer [1, KVH, S, D];
+    outputs: logits and every layer's present buffer (the same shape, the same memory)."""
     i64, vi = TensorProto.INT64, helper.make_tensor_value_info
-    past = [vi(name, elem, ["S", config.num_kv_heads, config.head_dim])
-            for name in past_input_names(config.num_layers)]
-    inputs = [vi("input_ids", i64, [1]), vi("positions", i64, [1]),
-              vi("logit_index", i64, ["R"]), *past]
+    buffer = [1, config.num_kv_heads, "S", config.head_dim]
+    inputs = [vi("input_ids", i64, [1]), vi("positions", i64, [1]), vi("logit_index", i64, ["R"]),
+              *(vi(name, elem, buffer) for name in past_input_names(config.num_layers))]
     outputs = [vi("logits", TensorProto.FLOAT, ["R", config.vocab_size]),
-               vi("new_kv", elem, [config.num_layers, 2, config.num_kv_heads, 1,
-                                   config.head_dim])]
+               *(vi(name, elem, buffer) for name in present_output_names(config.num_layers))]
     return inputs, outputs
 
 
 @dataclass(frozen=True, slots=True)
 class SingleStep:
-    """Values of one single-token step shared by every layer."""
+    """Values of one single-token step shared by every layer's GroupQueryAttention."""
 
-    rope: tuple[str, str]  # cos, sin [1, 1, D/2] (rope_half_tables)
-    split_sizes: str  # int64 [2] = [S, 1]: past and new score columns
-    bias: str  # float32 [S + 1]: 0 for the past below the token's position and the token,
-    #            -1e30 for the bound slots past it
+    seqlens_k: str  # int32 [1]: the token's position (= the past length)
+    total_len: str  # int32 [1]: the position + 1
+    cos: str  # float32 [max_position_embeddings, D/2]
+    sin: str
 
 
-def single_step(g: GraphWriter, rope: tuple[str, str]) -> SingleStep:
-    past = g.op("Slice", [g.op("Shape", [PAST_KEY.format(0)]), g.i64([0]), g.i64([1])])  # [S]
-    slots = g.op("Range", [g.i64(0), g.op("Squeeze", [past, g.i64([0])]), g.i64(1)])  # [S]
-    valid = g.op("Less", [slots, "positions"])  # the token's position = its past length
-    bias = g.op("Where", [valid, g.const(0.0, np.float32), g.const(-1e30, np.float32)])
-    return SingleStep(rope, g.op("Concat", [past, g.i64([1])], axis=0),
-                      g.op("Concat", [bias, g.const(np.zeros(1), np.float32)], axis=0))
+def single_step(g: GraphWriter, config: ModelConfig) -> SingleStep:
+    seqlens = g.op("Cast", ["positions"], to=TensorProto.INT32)
+    cos, sin = rope_cos_sin(config, config.max_position_embeddings)
+    return SingleStep(seqlens, g.op("Add", [seqlens, g.const([1], np.int32)]),
+                      g.const(cos, np.float32, "rope_cos_cache"),
+                      g.const(sin, np.float32, "rope_sin_cache"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,55 +105,33 @@ def skip_norm(g: GraphWriter, res: Residual, weight: str, eps: float) -> tuple[s
     return normed, total
 
 
-def single_token_decoder(g: GraphWriter, config: ModelConfig, rope: tuple[str, str], x: str,
-                         layers: Iterable[LayerRefs], new_kv: list[str], final_norm: str) -> str:
-    """The layers over the embedded token x [1, hidden] and the final norm -> [1, hidden];
-    `rope` = RoPE cos and sin of the token's position."""
-    one = single_step(g, rope)
-    res = Residual(x)
+def single_token_decoder(g: GraphWriter, config: ModelConfig, x: str,
+                         layers: Iterable[LayerRefs], final_norm: str) -> str:
+    """The layers over the embedded token x [1, hidden] and the final norm -> [1, hidden]."""
+    step = single_step(g, config)
+    res = Residual(g.op("Unsqueeze", [x, g.i64([0])]))  # [1, 1, hidden]
     for layer in layers:
-        res = single_token_layer(g, config, one, layer, res, new_kv)
-    return skip_norm(g, res, final_norm, config.rms_norm_eps)[0]
+        res = single_token_layer(g, config, step, layer, res)
+    normed = skip_norm(g, res, final_norm, config.rms_norm_eps)[0]
+    return g.op("Reshape", [normed, g.i64([1, config.hidden_size])])
 
 
 def single_token_layer(g: GraphWriter, config: ModelConfig, step: SingleStep,
-                       layer: LayerRefs, res: Residual,
-                       new_kv: list[str]) -> Residual:
-    """One decoder layer at T = 1; `layer` = (index, (input, post-attention norm weights),
-    linears); appends this token's K and V ([KVH, 1, 1, D] each: concatenated along axis 0 and
-    reshaped like the general graph's [KVH, T, D] parts) to new_kv."""
+                       layer: LayerRefs, res: Residual) -> Residual:
+    """One decoder layer over the stream [1, 1, hidden]; writes the token's K and V into the
+    layer's present buffers."""
     index, norms, linear = layer
-    h, kvh, d, eps = config.num_heads, config.num_kv_heads, config.head_dim, config.rms_norm_eps
+    eps = config.rms_norm_eps
     n, x = skip_norm(g, res, norms[0], eps)
-    qkv = g.op("Reshape", [linear(n, "qkv"), g.i64([1, h + 2 * kvh, 1, d])])  # [1, H+2KVH, 1, D]
-    qk, v = g.op_n("Split", [qkv, g.i64([h + kvh, kvh])], outputs=2, axis=1)
-    qk = g.op("RotaryEmbedding", [qk, *step.rope], interleaved=0)  # [1, H+KVH, 1, D]
-    q, k = g.op_n("Split", [qk, g.i64([h, kvh])], outputs=2, axis=1)
-    k, v = (g.op("Reshape", [t, g.i64([kvh, 1, d])]) for t in (k, v))  # [KVH, 1, D]
-    new_kv += [k, v]
-    attn = _attention(g, step, config, index, (q, k, v))  # [1, H*D]
+    attn, _, _ = g.op_n(
+        "GroupQueryAttention",
+        [linear(n, "qkv"), "", "", PAST_KEY.format(index), PAST_VALUE.format(index),
+         step.seqlens_k, step.total_len, step.cos, step.sin],
+        outputs=3, names=[g.name("attn"), PRESENT_KEY.format(index), PRESENT_VALUE.format(index)],
+        domain=MS_DOMAIN, num_heads=config.num_heads, kv_num_heads=config.num_kv_heads,
+        scale=1.0, do_rotary=1, rotary_interleaved=0)  # [1, 1, H*D]; the scale is in Q's rows
     n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
     gate, up = g.op_n("Split", [linear(n, "gate_up"), g.i64([config.intermediate_size] * 2)],
-                      outputs=2, axis=-1)  # [1, F] each
-    act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
+                      outputs=2, axis=-1)  # [1, 1, F] each
+    act = g.op("Mul", [g.op("QuickGelu", [gate], domain=MS_DOMAIN, alpha=1.0), up])
     return Residual(x, linear(act, "down"))
-
-
-def _attention(g: GraphWriter, step: SingleStep, config: ModelConfig, index: int,
-               qkv: tuple[str, str, str]) -> str:
-    """q [1, H, 1, D], k and v [KVH, 1, D] (roped) -> [1, H * D]; the past read in place
-    from the layer's [S, KVH, D] inputs, past and new scored apart and sharing one softmax."""
-    kvh, grp, d = config.num_kv_heads, config.group_size, config.head_dim
-    q, k_new, v_new = qkv
-    qg = g.op("Reshape", [q, g.i64([kvh, grp, d])])  # [KVH, G, D]
-    k_past, v_past = PAST_KEY.format(index), PAST_VALUE.format(index)  # [S, KVH, D]
-    s_past = g.op("FusedMatMul", [qg, k_past], domain=MS_DOMAIN, transB=1,
-                  transBatchB=1)  # [KVH, G, S]
-    s_new = g.op("FusedMatMul", [qg, k_new], domain=MS_DOMAIN, transB=1)  # [KVH, G, 1]
-    scores = g.op("Add", [g.op("Concat", [s_past, s_new], axis=-1), step.bias])
-    probs = g.op("Softmax", [scores], axis=-1)
-    p_past, p_new = g.op_n("Split", [probs, step.split_sizes], outputs=2, axis=-1)
-    out_past = g.op("FusedMatMul", [p_past, v_past], domain=MS_DOMAIN,
-                    transBatchB=1)  # [KVH, G, D]
-    out = g.op("Add", [out_past, g.op("Mul", [p_new, v_new])])
-    return g.op("Reshape", [out, g.i64([1, -1])])  # [1, H*D]

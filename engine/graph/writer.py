@@ -98,10 +98,14 @@ class GraphWriter:
                          **attrs)[0]
 
     def op_n(self, op_type: str, inputs: list[str], *, outputs: int, domain: str = "",
-             name_hint: str | None = None, **attrs: Any) -> list[str]:
-        """Adds one node with `outputs` outputs and returns their names."""
+             name_hint: str | None = None, names: list[str] | None = None,
+             **attrs: Any) -> list[str]:
+        """Adds one node with `outputs` outputs and returns their names (`names`: fixed ones,
+        e.g. graph outputs)."""
         hint = name_hint or op_type.lower()
-        outs = [self.name(hint) for _ in range(outputs)]
+        outs = list(names) if names is not None else [self.name(hint) for _ in range(outputs)]
+        if len(outs) != outputs:
+            raise ValueError(f"{op_type}: {len(outs)} output names for {outputs} outputs")
         node = helper.make_node(op_type, inputs, outs, name=self.name(f"n_{op_type}"),
                                 domain=domain or None, **attrs)
         self.nodes.append(node)

@@ -1,5 +1,6 @@
-"""The single-sequence past mirror: built from the pool, appended per step, dropped when the pool
-changes under it; and the executor's single-token calls over it against the float64 reference."""
+"""The single-sequence past mirror: built from the pool, grown by the position each step writes,
+dropped when the pool changes under it; and the executor's single-token calls over it against
+the float64 reference."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tiny_llama import PagedSeq, ShuffledBlocks, assert_close, schedule
 
 from engine.builder import MODEL_FILE, Q4_MODEL_FILE
 from engine.executors.ort import DENSE, SINGLE_TOKEN, OrtExecutor
-from engine.executors.past_mirror import BOUND_STEP, PastMirror
+from engine.executors.past_mirror import PastMirror, zeroed_buffer
 from engine.host_kv_pool import HostKVPool
 from engine.reference import reference_logits
 from scheduler.plan import ScheduledSeq, StepPlan
@@ -29,24 +30,28 @@ def _seq(seq_id: int, table: list[int], past: int) -> ScheduledSeq:
                         want_logits=True)
 
 
-def _expected(pool: HostKVPool, table: list[int], past: int) -> list[np.ndarray]:
-    kv = pool.read(table, past)  # [L, 2, KVH, past, D]
-    return [kv[layer, k].transpose(1, 0, 2) for layer in range(CONFIG.num_layers)
-            for k in (0, 1)]
+def _write(mirror: PastMirror, rng: np.random.Generator) -> np.ndarray:
+    """What the graph does in a step: the token's K/V into every buffer at position `length`."""
+    kv = rng.standard_normal((CONFIG.num_layers, 2, CONFIG.num_kv_heads,
+                              CONFIG.head_dim)).astype(np.float32)
+    for i, buffer in enumerate(mirror.buffers()):
+        buffer[0, :, mirror.length] = kv[i // 2, i % 2]
+    return kv
 
 
 def test_mirror_holds_the_pools_past_and_rebuilds_only_on_a_switch() -> None:
     pool, mirror = _pool(1), PastMirror(CONFIG, BLOCK, NUM_BLOCKS * BLOCK, np.float32)
     table = [9, 3, 40, 7]
     mirror.prepare(_seq(5, table, 10), pool)
-    for got, want in zip(mirror.views(), _expected(pool, table, 10), strict=True):
-        assert got.flags.c_contiguous and got.shape[0] == mirror.bound == BOUND_STEP
-        assert np.array_equal(got[:10], want)
+    want = pool.read(table, 10)  # [L, 2, KVH, 10, D]
+    for i, got in enumerate(mirror.buffers()):
+        assert got.shape == (1, CONFIG.num_kv_heads, NUM_BLOCKS * BLOCK, CONFIG.head_dim)
+        assert got.flags.c_contiguous and np.array_equal(got[0, :, :10], want[i // 2, i % 2])
     assert mirror.rebuilds == 1 and mirror.seq_id == 5
-    new_kv = np.random.default_rng(2).standard_normal(
-        (CONFIG.num_layers, 2, CONFIG.num_kv_heads, 1, CONFIG.head_dim)).astype(np.float32)
-    mirror.append(_seq(5, table, 10), new_kv)
-    assert mirror.length == 11 and np.array_equal(mirror.views()[1][10], new_kv[0, 1, :, 0])
+    kv = _write(mirror, np.random.default_rng(2))
+    assert np.array_equal(mirror.written()[:, :, :, 0], kv)
+    mirror.commit(_seq(5, table, 10))
+    assert mirror.length == 11
     mirror.prepare(_seq(5, table, 11), pool)  # the next step of the same sequence: kept
     assert mirror.rebuilds == 1
     mirror.prepare(_seq(6, table, 11), pool)  # another sequence
@@ -61,28 +66,32 @@ def test_mirror_holds_the_pools_past_and_rebuilds_only_on_a_switch() -> None:
     assert mirror.seq_id is None and not mirror.holds_any({6}, {9})
 
 
-def test_mirror_bound_steps_by_bound_step_and_keeps_every_position() -> None:
-    """The views' length is the past rounded up to BOUND_STEP (their pointers never move), and
-    every appended position stays where it was written."""
+def test_mirror_buffers_never_move_and_keep_every_position() -> None:
+    """The buffers are the whole capacity from the start (bound once by the executor): every
+    position written stays where it was, and the pointers never change."""
     pool, mirror = _pool(3), PastMirror(CONFIG, BLOCK, NUM_BLOCKS * BLOCK, np.float32)
     table = list(range(NUM_BLOCKS))
     mirror.prepare(_seq(1, table, 3), pool)
-    pointers = [v.ctypes.data for v in mirror.views()]
+    pointers = [b.ctypes.data for b in mirror.buffers()]
     rng = np.random.default_rng(4)
-    appended = []
-    for past in range(3, 2 * BOUND_STEP + 5):
-        kv = rng.standard_normal((CONFIG.num_layers, 2, CONFIG.num_kv_heads, 1,
-                                  CONFIG.head_dim)).astype(np.float32)
-        mirror.append(_seq(1, table, past), kv)
-        appended.append(kv[:, :, :, 0])
-        assert mirror.bound == -(-mirror.length // BOUND_STEP) * BOUND_STEP
-    key = mirror.views()[2]  # layer 1, K: [bound, KVH, D]
-    assert key.shape == (3 * BOUND_STEP, CONFIG.num_kv_heads, CONFIG.head_dim)
-    assert [v.ctypes.data for v in mirror.views()] == pointers
-    assert np.array_equal(key[:3], _expected(pool, table, 3)[2][:3])
-    assert np.array_equal(key[3:mirror.length], np.stack([a[1, 0] for a in appended]))
+    written = []
+    for past in range(3, 70):
+        written.append(_write(mirror, rng))
+        mirror.commit(_seq(1, table, past))
+    key = mirror.buffers()[2]  # layer 1, K: [1, KVH, capacity, D]
+    assert [b.ctypes.data for b in mirror.buffers()] == pointers and mirror.length == 70
+    assert np.array_equal(key[0, :, :3], pool.read(table, 3)[1, 0])
+    assert np.array_equal(key[0, :, 3:70], np.stack([w[1, 0] for w in written], axis=1))
     mirror.close()
-    assert mirror.length == 0
+    assert mirror.length == 0 and mirror.capacity == 0
+
+
+def test_zeroed_buffer_is_writable_zeros_of_its_own() -> None:
+    a, b = zeroed_buffer((2, 3, 1024), np.float32), zeroed_buffer((2, 3, 1024), np.float32)
+    assert a.shape == (2, 3, 1024) and a.dtype == np.float32 and not a.any()
+    a[1, 2, 1023] = 5.0
+    assert a[1, 2, 1023] == 5.0 and not b.any()
+    assert zeroed_buffer((0, 4), np.float16).shape == (0, 4)
 
 
 @pytest.fixture
@@ -96,9 +105,10 @@ def executor(model: Model) -> Iterator[OrtExecutor]:  # noqa: F811
 
 def test_single_token_steps_follow_the_pool_when_it_changes(model: Model,  # noqa: F811
                                                           executor: OrtExecutor) -> None:
-    """Decode of one sequence reads the mirror (built once), a dense call of that sequence and a
-    block copy into its blocks drop it, a one-token prompt (no past) runs dense, and the bound
-    views grow past BOUND_STEP: every logits row matches the float64 reference."""
+    """Decode of one sequence reads and grows the mirror (built once), a dense call of that
+    sequence and a block copy into its blocks drop it, a one-token prompt (no past) runs dense,
+    two sequences taking turns rebuild it: every logits row matches the float64 reference, and
+    the pool holds what the single-token steps wrote."""
     weights = model[0]
     rng = np.random.default_rng(7)
     blocks = ShuffledBlocks(NUM_BLOCKS, seed=7)
@@ -112,7 +122,8 @@ def test_single_token_steps_follow_the_pool_when_it_changes(model: Model,  # noq
     step(a, 6)
     for _ in range(5):
         step(a, 1)
-    mirror = executor._mirror
+    assert executor.single_token is not None
+    mirror = executor.single_token.mirror
     assert (executor.runs, mirror.rebuilds, mirror.length) == ({DENSE: 1, SINGLE_TOKEN: 5}, 1, 11)
     step(a, 3)  # a chunk of the same sequence through the dense graph
     assert mirror.seq_id is None
@@ -128,9 +139,15 @@ def test_single_token_steps_follow_the_pool_when_it_changes(model: Model,  # noq
     step(b, 1)  # b's first step with a past: the mirror switches to b
     step(a, 1)  # and back
     assert mirror.rebuilds == 5 and mirror.seq_id == 0
-    for _ in range(BOUND_STEP - len(a.tokens) + 3):  # across a bound: the pasts are rebound
+    for _ in range(40):
         step(a, 1)
-    assert mirror.bound == 2 * BOUND_STEP and mirror.rebuilds == 5
+    assert mirror.rebuilds == 5 and mirror.length == len(a.tokens)
+    # the pool got every position the graph wrote into the mirror: a fresh mirror built from
+    # the pool equals it
+    fresh = PastMirror(CONFIG, BLOCK, NUM_BLOCKS * BLOCK, np.float32)
+    fresh.prepare(_seq(0, a.block_table, mirror.length), executor.pool)
+    for got, want in zip(mirror.buffers(), fresh.buffers(), strict=True):
+        assert np.array_equal(got[0, :, :mirror.length], want[0, :, :mirror.length])
 
 
 def test_a_lone_decode_inside_a_bigger_plan_stays_dense(model: Model) -> None:  # noqa: F811
@@ -151,23 +168,36 @@ def test_a_lone_decode_inside_a_bigger_plan_stays_dense(model: Model) -> None:  
     result = ex.execute(StepPlan(1, plan))
     for row, seq in zip(result.logits, seqs, strict=True):
         assert_close(row, reference_logits(CONFIG, weights, seq.tokens)[-1])
-    assert ex.runs == {DENSE: 4, SINGLE_TOKEN: 0} and ex._mirror.rebuilds == 0
+    assert ex.single_token is not None
+    assert ex.runs == {DENSE: 4, SINGLE_TOKEN: 0} and ex.single_token.mirror.rebuilds == 0
     ex.close()
 
 
-def test_bound_stops_at_a_capacity_short_of_the_next_step(model: Model) -> None:  # noqa: F811
-    """A pool of 10 blocks of 4 (capacity 40, not a multiple of BOUND_STEP): past 32 tokens the
-    views are the whole 40-slot mirror, and decode up to the last slot matches the reference."""
+def test_positions_past_the_mirror_run_dense(model: Model) -> None:  # noqa: F811
+    """The mirror ends at the smallest of max_context, the pool and max_position_embeddings
+    (GroupQueryAttention's RoPE tables): a pool of 10 blocks of 4 holds 40 positions, and a
+    context of 300 over 80 blocks stops the single-token steps at position 256 (the tiny
+    model's max_position_embeddings); every step matches the reference."""
     weights, out, _ = model
-    ex = OrtExecutor(out / MODEL_FILE, CONFIG, num_blocks=10, block_size=BLOCK,
-                     max_context=256, intra_op_threads=1, single_token_model=out / Q4_MODEL_FILE)
-    rng = np.random.default_rng(11)
-    blocks = ShuffledBlocks(10, seed=11)
-    seq = PagedSeq(0)
-    for n in [30] + [1] * 10:  # positions 30..39
-        result = ex.execute(StepPlan(0, [schedule(seq, rng.integers(0, 97, n).tolist(), blocks,
-                                                  BLOCK)]))
-        assert_close(result.logits[0], reference_logits(CONFIG, weights, seq.tokens)[-1])
-    assert ex._mirror.bound == 40 and ex._mirror.length == 40
-    assert ex.runs == {DENSE: 1, SINGLE_TOKEN: 10}
+
+    def decode(num_blocks: int, max_context: int, lengths: list[int]) -> OrtExecutor:
+        ex = OrtExecutor(out / MODEL_FILE, CONFIG, num_blocks=num_blocks, block_size=BLOCK,
+                         max_context=max_context, intra_op_threads=1,
+                         single_token_model=out / Q4_MODEL_FILE)
+        rng = np.random.default_rng(11)
+        blocks, seq = ShuffledBlocks(num_blocks, seed=11), PagedSeq(0)
+        for n in lengths:
+            planned = schedule(seq, rng.integers(0, 97, n).tolist(), blocks, BLOCK)
+            result = ex.execute(StepPlan(0, [planned]))
+            assert_close(result.logits[0], reference_logits(CONFIG, weights, seq.tokens)[-1])
+        return ex
+
+    ex = decode(10, 256, [30] + [1] * 10)  # positions 30..39: the last slot of the pool
+    assert ex.single_token is not None and ex.single_token.mirror.capacity == 40
+    assert ex.runs == {DENSE: 1, SINGLE_TOKEN: 10} and ex.single_token.mirror.length == 40
+    ex.close()
+    assert CONFIG.max_position_embeddings == 256
+    ex = decode(80, 300, [250] + [1] * 10)  # positions 250..259
+    assert ex.single_token is not None and ex.single_token.mirror.capacity == 256
+    assert ex.runs == {DENSE: 1 + 4, SINGLE_TOKEN: 6}  # 250..255 mirrored, 256..259 dense
     ex.close()

@@ -4,6 +4,7 @@ logits as the float64 reference, and OrtExecutor runs exactly the one-token call
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import gguf
@@ -28,7 +29,7 @@ from engine.executors.ort import (
     SINGLE_TOKEN_DYNAMIC_BLOCK_BASE,
     OrtExecutor,
 )
-from engine.graph.single_token import past_input_names
+from engine.graph.single_token import past_input_names, present_output_names
 from engine.loaders.gguf_q4 import HEAD, LINEARS, Q4Blocks, decode_blocks, decode_q8_0
 from engine.reference import reference_logits
 from scheduler.plan import StepPlan
@@ -42,17 +43,17 @@ CONFIG = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, 
 Model = tuple[dict[str, np.ndarray], Path, GraphSpec]
 
 
-def q4_model(kind: str, head_kind: str
+def q4_model(kind: str, head_kind: str, config: ModelConfig = CONFIG
              ) -> tuple[dict[str, np.ndarray], dict[str, Q4Blocks]]:
     """Random weights whose layer linears and (tied) head went through gguf's quantizer: the
     float32 weights are exactly the blocks' dequantized values."""
-    weights = random_weights(CONFIG, seed=11)
+    weights = random_weights(config, seed=11)
     embed = "model.embed_tokens.weight"
     raw = quantize(weights[embed], gguf.GGMLQuantizationType[head_kind])
     parts = decode_q8_0(raw) if head_kind == "Q8_0" else [decode_blocks(raw, head_kind)]
     weights[embed] = sum(p.dequantize() for p in parts)
     blocks = {f"{HEAD}.{i}": p for i, p in enumerate(parts)}
-    for i in range(CONFIG.num_layers):
+    for i in range(config.num_layers):
         for linear in LINEARS:
             name = f"model.layers.{i}.{linear}"
             raw = quantize(weights[f"{name}.weight"], gguf.GGMLQuantizationType[kind])
@@ -81,23 +82,23 @@ def executor(model: Model) -> Iterator[OrtExecutor]:
 
 
 def test_q4_graph_has_its_own_io_and_matmulnbits(model: Model) -> None:
-    """The dense graph's outputs; as inputs the one token, its position, the logit rows and each
-    layer's past [S, KVH, D] (no pool); every layer linear (gate and up as one) and the head's
-    parts are MatMulNBits."""
+    """As inputs the one token, its position, the logit rows and each layer's past buffer
+    [1, KVH, S, D] (no pool); as outputs the logits and each layer's present buffer of the same
+    shape; every layer linear (gate and up as one) and the head's parts are MatMulNBits."""
     _, out, _ = model
     dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
     q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
-    assert [o.name for o in q4.graph.output] == [o.name for o in dense.graph.output]
+    layers = CONFIG.num_layers
+    assert [o.name for o in q4.graph.output] == ["logits", *present_output_names(layers)]
     names = [i.name for i in q4.graph.input]
-    assert names == ["input_ids", "positions", "logit_index",
-                     *past_input_names(CONFIG.num_layers)]
-    past = q4.graph.input[3].type.tensor_type.shape.dim
-    assert [d.dim_param or d.dim_value for d in past] == ["S", CONFIG.num_kv_heads,
-                                                            CONFIG.head_dim]
+    assert names == ["input_ids", "positions", "logit_index", *past_input_names(layers)]
+    buffer = [1, CONFIG.num_kv_heads, "S", CONFIG.head_dim]
+    for value in (q4.graph.input[3], q4.graph.output[1]):
+        assert [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] == buffer
     ops = [n.op_type for n in q4.graph.node]
     head = [n for n in q4.graph.node if n.op_type == "MatMulNBits"
             and n.input[1].startswith(f"{HEAD}.")]
-    assert len(head) in (1, 2) and ops.count("MatMulNBits") == 4 * CONFIG.num_layers + len(head)
+    assert len(head) in (1, 2) and ops.count("MatMulNBits") == 4 * layers + len(head)
     assert {(o.domain, o.version) for o in q4.opset_import} >= {("com.microsoft", 1)}
     assert not any(n.op_type == "MatMulNBits" for n in dense.graph.node)
     nbits = next(n for n in q4.graph.node if n.op_type == "MatMulNBits")
@@ -106,20 +107,29 @@ def test_q4_graph_has_its_own_io_and_matmulnbits(model: Model) -> None:
 
 
 def test_single_token_graph_has_fewer_nodes_per_layer(model: Model) -> None:
-    """The single-token graph: residual Adds folded into SkipSimplifiedLayerNormalization, no
-    Transposes, no pool Gathers (the past is an input), no pad/unpad Gathers, the Q4_1
-    minimum's correction as MatMulNBits's bias (no Add after it), the new K and V reshaped
-    once; the dense graph keeps its general layer."""
+    """The single-token graph: one GroupQueryAttention a layer (RoPE inside, past and present
+    its buffers: no Gather, Concat, Transpose or mask), residual Adds folded into
+    SkipSimplifiedLayerNormalization, SiLU as QuickGelu, the Q4_1 minimum's correction as
+    MatMulNBits's bias (no Add after it); the dense graph keeps its general layer."""
     _, out, _ = model
     dense = onnx.load(str(out / MODEL_FILE), load_external_data=False)
     q4 = onnx.load(str(out / Q4_MODEL_FILE), load_external_data=False)
     ops = [n.op_type for n in q4.graph.node]
     layers = CONFIG.num_layers
     assert ops.count("SkipSimplifiedLayerNormalization") == 2 * layers
-    assert ops.count("Transpose") == 0  # FusedMatMul's transB / transBatchB
+    assert ops.count("GroupQueryAttention") == layers
+    assert ops.count("QuickGelu") == layers
+    for absent in ("Transpose", "Concat", "Softmax", "RotaryEmbedding", "Sigmoid", "Where"):
+        assert ops.count(absent) == 0, absent
     assert ops.count("Gather") == 2  # embedding, logit rows
-    assert ops.count("FusedMatMul") == 3 * layers  # past scores, new score, past values
-    assert ops.count("Reshape") <= 9 * layers + 1  # 4 of them: the Q4_1 minimum's block sums
+    # a reshape to blocks of 32 per ReduceSum (the Q4_1 minimum's block sums), and the output
+    assert ops.count("Reshape") == ops.count("ReduceSum") + 1
+    gqa = next(n for n in q4.graph.node if n.op_type == "GroupQueryAttention")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gqa.attribute}
+    assert (attrs["do_rotary"], attrs["scale"], attrs["num_heads"], attrs["kv_num_heads"]) == (
+        1, 1.0, CONFIG.num_heads, CONFIG.num_kv_heads)
+    assert list(gqa.input[3:5]) == past_input_names(layers)[:2]
+    assert list(gqa.output[1:]) == present_output_names(layers)[:2]
     linears = [n for n in q4.graph.node if n.op_type == "MatMulNBits"
                and not n.input[1].startswith(f"{HEAD}.")]
     assert len(linears) == 4 * layers
@@ -130,6 +140,16 @@ def test_single_token_graph_has_fewer_nodes_per_layer(model: Model) -> None:
     added = {i for n in q4.graph.node if n.op_type == "Add" for i in n.input}
     assert not added & {n.output[0] for n in linears}
     assert "SkipSimplifiedLayerNormalization" not in {n.op_type for n in dense.graph.node}
+
+
+def test_no_single_token_graph_for_a_head_dim_rope_inside_attention_cannot_take(
+        tmp_path: Path) -> None:
+    """GroupQueryAttention rotates heads whose size is a multiple of 16 only: other models
+    keep the dense graph for every step."""
+    config = replace(CONFIG, num_heads=8, num_kv_heads=4, head_dim=8)
+    weights, blocks = q4_model("Q4_1", "Q8_0", config)
+    spec = build_model_graph(config, weights, tmp_path, block_size=BLOCK, blocks=blocks)
+    assert spec.q4_model_file is None and not (tmp_path / Q4_MODEL_FILE).exists()
 
 
 def test_q4_graph_reads_shared_weights_from_the_dense_data_file(model: Model) -> None:
