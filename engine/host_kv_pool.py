@@ -42,6 +42,11 @@ class HostKVPool:
         slots = self.data.reshape(*self.data.shape[:3], -1, self.data.shape[-1])  # a view
         slots[:, :, :, blocks * self.block_size + offsets] = new_kv
 
+    def write_token(self, block: int, offset: int, kv: np.ndarray) -> None:
+        """One token's K/V [L, 2, KVH, 1, D] to slot (block, offset): a strided copy, no fancy
+        indexing (the single-token decode step)."""
+        self.data[:, :, :, block, offset] = kv[:, :, :, 0]
+
     def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Copies whole blocks src -> dst (all layers, K and V), in order."""
         for src, dst in pairs:

@@ -180,16 +180,18 @@ class OrtExecutor:
         pool (and the mirror, when read). Only a whole plan (`alone`) of one token with a past
         runs the single-token graph: lone decodes inside bigger plans stay dense, so sequences
         taking turns there cannot make the mirror copy their pasts in and out every step."""
-        packed = pack_seqs(seqs, self.block_size)
-        argmax: np.ndarray | None = None
         if self._single is not None and alone and self._single.accepts(seqs[0]):
             self._runs[SINGLE_TOKEN] += 1
-            logits, new_kv = self._single.run(seqs[0], packed.feeds, self._pool)
-        else:
-            if self._single is not None:
-                self._single.forget({s.seq_id for s in seqs}, set())
-            self._runs[DENSE] += 1
-            logits, argmax, new_kv = self._run(packed.feeds)
+            seq = seqs[0]
+            logits, new_kv = self._single.run(seq, self._pool)
+            block, offset = divmod(seq.start_pos, self.block_size)
+            self._pool.write_token(seq.block_table[block], offset, new_kv)
+            return logits, None
+        if self._single is not None:
+            self._single.forget({s.seq_id for s in seqs}, set())
+        self._runs[DENSE] += 1
+        packed = pack_seqs(seqs, self.block_size)
+        logits, argmax, new_kv = self._run(packed.feeds)
         self._pool.write(packed.slot_blocks, packed.slot_offsets, new_kv)
         return logits, argmax
 

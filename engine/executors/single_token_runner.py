@@ -3,8 +3,9 @@ one sequence through the Q4 graph (engine/graph/single_token.py) over that seque
 mirror (engine/executors/past_mirror.py).
 
 The mirror's buffers are bound once, as both the graph's past inputs and its present outputs
-(the same memory: GroupQueryAttention appends the token's K/V in place), and stay bound for the
-runner's life; a step binds only its token, position and logit rows, and a fresh logits array.
+(the same memory: GroupQueryAttention appends the token's K/V in place), and so are three small
+arrays that a step overwrites with its token, position and logit row: a step binds only a
+fresh logits array (the caller may still hold the previous one).
 """
 
 from __future__ import annotations
@@ -50,20 +51,22 @@ class SingleTokenRunner:
         self.mirror = PastMirror(config, block_size,
                                  min(capacity, config.max_position_embeddings), dtype)
         self._binding: ort.IOBinding | None = None
+        self._bound_rows = 1  # rows of logit_index bound: 1, or 0 for a step without logits
+        # bound by pointer; each step writes its token and position here
+        self._token, self._position = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        self._logit_row = np.zeros(1, np.int64)  # the one token's row, 0
 
     def accepts(self, seq: ScheduledSeq) -> bool:
         """One token with a past, at a position inside the mirror."""
         return len(seq.token_ids) == 1 and 0 < seq.start_pos < self.mirror.capacity
 
-    def run(self, seq: ScheduledSeq, feeds: dict[str, np.ndarray], pool: HostKVPool
-            ) -> tuple[np.ndarray, np.ndarray]:
-        """-> (logits [R, vocab], the step's K/V [L, 2, KVH, 1, D], a view into the mirror that
-        the caller writes into the pool)."""
+    def run(self, seq: ScheduledSeq, pool: HostKVPool) -> tuple[np.ndarray, np.ndarray]:
+        """-> (logits [R, vocab] (R = 1 if seq.want_logits else 0), the step's K/V
+        [L, 2, KVH, 1, D], a view into the mirror that the caller writes into the pool)."""
         self.mirror.prepare(seq, pool)
-        binding = self._bind()
-        for name in SINGLE_TOKEN_FEEDS:
-            binding.bind_cpu_input(name, feeds[name])
-        logits = np.empty((len(feeds["logit_index"]), self._config.vocab_size), np.float32)
+        binding = self._bind(seq.want_logits)
+        self._token[0], self._position[0] = seq.token_ids[0], seq.start_pos
+        logits = np.empty((int(seq.want_logits), self._config.vocab_size), np.float32)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape),
                             logits.ctypes.data)
         self.session.run_with_iobinding(binding)
@@ -71,7 +74,7 @@ class SingleTokenRunner:
         self.mirror.commit(seq)
         return logits, new_kv
 
-    def _bind(self) -> ort.IOBinding:
+    def _bind(self, want_logits: bool) -> ort.IOBinding:
         if self._binding is None:
             binding = self.session.io_binding()
             layers = self._config.num_layers
@@ -81,7 +84,14 @@ class SingleTokenRunner:
                 shape, ptr = list(buffer.shape), buffer.ctypes.data
                 binding.bind_input(past, "cpu", 0, buffer.dtype.type, shape, ptr)
                 binding.bind_output(present, "cpu", 0, buffer.dtype.type, shape, ptr)
-            self._binding = binding
+            for name, array in zip(SINGLE_TOKEN_FEEDS, (self._token, self._position,
+                                                        self._logit_row), strict=True):
+                binding.bind_input(name, "cpu", 0, np.int64, [1], array.ctypes.data)
+            self._binding, self._bound_rows = binding, 1
+        if int(want_logits) != self._bound_rows:  # a step that wants no logits (rare)
+            self._bound_rows = int(want_logits)
+            self._binding.bind_input("logit_index", "cpu", 0, np.int64, [self._bound_rows],
+                                     self._logit_row.ctypes.data)
         return self._binding
 
     def forget(self, seq_ids: set[int], blocks: set[int]) -> None:

@@ -201,3 +201,24 @@ def test_positions_past_the_mirror_run_dense(model: Model) -> None:  # noqa: F81
     assert ex.single_token is not None and ex.single_token.mirror.capacity == 256
     assert ex.runs == {DENSE: 1 + 4, SINGLE_TOKEN: 6}  # 250..255 mirrored, 256..259 dense
     ex.close()
+
+
+def test_a_single_token_step_without_logits_still_writes_its_kv(model: Model,  # noqa: F811
+                                                                executor: OrtExecutor) -> None:
+    """A one-token step that wants no logits (its row bound empty) returns no row but writes
+    its K/V (mirror and pool); the next steps, with logits again, match the reference."""
+    weights = model[0]
+    rng = np.random.default_rng(13)
+    blocks, seq = ShuffledBlocks(NUM_BLOCKS, seed=13), PagedSeq(0)
+    executor.execute(StepPlan(0, [schedule(seq, rng.integers(0, 97, 5).tolist(), blocks, BLOCK)]))
+    for step_id, want in enumerate((True, False, False, True, True), start=1):
+        planned = schedule(seq, rng.integers(0, 97, 1).tolist(), blocks, BLOCK, want_logits=want)
+        result = executor.execute(StepPlan(step_id, [planned]))
+        assert result.logits.shape == (int(want), CONFIG.vocab_size)
+        if want:
+            assert_close(result.logits[0], reference_logits(CONFIG, weights, seq.tokens)[-1])
+    assert executor.runs == {DENSE: 1, SINGLE_TOKEN: 5}
+    kv = executor.pool.read(seq.block_table, len(seq.tokens))  # [L, 2, KVH, 10, D]
+    assert executor.single_token is not None
+    for i, buffer in enumerate(executor.single_token.mirror.buffers()):
+        assert np.array_equal(buffer[0, :, :len(seq.tokens)], kv[i // 2, i % 2])
