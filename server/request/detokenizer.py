@@ -30,7 +30,6 @@ class IncrementalDetokenizer:
         self._prefix_text = self._decode(self._prefix, self._read)
         self._sent = 0  # characters emitted past _prefix_text in the current window
         self._stalled = 0  # tokens added since text last grew
-        self.text = ""  # everything emitted so far
 
     def _decode(self, start: int, end: int | None = None) -> str:
         return self._tok.decode(self._ids[start:end], skip_special_tokens=self._skip)
@@ -45,7 +44,6 @@ class IncrementalDetokenizer:
         start = len(self._prefix_text) + self._sent
         delta = candidate[start:] if len(candidate) > start else ""
         self._sent += len(delta)
-        self.text += delta
         return delta
 
     def step(self, new_ids: Sequence[int]) -> str:
