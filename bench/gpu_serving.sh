@@ -4,8 +4,11 @@
 #   bash bench/gpu_serving.sh serve   # GPU tests, decode graph parity/timing, the HTTP bench
 #   bash bench/gpu_serving.sh hf      # transformers eager and static cache + torch.compile
 # QUICK=1 skips bench/gpu_decode_graphs.py and the server with --no-cuda-graphs; NO_TESTS=1 the
-# GPU tests, NO_DECODE=1 bench/gpu_decode_graphs.py (a lease that ran them in an earlier call). During c64 and
-# c256: GPU utilisation (nvidia-smi), py-spy, and the per-step host split (bench/gpu_step_split.py).
+# GPU tests, NO_DECODE=1 bench/gpu_decode_graphs.py (a lease that ran them in an earlier call),
+# C1_ONLY=1 stops after the server's c1 run, NO_PROFILE=1 skips bench/gpu_kernel_profile.py (CUDA kernels of decode steps). During c64 and c256: GPU
+# utilisation (nvidia-smi), py-spy, and the per-step host split (bench/gpu_step_split.py).
+# CLIENT_PROCS (default 4): `trtserve bench --client-procs` at c64 and c256, so the load generator
+# is not the limit (one client process saturates a core near 5k tok/s).
 # API_SERVERS (default 4) is passed as --api-server-count (0: the one-process server); py-spy
 # then records the engine-core child (the PID the server logs), not the supervisor.
 # Every step runs under `timeout`; only PIDs started here are waited on or stopped. Output:
@@ -18,6 +21,7 @@ PORT=18123
 URL=http://127.0.0.1:$PORT
 SUM="$OUT/summary-$PART.txt"
 API_SERVERS=${API_SERVERS:-4}
+CLIENT_PROCS=${CLIENT_PROCS:-4}  # `trtserve bench --client-procs` at c64 and c256 (c1, c16: 1)
 say() { echo "$*" | tee -a "$SUM"; }
 
 start_server() {  # $1: name, rest: extra serve flags; sets SRV
@@ -41,12 +45,12 @@ stop_server() {
   wait "$SRV" 2>/dev/null; say "server stopped (exit $?)"
 }
 
-bench() {  # $1: name, $2: concurrency, $3: prompts, $4: timeout s
+bench() {  # $1: name, $2: concurrency, $3: prompts, $4: timeout s, $5: client processes (1)
   timeout "$4" $PY -m server.cli bench --url "$URL" --model ensemble --concurrency "$2" \
-    --num-prompts "$3" --input-len 128 --output-len 128 --no-progress \
+    --num-prompts "$3" --input-len 128 --output-len 128 --no-progress --client-procs "${5:-1}" \
     --output-json "$LOG/bench-$1.json" >"$LOG/bench-$1.txt" 2>"$LOG/bench-$1.err"
   local rc=$?
-  say "---- bench $1: concurrency $2, $3 prompts (rc=$rc)"
+  say "---- bench $1: concurrency $2, $3 prompts, ${5:-1} client processes (rc=$rc)"
   grep -E "^\|" "$LOG/bench-$1.txt" | head -12 | tee -a "$SUM"
 }
 
@@ -119,6 +123,12 @@ serve_part() {
     timeout 300 $PY -m pytest tests/gpu -m gpu -q -rsx -p no:cacheprovider >"$LOG/pytest-gpu.txt" 2>&1
     say "---- pytest tests/gpu -m gpu (rc=$?)"; tail -n 12 "$LOG/pytest-gpu.txt" | tee -a "$SUM"
   fi
+  if [ -z "${NO_PROFILE:-}" ]; then
+    timeout 240 $PY bench/gpu_kernel_profile.py --out "$LOG/kernel_profile.md" \
+      >"$LOG/kernel_profile.txt" 2>&1
+    say "---- bench/gpu_kernel_profile.py (rc=$?)"
+    cat "$LOG/kernel_profile.md" 2>/dev/null | tee -a "$SUM" || tail -n 20 "$LOG/kernel_profile.txt"
+  fi
   if [ -z "${QUICK:-}" ] && [ -z "${NO_DECODE:-}" ]; then
     timeout 240 $PY bench/gpu_decode_graphs.py --rotary-op --out "$LOG/decode_graphs.md" \
       >"$LOG/decode_graphs.txt" 2>&1
@@ -127,15 +137,16 @@ serve_part() {
   fi
   start_server graphs || { tail -n 30 "$LOG/serve-graphs.log"; return; }
   bench c1 1 32 120
+  [ -n "${C1_ONLY:-}" ] && { stop_server; return; }
   bench c16 16 64 90
   profile_window c64 &
   local prof=$!
-  bench c64 64 512 120
+  bench c64 64 512 120 "$CLIENT_PROCS"
   wait "$prof" 2>/dev/null
   report_window c64
   profile_window c256 &
   prof=$!
-  bench c256 256 1024 240
+  bench c256 256 1024 240 "$CLIENT_PROCS"
   wait "$prof" 2>/dev/null
   report_window c256
   kv_blocks c256
@@ -144,8 +155,8 @@ serve_part() {
   [ -n "${QUICK:-}" ] && return
   start_server nographs --no-cuda-graphs || return
   bench nographs-c1 1 16 90
-  bench nographs-c64 64 256 90
-  bench nographs-c256 256 512 200
+  bench nographs-c64 64 256 90 "$CLIENT_PROCS"
+  bench nographs-c256 256 512 200 "$CLIENT_PROCS"
   stop_server
 }
 
