@@ -5,7 +5,8 @@ pointer (IOBinding).
 Per step (engine/device/step_io.py): inputs staged in one H2D copy, block copies by kernel,
 graph run with `kv_cache` bound in place and `new_kv`/`logits` bound to device buffers, new K/V
 scattered into the pool by the NVRTC kernel, logits copied back through pinned memory. The pool
-is never copied to the host.
+is never copied to the host. All of it is queued on one stream (onnxruntime's compute stream is
+ours, and its runs do not wait for the GPU), so the host waits once per step, at the end.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from scheduler.plan import StepPlan
 logger = logging.getLogger(__name__)
 
 CAPTURE_RUNS = 3  # onnxruntime runs twice plainly, then captures the CUDA graph on the third
-_ORT_TYPES = {"tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
-              "tensor(float)": "float32"}
+_KV_TYPES = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
+             TensorProto.FLOAT: "float32"}
 
 
 def element_type(dtype: np.dtype) -> type | int:
@@ -42,7 +43,20 @@ class OrtCudaUnavailableError(RuntimeError):
     """onnxruntime here has no CUDA execution provider."""
 
 
-def _session(model_path: Path, device_id: int) -> object:
+def cuda_provider_options(device_id: int, stream: int | None, capture: bool | None = None
+                          ) -> dict[str, str]:
+    """The CUDA EP's options: the device, our stream as its compute stream (so the staged
+    inputs, the graph and the step's finish are ordered on one stream with no host wait between
+    them) and, for bucket sessions, whether the run is captured as a CUDA graph."""
+    options = {"device_id": str(device_id)}
+    if stream is not None:
+        options |= {"has_user_compute_stream": "1", "user_compute_stream": str(stream)}
+    if capture is not None:
+        options["enable_cuda_graph"] = "1" if capture else "0"
+    return options
+
+
+def _session(model_path: Path, device_id: int, stream: int | None = None) -> object:
     import onnxruntime as ort
 
     from engine.executors.ort import session_options
@@ -53,12 +67,13 @@ def _session(model_path: Path, device_id: int) -> object:
             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu in place of "
             "onnxruntime, or use the CPU executor")
     opts = session_options(intra_op_threads=1)
-    providers = [("CUDAExecutionProvider", {"device_id": str(device_id)}), "CPUExecutionProvider"]
+    providers = [("CUDAExecutionProvider", cuda_provider_options(device_id, stream)),
+                 "CPUExecutionProvider"]
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
 
 
 def _graph_session(model_path: Path, device_id: int, dims: dict[str, int],
-                   capture: bool = True) -> object:
+                   capture: bool = True, stream: int | None = None) -> object:
     """A session with every symbolic dim fixed and the whole run captured as a CUDA graph
     (replayed from the third run on; onnxruntime refuses it if a node lands off the CUDA EP)."""
     import onnxruntime as ort
@@ -68,18 +83,32 @@ def _graph_session(model_path: Path, device_id: int, dims: dict[str, int],
     opts = session_options(intra_op_threads=1)
     for name, value in dims.items():
         opts.add_free_dimension_override_by_name(name, value)
-    options = {"device_id": str(device_id), "enable_cuda_graph": "1" if capture else "0"}
-    return ort.InferenceSession(str(model_path), sess_options=opts,
-                                providers=[("CUDAExecutionProvider", options)])
+    return ort.InferenceSession(str(model_path), sess_options=opts, providers=[
+        ("CUDAExecutionProvider", cuda_provider_options(device_id, stream, capture))])
 
 
-def graph_kv_dtype(session: object) -> str:
-    """The pool dtype the graph was built for (its kv_cache input's element type)."""
-    for value in session.get_inputs():  # type: ignore[attr-defined]
+def _run_options() -> object:
+    """Runs return once their work is queued on the stream: the step's finish waits once."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    return options
+
+
+def model_kv_dtype(model_path: Path) -> str:
+    """The pool dtype the graph was built for: its kv_cache input's element type (read from the
+    graph alone, not its weights)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    for value in graph.input:
         if value.name == "kv_cache":
-            if value.type not in _ORT_TYPES:
-                raise ValueError(f"kv_cache element type {value.type} is not supported on CUDA")
-            return _ORT_TYPES[value.type]
+            elem = value.type.tensor_type.elem_type
+            if elem not in _KV_TYPES:
+                raise ValueError(f"kv_cache element type {TensorProto.DataType.Name(elem)} is "
+                                 "not supported on CUDA")
+            return _KV_TYPES[elem]
     raise ValueError("graph has no kv_cache input")
 
 
@@ -103,14 +132,19 @@ class OrtCudaExecutor(DeviceExecutor):
         self._device_id = device_id
         self._model_path = model_path
         self._decode_path = decode_graph_path(model_path)
+        self._bindings: dict[object, tuple[tuple, object]] = {}  # session -> (its key, binding)
         try:
-            self._session = _session(model_path, device_id)
-            kv_dtype = graph_kv_dtype(self._session)
-            self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
+            kv_dtype = model_kv_dtype(model_path)
             self._io = DeviceStepIO(self._context, config, num_blocks=num_blocks,
                                     block_size=block_size, kv_dtype=kv_dtype,
                                     limits=self._limits, device_sampling=device_sampling)
+            self._session = _session(model_path, device_id, stream=int(self._io.stream))
+            self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
+            self._run_options = _run_options()
         except BaseException:
+            if self._io is not None:
+                self._io.close()
+                self._io = None
             self._context.close()
             raise
         # Decode steps always run through the fixed-shape bucket sessions, replayed as CUDA
@@ -129,11 +163,12 @@ class OrtCudaExecutor(DeviceExecutor):
     def _bucket_session(self, bucket: Bucket) -> object:
         g = self._device_io().geometry
         return _graph_session(self._decode_path, self._device_id,
-                              bucket_dims(bucket, g.graph_shape[0], g.block_size), self._capture)
+                              bucket_dims(bucket, g.graph_shape[0], g.block_size), self._capture,
+                              stream=int(self._device_io().stream))
 
     def _run(self, staged: StagedStep) -> None:
-        io = self._device_io()
-        io.stream.synchronize()  # staged inputs and block copies land before onnxruntime reads
+        """Queue the graph on the stream, after the staged inputs and block copies (onnxruntime
+        runs on our stream and returns without waiting; the step's finish waits once)."""
         if staged.bucket is not None and self._graphs is not None:
             try:
                 self._run_session(self._graphs.get(staged.bucket), staged)
@@ -161,15 +196,27 @@ class OrtCudaExecutor(DeviceExecutor):
             io.finish_with_argmax(staged, self._has_argmax)
 
     def _run_session(self, session: object, staged: StagedStep) -> None:
+        session.run_with_iobinding(self._binding(session, staged),  # type: ignore[attr-defined]
+                                   self._run_options)
+
+    def _binding(self, session: object, staged: StagedStep) -> object:
+        """The session's binding of the staged buffers, made again only when an address or a
+        shape moved: a bucket's buffers sit at the same addresses at every step."""
+        outputs = self._outputs(staged)
+        key = (tuple((n, t.ptr, t.shape) for n, t in staged.inputs.items()),
+               tuple((n, t.ptr, t.shape) for n, t in outputs))
+        cached = self._bindings.get(session)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         binding = session.io_binding()  # type: ignore[attr-defined]
         for name, t in staged.inputs.items():
             binding.bind_input(name, self.ORT_DEVICE, self._device_id, element_type(t.dtype),
                                list(t.shape), t.ptr)
-        for name, t in self._outputs(staged):
+        for name, t in outputs:
             binding.bind_output(name, self.ORT_DEVICE, self._device_id, element_type(t.dtype),
                                 list(t.shape), t.ptr)
-        session.run_with_iobinding(binding)  # type: ignore[attr-defined]
-        binding.synchronize_outputs()
+        self._bindings[session] = (key, binding)
+        return binding
 
     def close(self) -> None:
         with self._lock:
@@ -179,6 +226,7 @@ class OrtCudaExecutor(DeviceExecutor):
             self._io.close()
             self._io = None
             self._session = None
+            self._bindings.clear()
             if self._graphs is not None:
                 self._graphs.clear()
             self._context.close()

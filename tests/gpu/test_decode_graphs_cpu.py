@@ -60,7 +60,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
 
 
 class _RecordingSession:
-    """A CPU session with the bucket's dims fixed; records the addresses each run binds."""
+    """A CPU session with the bucket's dims fixed; records what each run has bound (the
+    executor keeps a bucket's binding between runs)."""
 
     def __init__(self, path: Path, dims: dict[str, int]) -> None:
         import onnxruntime as ort
@@ -72,33 +73,33 @@ class _RecordingSession:
         self._session = ort.InferenceSession(str(path), sess_options=opts,
                                              providers=["CPUExecutionProvider"])
         self.bound: list[tuple[tuple[str, int, tuple[int, ...]], ...]] = []
-        self._current: list[tuple[str, int, tuple[int, ...]]] = []
+        self.bindings_made = 0
 
     def io_binding(self) -> object:
-        binding = self._session.io_binding()
-        outer = self
+        self.bindings_made += 1
+        return _RecordingBinding(self._session.io_binding())
 
-        class _Binding:
-            def bind_input(self, name: str, dev: str, i: int, t: object, shape: list[int],
-                           ptr: int) -> None:
-                outer._current.append((name, ptr, tuple(shape)))
-                binding.bind_input(name, dev, i, t, shape, ptr)
+    def run_with_iobinding(self, binding: _RecordingBinding, options: object = None) -> None:
+        self.bound.append(tuple(sorted(binding.entries.values())))
+        self._session.run_with_iobinding(binding.binding, options)
 
-            def bind_output(self, name: str, dev: str, i: int, t: object, shape: list[int],
-                            ptr: int) -> None:
-                outer._current.append((name, ptr, tuple(shape)))
-                binding.bind_output(name, dev, i, t, shape, ptr)
 
-            def synchronize_outputs(self) -> None:
-                binding.synchronize_outputs()
+class _RecordingBinding:
+    """An IOBinding that remembers each name's (name, address, shape)."""
 
-        self._binding = binding
-        return _Binding()
+    def __init__(self, binding: object) -> None:
+        self.binding = binding
+        self.entries: dict[str, tuple[str, int, tuple[int, ...]]] = {}
 
-    def run_with_iobinding(self, _: object) -> None:
-        self.bound.append(tuple(sorted(self._current)))
-        self._current = []
-        self._session.run_with_iobinding(self._binding)
+    def bind_input(self, name: str, dev: str, i: int, t: object, shape: list[int],
+                   ptr: int) -> None:
+        self.entries[name] = (name, ptr, tuple(shape))
+        self.binding.bind_input(name, dev, i, t, shape, ptr)  # type: ignore[attr-defined]
+
+    def bind_output(self, name: str, dev: str, i: int, t: object, shape: list[int],
+                    ptr: int) -> None:
+        self.entries[name] = (name, ptr, tuple(shape))
+        self.binding.bind_output(name, dev, i, t, shape, ptr)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +113,11 @@ def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
     greedy tokens as without graphs, logits within fp16 noise; every replay of a bucket binds
     the same addresses."""
     made: list[_RecordingSession] = []
+    streams: list[int | None] = []
 
-    def factory(path: Path, device: int, dims: dict[str, int],
-                capture: bool = True) -> _RecordingSession:
+    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True,
+                stream: int | None = None) -> _RecordingSession:
+        streams.append(stream)
         made.append(_RecordingSession(path, dims | {"capture": int(capture)}))
         return made[-1]
 
@@ -147,12 +150,15 @@ def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
     assert {s.dims["capture"] for s in made} == {0, 1}
     for session in made:
         assert len(set(session.bound)) == 1, session.dims  # same addresses and shapes
+        assert session.bindings_made == 1, session.dims  # bound once, run many times
+    assert len(streams) == len(made) and None not in streams  # onnxruntime runs on our stream
     assert fake.allocations == {}  # type: ignore[attr-defined]
 
 
 def test_a_bucket_that_cannot_be_captured_runs_uncaptured(
         fake: object, graph: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(path: Path, device: int, dims: dict[str, int], capture: bool = True) -> object:
+    def refuse(path: Path, device: int, dims: dict[str, int], capture: bool = True,
+               stream: int | None = None) -> object:
         raise RuntimeError("This session cannot use the CUDA Graph feature")
 
     monkeypatch.setattr(ort_cuda, "_graph_session", refuse)
@@ -173,13 +179,13 @@ def test_a_bucket_whose_capture_fails_at_run_time_runs_uncaptured(
     """onnxruntime can refuse a kernel only when it captures (e.g. CUDA Concat with more than 32
     inputs): the step is rerun uncaptured and the bucket stays uncaptured; the engine goes on."""
     class _Refusing(_RecordingSession):
-        def run_with_iobinding(self, _: object) -> None:
+        def run_with_iobinding(self, binding: object, options: object = None) -> None:
             raise RuntimeError("CUDA Concat supports at most 32 inputs during CUDA Graph capture")
 
     made: list[_Refusing] = []
 
-    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True
-                ) -> _Refusing:
+    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True,
+                stream: int | None = None) -> _Refusing:
         made.append(_Refusing(path, dims | {"capture": int(capture)}))
         return made[-1]
 
@@ -206,7 +212,8 @@ def test_mixed_steps_split_into_captured_decodes_and_prefill(
     """A step mixing decodes with prefill chunks runs its decodes through their bucket and the
     chunks alone; logits (and argmax) come back in plan order, equal to the unsplit step's."""
     monkeypatch.setattr(ort_cuda, "_graph_session",
-                        lambda path, device, dims, capture=True: _RecordingSession(path, dims))
+                        lambda path, device, dims, capture=True, stream=None:
+                        _RecordingSession(path, dims))
     kwargs = dict(num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
                   max_context=TINY.max_position_embeddings,
                   limits=StepLimits(64, 8, TINY.max_position_embeddings))

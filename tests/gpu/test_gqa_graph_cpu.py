@@ -58,7 +58,8 @@ def bucket_paths(fake_host_ort: object, monkeypatch: pytest.MonkeyPatch) -> list
     """Bucket sessions as fixed-shape CPU sessions; the graph file of each one made."""
     made: list[Path] = []
 
-    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True) -> object:
+    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True,
+                stream: int | None = None) -> object:
         made.append(path)
         opts = session_options(1)
         for name, value in dims.items():
