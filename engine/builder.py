@@ -46,33 +46,18 @@ from onnx import TensorProto, helper
 
 from engine.config import ModelConfig, ModelError
 from engine.dtypes import CPU_PRECISIONS, EXACT, NUMPY_DTYPES
-from engine.graph.attention import (
-    ATTENTION_IMPLS,
-    DECOMPOSED,
-    ONNX_ATTENTION,
-    StepInputs,
-    StepTensors,
-    attention,
-    step_tensors,
-)
-from engine.graph.gqa import DECODE_DATA_FILE, DECODE_MODEL_FILE, GqaStep, gqa_attention, gqa_step
-from engine.graph.layers import (
-    apply_rope,
-    apply_rope_op,
-    onnx_type,
-    rms_norm,
-    rope_half_tables,
-    rope_tables,
-    swiglu_mlp,
-)
+from engine.graph.attention import ATTENTION_IMPLS, DECOMPOSED, ONNX_ATTENTION
+from engine.graph.general import STEP_INPUTS, GeneralGraph, general_decoder
+from engine.graph.gqa import DECODE_DATA_FILE, DECODE_MODEL_FILE, decode_decoder, gqa_step
+from engine.graph.layers import onnx_type, rms_norm
 from engine.graph.linears import HeadFn, LinearsFactory, dense_linears, q4_head, q4_linears
 from engine.graph.single_token import LayerRefs, single_token_decoder, single_token_io
-from engine.graph.single_token import supports_single_token as single_token_fits
+from engine.graph.single_token import supports_single_token as gqa_rope_fits
 from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
 
-BUILDER_VERSION = "9"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "10"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 Q4_MODEL_FILE = "model_q4.onnx"
@@ -149,11 +134,12 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs: list[tuple[str, str, LinearsFactory, HeadFn | None, _Options]] = [
         (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None, opts)]
-    if blocks is not None and dtype == "float32" and rotary and single_token_fits(config):
+    if blocks is not None and dtype == "float32" and rotary and gqa_rope_fits(config):
         graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE,
                        q4_linears(config, blocks, cpu_precision, one_row=True),
                        q4_head(blocks, cpu_precision), replace(opts, single_token=True)))
-    if decode_graph or (decode_graph is None and rotary and dtype != "float32"):
+    if gqa_rope_fits(config) and (decode_graph or (decode_graph is None and rotary
+                                                    and dtype != "float32")):
         graphs.append((DECODE_MODEL_FILE, DECODE_DATA_FILE, graphs[0][2], None,
                        replace(opts, decode=True)))
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
@@ -218,25 +204,16 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
     norm_w = g.weight("model.norm.weight", weights["model.norm.weight"].astype(dtype))
     layers = _layers(g, config, weights, layer_linears, dtype, tick)
     if opts.single_token:  # its own I/O: the K/V go into the present buffers
-        normed = single_token_decoder(g, config, x, layers, norm_w)  # [1, hidden]
-        rows = g.op("Gather", [normed, "logit_index"], axis=0)  # [R, hidden]
-        _lm_head(g, config, weights, dtype, rows, opts.argmax, head)
-        tick()
-        return
-    tables = rope_half_tables if opts.rotary_op else rope_tables
-    cos, sin = tables(g, config, "positions", dtype)
-    new_kv: list[str] = []
-    inp = StepInputs(kv_cache="kv_cache", block_tables="block_tables",
-                     past_lens="past_lens", pad_index="pad_index", unpad_index="unpad_index")
-    st = step_tensors(g, config, inp, opts.block_size, dtype)
-    layer_st = gqa_step(g, config, st, opts.block_size) if opts.decode else st
-    for layer in layers:
-        x = _decoder_layer(g, config, layer_st, opts, layer, x, (cos, sin), new_kv)
-    rows = g.op("Gather", [x, "logit_index"], axis=0)  # [R, hidden]
-    rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
-    kv = g.concat_capped(new_kv)  # [L*2*KVH, T, D]
-    g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, config.num_kv_heads, -1,
-                                   config.head_dim])], "new_kv")
+        rows = single_token_decoder(g, config, x, layers, norm_w)  # [1, hidden]
+    elif opts.decode:  # its own layers; writes new_kv
+        step = gqa_step(g, config, STEP_INPUTS, opts.block_size, dtype)
+        rows = decode_decoder(g, config, step, x, layers, norm_w)  # [T, hidden]
+    else:
+        rows = general_decoder(g, config, GeneralGraph(dtype, opts.block_size, opts.attention,
+                                                       opts.rotary_op), x, layers)
+    rows = g.op("Gather", [rows, "logit_index"], axis=0)  # [R, hidden]
+    if not (opts.single_token or opts.decode):
+        rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
     _lm_head(g, config, weights, dtype, rows, opts.argmax, head)
     tick()
 
@@ -251,30 +228,6 @@ def _layers(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarra
         norms = (g.weight(a, weights[a].astype(dtype)), g.weight(b, weights[b].astype(dtype)))
         yield index, norms, layer_linears(g, index)
         tick()
-
-
-def _decoder_layer(g: GraphWriter, config: ModelConfig, st: StepTensors | GqaStep,
-                   opts: _Options, layer: LayerRefs, x: str, rope: tuple[str, str],
-                   new_kv: list[str]) -> str:
-    h, kvh, d = config.num_heads, config.num_kv_heads, config.head_dim
-    index, norms, linear = layer
-    n = rms_norm(g, x, norms[0], config.rms_norm_eps, opts.dtype)
-    qkv = g.op("Reshape", [linear(n, "qkv"), g.i64([0, h + 2 * kvh, d])])
-    qk, v = g.op_n("Split", [qkv, g.i64([h + kvh, kvh])], outputs=2, axis=1)
-    cos, sin = rope
-    if opts.rotary_op:
-        qk = apply_rope_op(g, qk, cos, sin, h + kvh, d)  # [T, H+KVH, D]
-    else:
-        qk = apply_rope(g, qk, cos, sin, d)  # [T, H+KVH, D]
-    q, k = g.op_n("Split", [qk, g.i64([h, kvh])], outputs=2, axis=1)
-    k_heads = g.op("Transpose", [k], perm=[1, 0, 2])  # [KVH, T, D]
-    v_heads = g.op("Transpose", [v], perm=[1, 0, 2])  # [KVH, T, D]
-    new_kv += [k_heads, v_heads]
-    attn = (gqa_attention(g, st, config, index, (q, k, v)) if isinstance(st, GqaStep)
-            else attention(g, st, config, index, q, k_heads, v_heads, opts.attention))
-    x = g.op("Add", [x, linear(attn, "o")])
-    n = rms_norm(g, x, norms[1], config.rms_norm_eps, opts.dtype)
-    return g.op("Add", [x, swiglu_mlp(g, n, linear)])
 
 
 def _lm_head(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray],

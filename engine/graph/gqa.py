@@ -1,56 +1,72 @@
-"""The decode graph's attention: com.microsoft GroupQueryAttention over the past gathered
-batch-major (`model_decode.onnx`, engine/builder.py; the ONNX Runtime CUDA executor runs its
-decode buckets through it).
+"""The decode graph (`model_decode.onnx`, engine/builder.py): what the ONNX Runtime CUDA
+executor's decode buckets run. Every row has exactly one new token (T = B) and wants its logits.
 
-The general graph's opset-23 `Attention` path (engine/graph/attention.py) gathers each
-sequence's past blocks KV-head-major, transposes them to [B, KVH, S, D], concatenates this
-step's K/V, builds a boolean mask and runs ONNX Runtime's unfused attention over every padded
-slot: several full copies of the padded past per layer. Here the pool is gathered straight
-into [B, KVH, S, D] (the block-table index is laid out batch-major: no Transpose) and
-GroupQueryAttention (flash attention on the CUDA EP in fp16 / bf16) appends each row's new K/V
-after its own past length (`seqlens_k` = past_len, the new token's position) and attends over
-that length only.
+A decode step at small batch is a chain of small kernels (one row's weights are read in ~0.1 ms
+on an H200; the step took ~3.3 ms), so each layer is written with as few nodes as the math
+allows, in com.microsoft ops the CUDA EP runs fused:
+- attention is one GroupQueryAttention: the packed QKV in, RoPE inside (`do_rotary`; cos/sin of
+  every position below max_position_embeddings are constants), the past gathered from the pool
+  straight into [B, KVH, S, D] (the block-table index laid out batch-major: no Transpose). The
+  op appends each row's new K/V after its own past length (`seqlens_k` = past_len, the new
+  token's position) and attends over that length only (flash attention on the CUDA EP in fp16 /
+  bf16). The roped new K and V are read back out of its present outputs at that position
+  (GatherElements) for the pool's scatter: one [L*2*B, KVH, D] stack and one Transpose for the
+  whole step make `new_kv`;
+- the residual Adds fold into the next norm (SkipSimplifiedLayerNormalization, whose output 3
+  is the new residual stream), SiLU is QuickGelu (alpha 1);
+- the hidden stream is [B, 1, hidden] (GroupQueryAttention's [B, S, hidden]).
 
-Decode steps only: every row has one new token, so T = B, Tq = 1 and the pad/unpad indices are
-identities (engine/step_inputs.py `pack_decode`); ONNX Runtime refuses GroupQueryAttention
-over several new tokens per row with a past in a batch of more than one ("batch_size must be 1
-when sequence_length > 1 and past context is given"), so prefill and mixed steps stay on the
-general graph. Pad rows of a bucket (past_len 0) attend to their one slot. The 1/sqrt(D) scale
-is folded into the query weights (scale = 1).
+The general graph's opset-23 `Attention` path (engine/graph/attention.py) instead transposes
+the padded past, concatenates the new K/V, builds a mask and scores every padded slot. ONNX
+Runtime refuses GroupQueryAttention over several new tokens per row with a past in a batch of
+more than one ("batch_size must be 1 when sequence_length > 1 and past context is given"), so
+prefill and mixed steps stay on the general graph. Pad rows of a bucket (past_len 0) attend to
+their one slot. The 1/sqrt(D) scale is folded into the query weights (scale = 1).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from onnx import TensorProto
 
 from engine.config import ModelConfig
-from engine.graph.attention import StepTensors
+from engine.graph.attention import StepInputs
+from engine.graph.layers import rope_cos_sin
 from engine.graph.quant import MS_DOMAIN
+from engine.graph.single_token import LayerRefs, Residual, skip_norm
 from engine.graph.writer import GraphWriter
 
 DECODE_MODEL_FILE = "model_decode.onnx"
 DECODE_DATA_FILE = "model_decode.onnx.data"
 
 
+def supports_decode_graph(config: ModelConfig) -> bool:
+    """GroupQueryAttention's RoPE needs a head dim that is a multiple of 16."""
+    return config.head_dim % 16 == 0
+
+
 @dataclass(frozen=True, slots=True)
 class GqaStep:
     """Values of one decode step shared by every layer's GroupQueryAttention."""
 
-    st: StepTensors
+    inputs: StepInputs
     pool_index: list[str]  # 2L tensors int64 [B, KVH, MB]: rows of kv_cache, (layer, K|V) order
     past_shape: str  # int64 [4] = [B, KVH, S, D]
     seqlens_k: str  # int32 [B]: the new token's position in each row (= past_len)
     total_len: str  # int32 scalar: S + 1 (the op's present length)
+    new_index: str  # int64 [B, KVH, 1, D]: past_len of each row (GatherElements on present)
+    cos: str  # [max_position_embeddings, D/2] in the graph's dtype
+    sin: str
 
 
-def gqa_step(g: GraphWriter, config: ModelConfig, st: StepTensors, block_size: int) -> GqaStep:
-    """Batch-major pool rows ((layer * 2 + kv) * KVH + head) * NB + block, and the op's
-    length inputs, once per step."""
-    kvh, layers = config.num_kv_heads, config.num_layers
-    inp = st.inputs
+def gqa_step(g: GraphWriter, config: ModelConfig, inp: StepInputs, block_size: int,
+             dtype: np.dtype) -> GqaStep:
+    """Batch-major pool rows ((layer * 2 + kv) * KVH + head) * NB + block, the op's length
+    inputs and the RoPE tables, once per step."""
+    kvh, layers, d = config.num_kv_heads, config.num_layers, config.head_dim
     zero = g.i64(0)
     batch = g.op("Gather", [g.op("Shape", [inp.block_tables]), zero])  # scalar B
     mb = g.op("Gather", [g.op("Shape", [inp.block_tables]), g.i64(1)])  # scalar MB
@@ -63,24 +79,52 @@ def gqa_step(g: GraphWriter, config: ModelConfig, st: StepTensors, block_size: i
                    name_hint="gqa_pool_index")  # each [1, B, KVH, MB]
     pool_index = [g.op("Squeeze", [p, g.i64([0])]) for p in parts]  # each [B, KVH, MB]
     b1 = g.op("Unsqueeze", [batch, g.i64([0])])
-    past_shape = g.op("Concat", [b1, g.i64([kvh, -1, config.head_dim])], axis=0)
     total = g.op("Add", [g.op("Mul", [mb, g.i64(block_size)]), g.i64(1)])  # scalar S + 1
-    return GqaStep(st=st, pool_index=pool_index, past_shape=past_shape,
+    lens = g.op("Reshape", [inp.past_lens, g.i64([-1, 1, 1, 1])])  # [B, 1, 1, 1]
+    new_index = g.op("Expand", [lens, g.op("Concat", [b1, g.i64([kvh, 1, d])], axis=0)])
+    cos, sin = rope_cos_sin(config, config.max_position_embeddings)
+    return GqaStep(inputs=inp, pool_index=pool_index,
+                   past_shape=g.op("Concat", [b1, g.i64([kvh, -1, d])], axis=0),
                    seqlens_k=g.op("Cast", [inp.past_lens], to=TensorProto.INT32),
-                   total_len=g.op("Cast", [total], to=TensorProto.INT32))
+                   total_len=g.op("Cast", [total], to=TensorProto.INT32), new_index=new_index,
+                   cos=g.const(cos, dtype, "gqa_rope_cos"), sin=g.const(sin, dtype, "gqa_rope_sin"))
 
 
-def gqa_attention(g: GraphWriter, step: GqaStep, config: ModelConfig, layer: int,
-                  qkv: tuple[str, str, str]) -> str:
-    """q [T, H, D]; k, v [T, KVH, D] (roped; T = B, one token per row) -> [T, H * D]."""
-    h, kvh, d = config.num_heads, config.num_kv_heads, config.head_dim
-    new = [g.op("Reshape", [x, g.i64([-1, 1, heads * d])])  # [B, 1, heads*D]
-           for x, heads in zip(qkv, (h, kvh, kvh), strict=True)]
-    past = []
-    for kv in (0, 1):
-        blocks = g.op("Gather", [step.st.inputs.kv_cache, step.pool_index[2 * layer + kv]],
-                      axis=0)  # [B, KVH, MB, BS, D]
-        past.append(g.op("Reshape", [blocks, step.past_shape]))  # [B, KVH, S, D]
-    out, _, _ = g.op_n("GroupQueryAttention", [*new, *past, step.seqlens_k, step.total_len],
-                       outputs=3, domain=MS_DOMAIN, num_heads=h, kv_num_heads=kvh, scale=1.0)
-    return g.op("Reshape", [out, g.i64([-1, h * d])])  # [T, H*D]
+def decode_decoder(g: GraphWriter, config: ModelConfig, step: GqaStep, x: str,
+                   layers: Iterable[LayerRefs], final_norm: str) -> str:
+    """The layers over the embedded tokens x [B, hidden] and the final norm -> [B, hidden];
+    writes the graph output `new_kv` [L, 2, KVH, B, D]."""
+    kvh, d = config.num_kv_heads, config.head_dim
+    res = Residual(g.op("Unsqueeze", [x, g.i64([1])]))  # [B, 1, hidden]
+    new_kv: list[str] = []
+    for layer in layers:
+        res = decode_layer(g, config, step, layer, res, new_kv)
+    normed = skip_norm(g, res, final_norm, config.rms_norm_eps)[0]  # [B, 1, hidden]
+    kv = g.op("Reshape", [g.concat_capped(new_kv), g.i64([len(new_kv), -1, kvh, d])])
+    kv = g.op("Transpose", [kv], perm=[0, 2, 1, 3])  # [2L, KVH, B, D]
+    g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, kvh, -1, d])], "new_kv")
+    return g.op("Reshape", [normed, g.i64([-1, config.hidden_size])])
+
+
+def decode_layer(g: GraphWriter, config: ModelConfig, step: GqaStep, layer: LayerRefs,
+                 res: Residual, new_kv: list[str]) -> Residual:
+    """One decoder layer over the stream [B, 1, hidden]; appends its new K and V, each
+    [B, KVH, 1, D], to `new_kv`."""
+    index, norms, linear = layer
+    eps = config.rms_norm_eps
+    n, x = skip_norm(g, res, norms[0], eps)
+    past = [g.op("Reshape", [g.op("Gather", [step.inputs.kv_cache, step.pool_index[2 * index + kv]],
+                                  axis=0), step.past_shape])  # [B, KVH, S, D]
+            for kv in (0, 1)]
+    attn, present_k, present_v = g.op_n(
+        "GroupQueryAttention",
+        [linear(n, "qkv"), "", "", *past, step.seqlens_k, step.total_len, step.cos, step.sin],
+        outputs=3, domain=MS_DOMAIN, num_heads=config.num_heads,
+        kv_num_heads=config.num_kv_heads, scale=1.0, do_rotary=1,
+        rotary_interleaved=0)  # [B, 1, H*D]; the scale is in Q's rows
+    new_kv += [g.op("GatherElements", [p, step.new_index], axis=2)  # [B, KVH, 1, D]
+               for p in (present_k, present_v)]
+    n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
+    act = g.op("Mul", [g.op("QuickGelu", [linear(n, "gate")], domain=MS_DOMAIN, alpha=1.0),
+                       linear(n, "up")])
+    return Residual(x, linear(act, "down"))
