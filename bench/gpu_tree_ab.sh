@@ -1,22 +1,21 @@
 #!/usr/bin/env bash
-# Engine-only A/B of two checkouts on one GPU lease: bench/gpu_decode_graphs.py (captured and
-# uncaptured decode steps, medians) in BASE (another commit's tree, e.g. unpacked from
-# `git archive`) and in this tree, alternating ROUNDS times, each under `timeout`. Run from the
-# repository root on the GPU machine with the wheels in /tmp/site:
-#   BASE=/root/base [ROUNDS=2] [BATCHES=1,64] bash bench/gpu_tree_ab.sh
-# Output: $OUT/tree-ab/<side>-<round>.md and a summary on stdout.
+# Engine-only A/B of checkouts on one GPU lease: bench/gpu_decode_graphs.py (captured and
+# uncaptured decode steps, medians) in each tree of TREES (name:dir pairs; "head" is this tree),
+# alternating ROUNDS times, each under `timeout`. Run from the repository root on the GPU machine
+# with the wheels in /tmp/site, the other trees unpacked from `git archive`:
+#   TREES="base:/root/base head:$PWD" [ROUNDS=1] [BATCHES=1,64] bash bench/gpu_tree_ab.sh
+# Output: $OUT/tree-ab/<name>-<round>.md and the tables on stdout.
 source "$(dirname "$0")/gpu_env.sh" tree-ab
-BASE=${BASE:?set BASE to the other checkout}
-ROUNDS=${ROUNDS:-2}
+TREES=${TREES:?set TREES to name:dir pairs}
+ROUNDS=${ROUNDS:-1}
 BATCHES=${BATCHES:-1,64}
-HERE=$PWD
 for round in $(seq 1 "$ROUNDS"); do
-  for side in base head; do
-    dir=$HERE; [ "$side" = base ] && dir=$BASE
+  for tree in $TREES; do
+    name=${tree%%:*}; dir=${tree#*:}
     (cd "$dir" && PYTHONPATH="/tmp/site:$dir" timeout 240 python3 bench/gpu_decode_graphs.py \
       --rotary-op --batches "$BATCHES" --prompt-len 128 --steps 24 \
-      --out "$LOG/$side-$round.md" >"$LOG/$side-$round.txt" 2>&1)
-    echo "---- $side (round $round, rc=$?): $(cd "$dir" && cat COMMIT 2>/dev/null)"
-    grep -E "^\|" "$LOG/$side-$round.md" 2>/dev/null || tail -n 15 "$LOG/$side-$round.txt"
+      --out "$LOG/$name-$round.md" >"$LOG/$name-$round.txt" 2>&1)
+    echo "---- $name (round $round, rc=$?): $(cat "$dir/COMMIT" 2>/dev/null)"
+    grep -E "^\|" "$LOG/$name-$round.md" 2>/dev/null || tail -n 15 "$LOG/$name-$round.txt"
   done
 done
