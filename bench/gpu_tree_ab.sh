@@ -4,7 +4,7 @@
 # alternating ROUNDS times, each under `timeout`. Run from the repository root on the GPU machine
 # with the wheels in /tmp/site, the other trees unpacked from `git archive`:
 #   TREES="base:/root/base head:$PWD" [ROUNDS=1] [BATCHES=1,64] bash bench/gpu_tree_ab.sh
-# Output: $OUT/tree-ab/<name>-<round>.md and the tables on stdout.
+# Output: the tables on stdout, every log in $OUT/tree-ab.tgz.
 source "$(dirname "$0")/gpu_env.sh" tree-ab
 TREES=${TREES:?set TREES to name:dir pairs}
 ROUNDS=${ROUNDS:-1}
@@ -19,3 +19,4 @@ for round in $(seq 1 "$ROUNDS"); do
     grep -E "^\|" "$LOG/$name-$round.md" 2>/dev/null || tail -n 15 "$LOG/$name-$round.txt"
   done
 done
+(cd "$OUT" && tar czf tree-ab.tgz tree-ab && rm -rf tree-ab)
