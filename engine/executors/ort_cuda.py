@@ -138,8 +138,13 @@ class OrtCudaExecutor(DeviceExecutor):
             self._io = DeviceStepIO(self._context, config, num_blocks=num_blocks,
                                     block_size=block_size, kv_dtype=kv_dtype,
                                     limits=self._limits, device_sampling=device_sampling)
-            self._session = _session(model_path, device_id, stream=int(self._io.stream))
+            stream = int(self._io.stream)
+            self._session = _session(model_path, device_id, stream=stream)
             self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
+            # single-sequence steps (a prompt, a chunk of one) run the decode graph uncaptured:
+            # its GroupQueryAttention layers launch far fewer kernels than the general graph's
+            self._one_seq = (None if self._decode_path == model_path
+                             else _session(self._decode_path, device_id, stream=stream))
             self._run_options = _run_options()
         except BaseException:
             if self._io is not None:
@@ -177,7 +182,8 @@ class OrtCudaExecutor(DeviceExecutor):
                 return
             except Exception as exc:  # capture refused: this bucket runs uncaptured from now on
                 self._graphs.disable(staged.bucket, exc)
-        self._run_session(self._session, staged)
+        one_seq = self._one_seq is not None and staged.inputs["block_tables"].shape[0] == 1
+        self._run_session(self._one_seq if one_seq else self._session, staged)
 
     def _capture_at_startup(self) -> None:
         """Make (and capture, with CUDA graphs on) the start-up buckets (every batch bucket,
@@ -225,7 +231,7 @@ class OrtCudaExecutor(DeviceExecutor):
             self._context.make_current()
             self._io.close()
             self._io = None
-            self._session = None
+            self._session = self._one_seq = None
             self._bindings.clear()
             if self._graphs is not None:
                 self._graphs.clear()

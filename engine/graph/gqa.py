@@ -1,5 +1,7 @@
 """The decode graph (`model_decode.onnx`, engine/builder.py): what the ONNX Runtime CUDA
-executor's decode buckets run. Every row has exactly one new token (T = B) and wants its logits.
+executor's decode buckets run (every row one new token, T = B), and its steps of a single
+sequence (B = 1, any number of new tokens: a prompt or a chunk of one, after a past or not).
+Every row has the same number of new tokens, Tq = T / B.
 
 A decode step at small batch is a chain of small kernels (one row's weights are read in ~0.1 ms
 on an H200; the step took ~3.3 ms), so each layer is written with as few nodes as the math
@@ -9,19 +11,19 @@ allows, in com.microsoft ops the CUDA EP runs fused:
   straight into [B, KVH, S, D] (the block-table index laid out batch-major: no Transpose). The
   op appends each row's new K/V after its own past length (`seqlens_k` = past_len, the new
   token's position) and attends over that length only (flash attention on the CUDA EP in fp16 /
-  bf16). The roped new K and V are read back out of its present outputs at that position
-  (GatherElements) for the pool's scatter: one [L*2*B, KVH, D] stack and one Transpose for the
-  whole step make `new_kv`;
+  bf16). The roped new K and V are read back out of its present outputs at those positions
+  (GatherElements) for the pool's scatter: one [L*2*B, KVH, Tq, D] stack and one Transpose for
+  the whole step make `new_kv`;
 - the residual Adds fold into the next norm (SkipSimplifiedLayerNormalization, whose output 3
   is the new residual stream), SiLU is QuickGelu (alpha 1);
-- the hidden stream is [B, 1, hidden] (GroupQueryAttention's [B, S, hidden]).
+- the hidden stream is [B, Tq, hidden] (GroupQueryAttention's [B, S, hidden]).
 
 The general graph's opset-23 `Attention` path (engine/graph/attention.py) instead transposes
 the padded past, concatenates the new K/V, builds a mask and scores every padded slot. ONNX
 Runtime refuses GroupQueryAttention over several new tokens per row with a past in a batch of
 more than one ("batch_size must be 1 when sequence_length > 1 and past context is given"), so
-prefill and mixed steps stay on the general graph. Pad rows of a bucket (past_len 0) attend to
-their one slot. The 1/sqrt(D) scale is folded into the query weights (scale = 1).
+prefill steps of several sequences stay on the general graph. Pad rows of a bucket (past_len 0)
+attend to their one slot. The 1/sqrt(D) scale is folded into the query weights (scale = 1).
 """
 
 from __future__ import annotations
@@ -55,9 +57,11 @@ class GqaStep:
     inputs: StepInputs
     pool_index: list[str]  # 2L tensors int64 [B, KVH, MB]: rows of kv_cache, (layer, K|V) order
     past_shape: str  # int64 [4] = [B, KVH, S, D]
-    seqlens_k: str  # int32 [B]: the new token's position in each row (= past_len)
-    total_len: str  # int32 scalar: S + 1 (the op's present length)
-    new_index: str  # int64 [B, KVH, 1, D]: past_len of each row (GatherElements on present)
+    seqlens_k: str  # int32 [B]: the last new token's position in each row (past_len + Tq - 1)
+    total_len: str  # int32 scalar: S + Tq (the op's present length)
+    new_index: str  # int64 [B, KVH, Tq, D]: each new token's position (GatherElements on present)
+    rows_shape: str  # int64 [3] = [B, Tq, hidden]
+    kv_shape: str  # int64 [5] = [2L, B, KVH, Tq, D]: the stacked new K/V
     cos: str  # [max_position_embeddings, D/2] in the graph's dtype
     sin: str
 
@@ -79,37 +83,46 @@ def gqa_step(g: GraphWriter, config: ModelConfig, inp: StepInputs, block_size: i
                    name_hint="gqa_pool_index")  # each [1, B, KVH, MB]
     pool_index = [g.op("Squeeze", [p, g.i64([0])]) for p in parts]  # each [B, KVH, MB]
     b1 = g.op("Unsqueeze", [batch, g.i64([0])])
-    total = g.op("Add", [g.op("Mul", [mb, g.i64(block_size)]), g.i64(1)])  # scalar S + 1
-    lens = g.op("Reshape", [inp.past_lens, g.i64([-1, 1, 1, 1])])  # [B, 1, 1, 1]
-    new_index = g.op("Expand", [lens, g.op("Concat", [b1, g.i64([kvh, 1, d])], axis=0)])
+    tq = g.op("Div", [g.op("Gather", [g.op("Shape", [inp.unpad_index]), zero]), batch])  # T / B
+    last = g.op("Add", [inp.past_lens, g.op("Sub", [tq, g.i64(1)])])  # [B] past_len + Tq - 1
+    total = g.op("Add", [g.op("Mul", [mb, g.i64(block_size)]), tq])  # scalar S + Tq
+    new_pos = g.op("Add", [g.op("Reshape", [inp.past_lens, g.i64([-1, 1, 1, 1])]),
+                           g.op("Reshape", [g.op("Range", [zero, tq, g.i64(1)]),
+                                            g.i64([1, 1, -1, 1])])])  # [B, 1, Tq, 1]
+    tq1 = g.op("Unsqueeze", [tq, g.i64([0])])
+    new_index = g.op("Expand", [new_pos, g.op("Concat", [b1, g.i64([kvh]), tq1, g.i64([d])],
+                                                 axis=0)])
     cos, sin = rope_cos_sin(config, config.max_position_embeddings)
     return GqaStep(inputs=inp, pool_index=pool_index,
                    past_shape=g.op("Concat", [b1, g.i64([kvh, -1, d])], axis=0),
-                   seqlens_k=g.op("Cast", [inp.past_lens], to=TensorProto.INT32),
+                   seqlens_k=g.op("Cast", [last], to=TensorProto.INT32),
                    total_len=g.op("Cast", [total], to=TensorProto.INT32), new_index=new_index,
-                   cos=g.const(cos, dtype, "gqa_rope_cos"), sin=g.const(sin, dtype, "gqa_rope_sin"))
+                   cos=g.const(cos, dtype, "gqa_rope_cos"), sin=g.const(sin, dtype, "gqa_rope_sin"),
+                   rows_shape=g.op("Concat", [b1, tq1, g.i64([config.hidden_size])], axis=0),
+                   kv_shape=g.op("Concat", [g.i64([2 * layers]), b1, g.i64([kvh]), tq1,
+                                            g.i64([d])], axis=0))
 
 
 def decode_decoder(g: GraphWriter, config: ModelConfig, step: GqaStep, x: str,
                    layers: Iterable[LayerRefs], final_norm: str) -> str:
-    """The layers over the embedded tokens x [B, hidden] and the final norm -> [B, hidden];
-    writes the graph output `new_kv` [L, 2, KVH, B, D]."""
+    """The layers over the embedded tokens x [T, hidden] and the final norm -> [T, hidden];
+    writes the graph output `new_kv` [L, 2, KVH, T, D]."""
     kvh, d = config.num_kv_heads, config.head_dim
-    res = Residual(g.op("Unsqueeze", [x, g.i64([1])]))  # [B, 1, hidden]
+    res = Residual(g.op("Reshape", [x, step.rows_shape]))  # [B, Tq, hidden]
     new_kv: list[str] = []
     for layer in layers:
         res = decode_layer(g, config, step, layer, res, new_kv)
-    normed = skip_norm(g, res, final_norm, config.rms_norm_eps)[0]  # [B, 1, hidden]
-    kv = g.op("Reshape", [g.concat_capped(new_kv), g.i64([len(new_kv), -1, kvh, d])])
-    kv = g.op("Transpose", [kv], perm=[0, 2, 1, 3])  # [2L, KVH, B, D]
+    normed = skip_norm(g, res, final_norm, config.rms_norm_eps)[0]  # [B, Tq, hidden]
+    kv = g.op("Reshape", [g.concat_capped(new_kv), step.kv_shape])
+    kv = g.op("Transpose", [kv], perm=[0, 2, 1, 3, 4])  # [2L, KVH, B, Tq, D]
     g.op_to("Reshape", [kv, g.i64([config.num_layers, 2, kvh, -1, d])], "new_kv")
     return g.op("Reshape", [normed, g.i64([-1, config.hidden_size])])
 
 
 def decode_layer(g: GraphWriter, config: ModelConfig, step: GqaStep, layer: LayerRefs,
                  res: Residual, new_kv: list[str]) -> Residual:
-    """One decoder layer over the stream [B, 1, hidden]; appends its new K and V, each
-    [B, KVH, 1, D], to `new_kv`."""
+    """One decoder layer over the stream [B, Tq, hidden]; appends its new K and V, each
+    [B, KVH, Tq, D], to `new_kv`."""
     index, norms, linear = layer
     eps = config.rms_norm_eps
     n, x = skip_norm(g, res, norms[0], eps)
@@ -121,8 +134,8 @@ def decode_layer(g: GraphWriter, config: ModelConfig, step: GqaStep, layer: Laye
         [linear(n, "qkv"), "", "", *past, step.seqlens_k, step.total_len, step.cos, step.sin],
         outputs=3, domain=MS_DOMAIN, num_heads=config.num_heads,
         kv_num_heads=config.num_kv_heads, scale=1.0, do_rotary=1,
-        rotary_interleaved=0)  # [B, 1, H*D]; the scale is in Q's rows
-    new_kv += [g.op("GatherElements", [p, step.new_index], axis=2)  # [B, KVH, 1, D]
+        rotary_interleaved=0)  # [B, Tq, H*D]; the scale is in Q's rows
+    new_kv += [g.op("GatherElements", [p, step.new_index], axis=2)  # [B, KVH, Tq, D]
                for p in (present_k, present_v)]
     n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
     act = g.op("Mul", [g.op("QuickGelu", [linear(n, "gate")], domain=MS_DOMAIN, alpha=1.0),

@@ -20,9 +20,10 @@ from engine.executors.ort import OrtExecutor, session_options
 from engine.graph.attention import DECOMPOSED
 from engine.graph.gqa import DECODE_MODEL_FILE
 from engine.limits import StepLimits
+from scheduler.plan import ScheduledSeq, StepPlan
 
 from .tiny_model import BLOCK_SIZE, TINY, random_weights
-from .workload import lockstep
+from .workload import lockstep, relative_error
 
 NUM_BLOCKS = 64
 
@@ -48,7 +49,7 @@ def test_decode_graph_written_for_onnxruntime_cuda_builds_only(tmp_path: Path) -
     layers = TINY.num_layers
     for op in ("RotaryEmbedding", "Sigmoid", "Sin", "Cos", "Pow", "Sqrt"):
         assert op not in decode, op
-    assert decode.count("Add") == 2 and decode.count("Split") == 1  # once per step
+    assert decode.count("Add") == 4 and decode.count("Split") == 1  # once per step
     assert decode.count("SkipSimplifiedLayerNormalization") == 2 * layers
     assert decode.count("QuickGelu") == layers and decode.count("GatherElements") == 2 * layers
     assert decode.count("MatMul") == 5 * layers + 1 and decode.count("Transpose") == 1
@@ -113,3 +114,67 @@ def test_fp16_decode_graph_within_tolerance(bucket_paths: list[Path], tmp_path: 
         dut.close()
     assert len(errors) == 12 and max(errors) < 2.5e-3, errors
     assert np.isfinite(errors).all() and {p.name for p in bucket_paths} == {DECODE_MODEL_FILE}
+
+
+class _CountingSession:
+    """A CPU session that counts its runs (stands in for a CUDA EP session)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runs = 0
+        self._session = ort.InferenceSession(str(path), sess_options=session_options(1),
+                                             providers=["CPUExecutionProvider"])
+
+    def get_outputs(self) -> list:
+        return self._session.get_outputs()
+
+    def io_binding(self) -> object:
+        return self._session.io_binding()
+
+    def run_with_iobinding(self, binding: object, options: object = None) -> None:
+        self.runs += 1
+        self._session.run_with_iobinding(binding, options)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_single_sequence_steps_run_the_decode_graph(bucket_paths: list[Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    dtype: str) -> None:
+    """A fresh prompt, a prompt chunk after a past (prefix-cache hit or chunked prefill) and
+    uncaptured decode steps of one sequence go through the decode graph's own session (B = 1,
+    Tq new tokens); steps of several prompts through the general graph; logits as the fp32
+    decomposed graph's."""
+    made: list[_CountingSession] = []
+
+    def session(path: Path, device: int, stream: int | None = None) -> _CountingSession:
+        made.append(_CountingSession(path))
+        return made[-1]
+
+    monkeypatch.setattr(ort_cuda, "_session", session)
+    ref = OrtExecutor(_build(tmp_path / "ref", "float32", attention_impl=DECOMPOSED),
+                      TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
+                      max_context=TINY.max_position_embeddings)
+    dut = ort_cuda.OrtCudaExecutor(_build(tmp_path / "dut", dtype, decode_graph=True), TINY,
+                                   num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
+                                   max_context=TINY.max_position_embeddings,
+                                   limits=StepLimits(64, 4, TINY.max_position_embeddings))
+    general, one_seq = made
+    assert one_seq.path.name == DECODE_MODEL_FILE and general.path.name == "model.onnx"
+    rng = np.random.default_rng(3)
+    a, b, c = (rng.integers(0, TINY.vocab_size, n).tolist() for n in (13, 6, 5))
+    plans = [[ScheduledSeq(0, a[:9], 0, list(range(0, 6)), True)],  # a fresh prompt
+             [ScheduledSeq(0, a[9:], 9, list(range(0, 6)), True)],  # its next chunk, past 9
+             [ScheduledSeq(0, [a[3]], 13, list(range(0, 6)), True)],  # a decode: its bucket
+             [ScheduledSeq(0, [a[4]], 14, list(range(0, 6)), True),  # bucket + one prompt
+              ScheduledSeq(1, b, 0, list(range(6, 10)), True)],
+             [ScheduledSeq(2, c, 0, list(range(10, 12)), True),  # two prompts: general
+              ScheduledSeq(3, b[:3], 0, list(range(12, 14)), True)]]
+    tol = 1e-4 if dtype == "float32" else 2.5e-3
+    try:
+        for step, seqs in enumerate(plans):
+            want = ref.execute(StepPlan(step, seqs)).logits
+            got = dut.execute(StepPlan(step, seqs)).logits
+            assert relative_error(got, want) < tol, step
+        assert one_seq.runs == 3 and general.runs == 1
+    finally:
+        dut.close()
