@@ -229,10 +229,11 @@ class OrtCudaExecutor(DeviceExecutor):
             if self._io is None:
                 return
             self._context.make_current()
-            self._io.close()
-            self._io = None
-            self._session = self._one_seq = None
+            # sessions first: onnxruntime runs on our stream, which must outlive them
             self._bindings.clear()
             if self._graphs is not None:
                 self._graphs.clear()
+            self._session = self._one_seq = None
+            self._io.close()
+            self._io = None
             self._context.close()

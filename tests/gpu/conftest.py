@@ -40,10 +40,15 @@ def stream(cuda_ctx: CudaContext) -> Iterator[Stream]:
 
 @pytest.fixture(scope="session")
 def tiny_graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny model in float32 (the CPU reference executor), float16 and bfloat16 (GPU)."""
+    """The tiny model in float32 (the CPU reference executor), float16 and bfloat16 (GPU);
+    "<dtype>+decode": RoPE as the op, so with the decode graph (model_decode.onnx) that
+    ONNX Runtime CUDA runs decode buckets and single-sequence steps through."""
     root = tmp_path_factory.mktemp("tiny_graphs")
-    return {dtype: build_graph(root / dtype, dtype)
-            for dtype in ("float32", "float16", "bfloat16")}
+    graphs = {dtype: build_graph(root / dtype, dtype)
+              for dtype in ("float32", "float16", "bfloat16")}
+    for dtype in ("float16", "bfloat16"):
+        graphs[f"{dtype}+decode"] = build_graph(root / f"{dtype}-decode", dtype, rotary_op=True)
+    return graphs
 
 
 @pytest.fixture()

@@ -20,10 +20,9 @@ from engine.executors.ort import OrtExecutor, session_options
 from engine.graph.attention import DECOMPOSED
 from engine.graph.gqa import DECODE_MODEL_FILE
 from engine.limits import StepLimits
-from scheduler.plan import ScheduledSeq, StepPlan
 
 from .tiny_model import BLOCK_SIZE, TINY, random_weights
-from .workload import lockstep, relative_error
+from .workload import lockstep, relative_error, single_sequence_plans
 
 NUM_BLOCKS = 64
 
@@ -160,20 +159,11 @@ def test_single_sequence_steps_run_the_decode_graph(bucket_paths: list[Path], tm
                                    limits=StepLimits(64, 4, TINY.max_position_embeddings))
     general, one_seq = made
     assert one_seq.path.name == DECODE_MODEL_FILE and general.path.name == "model.onnx"
-    rng = np.random.default_rng(3)
-    a, b, c = (rng.integers(0, TINY.vocab_size, n).tolist() for n in (13, 6, 5))
-    plans = [[ScheduledSeq(0, a[:9], 0, list(range(0, 6)), True)],  # a fresh prompt
-             [ScheduledSeq(0, a[9:], 9, list(range(0, 6)), True)],  # its next chunk, past 9
-             [ScheduledSeq(0, [a[3]], 13, list(range(0, 6)), True)],  # a decode: its bucket
-             [ScheduledSeq(0, [a[4]], 14, list(range(0, 6)), True),  # bucket + one prompt
-              ScheduledSeq(1, b, 0, list(range(6, 10)), True)],
-             [ScheduledSeq(2, c, 0, list(range(10, 12)), True),  # two prompts: general
-              ScheduledSeq(3, b[:3], 0, list(range(12, 14)), True)]]
     tol = 1e-4 if dtype == "float32" else 2.5e-3
     try:
-        for step, seqs in enumerate(plans):
-            want = ref.execute(StepPlan(step, seqs)).logits
-            got = dut.execute(StepPlan(step, seqs)).logits
+        for step, plan in enumerate(single_sequence_plans(TINY.vocab_size)):
+            want = ref.execute(plan).logits
+            got = dut.execute(plan).logits
             assert relative_error(got, want) < tol, step
         assert one_seq.runs == 3 and general.runs == 1
     finally:

@@ -15,7 +15,7 @@ from engine.executors.ort import OrtExecutor
 
 from .conftest import skip_or_fail
 from .tiny_model import BLOCK_SIZE, TINY
-from .workload import lockstep
+from .workload import lockstep, relative_error, single_sequence_plans
 
 pytestmark = pytest.mark.gpu
 
@@ -23,9 +23,10 @@ NUM_BLOCKS = 64
 # relative to the largest |logit|: CPU fp16 vs fp32 measures ~1.5e-3; bf16 keeps 8 significant
 # bits (the reference evaluator's bf16 run measures ~9e-3, tests/engine/test_bf16_graph.py)
 TOLERANCE = {"float16": 1e-2, "bfloat16": 3e-2}
+GRAPHS = ("float16", "bfloat16", "float16+decode", "bfloat16+decode")
 
 
-@pytest.fixture(params=sorted(TOLERANCE))
+@pytest.fixture(params=GRAPHS)
 def ort_cuda(request: pytest.FixtureRequest, cuda_ctx: CudaContext,
              tiny_graphs: dict[str, Path]) -> Iterator[object]:
     from engine.executors.ort_cuda import OrtCudaExecutor, OrtCudaUnavailableError
@@ -38,6 +39,17 @@ def ort_cuda(request: pytest.FixtureRequest, cuda_ctx: CudaContext,
         skip_or_fail(str(exc))
     yield ex
     ex.close()
+
+
+def test_single_sequence_steps_match_cpu(ort_cuda: object, cpu_ref: OrtExecutor) -> None:
+    """A fresh prompt, its next chunk after a past, a decode step (its bucket), a decode beside
+    a prompt, two prompts: the logits of every path (with the decode graph: single-sequence
+    steps through it, uncaptured) within the dtype's tolerance of the CPU fp32 graph."""
+    tolerance = TOLERANCE[ort_cuda.device_io.geometry.dtype]  # type: ignore[attr-defined]
+    for step, plan in enumerate(single_sequence_plans(TINY.vocab_size)):
+        want = cpu_ref.execute(plan).logits
+        got = ort_cuda.execute(plan).logits  # type: ignore[attr-defined]
+        assert relative_error(got, want) < tolerance, step
 
 
 @pytest.fixture()

@@ -30,6 +30,22 @@ def _plan(step_id: int, seqs: list[_Seq], copies: list[tuple[int, int]]) -> Step
     return StepPlan(step_id=step_id, seqs=out, block_copies=copies)
 
 
+def single_sequence_plans(vocab: int, seed: int = 3) -> list[StepPlan]:
+    """A fresh prompt of sequence 0, its next chunk after a past of 9, one decode token, a
+    decode beside a prompt of sequence 1, then prompts of sequences 2 and 3 together (blocks
+    0-13 of a pool of 4 tokens a block)."""
+    rng = np.random.default_rng(seed)
+    a, b, c = (rng.integers(0, vocab, n).tolist() for n in (13, 6, 5))
+    t0 = list(range(0, 6))
+    seqs = [[ScheduledSeq(0, a[:9], 0, t0, True)], [ScheduledSeq(0, a[9:], 9, t0, True)],
+            [ScheduledSeq(0, [a[3]], 13, t0, True)],
+            [ScheduledSeq(0, [a[4]], 14, t0, True),
+             ScheduledSeq(1, b, 0, list(range(6, 10)), True)],
+            [ScheduledSeq(2, c, 0, list(range(10, 12)), True),
+             ScheduledSeq(3, b[:3], 0, list(range(12, 14)), True)]]
+    return [StepPlan(step, s) for step, s in enumerate(seqs)]
+
+
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-6))
 
