@@ -129,7 +129,8 @@ def main() -> None:
                         max_batch_size=max(batches), max_context=2048)
     rows, tops = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        build_model_graph(config, weights, Path(tmp), dtype="float16", block_size=BLOCK)
+        build_model_graph(config, weights, Path(tmp), dtype="float16", block_size=BLOCK,
+                          rotary_op=True)  # as served: with the decode graph
         for capture in (True, False):
             ex = OrtCudaExecutor(Path(tmp) / MODEL_FILE, config,
                                  num_blocks=max(batches) * per_seq, block_size=BLOCK,
