@@ -5,8 +5,9 @@ pointer (IOBinding).
 Per step (engine/device/step_io.py): inputs staged in one H2D copy, block copies by kernel,
 graph run with `kv_cache` bound in place and `new_kv`/`logits` bound to device buffers, new K/V
 scattered into the pool by the NVRTC kernel, logits copied back through pinned memory. The pool
-is never copied to the host. All of it is queued on one stream (onnxruntime's compute stream is
-ours, and its runs do not wait for the GPU), so the host waits once per step, at the end.
+is never copied to the host. (onnxruntime runs on its own stream: giving it ours, with runs that
+do not wait, made its sessions abort when destroyed: cudaFreeHost "operation not permitted", seen
+on the H200 with onnxruntime-gpu 1.31.1.)
 """
 
 from __future__ import annotations
@@ -43,20 +44,7 @@ class OrtCudaUnavailableError(RuntimeError):
     """onnxruntime here has no CUDA execution provider."""
 
 
-def cuda_provider_options(device_id: int, stream: int | None, capture: bool | None = None
-                          ) -> dict[str, str]:
-    """The CUDA EP's options: the device, our stream as its compute stream (so the staged
-    inputs, the graph and the step's finish are ordered on one stream with no host wait between
-    them) and, for bucket sessions, whether the run is captured as a CUDA graph."""
-    options = {"device_id": str(device_id)}
-    if stream is not None:
-        options |= {"has_user_compute_stream": "1", "user_compute_stream": str(stream)}
-    if capture is not None:
-        options["enable_cuda_graph"] = "1" if capture else "0"
-    return options
-
-
-def _session(model_path: Path, device_id: int, stream: int | None = None) -> object:
+def _session(model_path: Path, device_id: int) -> object:
     import onnxruntime as ort
 
     from engine.executors.ort import session_options
@@ -67,13 +55,12 @@ def _session(model_path: Path, device_id: int, stream: int | None = None) -> obj
             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu in place of "
             "onnxruntime, or use the CPU executor")
     opts = session_options(intra_op_threads=1)
-    providers = [("CUDAExecutionProvider", cuda_provider_options(device_id, stream)),
-                 "CPUExecutionProvider"]
+    providers = [("CUDAExecutionProvider", {"device_id": str(device_id)}), "CPUExecutionProvider"]
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
 
 
 def _graph_session(model_path: Path, device_id: int, dims: dict[str, int],
-                   capture: bool = True, stream: int | None = None) -> object:
+                   capture: bool = True) -> object:
     """A session with every symbolic dim fixed and the whole run captured as a CUDA graph
     (replayed from the third run on; onnxruntime refuses it if a node lands off the CUDA EP)."""
     import onnxruntime as ort
@@ -83,17 +70,9 @@ def _graph_session(model_path: Path, device_id: int, dims: dict[str, int],
     opts = session_options(intra_op_threads=1)
     for name, value in dims.items():
         opts.add_free_dimension_override_by_name(name, value)
-    return ort.InferenceSession(str(model_path), sess_options=opts, providers=[
-        ("CUDAExecutionProvider", cuda_provider_options(device_id, stream, capture))])
-
-
-def _run_options() -> object:
-    """Runs return once their work is queued on the stream: the step's finish waits once."""
-    import onnxruntime as ort
-
-    options = ort.RunOptions()
-    options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-    return options
+    options = {"device_id": str(device_id), "enable_cuda_graph": "1" if capture else "0"}
+    return ort.InferenceSession(str(model_path), sess_options=opts,
+                                providers=[("CUDAExecutionProvider", options)])
 
 
 def model_kv_dtype(model_path: Path) -> str:
@@ -138,14 +117,12 @@ class OrtCudaExecutor(DeviceExecutor):
             self._io = DeviceStepIO(self._context, config, num_blocks=num_blocks,
                                     block_size=block_size, kv_dtype=kv_dtype,
                                     limits=self._limits, device_sampling=device_sampling)
-            stream = int(self._io.stream)
-            self._session = _session(model_path, device_id, stream=stream)
+            self._session = _session(model_path, device_id)
             self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
             # single-sequence steps (a prompt, a chunk of one) run the decode graph uncaptured:
             # its GroupQueryAttention layers launch far fewer kernels than the general graph's
             self._one_seq = (None if self._decode_path == model_path
-                             else _session(self._decode_path, device_id, stream=stream))
-            self._run_options = _run_options()
+                             else _session(self._decode_path, device_id))
         except BaseException:
             if self._io is not None:
                 self._io.close()
@@ -168,12 +145,11 @@ class OrtCudaExecutor(DeviceExecutor):
     def _bucket_session(self, bucket: Bucket) -> object:
         g = self._device_io().geometry
         return _graph_session(self._decode_path, self._device_id,
-                              bucket_dims(bucket, g.graph_shape[0], g.block_size), self._capture,
-                              stream=int(self._device_io().stream))
+                              bucket_dims(bucket, g.graph_shape[0], g.block_size), self._capture)
 
     def _run(self, staged: StagedStep) -> None:
-        """Queue the graph on the stream, after the staged inputs and block copies (onnxruntime
-        runs on our stream and returns without waiting; the step's finish waits once)."""
+        io = self._device_io()
+        io.stream.synchronize()  # staged inputs and block copies land before onnxruntime reads
         if staged.bucket is not None and self._graphs is not None:
             try:
                 self._run_session(self._graphs.get(staged.bucket), staged)
@@ -202,8 +178,7 @@ class OrtCudaExecutor(DeviceExecutor):
             io.finish_with_argmax(staged, self._has_argmax)
 
     def _run_session(self, session: object, staged: StagedStep) -> None:
-        session.run_with_iobinding(self._binding(session, staged),  # type: ignore[attr-defined]
-                                   self._run_options)
+        session.run_with_iobinding(self._binding(session, staged))  # type: ignore[attr-defined]
 
     def _binding(self, session: object, staged: StagedStep) -> object:
         """The session's binding of the staged buffers, made again only when an address or a
@@ -229,7 +204,7 @@ class OrtCudaExecutor(DeviceExecutor):
             if self._io is None:
                 return
             self._context.make_current()
-            # sessions first: onnxruntime runs on our stream, which must outlive them
+            # sessions first: they may still hold device buffers bound by address
             self._bindings.clear()
             if self._graphs is not None:
                 self._graphs.clear()

@@ -113,11 +113,9 @@ def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
     greedy tokens as without graphs, logits within fp16 noise; every replay of a bucket binds
     the same addresses."""
     made: list[_RecordingSession] = []
-    streams: list[int | None] = []
 
     def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True,
                 stream: int | None = None) -> _RecordingSession:
-        streams.append(stream)
         made.append(_RecordingSession(path, dims | {"capture": int(capture)}))
         return made[-1]
 
@@ -151,7 +149,6 @@ def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
     for session in made:
         assert len(set(session.bound)) == 1, session.dims  # same addresses and shapes
         assert session.bindings_made == 1, session.dims  # bound once, run many times
-    assert len(streams) == len(made) and None not in streams  # onnxruntime runs on our stream
     assert fake.allocations == {}  # type: ignore[attr-defined]
 
 
