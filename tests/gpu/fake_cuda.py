@@ -206,7 +206,7 @@ def install_fake(monkeypatch: Any, host_ort_cuda: bool = False) -> FakeCuda:
         from engine.executors import ort_cuda
         from engine.executors.ort import session_options
 
-        monkeypatch.setattr(ort_cuda, "_session", lambda p, d, stream=None: ort.InferenceSession(
+        monkeypatch.setattr(ort_cuda, "_session", lambda p, d: ort.InferenceSession(
             str(p), sess_options=session_options(1), providers=["CPUExecutionProvider"]))
         monkeypatch.setattr(ort_cuda.OrtCudaExecutor, "ORT_DEVICE", "cpu")
     return fake

@@ -79,9 +79,9 @@ class _RecordingSession:
         self.bindings_made += 1
         return _RecordingBinding(self._session.io_binding())
 
-    def run_with_iobinding(self, binding: _RecordingBinding, options: object = None) -> None:
+    def run_with_iobinding(self, binding: _RecordingBinding) -> None:
         self.bound.append(tuple(sorted(binding.entries.values())))
-        self._session.run_with_iobinding(binding.binding, options)
+        self._session.run_with_iobinding(binding.binding)
 
 
 class _RecordingBinding:
@@ -114,8 +114,8 @@ def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
     the same addresses."""
     made: list[_RecordingSession] = []
 
-    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True,
-                stream: int | None = None) -> _RecordingSession:
+    def factory(path: Path, device: int, dims: dict[str, int],
+                capture: bool = True) -> _RecordingSession:
         made.append(_RecordingSession(path, dims | {"capture": int(capture)}))
         return made[-1]
 
@@ -154,8 +154,7 @@ def test_padded_decode_gives_the_uncaptured_tokens(fake: object, graph: Path,
 
 def test_a_bucket_that_cannot_be_captured_runs_uncaptured(
         fake: object, graph: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(path: Path, device: int, dims: dict[str, int], capture: bool = True,
-               stream: int | None = None) -> object:
+    def refuse(path: Path, device: int, dims: dict[str, int], capture: bool = True) -> object:
         raise RuntimeError("This session cannot use the CUDA Graph feature")
 
     monkeypatch.setattr(ort_cuda, "_graph_session", refuse)
@@ -176,13 +175,13 @@ def test_a_bucket_whose_capture_fails_at_run_time_runs_uncaptured(
     """onnxruntime can refuse a kernel only when it captures (e.g. CUDA Concat with more than 32
     inputs): the step is rerun uncaptured and the bucket stays uncaptured; the engine goes on."""
     class _Refusing(_RecordingSession):
-        def run_with_iobinding(self, binding: object, options: object = None) -> None:
+        def run_with_iobinding(self, binding: object) -> None:
             raise RuntimeError("CUDA Concat supports at most 32 inputs during CUDA Graph capture")
 
     made: list[_Refusing] = []
 
-    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True,
-                stream: int | None = None) -> _Refusing:
+    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True
+                ) -> _Refusing:
         made.append(_Refusing(path, dims | {"capture": int(capture)}))
         return made[-1]
 
@@ -209,8 +208,7 @@ def test_mixed_steps_split_into_captured_decodes_and_prefill(
     """A step mixing decodes with prefill chunks runs its decodes through their bucket and the
     chunks alone; logits (and argmax) come back in plan order, equal to the unsplit step's."""
     monkeypatch.setattr(ort_cuda, "_graph_session",
-                        lambda path, device, dims, capture=True, stream=None:
-                        _RecordingSession(path, dims))
+                        lambda path, device, dims, capture=True: _RecordingSession(path, dims))
     kwargs = dict(num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
                   max_context=TINY.max_position_embeddings,
                   limits=StepLimits(64, 8, TINY.max_position_embeddings))

@@ -51,8 +51,7 @@ def test_device_picks_equal_host_argmax_with_bans(fake_host_ort: object, tiny_fp
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     graph = tiny_fp16_graph
     monkeypatch.setattr(ort_cuda, "_graph_session",
-                        lambda path, device, dims, capture=True, stream=None:
-                        _RecordingSession(path, dims))
+                        lambda path, device, dims, capture=True: _RecordingSession(path, dims))
     ref, dut = _executor(graph, graphs, False), _executor(graph, graphs, True)
     assert dut.samples_on_device and not ref.samples_on_device
     try:

@@ -44,7 +44,7 @@ class HostOrtExecutor(ort_cuda.OrtCudaExecutor):
 def _host_executor(path: Path, monkeypatch: pytest.MonkeyPatch) -> HostOrtExecutor:
     import onnxruntime as ort
 
-    monkeypatch.setattr(ort_cuda, "_session", lambda p, d, stream=None: ort.InferenceSession(
+    monkeypatch.setattr(ort_cuda, "_session", lambda p, d: ort.InferenceSession(
         str(p), sess_options=session_options(1), providers=["CPUExecutionProvider"]))
     return HostOrtExecutor(path, TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
                            max_context=TINY.max_position_embeddings,

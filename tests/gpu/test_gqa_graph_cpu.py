@@ -66,8 +66,7 @@ def bucket_paths(fake_host_ort: object, monkeypatch: pytest.MonkeyPatch) -> list
     """Bucket sessions as fixed-shape CPU sessions; the graph file of each one made."""
     made: list[Path] = []
 
-    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True,
-                stream: int | None = None) -> object:
+    def factory(path: Path, device: int, dims: dict[str, int], capture: bool = True) -> object:
         made.append(path)
         opts = session_options(1)
         for name, value in dims.items():
@@ -130,9 +129,9 @@ class _CountingSession:
     def io_binding(self) -> object:
         return self._session.io_binding()
 
-    def run_with_iobinding(self, binding: object, options: object = None) -> None:
+    def run_with_iobinding(self, binding: object) -> None:
         self.runs += 1
-        self._session.run_with_iobinding(binding, options)
+        self._session.run_with_iobinding(binding)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -145,7 +144,7 @@ def test_single_sequence_steps_run_the_decode_graph(bucket_paths: list[Path], tm
     decomposed graph's."""
     made: list[_CountingSession] = []
 
-    def session(path: Path, device: int, stream: int | None = None) -> _CountingSession:
+    def session(path: Path, device: int) -> _CountingSession:
         made.append(_CountingSession(path))
         return made[-1]
 
