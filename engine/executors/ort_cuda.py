@@ -150,13 +150,16 @@ class OrtCudaExecutor(DeviceExecutor):
     def _run(self, staged: StagedStep) -> None:
         io = self._device_io()
         io.stream.synchronize()  # staged inputs and block copies land before onnxruntime reads
-        if staged.bucket is not None and self._graphs is not None:
+        if (staged.bucket is not None and self._graphs is not None
+                and self._graphs.usable(staged.bucket)):  # not disabled since it was staged
+            session = self._graphs.get(staged.bucket)
             try:
-                self._run_session(self._graphs.get(staged.bucket), staged)
+                self._run_session(session, staged)
                 # a replay, unless a start-up capture run or a bucket session without capture
                 self._graphs.replays += int(staged.num_rows > 0 and self._capture)
                 return
             except Exception as exc:  # capture refused: this bucket runs uncaptured from now on
+                self._bindings.pop(session, None)  # the session (its weights) can go
                 self._graphs.disable(staged.bucket, exc)
         one_seq = self._one_seq is not None and staged.inputs["block_tables"].shape[0] == 1
         self._run_session(self._one_seq if one_seq else self._session, staged)
@@ -178,6 +181,8 @@ class OrtCudaExecutor(DeviceExecutor):
             io.finish_with_argmax(staged, self._has_argmax)
 
     def _run_session(self, session: object, staged: StagedStep) -> None:
+        """Run and wait: onnxruntime synchronizes its stream at the end of a run (the default
+        run options), so the outputs are complete before the finish reads them on ours."""
         session.run_with_iobinding(self._binding(session, staged))  # type: ignore[attr-defined]
 
     def _binding(self, session: object, staged: StagedStep) -> object:

@@ -198,6 +198,7 @@ def test_a_bucket_whose_capture_fails_at_run_time_runs_uncaptured(
         assert got == want and ex.graph_replays == 0
         assert len({(s.dims["capture"], s.dims["B"], s.dims["MB"])
                     for s in made}) == len(made)  # never retried
+        assert not any(s in ex._bindings for s in made)  # refused sessions are not kept
     finally:
         plain.close()
         ex.close()
