@@ -3,6 +3,8 @@
 # the repository root with the wheels of ../shared/gpu/prepare.sh installed into /tmp/site:
 #   bash bench/gpu_serving.sh serve   # GPU tests, decode graph parity/timing, the HTTP bench
 #   bash bench/gpu_serving.sh hf      # transformers eager and static cache + torch.compile
+#   bash bench/gpu_serving.sh all     # both, one summary (over 10 minutes with the GPU tests:
+#                                     # NO_TESTS=1 QUICK=1 keeps it inside one device call)
 # QUICK=1 skips bench/gpu_decode_graphs.py and the server with --no-cuda-graphs; NO_TESTS=1 the
 # GPU tests, NO_DECODE=1 bench/gpu_decode_graphs.py (a lease that ran them in an earlier call),
 # C1_ONLY=1 stops after the server's c1 run, NO_PROFILE=1 skips bench/gpu_kernel_profile.py (CUDA kernels of decode steps). During c64 and c256: GPU
@@ -12,7 +14,8 @@
 # API_SERVERS (default 4) is passed as --api-server-count (0: the one-process server); py-spy
 # then records the engine-core child (the PID the server logs), not the supervisor.
 # Every step runs under `timeout`; only PIDs started here are waited on or stopped. Output:
-# $OUT/summary-<part>.txt (printed last) and $OUT/logs-<part>.tgz.
+# $OUT/summary-<part>.txt (printed last) and $OUT/logs-<part>.tgz. The server needs orjson and
+# httptools beside ../shared/gpu/prepare.sh's wheels (EXTRA_WHEELS="orjson httptools py-spy").
 PART=${1:-serve}
 source "$(dirname "$0")/gpu_env.sh" "logs-$PART"
 PY=${PYTHON:-python3}
@@ -161,10 +164,14 @@ serve_part() {
 }
 
 { date -u; nvidia-smi -L; cat COMMIT 2>/dev/null || git log --oneline -1; } | tee "$SUM"
+hf_part() {
+  timeout "${HF_TIMEOUT:-560}" $PY bench/hf_gpu_baseline.py --out "$LOG/hf.md" >"$LOG/hf.txt" 2>&1
+  say "---- bench/hf_gpu_baseline.py (rc=$?)"; cat "$LOG/hf.md" | tee -a "$SUM"
+}
 case "$PART" in
   serve) serve_part ;;
-  hf) timeout 560 $PY bench/hf_gpu_baseline.py --out "$LOG/hf.md" >"$LOG/hf.txt" 2>&1
-      say "---- bench/hf_gpu_baseline.py (rc=$?)"; cat "$LOG/hf.md" | tee -a "$SUM" ;;
+  hf) hf_part ;;
+  all) serve_part; hf_part ;;  # one report: the HTTP bench and transformers on the same GPU
 esac
 (cd "$OUT" && tar czf "logs-$PART.tgz" "logs-$PART" && rm -rf "logs-$PART")
 echo "==== summary ($PART) ===="; cat "$SUM"
