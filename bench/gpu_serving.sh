@@ -7,8 +7,10 @@
 #                                     # NO_TESTS=1 QUICK=1 keeps it inside one device call)
 # QUICK=1 skips bench/gpu_decode_graphs.py and the server with --no-cuda-graphs; NO_TESTS=1 the
 # GPU tests, NO_DECODE=1 bench/gpu_decode_graphs.py (a lease that ran them in an earlier call),
-# C1_ONLY=1 stops after the server's c1 run, NO_PROFILE=1 skips bench/gpu_kernel_profile.py (CUDA kernels of decode steps). During c64 and c256: GPU
-# utilisation (nvidia-smi), py-spy, and the per-step host split (bench/gpu_step_split.py).
+# C1_ONLY=1 stops after the c1 run, NO_PROFILE=1 skips bench/gpu_kernel_profile.py (CUDA kernels
+# of decode steps); HF_ARGS are passed to bench/hf_gpu_baseline.py (e.g. "--eager 1,64 --static
+# 256"), HF_TIMEOUT (560 s) bounds it. During c64 and c256: GPU utilisation (nvidia-smi), py-spy,
+# and the per-step host split (bench/gpu_step_split.py).
 # CLIENT_PROCS (default 4): `trtserve bench --client-procs` at c64 and c256, so the load generator
 # is not the limit (one client process saturates a core near 5k tok/s).
 # API_SERVERS (default 4) is passed as --api-server-count (0: the one-process server); py-spy
@@ -165,7 +167,8 @@ serve_part() {
 
 { date -u; nvidia-smi -L; cat COMMIT 2>/dev/null || git log --oneline -1; } | tee "$SUM"
 hf_part() {
-  timeout "${HF_TIMEOUT:-560}" $PY bench/hf_gpu_baseline.py --out "$LOG/hf.md" >"$LOG/hf.txt" 2>&1
+  timeout "${HF_TIMEOUT:-560}" $PY bench/hf_gpu_baseline.py ${HF_ARGS:-} --out "$LOG/hf.md" \
+    >"$LOG/hf.txt" 2>&1
   say "---- bench/hf_gpu_baseline.py (rc=$?)"; cat "$LOG/hf.md" | tee -a "$SUM"
 }
 case "$PART" in
