@@ -4,16 +4,16 @@ sequence (B = 1, any number of new tokens: a prompt or a chunk of one, after a p
 Every row has the same number of new tokens, Tq = T / B.
 
 A decode step at small batch is a chain of small kernels (one row's weights are read in ~0.1 ms
-on an H200; the step took ~3.3 ms), so each layer is written with as few nodes as the math
-allows, in com.microsoft ops the CUDA EP runs fused:
+on an H200; the general graph's captured step took ~2.9 ms over 1,074 kernels), so each layer is
+written with as few nodes as the math allows, in com.microsoft ops the CUDA EP runs fused:
 - attention is one GroupQueryAttention: the packed QKV in, RoPE inside (`do_rotary`; cos/sin of
   every position below max_position_embeddings are constants), the past gathered from the pool
   straight into [B, KVH, S, D] (the block-table index laid out batch-major: no Transpose). The
-  op appends each row's new K/V after its own past length (`seqlens_k` = past_len, the new
-  token's position) and attends over that length only (flash attention on the CUDA EP in fp16 /
-  bf16). The roped new K and V are read back out of its present outputs at those positions
-  (GatherElements) for the pool's scatter: one [L*2*B, KVH, Tq, D] stack and one Transpose for
-  the whole step make `new_kv`;
+  op appends each row's new K/V after its own past length (`seqlens_k` = the last new token's
+  position, past_len + Tq - 1) and attends causally over that length only (flash attention on
+  the CUDA EP in fp16 / bf16). The roped new K and V are read back out of its present outputs at
+  those positions (GatherElements) for the pool's scatter: one [L*2*B, KVH, Tq, D] stack and one
+  Transpose for the whole step make `new_kv`;
 - the residual Adds fold into the next norm (SkipSimplifiedLayerNormalization, whose output 3
   is the new residual stream), SiLU is QuickGelu (alpha 1);
 - the hidden stream is [B, Tq, hidden] (GroupQueryAttention's [B, S, hidden]).
@@ -22,8 +22,9 @@ The general graph's opset-23 `Attention` path (engine/graph/attention.py) instea
 the padded past, concatenates the new K/V, builds a mask and scores every padded slot. ONNX
 Runtime refuses GroupQueryAttention over several new tokens per row with a past in a batch of
 more than one ("batch_size must be 1 when sequence_length > 1 and past context is given"), so
-prefill steps of several sequences stay on the general graph. Pad rows of a bucket (past_len 0)
-attend to their one slot. The 1/sqrt(D) scale is folded into the query weights (scale = 1).
+prefill steps of several sequences stay on the general graph. GroupQueryAttention's RoPE needs
+a head dim that is a multiple of 16: no decode graph is built otherwise. Pad rows of a bucket
+(past_len 0) attend to their one slot. The 1/sqrt(D) scale is folded into the query weights.
 """
 
 from __future__ import annotations
@@ -43,11 +44,6 @@ from engine.graph.writer import GraphWriter
 
 DECODE_MODEL_FILE = "model_decode.onnx"
 DECODE_DATA_FILE = "model_decode.onnx.data"
-
-
-def supports_decode_graph(config: ModelConfig) -> bool:
-    """GroupQueryAttention's RoPE needs a head dim that is a multiple of 16."""
-    return config.head_dim % 16 == 0
 
 
 @dataclass(frozen=True, slots=True)

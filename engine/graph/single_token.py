@@ -18,7 +18,8 @@ few nodes as the same math allows:
   QuickGelu with alpha 1 (x * sigmoid(x) in one node);
 - the hidden stream is [1, 1, hidden] (GroupQueryAttention's [B, S, hidden]): no reshapes
   between layers.
-Everything here is CPU-only (com.microsoft ops): the GPU graphs never use it.
+The GPU decode graph (engine/graph/gqa.py) shares `Residual` and `skip_norm`; the rest is the
+CPU single-token graph's own.
 """
 
 from __future__ import annotations
