@@ -30,8 +30,9 @@ GGUF Q4 blocks): layer linears (and a Q8_0/Q4 head) as com.microsoft MatMulNBits
 blocks (engine/graph/quant.py), for the CPU executor's single-sequence decode steps (T = 1, its
 own I/O: the past as per-layer buffers it reads and appends to, engine/graph/single_token.py;
 head dims that are multiples of 16); `cpu_precision` "exact" | "fast": fp32 or int8
-activations. `model_decode.onnx` (the ONNX Runtime CUDA builds): decode steps only, attention
-by GroupQueryAttention (engine/graph/gqa.py), what the CUDA executor's decode buckets run.
+activations. `model_decode.onnx` (the ONNX Runtime CUDA builds): same I/O, the layers of
+engine/graph/gqa.py (GroupQueryAttention, RoPE inside, fused norms): what the CUDA executor's
+decode buckets and its single-sequence steps run.
 """
 
 from __future__ import annotations
