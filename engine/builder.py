@@ -52,8 +52,12 @@ from engine.graph.general import STEP_INPUTS, GeneralGraph, general_decoder
 from engine.graph.gqa import DECODE_DATA_FILE, DECODE_MODEL_FILE, decode_decoder, gqa_step
 from engine.graph.layers import onnx_type, rms_norm
 from engine.graph.linears import HeadFn, LinearsFactory, dense_linears, q4_head, q4_linears
-from engine.graph.single_token import LayerRefs, single_token_decoder, single_token_io
-from engine.graph.single_token import supports_single_token as gqa_rope_fits
+from engine.graph.single_token import (
+    LayerRefs,
+    single_token_decoder,
+    single_token_io,
+    supports_gqa_rope,
+)
 from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
@@ -135,11 +139,11 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs: list[tuple[str, str, LinearsFactory, HeadFn | None, _Options]] = [
         (MODEL_FILE, DATA_FILE, dense_linears(config, weights, opts.dtype), None, opts)]
-    if blocks is not None and dtype == "float32" and rotary and gqa_rope_fits(config):
+    if blocks is not None and dtype == "float32" and rotary and supports_gqa_rope(config):
         graphs.append((Q4_MODEL_FILE, Q4_DATA_FILE,
                        q4_linears(config, blocks, cpu_precision, one_row=True),
                        q4_head(blocks, cpu_precision), replace(opts, single_token=True)))
-    if gqa_rope_fits(config) and (decode_graph or (decode_graph is None and rotary
+    if supports_gqa_rope(config) and (decode_graph or (decode_graph is None and rotary
                                                     and dtype != "float32")):
         graphs.append((DECODE_MODEL_FILE, DECODE_DATA_FILE, graphs[0][2], None,
                        replace(opts, decode=True)))

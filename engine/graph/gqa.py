@@ -38,8 +38,7 @@ from onnx import TensorProto
 from engine.config import ModelConfig
 from engine.graph.attention import StepInputs
 from engine.graph.layers import rope_cos_sin
-from engine.graph.quant import MS_DOMAIN
-from engine.graph.single_token import LayerRefs, Residual, skip_norm
+from engine.graph.single_token import LayerRefs, Residual, rotary_gqa, silu_mul, skip_norm
 from engine.graph.writer import GraphWriter
 
 DECODE_MODEL_FILE = "model_decode.onnx"
@@ -125,15 +124,9 @@ def decode_layer(g: GraphWriter, config: ModelConfig, step: GqaStep, layer: Laye
     past = [g.op("Reshape", [g.op("Gather", [step.inputs.kv_cache, step.pool_index[2 * index + kv]],
                                   axis=0), step.past_shape])  # [B, KVH, S, D]
             for kv in (0, 1)]
-    attn, present_k, present_v = g.op_n(
-        "GroupQueryAttention",
-        [linear(n, "qkv"), "", "", *past, step.seqlens_k, step.total_len, step.cos, step.sin],
-        outputs=3, domain=MS_DOMAIN, num_heads=config.num_heads,
-        kv_num_heads=config.num_kv_heads, scale=1.0, do_rotary=1,
-        rotary_interleaved=0)  # [B, Tq, H*D]; the scale is in Q's rows
+    attn, present_k, present_v = rotary_gqa(  # [B, Tq, H*D], [B, KVH, S + Tq, D] x 2
+        g, config, [linear(n, "qkv"), *past, step.seqlens_k, step.total_len, step.cos, step.sin])
     new_kv += [g.op("GatherElements", [p, step.new_index], axis=2)  # [B, KVH, Tq, D]
                for p in (present_k, present_v)]
     n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
-    act = g.op("Mul", [g.op("QuickGelu", [linear(n, "gate")], domain=MS_DOMAIN, alpha=1.0),
-                       linear(n, "up")])
-    return Residual(x, linear(act, "down"))
+    return Residual(x, linear(silu_mul(g, linear(n, "gate"), linear(n, "up")), "down"))

@@ -18,8 +18,8 @@ few nodes as the same math allows:
   QuickGelu with alpha 1 (x * sigmoid(x) in one node);
 - the hidden stream is [1, 1, hidden] (GroupQueryAttention's [B, S, hidden]): no reshapes
   between layers.
-The GPU decode graph (engine/graph/gqa.py) shares `Residual` and `skip_norm`; the rest is the
-CPU single-token graph's own.
+The GPU decode graph (engine/graph/gqa.py) shares `Residual`, `skip_norm`, `rotary_gqa` and
+`silu_mul`; the rest is the CPU single-token graph's own.
 """
 
 from __future__ import annotations
@@ -53,9 +53,22 @@ def present_output_names(num_layers: int) -> list[str]:
     return [name.format(i) for i in range(num_layers) for name in (PRESENT_KEY, PRESENT_VALUE)]
 
 
-def supports_single_token(config: ModelConfig) -> bool:
-    """GroupQueryAttention's RoPE needs a head dim that is a multiple of 16."""
+def supports_gqa_rope(config: ModelConfig) -> bool:
+    """GroupQueryAttention's RoPE needs a head dim that is a multiple of 16 (this graph and the
+    GPU decode graph, engine/graph/gqa.py, both use it)."""
     return config.head_dim % 16 == 0
+
+
+def rotary_gqa(g: GraphWriter, config: ModelConfig, inputs: list[str],
+               names: list[str] | None = None) -> list[str]:
+    """One com.microsoft GroupQueryAttention over packed QKV with RoPE inside (`do_rotary`,
+    rotate-half): inputs (qkv, past K, past V, seqlens_k, total_len, cos, sin) -> (out,
+    present K, present V). scale = 1: 1/sqrt(D) is folded into Q's rows."""
+    qkv, *rest = inputs
+    return g.op_n("GroupQueryAttention", [qkv, "", "", *rest], outputs=3, names=names,
+                  domain=MS_DOMAIN, num_heads=config.num_heads,
+                  kv_num_heads=config.num_kv_heads, scale=1.0, do_rotary=1,
+                  rotary_interleaved=0)
 
 
 def single_token_io(config: ModelConfig, elem: int) -> tuple[list, list]:
@@ -106,6 +119,11 @@ def skip_norm(g: GraphWriter, res: Residual, weight: str, eps: float) -> tuple[s
     return normed, total
 
 
+def silu_mul(g: GraphWriter, gate: str, up: str) -> str:
+    """SwiGLU's silu(gate) * up, SiLU as com.microsoft QuickGelu (alpha 1): x * sigmoid(x)."""
+    return g.op("Mul", [g.op("QuickGelu", [gate], domain=MS_DOMAIN, alpha=1.0), up])
+
+
 def single_token_decoder(g: GraphWriter, config: ModelConfig, x: str,
                          layers: Iterable[LayerRefs], final_norm: str) -> str:
     """The layers over the embedded token x [1, hidden] and the final norm -> [1, hidden]."""
@@ -124,15 +142,11 @@ def single_token_layer(g: GraphWriter, config: ModelConfig, step: SingleStep,
     index, norms, linear = layer
     eps = config.rms_norm_eps
     n, x = skip_norm(g, res, norms[0], eps)
-    attn, _, _ = g.op_n(
-        "GroupQueryAttention",
-        [linear(n, "qkv"), "", "", PAST_KEY.format(index), PAST_VALUE.format(index),
-         step.seqlens_k, step.total_len, step.cos, step.sin],
-        outputs=3, names=[g.name("attn"), PRESENT_KEY.format(index), PRESENT_VALUE.format(index)],
-        domain=MS_DOMAIN, num_heads=config.num_heads, kv_num_heads=config.num_kv_heads,
-        scale=1.0, do_rotary=1, rotary_interleaved=0)  # [1, 1, H*D]; the scale is in Q's rows
+    attn, _, _ = rotary_gqa(
+        g, config, [linear(n, "qkv"), PAST_KEY.format(index), PAST_VALUE.format(index),
+                    step.seqlens_k, step.total_len, step.cos, step.sin],
+        names=[g.name("attn"), PRESENT_KEY.format(index), PRESENT_VALUE.format(index)])
     n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
     gate, up = g.op_n("Split", [linear(n, "gate_up"), g.i64([config.intermediate_size] * 2)],
                       outputs=2, axis=-1)  # [1, 1, F] each
-    act = g.op("Mul", [g.op("QuickGelu", [gate], domain=MS_DOMAIN, alpha=1.0), up])
-    return Residual(x, linear(act, "down"))
+    return Residual(x, linear(silu_mul(g, gate, up), "down"))
