@@ -15,7 +15,8 @@ written with as few nodes as the math allows, in com.microsoft ops the CUDA EP r
   those positions (GatherElements) for the pool's scatter: one [L*2*B, KVH, Tq, D] stack and one
   Transpose for the whole step make `new_kv`;
 - the residual Adds fold into the next norm (SkipSimplifiedLayerNormalization, whose output 3
-  is the new residual stream), SiLU is QuickGelu (alpha 1);
+  is the new residual stream), SiLU is QuickGelu (alpha 1), gate and up are one GEMM and a
+  Split;
 - the hidden stream is [B, Tq, hidden] (GroupQueryAttention's [B, S, hidden]).
 
 The general graph's opset-23 `Attention` path (engine/graph/attention.py) instead transposes
@@ -38,7 +39,7 @@ from onnx import TensorProto
 from engine.config import ModelConfig
 from engine.graph.attention import StepInputs
 from engine.graph.layers import rope_cos_sin
-from engine.graph.single_token import LayerRefs, Residual, rotary_gqa, silu_mul, skip_norm
+from engine.graph.single_token import LayerRefs, Residual, rotary_gqa, skip_norm, swiglu_gate_up
 from engine.graph.writer import GraphWriter
 
 DECODE_MODEL_FILE = "model_decode.onnx"
@@ -129,4 +130,4 @@ def decode_layer(g: GraphWriter, config: ModelConfig, step: GqaStep, layer: Laye
     new_kv += [g.op("GatherElements", [p, step.new_index], axis=2)  # [B, KVH, Tq, D]
                for p in (present_k, present_v)]
     n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
-    return Residual(x, linear(silu_mul(g, linear(n, "gate"), linear(n, "up")), "down"))
+    return Residual(x, swiglu_gate_up(g, config, n, linear))

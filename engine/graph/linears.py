@@ -1,5 +1,6 @@
 """The layer linears of the decoder graph, handed to it one layer at a time as a function
-(input [T, in], key) -> [T, out], key one of "qkv", "o", "gate", "up", "down".
+(input [T, in], key) -> [T, out], key one of "qkv", "o", "gate", "up", "gate_up", "down"
+("gate_up": gate and up stacked along the output dim, one GEMM for the graphs that split it).
 
 - dense: MatMul over transposed ([in, out]) fp32/fp16 weights (every graph);
 - q4: MatMulNBits over the GGUF Q4 blocks (engine/graph/quant.py), the single-token fp32 graph,
@@ -35,24 +36,31 @@ def query_scale(config: ModelConfig) -> float:
 
 def dense_linears(config: ModelConfig, weights: Mapping[str, np.ndarray],
                   dtype: np.dtype) -> LinearsFactory:
-    """Each layer's five weights written transposed in `dtype`; MatMul nodes."""
+    """Each layer's weights written transposed in `dtype` when first used (a graph that runs
+    "gate_up" never writes "gate" and "up"); MatMul nodes."""
     def layer(g: GraphWriter, index: int) -> LinearFn:
         p = f"model.layers.{index}."
-        w = {key: g.weight(f"{p}{_NAMES[key]}.weight_t", array.T.astype(dtype))
-             for key, array in _dense_layer(config, weights, p).items()}
-        return lambda x, key: g.op("MatMul", [x, w[key]])
+        arrays = _dense_layer(config, weights, p)
+        w: dict[str, str] = {}
+
+        def linear(x: str, key: str) -> str:
+            if key not in w:
+                w[key] = g.weight(f"{p}{_NAMES[key]}.weight_t", arrays[key].T.astype(dtype))
+            return g.op("MatMul", [x, w[key]])
+        return linear
     return layer
 
 
 def _dense_layer(config: ModelConfig, weights: Mapping[str, np.ndarray],
                  p: str) -> dict[str, np.ndarray]:
-    """[out, in] weights of one layer, qkv fused (float64 while scaling, as built since v1)."""
+    """[out, in] weights of one layer, qkv fused (float64 while scaling, as built since v1),
+    and gate_up (gate rows, then up rows)."""
     a, m = f"{p}self_attn.", f"{p}mlp."
     q = weights[f"{a}q_proj.weight"].astype(np.float64) * query_scale(config)
     qkv = np.concatenate([q, weights[f"{a}k_proj.weight"], weights[f"{a}v_proj.weight"]])
-    return {"qkv": qkv, "o": weights[f"{a}o_proj.weight"],
-            "gate": weights[f"{m}gate_proj.weight"], "up": weights[f"{m}up_proj.weight"],
-            "down": weights[f"{m}down_proj.weight"]}
+    gate, up = weights[f"{m}gate_proj.weight"], weights[f"{m}up_proj.weight"]
+    return {"qkv": qkv, "o": weights[f"{a}o_proj.weight"], "gate": gate, "up": up,
+            "gate_up": np.concatenate([gate, up]), "down": weights[f"{m}down_proj.weight"]}
 
 
 def q4_layer_blocks(config: ModelConfig, blocks: Mapping[str, Q4Blocks],

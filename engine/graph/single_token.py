@@ -19,7 +19,7 @@ few nodes as the same math allows:
 - the hidden stream is [1, 1, hidden] (GroupQueryAttention's [B, S, hidden]): no reshapes
   between layers.
 The GPU decode graph (engine/graph/gqa.py) shares `Residual`, `skip_norm`, `rotary_gqa` and
-`silu_mul`; the rest is the CPU single-token graph's own.
+`swiglu_gate_up`; the rest is the CPU single-token graph's own.
 """
 
 from __future__ import annotations
@@ -147,6 +147,11 @@ def single_token_layer(g: GraphWriter, config: ModelConfig, step: SingleStep,
                     step.seqlens_k, step.total_len, step.cos, step.sin],
         names=[g.name("attn"), PRESENT_KEY.format(index), PRESENT_VALUE.format(index)])
     n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
+    return Residual(x, swiglu_gate_up(g, config, n, linear))
+
+
+def swiglu_gate_up(g: GraphWriter, config: ModelConfig, n: str, linear: LinearFn) -> str:
+    """down(silu(gate(n)) * up(n)) with gate and up as ONE GEMM ("gate_up") and a Split."""
     gate, up = g.op_n("Split", [linear(n, "gate_up"), g.i64([config.intermediate_size] * 2)],
-                      outputs=2, axis=-1)  # [1, 1, F] each
-    return Residual(x, linear(silu_mul(g, gate, up), "down"))
+                      outputs=2, axis=-1)
+    return linear(silu_mul(g, gate, up), "down")
