@@ -12,6 +12,25 @@ from typing import Protocol
 import numpy as np
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceDraw:
+    """How a device sampler chooses one row's token (scheduler/sampling.py's arithmetic): the
+    raw logits edited (`edit_ids`: distinct ids; each scaled like the repetition penalty by
+    `edit_scale`, 1.0 none, 0.0 a ban to -inf, then `edit_sub` subtracted), then argmax when
+    `temperature` is greedy, else the inverse-CDF draw at uniform `u` over
+    exp((x - max) / temperature) cut by top_k, top_p (within top_k) and min_p."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    u: float  # the request's one uniform for this token (0.0 for greedy rows)
+    edit_ids: tuple[int, ...] = ()
+    edit_scale: tuple[float, ...] = ()
+    edit_sub: tuple[float, ...] = ()
+    logprob: bool = False  # also the raw log-prob of the chosen token (StepResult.logprobs)
+
+
 @dataclass(slots=True)
 class ScheduledSeq:
     """One sequence's share of a step."""
@@ -27,6 +46,7 @@ class ScheduledSeq:
     host_logits: bool = True  # the host needs this row's full logits (sampled or penalised
     # rows, log-probs); False: its token is the argmax of the row with `banned` ids skipped
     banned: tuple[int, ...] = ()  # ids that argmax must skip (min_tokens end ids, bad words)
+    draw: DeviceDraw | None = None  # set: the device chooses the token this way (not argmax)
 
 
 @dataclass(slots=True)
@@ -58,7 +78,10 @@ class StepResult:
     # pass over the logits. None -> the scheduler computes it.
     logits_rows: np.ndarray | None = None  # int64 [k]: set by an executor that samples on the
     # device: `logits` then holds only these logit rows (the plan's `host_logits` rows, indices
-    # into the want_logits rows) and `argmax` skips each row's `banned` ids. None: every row.
+    # into the want_logits rows) and `argmax` skips each row's `banned` ids, or holds the token
+    # its `draw` chose. None: every row.
+    logprobs: np.ndarray | None = None  # float64 [num_logit_rows]: a device sampler's raw
+    # log-prob of each chosen token, for rows whose draw asked (others NaN); None when none did
 
 
 class StepRefusedError(ValueError):
@@ -85,7 +108,8 @@ class Executor(Protocol):
     # An executor built for a largest step may also expose `max_batch_size` / `max_num_tokens`
     # (ints); the scheduler then never plans beyond them (scheduler.config.fit_to_executor).
     # One exposing `samples_on_device = True` gets plans whose rows say which logits the host
-    # needs (`host_logits`, `banned`) and returns `StepResult.logits_rows`.
+    # needs (`host_logits`, `banned`, `draw`) and returns `StepResult.logits_rows` (and
+    # `logprobs` when a draw asks for them).
 
     def execute(self, plan: StepPlan) -> StepResult: ...  # blocking; thread-safe w.r.t. itself
     # raises StepRefusedError for a plan it cannot run (nothing done), anything else on a fault

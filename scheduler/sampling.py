@@ -28,10 +28,11 @@ from scheduler.logits_processors import (
     needs_processing,
     process_row,
 )
+from scheduler.plan import DeviceDraw
 from scheduler.request import SamplingParams, TopLogprobs
 
 __all__ = ["GREEDY_EPS", "SampleInput", "SampleStats", "choose_tokens", "cumsum_search",
-           "is_greedy", "sample_row", "top_logprobs"]
+           "host_draw", "is_greedy", "sample_row", "top_logprobs"]
 
 
 @dataclass(slots=True)
@@ -117,6 +118,35 @@ def sample_row(row: np.ndarray, params: SamplingParams, u: float) -> int:
     reference (full-vocab sort for top_p) that the batched candidate path must equal."""
     x = np.array(row, dtype=np.float32)[None, :]  # a copy: draw_rows consumes it
     return draw_rows(x, [params], [u], full=True)[0]
+
+
+def apply_edits(row: np.ndarray, draw: DeviceDraw) -> None:
+    """In place: a `DeviceDraw`'s sparse edits (logits_processors.sparse_edits) on one row."""
+    vocab = row.shape[0]
+    for t, scale, sub in zip(draw.edit_ids, draw.edit_scale, draw.edit_sub, strict=True):
+        if not 0 <= t < vocab:
+            continue
+        if scale == 0.0:
+            row[t] = -np.inf
+            continue
+        v = row[t]
+        if scale != 1.0:
+            v = v / np.float32(scale) if v > 0 else v * np.float32(scale)
+        row[t] = v - np.float32(sub)
+
+
+def host_draw(raw: np.ndarray, draw: DeviceDraw) -> tuple[int, float | None]:
+    """The host's answer to a `DeviceDraw` on one raw logits row: (token, raw log-prob when
+    asked) with the arithmetic of the host path (process_row, draw_rows(full=True))."""
+    x = np.array(raw, dtype=np.float32, copy=True)
+    apply_edits(x, draw)
+    if draw.temperature < GREEDY_EPS:
+        token = int(np.argmax(x))
+    else:
+        params = SamplingParams(temperature=draw.temperature, top_k=draw.top_k,
+                                top_p=draw.top_p, min_p=draw.min_p)
+        token = draw_rows(x[None, :], [params], [draw.u], full=True)[0]
+    return token, _raw_logprob(raw, token) if draw.logprob else None
 
 
 def _raw_logprob(raw: np.ndarray, token: int) -> float:

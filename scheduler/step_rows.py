@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scheduler.logits_processors import banned_ids, has_penalties, is_greedy
+from scheduler.logits_processors import banned_ids, has_penalties, is_greedy, sparse_edits
 from scheduler.outputs import SampledTokens, delta_output
-from scheduler.plan import ScheduledSeq, StepPlan, StepResult
+from scheduler.plan import DeviceDraw, ScheduledSeq, StepPlan, StepResult
 from scheduler.request import RequestOutput, TopLogprobs
 from scheduler.sampling import SampleInput, SampleStats, choose_tokens, top_logprobs
 from scheduler.sequence import SeqStatus, Sequence
@@ -20,7 +20,8 @@ from scheduler.stop import finish_status
 Finish = Callable[[Sequence, SeqStatus], RequestOutput]
 
 
-MAX_DEVICE_BANS = 32  # a greedy row with more banned ids takes the host path (full logits row)
+MAX_DEVICE_BANS = 32  # a greedy row with more banned ids takes a draw (below) instead
+MAX_DEVICE_EDITS = 1024  # a row whose penalties and bans edit more ids takes the host path
 
 
 def build_rows(chosen: list[tuple[Sequence, int]], device_sampling: bool = False
@@ -40,29 +41,42 @@ def build_rows(chosen: list[tuple[Sequence, int]], device_sampling: bool = False
         row = ScheduledSeq(seq.seq_id, seq.tokens_slice(start, end), start, seq.block_table,
                            end == seq.num_tokens)
         if device_sampling and row.want_logits:
-            row.host_logits, row.banned = device_row(seq)
+            row.host_logits, row.banned, row.draw = device_row(seq)
         rows.append(row)
         seq.num_computed_tokens = end
     return rows, ctx, len(rows) - ctx, tokens
 
 
-def device_row(seq: Sequence) -> tuple[bool, tuple[int, ...]]:
-    """(host needs the full logits row, ids the device argmax skips) for seq's next token:
-    plain greedy -> argmax on the device; greedy with bans only (min_tokens, bad words) ->
-    argmax on the device with the bans skipped; sampled, penalised or log-prob rows -> host."""
+def device_row(seq: Sequence) -> tuple[bool, tuple[int, ...], DeviceDraw | None]:
+    """(host needs the full logits row, ids the device argmax skips, how the device draws the
+    token instead) for seq's next token: plain greedy -> argmax on the device; greedy with bans
+    only (min_tokens, bad words) -> argmax with the bans skipped; sampled, penalised or log-prob
+    rows -> a `DeviceDraw` (the request's uniform is taken now); top_logprobs rows, and rows
+    with more than MAX_DEVICE_EDITS edits -> the host."""
     params = seq.request.params
-    if params.logprobs:
-        return True, ()
-    if seq.num_tokens >= seq.plain_greedy_from:
-        return False, ()
-    if not is_greedy(params) or has_penalties(params):
-        return True, ()
-    if not params.bad_words_ids and len(seq.end_ids) <= MAX_DEVICE_BANS:
-        return False, seq.end_ids  # only min_tokens is not reached yet: its end ids
-    banned = banned_ids(params, seq.token_view, seq.num_prompt_tokens, seq.end_ids)
-    if len(banned) > MAX_DEVICE_BANS:
-        return True, ()
-    return False, tuple(sorted(banned))
+    if params.top_logprobs:
+        return True, (), None
+    plain = seq.num_tokens >= seq.plain_greedy_from
+    if plain and not params.logprobs:
+        return False, (), None
+    greedy = is_greedy(params)
+    if greedy and not params.logprobs and not has_penalties(params):
+        if not params.bad_words_ids and len(seq.end_ids) <= MAX_DEVICE_BANS:
+            return False, seq.end_ids, None  # only min_tokens is not reached yet: its end ids
+        banned = banned_ids(params, seq.token_view, seq.num_prompt_tokens, seq.end_ids)
+        if len(banned) <= MAX_DEVICE_BANS:
+            return False, tuple(sorted(banned)), None
+    edits = ((), (), ()) if plain else sparse_edits(
+        params, seq.token_view, seq.num_prompt_tokens, seq.end_ids)
+    if len(edits[0]) > MAX_DEVICE_EDITS:
+        return True, (), None
+    if greedy:
+        u = 0.0
+    else:
+        assert seq.rng is not None, "sampled row without a generator"
+        u = float(seq.rng.random())
+    return False, (), DeviceDraw(params.temperature if not greedy else 0.0, params.top_k,
+                                 params.top_p, params.min_p, u, *edits, logprob=params.logprobs)
 
 
 def sample_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],
@@ -94,19 +108,25 @@ def sample_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],
 
 def _sample_device_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],
                         stats: SampleStats | None) -> SampledTokens:
-    """A result of an executor that sampled on the device: `argmax` (bans skipped) is the token
-    of every row; the host rows (`logits_rows`, raw logits) are processed / sampled here."""
+    """A result of an executor that sampled on the device: `argmax` (bans skipped, or the
+    row's draw) is the token of every row, `logprobs` the log-probs draws asked for; the host
+    rows (`logits_rows`, raw logits) are processed / sampled here."""
     n, host = len(seqs), result.logits_rows
     assert host is not None
     argmax = result.argmax
     if (result.step_id != plan.step_id or argmax is None or argmax.shape != (n,)
-            or result.logits.shape[0] != len(host)):
+            or result.logits.shape[0] != len(host)
+            or (result.logprobs is not None and result.logprobs.shape != (n,))):
         raise ValueError(f"step result {result.step_id} (argmax for "
                          f"{None if argmax is None else argmax.shape} rows, {len(host)} host "
                          f"rows, {result.logits.shape[0]} logits rows) does not match plan "
                          f"{plan.step_id} ({n} rows)")
     tokens: list[int] = argmax.tolist()
     logprobs: list[float | None] = [None] * n
+    if result.logprobs is not None:
+        for i, lp in enumerate(result.logprobs.tolist()):
+            if seqs[i].request.params.logprobs:
+                logprobs[i] = lp
     if not len(host):
         return SampledTokens(plan.step_id, seqs, tokens, logprobs)
     idx = host.tolist()

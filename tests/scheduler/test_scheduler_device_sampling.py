@@ -10,8 +10,10 @@ import pytest
 from fakes import FakeExecutor
 from sched_fakes import make_request, make_scheduler, run_all, tokens_of
 
-from scheduler.plan import ScheduledSeq, StepPlan, StepResult
+from scheduler.plan import DeviceDraw, ScheduledSeq, StepPlan, StepResult
+from scheduler.sampling import host_draw
 from scheduler.scheduler import Scheduler
+from scheduler import step_rows
 from scheduler.step_rows import MAX_DEVICE_BANS, sample_rows
 
 
@@ -24,12 +26,19 @@ class DeviceSamplingExecutor(FakeExecutor):
         super().__init__(num_blocks=64)
         self.host_rows_seen = 0
         self.device_rows_seen = 0
+        self.draws_seen: list[DeviceDraw] = []
 
     def execute(self, plan: StepPlan) -> StepResult:
         full = super().execute(plan).logits
         wanted = [s for s in plan.seqs if s.want_logits]
-        picks = []
-        for row, s in zip(full, wanted, strict=True):
+        picks, logprobs = [], np.full(len(wanted), np.nan)
+        for i, (row, s) in enumerate(zip(full, wanted, strict=True)):
+            if s.draw is not None:
+                token, lp = host_draw(row, s.draw)
+                picks.append(token)
+                logprobs[i] = np.nan if lp is None else lp
+                self.draws_seen.append(s.draw)
+                continue
             masked = row.copy()
             masked[[b for b in s.banned if b < len(row)]] = -np.inf
             picks.append(int(np.argmax(masked)))
@@ -37,16 +46,20 @@ class DeviceSamplingExecutor(FakeExecutor):
         self.host_rows_seen += len(host)
         self.device_rows_seen += len(wanted) - len(host)
         return StepResult(plan.step_id, full[host], np.array(picks, dtype=np.int64),
-                          logits_rows=host)
+                          logits_rows=host, logprobs=logprobs)
 
 
 def _requests() -> list[dict[str, object]]:
     return [dict(max_tokens=6),  # plain greedy
             dict(max_tokens=6, min_tokens=5),  # greedy, end ids banned on the device
             dict(max_tokens=6, bad_words_ids=[[5], [1, 9]]),  # greedy, bad words on the device
-            dict(max_tokens=6, repetition_penalty=1.5),  # penalised: host row
-            dict(max_tokens=6, temperature=0.8, top_p=0.9, seed=7),  # sampled: host row
-            dict(max_tokens=6, logprobs=True, top_logprobs=2)]  # log-probs: host row
+            dict(max_tokens=6, repetition_penalty=1.5),  # penalised greedy: a device draw
+            dict(max_tokens=6, temperature=0.8, top_p=0.9, seed=7),  # sampled: a device draw
+            dict(max_tokens=6, logprobs=True, top_logprobs=2),  # top log-probs: host row
+            dict(max_tokens=6, logprobs=True),  # greedy log-probs: a device draw
+            dict(max_tokens=6, temperature=1.3, top_k=9, top_p=0.8, min_p=0.05, seed=3,
+                 presence_penalty=0.5, frequency_penalty=-0.25, repetition_penalty=0.7,
+                 min_tokens=4, bad_words_ids=[[2], [7, 8]], logprobs=True)]  # every edit
 
 
 def _run(executor: FakeExecutor, device: bool) -> dict[str, tuple[list[int], list[float]]]:
@@ -68,6 +81,10 @@ def test_device_sampling_streams_equal_the_host_path() -> None:
     got = _run(device, device=True)
     assert got == want
     assert device.device_rows_seen > 0 and device.host_rows_seen > 0
+    assert {d.temperature > 0 for d in device.draws_seen} == {True, False}
+    assert any(d.logprob for d in device.draws_seen)
+    assert {0.0, 0.7}.issubset({x for d in device.draws_seen for x in d.edit_scale})
+    assert any(sub != 0.0 for d in device.draws_seen for sub in d.edit_sub)
 
 
 def test_rows_say_what_the_host_needs() -> None:
@@ -75,24 +92,45 @@ def test_rows_say_what_the_host_needs() -> None:
     sched = Scheduler(make_scheduler(ex).config, block_size=ex.block_size,
                       num_blocks=ex.num_blocks, vocab_size=ex.vocab_size,
                       max_context=ex.max_context, eos_token_ids=(3, 4), device_sampling=True)
-    for i, params in enumerate(_requests()[:5]):
+    sched.add(make_request(4, request_id="plain-again", max_tokens=6))
+    for i, params in enumerate(_requests()):
         sched.add(make_request(4, request_id=f"q{i}", **params))
     plan = sched.schedule()
     assert plan is not None
     rows = {r.seq_id: (r.host_logits, r.banned) for r in plan.seqs}
-    assert list(rows.values()) == [(False, ()), (False, (3, 4)), (False, (5,)), (True, ()),
-                                   (True, ())]
+    assert list(rows.values()) == [(False, ())] * 2 + [(False, (3, 4)), (False, (5,))] + [
+        (False, ())] * 2 + [(True, ())] + [(False, ())] * 2
+    draws = [r.draw for r in plan.seqs]
+    assert draws[:4] == [None] * 4 and draws[6] is None
+    penalised, sampled, logprob, every = draws[4], draws[5], draws[7], draws[8]
+    assert penalised is not None and penalised.temperature == 0.0 and penalised.u == 0.0
+    prompt = sorted(set(plan.seqs[4].token_ids))  # prefill: the whole prompt
+    assert penalised.edit_ids == tuple(prompt) and set(penalised.edit_scale) == {1.5}
+    assert sampled is not None and sampled.temperature == 0.8 and 0.0 < sampled.u < 1.0
+    assert sampled.top_p == 0.9 and sampled.edit_ids == () and not sampled.logprob
+    assert logprob is not None and logprob.logprob and logprob.edit_ids == ()
+    assert every is not None and every.top_k == 9 and every.min_p == 0.05
+    bans = {t for t, sc in zip(every.edit_ids, every.edit_scale, strict=True) if sc == 0.0}
+    assert bans == {2, 3, 4}  # the one-token bad word, the end ids before min_tokens
 
 
-def test_too_many_bans_take_the_host_path() -> None:
+def test_too_many_bans_take_a_draw_too_many_edits_the_host_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(step_rows, "MAX_DEVICE_EDITS", MAX_DEVICE_BANS + 1)  # vocab 64
     ex = DeviceSamplingExecutor()
     sched = Scheduler(make_scheduler(ex).config, block_size=ex.block_size,
                       num_blocks=ex.num_blocks, vocab_size=ex.vocab_size,
                       max_context=ex.max_context, device_sampling=True)
     words = [[i] for i in range(MAX_DEVICE_BANS + 1)]
-    sched.add(make_request(4, bad_words_ids=words))
+    sched.add(make_request(4, bad_words_ids=words))  # too many bans for argmax: a draw
+    sched.add(make_request(4, bad_words_ids=[[i] for i in range(MAX_DEVICE_BANS + 2)]))
     plan = sched.schedule()
-    assert plan is not None and plan.seqs[0].host_logits and plan.seqs[0].banned == ()
+    assert plan is not None
+    wide, too_wide = plan.seqs
+    assert not wide.host_logits and wide.banned == () and wide.draw is not None
+    assert wide.draw.edit_ids == tuple(range(MAX_DEVICE_BANS + 1))
+    assert set(wide.draw.edit_scale) == {0.0}
+    assert too_wide.host_logits and too_wide.draw is None
 
 
 def test_a_device_result_that_does_not_match_the_plan_is_refused() -> None:
