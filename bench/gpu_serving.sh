@@ -7,6 +7,8 @@
 #                                     # NO_TESTS=1 QUICK=1 keeps it inside one device call)
 # QUICK=1 skips bench/gpu_decode_graphs.py and the server with --no-cuda-graphs; NO_TESTS=1 the
 # GPU tests, NO_DECODE=1 bench/gpu_decode_graphs.py (a lease that ran them in an earlier call),
+# SAMPLED=1 adds sampled + penalised runs at c64 and c256 (SAMPLE_BODY, the --extra-body JSON)
+# on the same server, then on one with --no-device-sampling (every logits row to the host);
 # C1_ONLY=1 stops after the c1 run, NO_PROFILE=1 skips bench/gpu_kernel_profile.py (CUDA kernels
 # of decode steps); HF_ARGS are passed to bench/hf_gpu_baseline.py (e.g. "--eager 1,64 --static
 # 256"), HF_TIMEOUT (560 s) bounds it. During c64 and c256: GPU utilisation (nvidia-smi), py-spy,
@@ -50,9 +52,11 @@ stop_server() {
   wait "$SRV" 2>/dev/null; say "server stopped (exit $?)"
 }
 
-bench() {  # $1: name, $2: concurrency, $3: prompts, $4: timeout s, $5: client processes (1)
+bench() {  # $1: name, $2: concurrency, $3: prompts, $4: timeout s, $5: client processes (1),
+           # $6: --extra-body JSON (sampling settings; greedy when absent)
   timeout "$4" $PY -m server.cli bench --url "$URL" --model ensemble --concurrency "$2" \
     --num-prompts "$3" --input-len 128 --output-len 128 --no-progress --client-procs "${5:-1}" \
+    ${6:+--extra-body "$6"} \
     --output-json "$LOG/bench-$1.json" >"$LOG/bench-$1.txt" 2>"$LOG/bench-$1.err"
   local rc=$?
   say "---- bench $1: concurrency $2, $3 prompts, ${5:-1} client processes (rc=$rc)"
@@ -123,6 +127,13 @@ report_window() {  # $1: name
     "$LOG/top-$1.txt" | tee -a "$SUM"
 }
 
+sampled_runs() {  # $1: name prefix. Sampled + penalised requests (SAMPLE_BODY) at c64, c256
+  local body=${SAMPLE_BODY:-'{"temperature": 0.8, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1, "random_seed": 1}'}
+  bench "${1:-}sampled-c64" 64 512 150 "$CLIENT_PROCS" "$body"
+  bench "${1:-}sampled-c256" 256 1024 240 "$CLIENT_PROCS" "$body"
+  kv_blocks "${1:-}sampled-c256"
+}
+
 serve_part() {
   if [ -z "${NO_TESTS:-}" ]; then
     timeout 300 $PY -m pytest tests/gpu -m gpu -q -rsx -p no:cacheprovider >"$LOG/pytest-gpu.txt" 2>&1
@@ -155,8 +166,14 @@ serve_part() {
   wait "$prof" 2>/dev/null
   report_window c256
   kv_blocks c256
+  [ -n "${SAMPLED:-}" ] && sampled_runs
   grep -E "decode bucket|CUDA graph|WARNING|ERROR" "$LOG/serve-graphs.log" | head -20 | tee -a "$SUM"
   stop_server
+  if [ -n "${SAMPLED:-}" ]; then  # the same sampled load with every logits row sent to the host
+    start_server hostsampling --no-device-sampling || return
+    sampled_runs host-
+    stop_server
+  fi
   [ -n "${QUICK:-}" ] && return
   start_server nographs --no-cuda-graphs || return
   bench nographs-c1 1 16 90

@@ -31,6 +31,7 @@ class EngineOptions:
     max_num_tokens: int | None = None  # tokens per step; None -> the backend's, else scheduler's
     q4_decode: bool = True  # CPU: single-token steps through the MatMulNBits graph when built
     cuda_graphs: bool = True  # onnxruntime CUDA: decode steps replayed as CUDA graphs
+    device_sampling: bool = True  # onnxruntime CUDA: tokens chosen on the GPU (ids cross only)
     cpu_precision: str = EXACT  # that graph's activations: exact (float32) | fast (int8)
     cpu_threads: int | None = None  # onnxruntime CPU intra-op threads; None -> one per core
 

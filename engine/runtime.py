@@ -68,7 +68,8 @@ def _executor(backend: BackendChoice, model_path: Path, config: ModelConfig,
 
     return OrtCudaExecutor(model_path, config, num_blocks=blocks,
                            block_size=options.block_size, max_context=max_context,
-                           limits=limits, cuda_graphs=options.cuda_graphs)
+                           limits=limits, cuda_graphs=options.cuda_graphs,
+                           device_sampling=options.device_sampling)
 
 
 def _start(backend: BackendChoice, options: EngineOptions) -> LoadedModel:

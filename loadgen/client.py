@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from loadgen.config import parse_extra_body
 from loadgen.dataset import BenchPrompt
 from loadgen.sse import SSEParser
 
@@ -60,8 +61,13 @@ class Endpoint:
 
     needs_done = False
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, extra_body: dict[str, Any] | None = None) -> None:
         self.model = model
+        self.extra_body = extra_body or {}  # merged into every request body (sampling, ...)
+
+    def body(self, prompt: BenchPrompt) -> dict[str, Any]:
+        """The request body: the endpoint's payload with --extra-body's fields over it."""
+        return {**self.payload(prompt), **self.extra_body}
 
     def path(self) -> str:
         raise NotImplementedError
@@ -136,11 +142,13 @@ def _forced_length(n: int) -> dict[str, Any]:
     return {"max_tokens": n, "min_tokens": n, "ignore_eos": True}
 
 
-def make_endpoint(kind: str, model: str) -> Endpoint:
+def make_endpoint(kind: str, model: str, extra_body: str = "") -> Endpoint:
+    """The endpoint of `kind`; `extra_body`: a JSON object added to every request body."""
     classes: dict[str, type[Endpoint]] = {"triton": TritonEndpoint,
                                           "openai-completions": OpenAICompletionsEndpoint,
                                           "openai-chat": OpenAIChatEndpoint}
-    return classes[kind](model)
+    return classes[kind](model, parse_extra_body(extra_body))
+
 
 
 async def send_request(client: httpx.AsyncClient, endpoint: Endpoint, prompt: BenchPrompt,
@@ -168,7 +176,7 @@ async def send_request(client: httpx.AsyncClient, endpoint: Endpoint, prompt: Be
 
 async def _stream(client: httpx.AsyncClient, endpoint: Endpoint, prompt: BenchPrompt,
                   result: RequestResult) -> None:
-    async with client.stream("POST", endpoint.path(), json=endpoint.payload(prompt)) as resp:
+    async with client.stream("POST", endpoint.path(), json=endpoint.body(prompt)) as resp:
         if resp.status_code != 200:
             body = (await resp.aread()).decode("utf-8", "replace")
             _fail(result, f"http_{resp.status_code}", body[:_ERROR_BODY_CHARS])

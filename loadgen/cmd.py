@@ -90,6 +90,9 @@ def add_parser(subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--timeout", type=float, default=_D["timeout_s"].default,
                    help="seconds per request")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.add_argument("--extra-body", default=_D["extra_body"].default,
+                   help='JSON object added to every request body, e.g. sampling: '
+                        '\'{"temperature": 0.8, "top_p": 0.95}\'')
     _add_client_procs(p)
     p.set_defaults(run=run, model_tokenizer=model_tokenizer)
 
@@ -101,7 +104,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
         dataset=args.dataset, seed=args.seed, output_json=args.output_json, plot=args.plot,
         slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms, tokenizer=args.tokenizer,
-        timeout_s=args.timeout, progress=not args.no_progress, client_procs=args.client_procs)
+        timeout_s=args.timeout, progress=not args.no_progress, client_procs=args.client_procs,
+        extra_body=args.extra_body)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 ENDPOINTS: tuple[str, ...] = ("triton", "openai-completions", "openai-chat")
 AUTO = "auto"
 STREAMS_PER_PROC = 32  # auto: one client process per this many streams (closed loop)
+
+
+def parse_extra_body(text: str) -> dict[str, Any]:
+    """--extra-body: "" or a JSON object (ValueError otherwise)."""
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"--extra-body must be a JSON object, got {text!r}")
+    return value
 
 
 class BenchConfigError(ValueError):
@@ -37,6 +49,7 @@ class BenchConfig:
     timeout_s: float = 300.0                     # per request, whole stream
     progress: bool = True                        # live progress bar on stderr
     client_procs: int | str = AUTO               # client processes per run, or "auto"
+    extra_body: str = ""                         # JSON object added to every request body
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINTS:
@@ -54,6 +67,11 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise BenchConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.extra_body:
+            try:
+                parse_extra_body(self.extra_body)
+            except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                raise BenchConfigError(f"--extra-body: {exc}") from exc
         if self.timeout_s <= 0:
             raise BenchConfigError("--timeout must be positive")
         if self.client_procs != AUTO and (isinstance(self.client_procs, str)

@@ -54,14 +54,15 @@ class _Worker:
 
 
 def run_in_procs(url: str, endpoint: str, model: str, shares: Sequence[Share],
-                 timeout_s: float, on_done: Callable[[RequestResult], None] | None = None
-                 ) -> tuple[list[RequestResult], float]:
+                 timeout_s: float, on_done: Callable[[RequestResult], None] | None = None,
+                 extra_body: str = "") -> tuple[list[RequestResult], float]:
     """The results of all shares (in prompt order) and the run's wall time in seconds."""
     ctx = multiprocessing.get_context("spawn")
     workers: list[_Worker] = []
     try:
         for rank, share in enumerate(shares):
-            workers.append(_start(ctx, rank, WorkerJob(url, endpoint, model, share, timeout_s)))
+            workers.append(_start(ctx, rank, WorkerJob(url, endpoint, model, share, timeout_s,
+                                                           extra_body)))
         _pump(workers, lambda: all(w.ready for w in workers), STARTUP_S, [], on_done)
         start = time.perf_counter() + GO_DELAY_S
         for w in workers:

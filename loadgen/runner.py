@@ -46,13 +46,13 @@ def _run_one(config: BenchConfig, endpoint: Endpoint, prompts: Sequence[BenchPro
     shares = make_shares(prompts, config.mode, value, seed, procs)
     logger.info("%d client processes", len(shares))
     return run_in_procs(config.url, config.endpoint, config.model, shares, config.timeout_s,
-                        on_done)
+                        on_done, config.extra_body)
 
 
 def run_benchmark(config: BenchConfig, tok: BenchTokenizer) -> list[RunStats]:
     """Run every sweep value in order. Run i uses prompts seeded with `seed + i`, so runs never
     share prompts (no prefix-cache hits between runs) and a rerun repeats them exactly."""
-    endpoint = make_endpoint(config.endpoint, config.model)
+    endpoint = make_endpoint(config.endpoint, config.model, config.extra_body)
     runs: list[RunStats] = []
     for i, value in enumerate(config.sweep):
         prompts = build_prompts(tok, config.dataset, config.num_prompts, config.input_len,

@@ -36,6 +36,7 @@ class WorkerJob:
     model: str
     share: Share
     timeout_s: float    # per request
+    extra_body: str = ""  # JSON object added to every request body
 
 
 def worker_main(conn: Connection, job: WorkerJob) -> None:
@@ -76,7 +77,7 @@ async def _report(conn: Connection, outbox: list[RequestResult]) -> None:
 
 async def _run(conn: Connection, job: WorkerJob) -> None:
     share = job.share
-    endpoint = make_endpoint(job.endpoint, job.model)
+    endpoint = make_endpoint(job.endpoint, job.model, job.extra_body)
     outbox: list[RequestResult] = []
 
     def on_done(result: RequestResult) -> None:

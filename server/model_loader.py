@@ -11,11 +11,11 @@ from engine.runtime import LoadedModel, load_model
 from scheduler.config import SchedulerConfig
 from scheduler.loop import EngineLoop
 from scheduler.request import Request, SamplingParams
-from server.metrics.server_metrics import ServerMetrics
 from server.cli.preflight import read_chat_template
+from server.metrics.server_metrics import ServerMetrics
+from server.metrics.stats_log import StatsLogger
 from server.serving import ServingModel
 from server.settings import ServerSettings
-from server.metrics.stats_log import StatsLogger
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ def engine_options(settings: ServerSettings) -> EngineOptions:
     return EngineOptions(model=settings.model, backend=settings.backend, dtype=settings.dtype,
                          q4_decode=settings.q4_decode, cpu_precision=settings.cpu_precision,
                          cpu_threads=settings.cpu_threads,
-                         cuda_graphs=settings.cuda_graphs, cache_dir=settings.cache_dir,
+                         cuda_graphs=settings.cuda_graphs,
+                         device_sampling=settings.device_sampling, cache_dir=settings.cache_dir,
                          engine_dir=settings.engine_dir, block_size=settings.block_size,
                          kv_cache_blocks=settings.kv_cache_blocks,
                          kv_cache_fraction=settings.kv_cache_fraction,

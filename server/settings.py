@@ -41,6 +41,10 @@ class ServerSettings(BaseSettings):
     cuda_graphs: bool = Field(_E.cuda_graphs, description="onnxruntime CUDA: replay decode "
                               "steps as CUDA graphs (one captured session per padded batch and "
                               "context bucket, made on first use).")
+    device_sampling: bool = Field(_E.device_sampling, description="onnxruntime CUDA: choose "
+                                  "tokens on the GPU (greedy, sampled, penalised and log-prob "
+                                  "rows; only ids and the rows that need top_logprobs cross to "
+                                  "the host). Off: every row's logits are copied back.")
     cpu_precision: Literal["exact", "fast"] = Field(
         _E.cpu_precision, description="Arithmetic of that 4-bit single-token graph: exact "
         "(float32 activations) or fast (activations quantized to int8 per block of 32, as "

@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.config import ModelConfig
 from engine.device.cuda import CudaContext, Stream
+from engine.device.draw_kernel import PARAMS, DrawArrays, DrawKernel, draw_arrays
 from engine.device.kernels import KVKernels
 from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea
 from engine.device.sampling import MAX_BANS, PickKernel, ban_matrix, host_rows, row_runs
@@ -24,6 +25,7 @@ from engine.device_kv_pool import DeviceKVPool, PoolGeometry, geometry_for
 from engine.limits import StepLimits
 from engine.step_inputs import Bucket, pack_decode, pack_plan
 from scheduler.plan import StepPlan, StepRefusedError
+from scheduler.step_rows import MAX_DEVICE_EDITS
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +63,17 @@ class StagedStep:
     bans_ptr: int = 0  # int64 [num_rows, num_bans] banned ids per logits row (device sampler)
     num_bans: int = 0
     host_rows: np.ndarray | None = None  # logits rows the host needs (device sampling only)
+    draws: DrawArrays | None = None  # the rows the device draws (device sampling only)
+    draw_ptrs: tuple[int, int, int, int] = (0, 0, 0, 0)  # their arrays on the device
 
 
 def staging_bytes(limits: StepLimits, block_size: int, num_blocks: int) -> int:
-    """Upper bound of one step's staged inputs (10 arrays, each 256-byte aligned)."""
+    """Upper bound of one step's staged inputs (14 arrays, each 256-byte aligned)."""
     t, b = limits.max_num_tokens, limits.max_batch_size
     max_blocks = -(-limits.max_context // block_size)
     elems = 5 * t + b * max_blocks + b + b * t + b + 2 * num_blocks + b * MAX_BANS
-    return elems * I64 + 10 * StagingArea.ALIGN
+    draws = b * (1 + PARAMS + 2 * MAX_DEVICE_EDITS)  # rows, params, edit ids, (scale, sub)
+    return (elems + draws) * I64 + 14 * StagingArea.ALIGN
 
 
 def check_plan(plan: StepPlan, limits: StepLimits, block_size: int, num_blocks: int) -> None:
@@ -119,6 +124,10 @@ class DeviceStepIO:
             self.argmax = self._own(DeviceBuffer(limits.max_batch_size * I64))
             self.argmax_host = self._own(PinnedBuffer(limits.max_batch_size * I64))
             self.picker = self._own(PickKernel(context)) if device_sampling else None
+            self.drawer = self._own(DrawKernel(context)) if device_sampling else None
+            lp_bytes = limits.max_batch_size * 8 if device_sampling else 8
+            self.logprob = self._own(DeviceBuffer(lp_bytes))
+            self.logprob_host = self._own(PinnedBuffer(lp_bytes))
             self.stream.synchronize()
         except BaseException:
             self.close()
@@ -146,9 +155,14 @@ class DeviceStepIO:
             slots = packed.slot_blocks * g.block_size + packed.slot_offsets
         pairs = np.asarray(plan.block_copies, dtype=np.int64).reshape(-1, 2)
         bans = ban_matrix(plan.seqs) if self.picker is not None else np.zeros((0, 0), np.int64)
+        draws = draw_arrays(plan.seqs) if self.picker is not None else None
+        tail = [] if draws is None else [draws.rows, draws.params, draws.edit_ids,
+                                         draws.edit_vals]
         names = list(feeds)
-        ptrs = self.staging.upload([feeds[n] for n in names] + [slots, pairs, bans],
+        ptrs = self.staging.upload([feeds[n] for n in names] + [slots, pairs, bans, *tail],
                                    self.stream)
+        draw_ptrs = (0, 0, 0, 0) if draws is None else (ptrs[-4], ptrs[-3], ptrs[-2], ptrs[-1])
+        ptrs = ptrs[:len(ptrs) - len(tail)]
         inputs = {n: DeviceTensor(p, feeds[n].shape, np.dtype(np.int64))
                   for n, p in zip(names, ptrs, strict=False)}
         inputs["kv_cache"] = DeviceTensor(self.pool.ptr, g.graph_shape, g.np_dtype)
@@ -161,6 +175,7 @@ class DeviceStepIO:
             inputs=inputs, slots_ptr=ptrs[-3], num_tokens=t, num_rows=num_rows, bucket=bucket,
             bans_ptr=ptrs[-1], num_bans=bans.shape[1],
             host_rows=host_rows(plan.seqs) if self.picker is not None else None,
+            draws=draws, draw_ptrs=draw_ptrs,
             logits=DeviceTensor(self.logits.ptr, (rows, self.config.vocab_size),
                                 np.dtype(np.float32)),
             new_kv=DeviceTensor(self.new_kv.ptr, kv_shape, g.np_dtype),
@@ -199,25 +214,34 @@ class DeviceStepIO:
         self.stream.synchronize()
         return host.copy(), (picks.copy() if picks is not None else None)
 
-    def finish_sampled(self, step: StagedStep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """After the graph ran: scatter new K/V, pick every row's token on the device (bans
-        skipped) and fetch (host rows' logits [k, vocab], ids [num_rows], host row indices)."""
-        assert self.picker is not None and step.host_rows is not None, "no device sampler"
+    def finish_sampled(self, step: StagedStep
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """After the graph ran: scatter new K/V, pick every row's token on the device (argmax
+        with bans skipped, or the row's draw) and fetch (host rows' logits [k, vocab] taken
+        before any draw edits them, ids [num_rows], host row indices, log-probs [num_rows]
+        (NaN where no draw asked; None when none did))."""
+        assert self.picker is not None and self.drawer is not None, "no device sampler"
+        assert step.host_rows is not None and step.draws is not None, "staged without sampler"
         self.pool.scatter(step.new_kv.ptr, step.slots_ptr, step.num_tokens, self.stream)
-        rows, vocab = step.num_rows, self.config.vocab_size
-        self.picker.launch(step.logits.ptr, step.bans_ptr, self.argmax.ptr, rows, vocab,
-                           step.num_bans, self.stream)
-        picks = self.argmax_host.array((rows,), np.int64)
-        if rows:
-            self.argmax.copy_to_host(picks, self.stream)
+        rows, vocab, draws = step.num_rows, self.config.vocab_size, step.draws
         host = self.logits_host.array((len(step.host_rows), vocab), np.float32)
         done = 0
         for first, count in row_runs(step.host_rows):
             self.logits.copy_to_host(host[done:done + count], self.stream,
                                      offset=first * vocab * 4)
             done += count
+        self.picker.launch(step.logits.ptr, step.bans_ptr, self.argmax.ptr, rows, vocab,
+                           step.num_bans, self.stream)
+        self.drawer.launch(step.logits.ptr, step.draw_ptrs, self.argmax.ptr, self.logprob.ptr,
+                           len(draws.rows), vocab, draws.edit_ids.shape[1], self.stream)
+        picks = self.argmax_host.array((rows,), np.int64)
+        if rows:
+            self.argmax.copy_to_host(picks, self.stream)
+        lps = self.logprob_host.array((rows,), np.float64) if draws.logprobs else None
+        if lps is not None:
+            self.logprob.copy_to_host(lps, self.stream)
         self.stream.synchronize()
-        return host.copy(), picks.copy(), step.host_rows
+        return host.copy(), picks.copy(), step.host_rows, _asked(lps, draws)
 
     def close(self) -> None:
         """Releases every owned resource, newest first; idempotent."""
@@ -233,3 +257,13 @@ class DeviceStepIO:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _asked(lps: np.ndarray | None, draws: DrawArrays) -> np.ndarray | None:
+    """The fetched log-probs with NaN for every row whose draw did not ask for one."""
+    if lps is None:
+        return None
+    out = np.full(lps.shape[0], np.nan)
+    asked = draws.rows[draws.params[:, PARAMS - 1] != 0.0]
+    out[asked] = lps[asked]
+    return out

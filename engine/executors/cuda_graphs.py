@@ -66,17 +66,18 @@ def split_mixed(plan: StepPlan) -> tuple[StepPlan, StepPlan] | None:
 
 def merge_results(plan: StepPlan, parts: tuple[StepPlan, StepPlan],
                   results: Sequence[StepResult]) -> StepResult:
-    """The parts' logits (and argmax) rows back in the plan's order. Results of a device
-    sampler (`logits_rows` set) merge their host rows the same way."""
-    rows: dict[int, tuple[np.ndarray | None, int | None]] = {}
+    """The parts' logits (and argmax, log-prob) rows back in the plan's order. Results of a
+    device sampler (`logits_rows` set) merge their host rows the same way."""
+    rows: dict[int, tuple[np.ndarray | None, int | None, float]] = {}
     for part, result in zip(parts, results, strict=True):
         wanted = [s.seq_id for s in part.seqs if s.want_logits]
         at = (dict(zip(result.logits_rows.tolist(), range(len(result.logits_rows)), strict=True))
               if result.logits_rows is not None else None)
         for k, seq_id in enumerate(wanted):
             pick = None if result.argmax is None else int(result.argmax[k])
+            lp = np.nan if result.logprobs is None else float(result.logprobs[k])
             j = k if at is None else at.get(k)
-            rows[seq_id] = (None if j is None else result.logits[j], pick)
+            rows[seq_id] = (None if j is None else result.logits[j], pick, lp)
     order = [rows[s.seq_id] for s in plan.seqs if s.want_logits]
     has_argmax = all(r.argmax is not None for r in results)
     argmax = np.array([r[1] for r in order], dtype=np.int64) if has_argmax else None
@@ -84,8 +85,11 @@ def merge_results(plan: StepPlan, parts: tuple[StepPlan, StepPlan],
     host = [k for k, r in enumerate(order) if r[0] is not None]
     got = [order[k][0] for k in host]
     logits = np.stack(got) if got else results[0].logits[:0]
+    logprobs = (np.array([r[2] for r in order]) if any(r.logprobs is not None for r in results)
+                else None)
     return StepResult(plan.step_id, logits, argmax,
-                      logits_rows=np.array(host, dtype=np.int64) if device else None)
+                      logits_rows=np.array(host, dtype=np.int64) if device else None,
+                      logprobs=logprobs)
 
 
 def bucket_dims(bucket: Bucket, pool_rows: int, block_size: int) -> dict[str, int]:

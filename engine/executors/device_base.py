@@ -60,7 +60,7 @@ class DeviceExecutor:
 
     @property
     def samples_on_device(self) -> bool:
-        """Greedy tokens are picked on the device (plans carry `host_logits` / `banned`)."""
+        """Tokens are chosen on the device (plans carry `host_logits` / `banned` / `draw`)."""
         return self._device_io().picker is not None
 
     @property
@@ -90,8 +90,9 @@ class DeviceExecutor:
         try:
             self._run(staged)
             if io.picker is not None:
-                logits, argmax, rows = io.finish_sampled(staged)
-                return StepResult(plan.step_id, logits, argmax, logits_rows=rows)
+                logits, argmax, rows, logprobs = io.finish_sampled(staged)
+                return StepResult(plan.step_id, logits, argmax, logits_rows=rows,
+                                  logprobs=logprobs)
             logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
         except BaseException:
             io.stream.synchronize()  # nothing may still read the staging area

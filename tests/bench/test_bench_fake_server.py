@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from loadgen.config import BenchConfig
+from loadgen.config import BenchConfig, BenchConfigError
 from loadgen.runner import run_benchmark
 from loadgen.tokenizer import HFTokenizer
 
@@ -53,6 +53,27 @@ def test_request_bodies_force_the_output_length(server: FakeServer,
         assert (body["max_tokens"], body["min_tokens"], body["ignore_eos"], body["stream"]) == \
             (6, 6, True, True)
     assert chat["messages"] == [{"role": "user", "content": comp["prompt"]}]
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_extra_body_reaches_every_request(server: FakeServer, fake_tok: HFTokenizer,
+                                          procs: int) -> None:
+    """--extra-body's fields (sampling settings) are added to each body, over the defaults,
+    from one client process or several."""
+    extra = '{"temperature": 0.8, "top_p": 0.95, "seed": 3, "stop_words": "x"}'
+    run_benchmark(_config(server, num_prompts=4, extra_body=extra, client_procs=procs),
+                  fake_tok)
+    assert len(server.payloads) == 4
+    for body in server.payloads:
+        assert (body["temperature"], body["top_p"], body["seed"], body["stop_words"]) == (
+            0.8, 0.95, 3, "x")
+        assert body["max_tokens"] == 6
+
+
+@pytest.mark.parametrize("bad", ["[1]", "{", "3"])
+def test_extra_body_must_be_a_json_object(bad: str) -> None:
+    with pytest.raises(BenchConfigError, match="--extra-body"):
+        BenchConfig(concurrency=(1,), extra_body=bad)
 
 
 def test_closed_loop_holds_concurrency(server: FakeServer, fake_tok: HFTokenizer) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 _SIGNATURES = {"kv_scatter": "ppp" + "i" * 5 + "q" * 7, "kv_block_copy": "pp" + "ii" + "qqq",
-               "logits_pick": "pppii"}
+               "logits_pick": "pppii", "logits_draw": "ppppppp" + "ii"}
 _ELEM = {"f16": np.uint16, "bf16": np.uint16, "f32": np.float32}
 
 
@@ -31,6 +31,7 @@ class FakeCuda:
         self.capturing: list[Any] | None = None  # work recorded while a stream is captured
         self.graphs: dict[int, list[Any]] = {}  # captured graph id -> its recorded work
         self.graph_launches = 0
+        self.draws = 0  # rows drawn by the logits_draw emulation
         self.driver = self._make_driver()
         self.nvrtc = self._make_nvrtc()
 
@@ -104,6 +105,32 @@ class FakeCuda:
             for r, b in enumerate(bans.tolist()):
                 x[r, [i for i in b if 0 <= i < vocab]] = -np.inf
         self.view(out_ptr, np.int64)[:rows] = np.argmax(x, axis=1)
+
+    def _logits_draw(self, a: list[int], elem: type) -> None:
+        """engine/device/draw_kernel.py's kernel (grid = drawn rows) as the host reference
+        (scheduler/sampling.py `host_draw`), editing the drawn rows in place like the kernel."""
+        from scheduler.plan import DeviceDraw
+        from scheduler.sampling import apply_edits, host_draw
+
+        logits_ptr, rows_ptr, params_ptr, ids_ptr, vals_ptr, out_ptr, lp_ptr, vocab, e = a
+        n = self._grid
+        rows = self.view(rows_ptr, np.int64)[:n].tolist()
+        params = self.view(params_ptr, np.float64)[: n * 6].reshape(n, 6).tolist()
+        ids = self.view(ids_ptr, np.int64)[: n * e].reshape(n, e)
+        vals = self.view(vals_ptr, np.float32)[: n * e * 2].reshape(n, e, 2)
+        logits, out = self.view(logits_ptr, elem), self.view(out_ptr, np.int64)
+        for k, r in enumerate(rows):
+            inv_t, top_k, top_p, min_p, u, want = params[k]
+            used = ids[k] >= 0
+            draw = DeviceDraw(0.0 if inv_t == 0.0 else 1.0 / inv_t, int(top_k), top_p, min_p, u,
+                              tuple(ids[k][used].tolist()), tuple(vals[k, used, 0].tolist()),
+                              tuple(vals[k, used, 1].tolist()), bool(want))
+            row = logits[r * vocab:(r + 1) * vocab]
+            out[r], lp = host_draw(row, draw)
+            apply_edits(row, draw)
+            if lp is not None:
+                self.view(lp_ptr, np.float64)[r] = lp
+        self.draws += n
 
     # -- modules --------------------------------------------------------------------------------
     def _make_driver(self) -> SimpleNamespace:
@@ -195,10 +222,10 @@ class FakeCuda:
 def install_fake(monkeypatch: Any, host_ort_cuda: bool = False) -> FakeCuda:
     """Patch the device layer onto a FakeCuda; with `host_ort_cuda`, the onnxruntime CUDA
     executor also opens CPU sessions and binds host pointers (onnxruntime CPU stands in)."""
-    from engine.device import cuda, kernels, memory, sampling
+    from engine.device import cuda, draw_kernel, kernels, memory, sampling
 
     fake = FakeCuda()
-    for module in (cuda, memory, kernels, sampling):
+    for module in (cuda, memory, kernels, sampling, draw_kernel):
         monkeypatch.setattr(module, "bindings", fake.bindings)
     if host_ort_cuda:
         import onnxruntime as ort

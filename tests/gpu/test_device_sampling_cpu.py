@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.device.draw_kernel import DRAW_SOURCE, draw_arrays
 from engine.device.sampling import PICK_SOURCE, ban_matrix, host_rows, row_runs
 from engine.executors import ort_cuda
 from engine.limits import StepLimits
-from scheduler.plan import ScheduledSeq, StepPlan
+from scheduler.plan import DeviceDraw, ScheduledSeq, StepPlan
 
+from .draw_workload import drawn_tokens
 from .test_decode_graphs_cpu import _RecordingSession
 from .tiny_model import BLOCK_SIZE, TINY
 from .workload import greedy_tokens
@@ -84,3 +86,45 @@ def test_device_picks_equal_host_argmax_with_bans(fake_host_ort: object, tiny_fp
         ref.close()
         dut.close()
     assert fake_host_ort.allocations == {}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_device_draws_equal_host_draws(fake_host_ort: object, tiny_fp16_graph: Path,
+                                       graphs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sampled, penalised and log-prob rows (draw_workload.KINDS) drawn through the executor's
+    draw kernel (here its fake: the host reference) equal those drawn on the host from the full
+    logits, through plain, bucketed and split mixed steps: the staging, the row mapping and the
+    log-prob plumbing."""
+    monkeypatch.setattr(ort_cuda, "_graph_session",
+                        lambda path, device, dims, capture=True: _RecordingSession(path, dims))
+    ref, dut = _executor(tiny_fp16_graph, graphs, False), _executor(tiny_fp16_graph, graphs, True)
+    try:
+        rng = np.random.default_rng(3)
+        prompts = [rng.integers(1, TINY.vocab_size, 2 + i).tolist() for i in range(7)]
+        want = drawn_tokens(ref, prompts, block_size=BLOCK_SIZE, steps=5, on_device=False,
+                            late=True)
+        got = drawn_tokens(dut, prompts, block_size=BLOCK_SIZE, steps=5, on_device=True,
+                           late=True)
+        assert got == want
+        assert fake_host_ort.draws >= 6 * 6  # type: ignore[attr-defined]
+        assert any(lp is not None for lps in got[1] for lp in lps)
+    finally:
+        ref.close()
+        dut.close()
+
+
+def test_draw_arrays_pack_each_drawn_row() -> None:
+    a = DeviceDraw(0.5, 3, 0.9, 0.1, 0.25, (4, 9), (1.5, 0.0), (0.0, 0.0), logprob=True)
+    b = DeviceDraw(0.0, 0, 1.0, 0.0, 0.0)
+    rows = [_row(0, [1], 0, [0], host=False), _row(1, [1, 2], 0, [1], want=False),
+            ScheduledSeq(2, [1], 0, [2], True, False, (), a),
+            ScheduledSeq(3, [1], 0, [3], True, False, (), b)]
+    packed = draw_arrays(rows)
+    assert packed.rows.tolist() == [1, 2] and packed.logprobs
+    assert packed.params.tolist() == [[float(np.float32(2.0)), 3, 0.9, 0.1, 0.25, 1.0],
+                                      [0.0, 0, 1.0, 0.0, 0.0, 0.0]]
+    assert packed.edit_ids.tolist() == [[4, 9], [-1, -1]]
+    assert packed.edit_vals[0].tolist() == [[1.5, 0.0], [0.0, 0.0]]
+    assert "logits_draw_f32" in DRAW_SOURCE and "#define MAX_EDITS 1024" in DRAW_SOURCE
+    none = draw_arrays(rows[:2])
+    assert none.rows.shape == (0,) and none.edit_ids.shape == (0, 0) and not none.logprobs

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 
 from engine.backends import ORT_CPU, ORT_CUDA, TENSORRT
 from engine.executors import ort_cuda

@@ -5,6 +5,7 @@ executor still refuses fails only its own requests while the engine keeps servin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -29,10 +30,11 @@ NUM_BLOCKS = 64
 
 def test_settings_reach_the_engine_options(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = ServerSettings(max_batch_size=7, max_num_tokens=300, max_model_len=96,
-                              cuda_graphs=False)
+                              cuda_graphs=False, device_sampling=False)
     options = engine_options(settings)
     assert (options.max_batch_size, options.max_num_tokens, options.max_context) == (7, 300, 96)
     assert options.cuda_graphs is False and runtime.EngineOptions().cuda_graphs is True
+    assert options.device_sampling is False and runtime.EngineOptions().device_sampling
     monkeypatch.setenv("TRTSERVE_MAX_MODEL_LEN", "1000")
     monkeypatch.setenv("TRTSERVE_CUDA_GRAPHS", "false")
     from_env = engine_options(ServerSettings())
@@ -64,6 +66,15 @@ def test_non_default_limits_reach_the_executor_and_the_scheduler(
         config = loop.scheduler.config
         assert (config.max_batch_size, config.max_num_tokens) == (3, 40)
         assert loop.scheduler.max_model_len == 96
+        assert executor.samples_on_device and loop.scheduler.device_sampling
+    finally:
+        executor.close()
+    off = dataclasses.replace(options, device_sampling=False)
+    executor = runtime._executor(ORT_CUDA, tiny_fp16_graph, TINY, off, limits, "float16", None)
+    try:
+        assert not executor.samples_on_device
+        loop = EngineLoop(executor, SchedulerConfig(), eos_token_ids=())
+        assert not loop.scheduler.device_sampling
     finally:
         executor.close()
     assert fake_host_ort.allocations == {}  # type: ignore[attr-defined]
@@ -84,7 +95,8 @@ class _OverstatingExecutor(ort_cuda.OrtCudaExecutor):
         return 3
 
 
-def test_a_refused_step_fails_only_its_requests(fake_host_ort: object, tiny_fp16_graph: Path) -> None:
+def test_a_refused_step_fails_only_its_requests(fake_host_ort: object,
+                                                tiny_fp16_graph: Path) -> None:
     """Three requests form a 3-sequence step the executor (built for 2) refuses: those three
     end with ERROR; the fourth, waiting behind them, and one sent afterwards complete; no KV
     block leaks and the loop is not dead."""

@@ -1,0 +1,104 @@
+"""Sampled, penalised and log-prob rows chosen on the device: the NVRTC kernel `logits_draw_f32`.
+
+One thread block per drawn row (`ScheduledSeq.draw`, scheduler/plan.py `DeviceDraw`), after the
+graph wrote the step's fp32 logits `[R, vocab]`:
+1. the raw row's max and log-sum-exp (double), when the row asks for its log-prob;
+2. the sparse edits, in place (repetition penalty scale, presence/frequency subtraction, bans
+   to -inf), the raw values of edited ids kept in shared memory;
+3. greedy rows (temperature 0), or rows whose max is not finite: argmax (NaN as +inf, ties to
+   the lowest id, as `logits_pick_f32`);
+4. else weights e = expf((x - max) * (1 / temperature)), computed again in each pass, and the
+   cut: top_k's k-th largest weight and top_p's nucleus edge (the largest weight whose
+   at-least-as-heavy set reaches top_p times the kept mass), each found by a 4-pass radix
+   select over the weights' float bits (256 bins of counts / of double masses), and min_p;
+5. the token: the first id, in vocabulary order, whose running sum of kept weights exceeds
+   u * (kept mass): per-thread chunk sums (double), one thread's running sum over them (exact
+   and monotone), and the owning thread walks its chunk.
+The token id goes to `out[row]` (over `logits_pick_f32`'s answer for that row) and its raw
+log-prob to `logprob[row]`. This is scheduler/sampling.py's arithmetic (`host_draw`, the test
+reference) up to the order of float sums: a draw can differ only where u falls within rounding
+of a CDF step. Packing (`draw_arrays`) is pure Python, tested on CPU against the fake device.
+The source is engine/device/draw_source.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.device.cuda import CudaContext, Stream, bindings, cuda_call
+from engine.device.draw_source import DRAW_KERNEL, DRAW_SOURCE, DRAW_THREADS, PARAMS
+from engine.device.kernels import compile_cubin, pack_args
+from scheduler.plan import ScheduledSeq
+from scheduler.step_rows import MAX_DEVICE_EDITS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DrawArrays:
+    """A step's drawn rows, packed for `logits_draw_f32`."""
+
+    rows: np.ndarray  # int64 [S]: each drawn row's index among the want_logits rows
+    params: np.ndarray  # float64 [S, PARAMS]
+    edit_ids: np.ndarray  # int64 [S, E] (E = the most edits any row has), padded with -1
+    edit_vals: np.ndarray  # float32 [S, E, 2]: (scale, sub) per edit
+    logprobs: bool  # some row asks for its log-prob
+
+
+def draw_arrays(rows: Sequence[ScheduledSeq]) -> DrawArrays:
+    """The want_logits rows of a plan that carry a `draw`, as the kernel's arrays."""
+    wanted = [s for s in rows if s.want_logits]
+    drawn = [(i, s.draw) for i, s in enumerate(wanted) if s.draw is not None]
+    e = max((len(d.edit_ids) for _, d in drawn), default=0)
+    if e > MAX_DEVICE_EDITS:
+        raise ValueError(f"a row has {e} edits; the device draw takes at most {MAX_DEVICE_EDITS}")
+    params = np.zeros((len(drawn), PARAMS), np.float64)
+    ids = np.full((len(drawn), e), -1, np.int64)
+    vals = np.zeros((len(drawn), e, 2), np.float32)
+    for k, (_, d) in enumerate(drawn):
+        inv_t = 0.0 if d.temperature == 0.0 else float(np.float32(1.0 / d.temperature))
+        params[k] = (inv_t, d.top_k, d.top_p, d.min_p, d.u, float(d.logprob))
+        n = len(d.edit_ids)
+        ids[k, :n] = d.edit_ids
+        vals[k, :n, 0] = d.edit_scale
+        vals[k, :n, 1] = d.edit_sub
+    return DrawArrays(np.array([i for i, _ in drawn], np.int64), params, ids, vals,
+                      any(d.logprob for _, d in drawn))
+
+
+class DrawKernel:
+    """The compiled `logits_draw_f32` of one context (compiled at construction)."""
+
+    def __init__(self, context: CudaContext) -> None:
+        self._driver, _, _ = bindings()
+        self._lock = threading.Lock()
+        context.make_current()
+        cubin = compile_cubin(DRAW_SOURCE, "logits_draw.cu", context.compute_capability)
+        self._module: Any = cuda_call(self._driver.cuModuleLoadData, cubin)
+        self._function = cuda_call(self._driver.cuModuleGetFunction, self._module,
+                                   DRAW_KERNEL.encode())
+        logger.info("compiled the device draw (%d-byte cubin)", len(cubin))
+
+    def launch(self, logits_ptr: int, ptrs: tuple[int, int, int, int], out_ptr: int,
+               logprob_ptr: int, count: int, vocab: int, num_edits: int,
+               stream: Stream) -> None:
+        """Draw `count` rows (ptrs: the DrawArrays rows, params, edit ids, edit vals on the
+        device) into out / logprob, on `stream`. Edits the drawn logits rows in place."""
+        if count <= 0:
+            return
+        packed = pack_args([("ptr", logits_ptr), *(("ptr", p) for p in ptrs), ("ptr", out_ptr),
+                            ("ptr", logprob_ptr), ("i32", vocab), ("i32", num_edits)])
+        cuda_call(self._driver.cuLaunchKernel, self._function, count, 1, 1, DRAW_THREADS, 1, 1,
+                  0, stream.handle, packed.address, 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._module is not None:
+                cuda_call(self._driver.cuModuleUnload, self._module)
+                self._module = None
