@@ -93,29 +93,6 @@ def banned_ids(params: SamplingParams, all_token_ids: Seq[int], num_prompt: int,
     return banned
 
 
-Edits = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]
-
-
-def sparse_edits(params: SamplingParams, all_token_ids: Seq[int], num_prompt: int,
-                 end_ids: Seq[int]) -> Edits:
-    """`process_row`'s edits of one row as (ids, scale, sub) over distinct ascending ids: a
-    logit v becomes v / scale (v > 0) or v * scale (else) when scale != 1, then v - sub; scale
-    0.0 bans the id (-inf). A device sampler applies them (scheduler/plan.py `DeviceDraw`)."""
-    edits: dict[int, tuple[float, float]] = {}
-    if params.repetition_penalty != 1.0:
-        edits = dict.fromkeys(set(all_token_ids), (params.repetition_penalty, 0.0))
-    if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
-        ids, counts = np.unique(np.asarray(all_token_ids[num_prompt:], dtype=np.int64),
-                                return_counts=True)
-        subs = (params.frequency_penalty * counts + params.presence_penalty).astype(np.float32)
-        for t, sub in zip(ids.tolist(), subs.tolist(), strict=True):
-            edits[t] = (edits.get(t, (1.0, 0.0))[0], sub)
-    for t in banned_ids(params, all_token_ids, num_prompt, end_ids):
-        edits[t] = (0.0, 0.0)
-    order = sorted(edits)
-    return (tuple(order), tuple(edits[t][0] for t in order), tuple(edits[t][1] for t in order))
-
-
 def greedy_processed_token(row: np.ndarray, params: SamplingParams, all_token_ids: Seq[int],
                            num_prompt: int, end_ids: Seq[int], raw_argmax: int) -> int:
     """argmax of `process_row(copy of row)`, without the copy when the answer is known.

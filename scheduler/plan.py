@@ -6,6 +6,7 @@ executor decides *how* (graph, device, memory). Neither sees the other's interna
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -14,20 +15,24 @@ import numpy as np
 
 @dataclass(frozen=True, slots=True)
 class DeviceDraw:
-    """How a device sampler chooses one row's token (scheduler/sampling.py's arithmetic): the
-    raw logits edited (`edit_ids`: distinct ids; each scaled like the repetition penalty by
-    `edit_scale`, 1.0 none, 0.0 a ban to -inf, then `edit_sub` subtracted), then argmax when
-    `temperature` is greedy, else the inverse-CDF draw at uniform `u` over
+    """How a device sampler chooses one row's token, with scheduler/sampling.py's arithmetic:
+    the raw logits edited as `process_row` edits them (the repetition penalty over each distinct
+    id of `history`, presence/frequency over its ids after `num_prompt`, then `bans` to -inf),
+    then the argmax when `temperature` is 0, else the inverse-CDF draw at uniform `u` over
     exp((x - max) / temperature) cut by top_k, top_p (within top_k) and min_p."""
 
-    temperature: float
+    temperature: float  # 0.0: greedy
     top_k: int
     top_p: float
     min_p: float
     u: float  # the request's one uniform for this token (0.0 for greedy rows)
-    edit_ids: tuple[int, ...] = ()
-    edit_scale: tuple[float, ...] = ()
-    edit_sub: tuple[float, ...] = ()
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    history: Sequence[int] = ()  # prompt + output so far, only when a penalty is set: the
+    # sequence's own list (READ-ONLY, not kept past execute(), as block_table)
+    num_prompt: int = 0  # history[num_prompt:] is the output
+    bans: tuple[int, ...] = ()  # distinct ids set to -inf after the penalties
     logprob: bool = False  # also the raw log-prob of the chosen token (StepResult.logprobs)
 
 

@@ -23,6 +23,8 @@ import numpy as np
 from scheduler.draw import ROW_CHUNK, cumsum_search, draw_rows
 from scheduler.logits_processors import (
     GREEDY_EPS,
+    apply_presence_frequency,
+    apply_repetition_penalty,
     greedy_processed_token,
     is_greedy,
     needs_processing,
@@ -121,18 +123,16 @@ def sample_row(row: np.ndarray, params: SamplingParams, u: float) -> int:
 
 
 def apply_edits(row: np.ndarray, draw: DeviceDraw) -> None:
-    """In place: a `DeviceDraw`'s sparse edits (logits_processors.sparse_edits) on one row."""
+    """In place: a `DeviceDraw`'s edits of one row, with `process_row`'s functions."""
+    if draw.repetition_penalty != 1.0:
+        apply_repetition_penalty(row, draw.history, draw.repetition_penalty)
+    if draw.presence_penalty != 0.0 or draw.frequency_penalty != 0.0:
+        apply_presence_frequency(row, draw.history[draw.num_prompt:], draw.presence_penalty,
+                                 draw.frequency_penalty)
     vocab = row.shape[0]
-    for t, scale, sub in zip(draw.edit_ids, draw.edit_scale, draw.edit_sub, strict=True):
-        if not 0 <= t < vocab:
-            continue
-        if scale == 0.0:
-            row[t] = -np.inf
-            continue
-        v = row[t]
-        if scale != 1.0:
-            v = v / np.float32(scale) if v > 0 else v * np.float32(scale)
-        row[t] = v - np.float32(sub)
+    bans = [t for t in draw.bans if 0 <= t < vocab]
+    if bans:
+        row[bans] = -np.inf
 
 
 def host_draw(raw: np.ndarray, draw: DeviceDraw) -> tuple[int, float | None]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scheduler.logits_processors import banned_ids, has_penalties, is_greedy, sparse_edits
+from scheduler.logits_processors import banned_ids, has_penalties, is_greedy
 from scheduler.outputs import SampledTokens, delta_output
 from scheduler.plan import DeviceDraw, ScheduledSeq, StepPlan, StepResult
 from scheduler.request import RequestOutput, TopLogprobs
@@ -21,7 +21,8 @@ Finish = Callable[[Sequence, SeqStatus], RequestOutput]
 
 
 MAX_DEVICE_BANS = 32  # a greedy row with more banned ids takes a draw (below) instead
-MAX_DEVICE_EDITS = 1024  # a row whose penalties and bans edit more ids takes the host path
+MAX_DRAW_BANS = 64  # a row with more banned ids than a draw takes uses the host path
+MAX_DEVICE_HISTORY = 2048  # a penalised row with more tokens than this uses the host path
 
 
 def build_rows(chosen: list[tuple[Sequence, int]], device_sampling: bool = False
@@ -51,32 +52,35 @@ def device_row(seq: Sequence) -> tuple[bool, tuple[int, ...], DeviceDraw | None]
     """(host needs the full logits row, ids the device argmax skips, how the device draws the
     token instead) for seq's next token: plain greedy -> argmax on the device; greedy with bans
     only (min_tokens, bad words) -> argmax with the bans skipped; sampled, penalised or log-prob
-    rows -> a `DeviceDraw` (the request's uniform is taken now); top_logprobs rows, and rows
-    with more than MAX_DEVICE_EDITS edits -> the host."""
+    rows -> a `DeviceDraw` (the request's uniform is taken now); top_logprobs rows, rows with
+    more than MAX_DRAW_BANS bans and penalised rows longer than MAX_DEVICE_HISTORY -> the host."""
     params = seq.request.params
     if params.top_logprobs:
         return True, (), None
     plain = seq.num_tokens >= seq.plain_greedy_from
     if plain and not params.logprobs:
         return False, (), None
-    greedy = is_greedy(params)
-    if greedy and not params.logprobs and not has_penalties(params):
-        if not params.bad_words_ids and len(seq.end_ids) <= MAX_DEVICE_BANS:
-            return False, seq.end_ids, None  # only min_tokens is not reached yet: its end ids
-        banned = banned_ids(params, seq.token_view, seq.num_prompt_tokens, seq.end_ids)
-        if len(banned) <= MAX_DEVICE_BANS:
-            return False, tuple(sorted(banned)), None
-    edits = ((), (), ()) if plain else sparse_edits(
-        params, seq.token_view, seq.num_prompt_tokens, seq.end_ids)
-    if len(edits[0]) > MAX_DEVICE_EDITS:
+    greedy, penalised = is_greedy(params), has_penalties(params)
+    if plain:
+        bans: tuple[int, ...] = ()
+    elif not params.bad_words_ids:
+        bans = seq.end_ids if seq.num_tokens - seq.num_prompt_tokens < params.min_tokens else ()
+    else:
+        bans = tuple(sorted(banned_ids(params, seq.token_view, seq.num_prompt_tokens,
+                                       seq.end_ids)))
+    if greedy and not params.logprobs and not penalised and len(bans) <= MAX_DEVICE_BANS:
+        return False, bans, None
+    if len(bans) > MAX_DRAW_BANS or (penalised and seq.num_tokens > MAX_DEVICE_HISTORY):
         return True, (), None
     if greedy:
         u = 0.0
     else:
         assert seq.rng is not None, "sampled row without a generator"
         u = float(seq.rng.random())
-    return False, (), DeviceDraw(params.temperature if not greedy else 0.0, params.top_k,
-                                 params.top_p, params.min_p, u, *edits, logprob=params.logprobs)
+    return False, (), DeviceDraw(
+        0.0 if greedy else params.temperature, params.top_k, params.top_p, params.min_p, u,
+        params.repetition_penalty, params.presence_penalty, params.frequency_penalty,
+        seq.token_view if penalised else (), seq.num_prompt_tokens, bans, params.logprobs)
 
 
 def sample_rows(plan: StepPlan, result: StepResult, seqs: list[Sequence],

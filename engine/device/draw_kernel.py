@@ -3,8 +3,10 @@
 One thread block per drawn row (`ScheduledSeq.draw`, scheduler/plan.py `DeviceDraw`), after the
 graph wrote the step's fp32 logits `[R, vocab]`:
 1. the raw row's max and log-sum-exp (double), when the row asks for its log-prob;
-2. the sparse edits, in place (repetition penalty scale, presence/frequency subtraction, bans
-   to -inf), the raw values of edited ids kept in shared memory;
+2. the edits, in place and in `process_row`'s order: the repetition penalty on each distinct
+   id of the row's history (deduplicated on the device: the host only copies the token list),
+   presence/frequency by each id's output count, then the bans to -inf; the raw values of
+   edited ids are kept in shared memory;
 3. greedy rows (temperature 0), or rows whose max is not finite: argmax (NaN as +inf, ties to
    the lowest id, as `logits_pick_f32`);
 4. else weights e = expf((x - max) * (1 / temperature)), computed again in each pass, and the
@@ -35,7 +37,7 @@ from engine.device.cuda import CudaContext, Stream, bindings, cuda_call
 from engine.device.draw_source import DRAW_KERNEL, DRAW_SOURCE, DRAW_THREADS, PARAMS
 from engine.device.kernels import compile_cubin, pack_args
 from scheduler.plan import ScheduledSeq
-from scheduler.step_rows import MAX_DEVICE_EDITS
+from scheduler.step_rows import MAX_DEVICE_HISTORY, MAX_DRAW_BANS
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ class DrawArrays:
 
     rows: np.ndarray  # int64 [S]: each drawn row's index among the want_logits rows
     params: np.ndarray  # float64 [S, PARAMS]
-    edit_ids: np.ndarray  # int64 [S, E] (E = the most edits any row has), padded with -1
-    edit_vals: np.ndarray  # float32 [S, E, 2]: (scale, sub) per edit
+    history: np.ndarray  # int32 [S, H]: penalised rows' tokens (H = the longest such history)
+    bans: np.ndarray  # int64 [S, B] (B = the most bans any row has), padded with -1
     logprobs: bool  # some row asks for its log-prob
 
 
@@ -55,20 +57,25 @@ def draw_arrays(rows: Sequence[ScheduledSeq]) -> DrawArrays:
     """The want_logits rows of a plan that carry a `draw`, as the kernel's arrays."""
     wanted = [s for s in rows if s.want_logits]
     drawn = [(i, s.draw) for i, s in enumerate(wanted) if s.draw is not None]
-    e = max((len(d.edit_ids) for _, d in drawn), default=0)
-    if e > MAX_DEVICE_EDITS:
-        raise ValueError(f"a row has {e} edits; the device draw takes at most {MAX_DEVICE_EDITS}")
+    h = max((len(d.history) for _, d in drawn), default=0)
+    b = max((len(d.bans) for _, d in drawn), default=0)
+    if h > MAX_DEVICE_HISTORY or b > MAX_DRAW_BANS:
+        raise ValueError(f"a drawn row has {h} history tokens or {b} bans; the device draw "
+                         f"takes {MAX_DEVICE_HISTORY} and {MAX_DRAW_BANS}")
     params = np.zeros((len(drawn), PARAMS), np.float64)
-    ids = np.full((len(drawn), e), -1, np.int64)
-    vals = np.zeros((len(drawn), e, 2), np.float32)
+    history = np.zeros((len(drawn), h), np.int32)
+    bans = np.full((len(drawn), b), -1, np.int64)
     for k, (_, d) in enumerate(drawn):
         inv_t = 0.0 if d.temperature == 0.0 else float(np.float32(1.0 / d.temperature))
-        params[k] = (inv_t, d.top_k, d.top_p, d.min_p, d.u, float(d.logprob))
-        n = len(d.edit_ids)
-        ids[k, :n] = d.edit_ids
-        vals[k, :n, 0] = d.edit_scale
-        vals[k, :n, 1] = d.edit_sub
-    return DrawArrays(np.array([i for i, _ in drawn], np.int64), params, ids, vals,
+        n = len(d.history)
+        params[k] = (inv_t, d.top_k, d.top_p, d.min_p, d.u, float(d.logprob),
+                     d.repetition_penalty, d.presence_penalty, d.frequency_penalty,
+                     d.num_prompt, n)
+        if n:
+            history[k, :n] = d.history
+        if d.bans:
+            bans[k, :len(d.bans)] = d.bans
+    return DrawArrays(np.array([i for i, _ in drawn], np.int64), params, history, bans,
                       any(d.logprob for _, d in drawn))
 
 
@@ -86,14 +93,15 @@ class DrawKernel:
         logger.info("compiled the device draw (%d-byte cubin)", len(cubin))
 
     def launch(self, logits_ptr: int, ptrs: tuple[int, int, int, int], out_ptr: int,
-               logprob_ptr: int, count: int, vocab: int, num_edits: int,
-               stream: Stream) -> None:
-        """Draw `count` rows (ptrs: the DrawArrays rows, params, edit ids, edit vals on the
-        device) into out / logprob, on `stream`. Edits the drawn logits rows in place."""
+               logprob_ptr: int, arrays: DrawArrays, vocab: int, stream: Stream) -> None:
+        """Draw `arrays`' rows (ptrs: their rows, params, history, bans on the device) into out
+        / logprob, on `stream`. Edits the drawn logits rows in place."""
+        count = len(arrays.rows)
         if count <= 0:
             return
         packed = pack_args([("ptr", logits_ptr), *(("ptr", p) for p in ptrs), ("ptr", out_ptr),
-                            ("ptr", logprob_ptr), ("i32", vocab), ("i32", num_edits)])
+                            ("ptr", logprob_ptr), ("i32", vocab),
+                            ("i32", arrays.history.shape[1]), ("i32", arrays.bans.shape[1])])
         cuda_call(self._driver.cuLaunchKernel, self._function, count, 1, 1, DRAW_THREADS, 1, 1,
                   0, stream.handle, packed.address, 0)
 

@@ -2,21 +2,25 @@
 launches it; its docstring says what the kernel computes). Kept apart so that file stays short.
 
 Arguments: logits f32 [R, vocab] (drawn rows edited in place), rows i64 [S] (each drawn row's
-logits row), params f64 [S, PARAMS] (1/temperature or 0 for greedy, top_k, top_p, min_p, u,
-want log-prob), edit ids i64 [S, E] (-1 padding), edit values f32 [S, E, 2] (scale, sub), out
-i64 [R] (token ids), logprob f64 [R], vocab, E. Grid: S blocks of DRAW_THREADS threads.
+logits row), params f64 [S, PARAMS], history i32 [S, H] (prompt + output of penalised rows),
+bans i64 [S, B] (-1 padding), out i64 [R] (token ids), logprob f64 [R], vocab, H, B. Grid: S
+blocks of DRAW_THREADS threads. The penalties dedupe the history on the device (each id is
+edited at its first occurrence; presence/frequency count its output occurrences), so the host
+only copies the token list.
 """
 
 from __future__ import annotations
 
-from scheduler.step_rows import MAX_DEVICE_EDITS
+from scheduler.step_rows import MAX_DEVICE_HISTORY, MAX_DRAW_BANS
 
 DRAW_THREADS = 512  # threads per row (a power of two)
 DRAW_KERNEL = "logits_draw_f32"
-PARAMS = 6  # doubles per row: 1/temperature (0: greedy), top_k, top_p, min_p, u, logprob
+PARAMS = 11  # doubles per row: 1/temperature (0: greedy), top_k, top_p, min_p, u, logprob,
+# repetition penalty, presence penalty, frequency penalty, prompt length, history length
+LOGPROB_PARAM = 5  # the params column that asks for the chosen token's log-prob
 
-_HEADER = (f"#define THREADS {DRAW_THREADS}\n#define MAX_EDITS {MAX_DEVICE_EDITS}\n"
-           f"#define PARAMS {PARAMS}\n")
+_HEADER = (f"#define THREADS {DRAW_THREADS}\n#define MAX_HISTORY {MAX_DEVICE_HISTORY}\n"
+           f"#define MAX_BANS {MAX_DRAW_BANS}\n#define PARAMS {PARAMS}\n")
 DRAW_SOURCE = _HEADER + r"""
 #define INF_F __int_as_float(0x7f800000)
 
@@ -170,17 +174,52 @@ __device__ int inverse_cdf(const float* x, int vocab, float m, float inv_t, floa
     return tok < 0 ? 0 : tok;
 }
 
+// the penalties (`process_row`'s order): each distinct id of the history once (its first
+// occurrence), raw values kept in saved[k]; then the bans, their prior values in saved_b
+__device__ void edit_row(float* x, int vocab, const int* toks, int n, int num_prompt, float rp,
+                         double pres, double freq, const long long* bans, int nb,
+                         float* saved, float* saved_b) {
+    const int tid = threadIdx.x;
+    const bool counts = pres != 0.0 || freq != 0.0;
+    for (int k = tid; k < n; k += THREADS) {
+        const int id = toks[k];
+        if (id < 0 || id >= vocab) continue;
+        bool first = true;
+        for (int j = 0; j < k && first; ++j) first = toks[j] != id;
+        if (!first) continue;
+        float v = x[id];
+        saved[k] = v;
+        if (rp != 1.0f) v = v > 0.0f ? __fdiv_rn(v, rp) : __fmul_rn(v, rp);
+        if (counts) {
+            int c = 0;
+            for (int j = num_prompt; j < n; ++j) c += toks[j] == id;
+            if (c) v = __fsub_rn(v, (float)(freq * (double)c + pres));
+        }
+        x[id] = v;
+    }
+    __syncthreads();
+    for (int k = tid; k < nb; k += THREADS) {
+        const long long id = bans[k];
+        if (id < 0 || id >= vocab) continue;
+        saved_b[k] = x[id];
+        x[id] = -INF_F;
+    }
+    __syncthreads();
+}
+
 extern "C" __global__ void logits_draw_f32(
     float* __restrict__ logits, const long long* __restrict__ rows,
-    const double* __restrict__ params, const long long* __restrict__ edit_ids,
-    const float* __restrict__ edit_vals, long long* __restrict__ out,
-    double* __restrict__ logprob, int vocab, int num_edits)
+    const double* __restrict__ params, const int* __restrict__ history,
+    const long long* __restrict__ ban_ids, long long* __restrict__ out,
+    double* __restrict__ logprob, int vocab, int hist_width, int num_bans)
 {
     __shared__ double red[THREADS];
     __shared__ double hist[256];
-    __shared__ float saved[MAX_EDITS];
+    __shared__ int toks[MAX_HISTORY];
+    __shared__ float saved[MAX_HISTORY];
+    __shared__ float saved_b[MAX_BANS];
     __shared__ double sh_above;
-    __shared__ int sh_found, sh_token, sh_hit;
+    __shared__ int sh_found, sh_token, sh_hit, sh_ban;
     const int d = blockIdx.x, tid = threadIdx.x;
     const long long row = rows[d];
     float* x = logits + row * (long long)vocab;
@@ -188,6 +227,7 @@ extern "C" __global__ void logits_draw_f32(
     const float inv_t = (float)p[0];
     const double top_k = p[1], top_p = p[2], min_p = p[3], u = p[4];
     const bool want_lp = p[5] != 0.0;
+    const int num_prompt = (int)p[9], n = (int)p[10];
     double raw_lse = 0.0;
     if (want_lp) {
         const double raw_max = (double)row_max(x, vocab, red);
@@ -195,19 +235,11 @@ extern "C" __global__ void logits_draw_f32(
         for (int i = tid; i < vocab; i += THREADS) s += exp((double)x[i] - raw_max);
         raw_lse = raw_max + log(block_sum(s, red));
     }
-    const long long* ids = edit_ids + (long long)d * num_edits;
-    const float* vals = edit_vals + (long long)d * num_edits * 2;
-    for (int k = tid; k < num_edits; k += THREADS) {
-        const long long id = ids[k];
-        if (id < 0 || id >= vocab) continue;
-        float v = x[id];
-        saved[k] = v;
-        const float scale = vals[2 * k], sub = vals[2 * k + 1];
-        if (scale == 0.0f) { x[id] = -INF_F; continue; }
-        if (scale != 1.0f) v = v > 0.0f ? __fdiv_rn(v, scale) : __fmul_rn(v, scale);
-        x[id] = __fsub_rn(v, sub);
-    }
+    for (int k = tid; k < n; k += THREADS) toks[k] = history[(long long)d * hist_width + k];
     __syncthreads();
+    const long long* bans = ban_ids + (long long)d * num_bans;
+    edit_row(x, vocab, toks, n, num_prompt, (float)p[6], p[7], p[8], bans, num_bans, saved,
+             saved_b);
     const float m = row_max(x, vocab, red);
     int tok;
     const bool finite = m > -INF_F && m < INF_F;  // false for NaN too
@@ -229,14 +261,16 @@ extern "C" __global__ void logits_draw_f32(
         tok = inverse_cdf(x, vocab, m, inv_t, cut, u, red, &sh_token);
     }
     if (tid == 0) out[row] = tok;
-    if (want_lp) {
-        if (tid == 0) sh_hit = -1;
+    if (want_lp) {  // the raw logit of tok: before its first edit
+        if (tid == 0) { sh_hit = 0x7fffffff; sh_ban = -1; }
         __syncthreads();
-        for (int k = tid; k < num_edits; k += THREADS)
-            if (ids[k] == tok) sh_hit = k;  // distinct ids: at most one thread writes
+        for (int k = tid; k < n; k += THREADS)
+            if (toks[k] == tok) atomicMin(&sh_hit, k);
+        for (int k = tid; k < num_bans; k += THREADS)
+            if (bans[k] == tok) sh_ban = k;  // distinct ids: at most one thread writes
         __syncthreads();
         if (tid == 0) {
-            const float raw = sh_hit >= 0 ? saved[sh_hit] : x[tok];
+            const float raw = sh_hit < n ? saved[sh_hit] : sh_ban >= 0 ? saved_b[sh_ban] : x[tok];
             logprob[row] = (double)raw - raw_lse;
         }
     }

@@ -17,7 +17,8 @@ import numpy as np
 
 from engine.config import ModelConfig
 from engine.device.cuda import CudaContext, Stream
-from engine.device.draw_kernel import PARAMS, DrawArrays, DrawKernel, draw_arrays
+from engine.device.draw_kernel import DrawArrays, DrawKernel, draw_arrays
+from engine.device.draw_source import LOGPROB_PARAM, PARAMS
 from engine.device.kernels import KVKernels
 from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea
 from engine.device.sampling import MAX_BANS, PickKernel, ban_matrix, host_rows, row_runs
@@ -25,7 +26,7 @@ from engine.device_kv_pool import DeviceKVPool, PoolGeometry, geometry_for
 from engine.limits import StepLimits
 from engine.step_inputs import Bucket, pack_decode, pack_plan
 from scheduler.plan import StepPlan, StepRefusedError
-from scheduler.step_rows import MAX_DEVICE_EDITS
+from scheduler.step_rows import MAX_DEVICE_HISTORY, MAX_DRAW_BANS
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def staging_bytes(limits: StepLimits, block_size: int, num_blocks: int) -> int:
     t, b = limits.max_num_tokens, limits.max_batch_size
     max_blocks = -(-limits.max_context // block_size)
     elems = 5 * t + b * max_blocks + b + b * t + b + 2 * num_blocks + b * MAX_BANS
-    draws = b * (1 + PARAMS + 2 * MAX_DEVICE_EDITS)  # rows, params, edit ids, (scale, sub)
+    draws = b * (1 + PARAMS + MAX_DRAW_BANS + MAX_DEVICE_HISTORY // 2)  # history: int32
     return (elems + draws) * I64 + 14 * StagingArea.ALIGN
 
 
@@ -156,8 +157,7 @@ class DeviceStepIO:
         pairs = np.asarray(plan.block_copies, dtype=np.int64).reshape(-1, 2)
         bans = ban_matrix(plan.seqs) if self.picker is not None else np.zeros((0, 0), np.int64)
         draws = draw_arrays(plan.seqs) if self.picker is not None else None
-        tail = [] if draws is None else [draws.rows, draws.params, draws.edit_ids,
-                                         draws.edit_vals]
+        tail = [] if draws is None else [draws.rows, draws.params, draws.history, draws.bans]
         names = list(feeds)
         ptrs = self.staging.upload([feeds[n] for n in names] + [slots, pairs, bans, *tail],
                                    self.stream)
@@ -233,7 +233,7 @@ class DeviceStepIO:
         self.picker.launch(step.logits.ptr, step.bans_ptr, self.argmax.ptr, rows, vocab,
                            step.num_bans, self.stream)
         self.drawer.launch(step.logits.ptr, step.draw_ptrs, self.argmax.ptr, self.logprob.ptr,
-                           len(draws.rows), vocab, draws.edit_ids.shape[1], self.stream)
+                           draws, vocab, self.stream)
         picks = self.argmax_host.array((rows,), np.int64)
         if rows:
             self.argmax.copy_to_host(picks, self.stream)
@@ -264,6 +264,6 @@ def _asked(lps: np.ndarray | None, draws: DrawArrays) -> np.ndarray | None:
     if lps is None:
         return None
     out = np.full(lps.shape[0], np.nan)
-    asked = draws.rows[draws.params[:, PARAMS - 1] != 0.0]
+    asked = draws.rows[draws.params[:, LOGPROB_PARAM] != 0.0]
     out[asked] = lps[asked]
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.logits_processors import sparse_edits
+from scheduler.logits_processors import banned_ids, has_penalties
 from scheduler.plan import DeviceDraw, Executor, ScheduledSeq, StepPlan
 from scheduler.request import SamplingParams
 from scheduler.sampling import host_draw
@@ -28,8 +28,10 @@ def make_draw(params: SamplingParams, tokens: list[int], num_prompt: int, u: flo
     """The draw the scheduler would plan for a row with these params (scheduler/step_rows.py)."""
     greedy = params.temperature == 0.0
     return DeviceDraw(params.temperature, params.top_k, params.top_p, params.min_p,
-                      0.0 if greedy else u, *sparse_edits(params, tokens, num_prompt, ()),
-                      logprob=params.logprobs)
+                      0.0 if greedy else u, params.repetition_penalty, params.presence_penalty,
+                      params.frequency_penalty, list(tokens) if has_penalties(params) else (),
+                      num_prompt, tuple(sorted(banned_ids(params, tokens, num_prompt, ()))),
+                      params.logprobs)
 
 
 def drawn_tokens(ex: Executor, prompts: list[list[int]], *, block_size: int, steps: int,

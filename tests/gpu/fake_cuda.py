@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 _SIGNATURES = {"kv_scatter": "ppp" + "i" * 5 + "q" * 7, "kv_block_copy": "pp" + "ii" + "qqq",
-               "logits_pick": "pppii", "logits_draw": "ppppppp" + "ii"}
+               "logits_pick": "pppii", "logits_draw": "ppppppp" + "iii"}
 _ELEM = {"f16": np.uint16, "bf16": np.uint16, "f32": np.float32}
 
 
@@ -109,22 +109,24 @@ class FakeCuda:
     def _logits_draw(self, a: list[int], elem: type) -> None:
         """engine/device/draw_kernel.py's kernel (grid = drawn rows) as the host reference
         (scheduler/sampling.py `host_draw`), editing the drawn rows in place like the kernel."""
+        from engine.device.draw_source import PARAMS
         from scheduler.plan import DeviceDraw
         from scheduler.sampling import apply_edits, host_draw
 
-        logits_ptr, rows_ptr, params_ptr, ids_ptr, vals_ptr, out_ptr, lp_ptr, vocab, e = a
+        logits_ptr, rows_ptr, params_ptr, hist_ptr, bans_ptr, out_ptr, lp_ptr = a[:7]
+        vocab, h, b = a[7:]
         n = self._grid
         rows = self.view(rows_ptr, np.int64)[:n].tolist()
-        params = self.view(params_ptr, np.float64)[: n * 6].reshape(n, 6).tolist()
-        ids = self.view(ids_ptr, np.int64)[: n * e].reshape(n, e)
-        vals = self.view(vals_ptr, np.float32)[: n * e * 2].reshape(n, e, 2)
+        params = self.view(params_ptr, np.float64)[: n * PARAMS].reshape(n, PARAMS).tolist()
+        history = self.view(hist_ptr, np.int32)[: n * h].reshape(n, h)
+        bans = self.view(bans_ptr, np.int64)[: n * b].reshape(n, b)
         logits, out = self.view(logits_ptr, elem), self.view(out_ptr, np.int64)
         for k, r in enumerate(rows):
-            inv_t, top_k, top_p, min_p, u, want = params[k]
-            used = ids[k] >= 0
+            inv_t, top_k, top_p, min_p, u, want, rp, pres, freq, num_prompt, length = params[k]
             draw = DeviceDraw(0.0 if inv_t == 0.0 else 1.0 / inv_t, int(top_k), top_p, min_p, u,
-                              tuple(ids[k][used].tolist()), tuple(vals[k, used, 0].tolist()),
-                              tuple(vals[k, used, 1].tolist()), bool(want))
+                              rp, pres, freq, history[k, :int(length)].tolist(),
+                              int(num_prompt), tuple(t for t in bans[k].tolist() if t >= 0),
+                              bool(want))
             row = logits[r * vocab:(r + 1) * vocab]
             out[r], lp = host_draw(row, draw)
             apply_edits(row, draw)

@@ -44,7 +44,7 @@ def _draw(drawer: DrawKernel, stream: Stream, logits: np.ndarray,
           draws: list[DeviceDraw]) -> tuple[list[int], np.ndarray]:
     rows = [ScheduledSeq(i, [1], 0, [0], True, False, (), d) for i, d in enumerate(draws)]
     packed = draw_arrays(rows)
-    arrays = (packed.rows, packed.params, packed.edit_ids, packed.edit_vals)
+    arrays = (packed.rows, packed.params, packed.history, packed.bans)
     n = len(draws)
     bufs = [DeviceBuffer(max(a.nbytes, 8)) for a in (logits, *arrays)]
     out, lp = DeviceBuffer(n * 8), DeviceBuffer(n * 8)
@@ -52,8 +52,8 @@ def _draw(drawer: DrawKernel, stream: Stream, logits: np.ndarray,
         for buf, a in zip(bufs, (logits, *arrays), strict=True):
             if a.nbytes:
                 buf.copy_from_host(a, stream)
-        drawer.launch(bufs[0].ptr, tuple(b.ptr for b in bufs[1:]), out.ptr, lp.ptr,  # type: ignore[arg-type]
-                      n, logits.shape[1], packed.edit_ids.shape[1], stream)
+        ptrs = (bufs[1].ptr, bufs[2].ptr, bufs[3].ptr, bufs[4].ptr)
+        drawer.launch(bufs[0].ptr, ptrs, out.ptr, lp.ptr, packed, logits.shape[1], stream)
         tokens, lps = np.empty(n, np.int64), np.empty(n, np.float64)
         out.copy_to_host(tokens, stream)
         lp.copy_to_host(lps, stream)

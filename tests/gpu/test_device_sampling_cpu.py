@@ -114,17 +114,18 @@ def test_device_draws_equal_host_draws(fake_host_ort: object, tiny_fp16_graph: P
 
 
 def test_draw_arrays_pack_each_drawn_row() -> None:
-    a = DeviceDraw(0.5, 3, 0.9, 0.1, 0.25, (4, 9), (1.5, 0.0), (0.0, 0.0), logprob=True)
+    a = DeviceDraw(0.5, 3, 0.9, 0.1, 0.25, 1.5, 0.25, -0.5, [4, 9, 4], 2, (7,), logprob=True)
     b = DeviceDraw(0.0, 0, 1.0, 0.0, 0.0)
     rows = [_row(0, [1], 0, [0], host=False), _row(1, [1, 2], 0, [1], want=False),
             ScheduledSeq(2, [1], 0, [2], True, False, (), a),
             ScheduledSeq(3, [1], 0, [3], True, False, (), b)]
     packed = draw_arrays(rows)
     assert packed.rows.tolist() == [1, 2] and packed.logprobs
-    assert packed.params.tolist() == [[float(np.float32(2.0)), 3, 0.9, 0.1, 0.25, 1.0],
-                                      [0.0, 0, 1.0, 0.0, 0.0, 0.0]]
-    assert packed.edit_ids.tolist() == [[4, 9], [-1, -1]]
-    assert packed.edit_vals[0].tolist() == [[1.5, 0.0], [0.0, 0.0]]
-    assert "logits_draw_f32" in DRAW_SOURCE and "#define MAX_EDITS 1024" in DRAW_SOURCE
+    assert packed.params.tolist() == [
+        [2.0, 3, 0.9, 0.1, 0.25, 1.0, 1.5, 0.25, -0.5, 2, 3],
+        [0.0, 0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0, 0]]
+    assert packed.history.tolist() == [[4, 9, 4], [0, 0, 0]]
+    assert packed.history.dtype == np.int32 and packed.bans.tolist() == [[7], [-1]]
+    assert "logits_draw_f32" in DRAW_SOURCE and "#define MAX_HISTORY 2048" in DRAW_SOURCE
     none = draw_arrays(rows[:2])
-    assert none.rows.shape == (0,) and none.edit_ids.shape == (0, 0) and not none.logprobs
+    assert none.rows.shape == (0,) and none.history.shape == (0, 0) and not none.logprobs

@@ -10,10 +10,10 @@ import pytest
 from fakes import FakeExecutor
 from sched_fakes import make_request, make_scheduler, run_all, tokens_of
 
+from scheduler import step_rows
 from scheduler.plan import DeviceDraw, ScheduledSeq, StepPlan, StepResult
 from scheduler.sampling import host_draw
 from scheduler.scheduler import Scheduler
-from scheduler import step_rows
 from scheduler.step_rows import MAX_DEVICE_BANS, sample_rows
 
 
@@ -83,8 +83,8 @@ def test_device_sampling_streams_equal_the_host_path() -> None:
     assert device.device_rows_seen > 0 and device.host_rows_seen > 0
     assert {d.temperature > 0 for d in device.draws_seen} == {True, False}
     assert any(d.logprob for d in device.draws_seen)
-    assert {0.0, 0.7}.issubset({x for d in device.draws_seen for x in d.edit_scale})
-    assert any(sub != 0.0 for d in device.draws_seen for sub in d.edit_sub)
+    assert {d.repetition_penalty for d in device.draws_seen} == {1.0, 1.5, 0.7}
+    assert any(d.bans and d.presence_penalty for d in device.draws_seen)
 
 
 def test_rows_say_what_the_host_needs() -> None:
@@ -105,18 +105,20 @@ def test_rows_say_what_the_host_needs() -> None:
     penalised, sampled, logprob, every = draws[4], draws[5], draws[7], draws[8]
     assert penalised is not None and penalised.temperature == 0.0 and penalised.u == 0.0
     prompt = sorted(set(plan.seqs[4].token_ids))  # prefill: the whole prompt
-    assert penalised.edit_ids == tuple(prompt) and set(penalised.edit_scale) == {1.5}
+    assert sorted(set(penalised.history)) == prompt and penalised.repetition_penalty == 1.5
+    assert penalised.num_prompt == len(plan.seqs[4].token_ids) and penalised.bans == ()
     assert sampled is not None and sampled.temperature == 0.8 and 0.0 < sampled.u < 1.0
-    assert sampled.top_p == 0.9 and sampled.edit_ids == () and not sampled.logprob
-    assert logprob is not None and logprob.logprob and logprob.edit_ids == ()
+    assert sampled.top_p == 0.9 and sampled.history == () and not sampled.logprob
+    assert logprob is not None and logprob.logprob and logprob.history == ()
     assert every is not None and every.top_k == 9 and every.min_p == 0.05
-    bans = {t for t, sc in zip(every.edit_ids, every.edit_scale, strict=True) if sc == 0.0}
-    assert bans == {2, 3, 4}  # the one-token bad word, the end ids before min_tokens
+    assert every.bans == (2, 3, 4)  # the one-token bad word, the end ids before min_tokens
+    assert (every.presence_penalty, every.frequency_penalty) == (0.5, -0.25)
 
 
-def test_too_many_bans_take_a_draw_too_many_edits_the_host_path(
+def test_too_many_bans_take_a_draw_too_many_the_host_path_as_long_penalised_rows(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(step_rows, "MAX_DEVICE_EDITS", MAX_DEVICE_BANS + 1)  # vocab 64
+    monkeypatch.setattr(step_rows, "MAX_DRAW_BANS", MAX_DEVICE_BANS + 1)  # vocab 64
+    monkeypatch.setattr(step_rows, "MAX_DEVICE_HISTORY", 5)
     ex = DeviceSamplingExecutor()
     sched = Scheduler(make_scheduler(ex).config, block_size=ex.block_size,
                       num_blocks=ex.num_blocks, vocab_size=ex.vocab_size,
@@ -124,12 +126,15 @@ def test_too_many_bans_take_a_draw_too_many_edits_the_host_path(
     words = [[i] for i in range(MAX_DEVICE_BANS + 1)]
     sched.add(make_request(4, bad_words_ids=words))  # too many bans for argmax: a draw
     sched.add(make_request(4, bad_words_ids=[[i] for i in range(MAX_DEVICE_BANS + 2)]))
+    sched.add(make_request(5, repetition_penalty=1.2))  # penalised, history 5: a draw
+    sched.add(make_request(6, presence_penalty=0.5))  # history 6 > 5: the host
     plan = sched.schedule()
     assert plan is not None
-    wide, too_wide = plan.seqs
+    wide, too_wide, short, long = plan.seqs
+    assert short.draw is not None and len(short.draw.history) == 5 and not short.host_logits
+    assert long.draw is None and long.host_logits
     assert not wide.host_logits and wide.banned == () and wide.draw is not None
-    assert wide.draw.edit_ids == tuple(range(MAX_DEVICE_BANS + 1))
-    assert set(wide.draw.edit_scale) == {0.0}
+    assert wide.draw.bans == tuple(range(MAX_DEVICE_BANS + 1)) and wide.draw.temperature == 0
     assert too_wide.host_logits and too_wide.draw is None
 
 
