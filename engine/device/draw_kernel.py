@@ -26,16 +26,14 @@ The source is engine/device/draw_source.py.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from engine.device.cuda import CudaContext, Stream, bindings, cuda_call
+from engine.device.cuda import CudaContext, Stream
 from engine.device.draw_source import DRAW_KERNEL, DRAW_SOURCE, DRAW_THREADS, PARAMS
-from engine.device.kernels import compile_cubin, pack_args
+from engine.device.kernels import RowKernel
 from scheduler.plan import ScheduledSeq
 from scheduler.step_rows import MAX_DEVICE_HISTORY, MAX_DRAW_BANS
 
@@ -79,34 +77,17 @@ def draw_arrays(rows: Sequence[ScheduledSeq]) -> DrawArrays:
                       any(d.logprob for _, d in drawn))
 
 
-class DrawKernel:
+class DrawKernel(RowKernel):
     """The compiled `logits_draw_f32` of one context (compiled at construction)."""
 
     def __init__(self, context: CudaContext) -> None:
-        self._driver, _, _ = bindings()
-        self._lock = threading.Lock()
-        context.make_current()
-        cubin = compile_cubin(DRAW_SOURCE, "logits_draw.cu", context.compute_capability)
-        self._module: Any = cuda_call(self._driver.cuModuleLoadData, cubin)
-        self._function = cuda_call(self._driver.cuModuleGetFunction, self._module,
-                                   DRAW_KERNEL.encode())
-        logger.info("compiled the device draw (%d-byte cubin)", len(cubin))
+        super().__init__(context, DRAW_SOURCE, DRAW_KERNEL, DRAW_THREADS)
 
     def launch(self, logits_ptr: int, ptrs: tuple[int, int, int, int], out_ptr: int,
                logprob_ptr: int, arrays: DrawArrays, vocab: int, stream: Stream) -> None:
         """Draw `arrays`' rows (ptrs: their rows, params, history, bans on the device) into out
         / logprob, on `stream`. Edits the drawn logits rows in place."""
-        count = len(arrays.rows)
-        if count <= 0:
-            return
-        packed = pack_args([("ptr", logits_ptr), *(("ptr", p) for p in ptrs), ("ptr", out_ptr),
-                            ("ptr", logprob_ptr), ("i32", vocab),
-                            ("i32", arrays.history.shape[1]), ("i32", arrays.bans.shape[1])])
-        cuda_call(self._driver.cuLaunchKernel, self._function, count, 1, 1, DRAW_THREADS, 1, 1,
-                  0, stream.handle, packed.address, 0)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._module is not None:
-                cuda_call(self._driver.cuModuleUnload, self._module)
-                self._module = None
+        self.launch_rows(len(arrays.rows), [
+            ("ptr", logits_ptr), *(("ptr", p) for p in ptrs), ("ptr", out_ptr),
+            ("ptr", logprob_ptr), ("i32", vocab), ("i32", arrays.history.shape[1]),
+            ("i32", arrays.bans.shape[1])], stream)

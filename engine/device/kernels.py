@@ -210,3 +210,33 @@ class KVKernels:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RowKernel:
+    """One NVRTC entry point of one context, compiled at construction, launched with one
+    thread block a row (the device sampler's pick and draw kernels)."""
+
+    def __init__(self, context: CudaContext, source: str, entry: str, threads: int) -> None:
+        self._driver, _, _ = bindings()
+        self._lock = threading.Lock()
+        self._threads = threads
+        context.make_current()
+        cubin = compile_cubin(source, f"{entry}.cu", context.compute_capability)
+        self._module: Any = cuda_call(self._driver.cuModuleLoadData, cubin)
+        self._function = cuda_call(self._driver.cuModuleGetFunction, self._module,
+                                   entry.encode())
+        logger.info("compiled %s (%d-byte cubin)", entry, len(cubin))
+
+    def launch_rows(self, rows: int, args: list[tuple[str, int]], stream: Stream) -> None:
+        """`rows` blocks of the kernel over `args` on `stream` (nothing when rows <= 0)."""
+        if rows <= 0:
+            return
+        packed = pack_args(args)
+        cuda_call(self._driver.cuLaunchKernel, self._function, rows, 1, 1, self._threads, 1, 1,
+                  0, stream.handle, packed.address, 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._module is not None:
+                cuda_call(self._driver.cuModuleUnload, self._module)
+                self._module = None

@@ -14,14 +14,12 @@ pure Python (tested on CPU against the fake device).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-from engine.device.cuda import CudaContext, Stream, bindings, cuda_call
-from engine.device.kernels import compile_cubin, pack_args
+from engine.device.cuda import CudaContext, Stream
+from engine.device.kernels import RowKernel
 from scheduler.plan import ScheduledSeq
 
 logger = logging.getLogger(__name__)
@@ -100,31 +98,14 @@ def row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
     return runs
 
 
-class PickKernel:
+class PickKernel(RowKernel):
     """The compiled `logits_pick_f32` of one context (compiled at construction)."""
 
     def __init__(self, context: CudaContext) -> None:
-        self._driver, _, _ = bindings()
-        self._lock = threading.Lock()
-        context.make_current()
-        cubin = compile_cubin(PICK_SOURCE, "logits_pick.cu", context.compute_capability)
-        self._module: Any = cuda_call(self._driver.cuModuleLoadData, cubin)
-        self._function = cuda_call(self._driver.cuModuleGetFunction, self._module,
-                                   PICK_KERNEL.encode())
-        logger.info("compiled the device sampler (%d-byte cubin)", len(cubin))
+        super().__init__(context, PICK_SOURCE, PICK_KERNEL, PICK_THREADS)
 
     def launch(self, logits_ptr: int, bans_ptr: int, out_ptr: int, rows: int, vocab: int,
                num_bans: int, stream: Stream) -> None:
         """out[r] = argmax of logits[r] skipping bans[r], for r < rows, on `stream`."""
-        if rows <= 0:
-            return
-        packed = pack_args([("ptr", logits_ptr), ("ptr", bans_ptr), ("ptr", out_ptr),
-                            ("i32", vocab), ("i32", num_bans)])
-        cuda_call(self._driver.cuLaunchKernel, self._function, rows, 1, 1, PICK_THREADS, 1, 1,
-                  0, stream.handle, packed.address, 0)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._module is not None:
-                cuda_call(self._driver.cuModuleUnload, self._module)
-                self._module = None
+        self.launch_rows(rows, [("ptr", logits_ptr), ("ptr", bans_ptr), ("ptr", out_ptr),
+                                ("i32", vocab), ("i32", num_bans)], stream)

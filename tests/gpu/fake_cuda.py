@@ -224,10 +224,10 @@ class FakeCuda:
 def install_fake(monkeypatch: Any, host_ort_cuda: bool = False) -> FakeCuda:
     """Patch the device layer onto a FakeCuda; with `host_ort_cuda`, the onnxruntime CUDA
     executor also opens CPU sessions and binds host pointers (onnxruntime CPU stands in)."""
-    from engine.device import cuda, draw_kernel, kernels, memory, sampling
+    from engine.device import cuda, kernels, memory
 
     fake = FakeCuda()
-    for module in (cuda, memory, kernels, sampling, draw_kernel):
+    for module in (cuda, memory, kernels):
         monkeypatch.setattr(module, "bindings", fake.bindings)
     if host_ort_cuda:
         import onnxruntime as ort
