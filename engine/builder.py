@@ -32,7 +32,10 @@ own I/O: the past as per-layer buffers it reads and appends to, engine/graph/sin
 head dims that are multiples of 16); `cpu_precision` "exact" | "fast": fp32 or int8
 activations. `model_decode.onnx` (the ONNX Runtime CUDA builds): same I/O, the layers of
 engine/graph/gqa.py (GroupQueryAttention, RoPE inside, fused norms): what the CUDA executor's
-decode buckets and its single-sequence steps run.
+single-sequence steps run, and its decode buckets where `model_paged.onnx` cannot.
+`model_paged.onnx` (with it): the same layers with com.microsoft PagedAttention reading and
+writing the pool in place, its own I/O (engine/graph/paged.py): the CUDA executor's decode
+buckets.
 """
 
 from __future__ import annotations
@@ -52,6 +55,14 @@ from engine.graph.general import STEP_INPUTS, GeneralGraph, general_decoder
 from engine.graph.gqa import DECODE_DATA_FILE, DECODE_MODEL_FILE, decode_decoder, gqa_step
 from engine.graph.layers import onnx_type, rms_norm
 from engine.graph.linears import HeadFn, LinearsFactory, dense_linears, q4_head, q4_linears
+from engine.graph.paged import (
+    PAGED_DATA_FILE,
+    PAGED_MODEL_FILE,
+    paged_decoder,
+    paged_io,
+    paged_step,
+    supports_paged,
+)
 from engine.graph.single_token import (
     LayerRefs,
     single_token_decoder,
@@ -62,7 +73,7 @@ from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
 
-BUILDER_VERSION = "11"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "12"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 Q4_MODEL_FILE = "model_q4.onnx"
@@ -90,6 +101,7 @@ class GraphSpec:
     q4_model_file: str | None = None  # MatMulNBits linears, single-sequence decode steps
     cpu_precision: str = EXACT  # the q4 graph's activations: "exact" float32, "fast" int8
     decode_model_file: str | None = None  # same I/O, decode steps only (engine/graph/gqa.py)
+    paged_model_file: str | None = None  # decode buckets, KV read and written in place
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +116,7 @@ class _Options:
     argmax: bool  # emit the `argmax` output
     single_token: bool = False  # T = 1 only: engine/graph/single_token.py's layers (CPU ops)
     decode: bool = False  # decode steps only: GroupQueryAttention (engine/graph/gqa.py)
+    paged: bool = False  # decode buckets: PagedAttention on the pool (engine/graph/paged.py)
 
 
 def default_attention(dtype: str) -> str:
@@ -147,6 +160,9 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
                                                     and dtype != "float32")):
         graphs.append((DECODE_MODEL_FILE, DECODE_DATA_FILE, graphs[0][2], None,
                        replace(opts, decode=True)))
+        if supports_paged(dtype, block_size):
+            graphs.append((PAGED_MODEL_FILE, PAGED_DATA_FILE, graphs[0][2], None,
+                           replace(opts, paged=True)))
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
     shared: dict[str, TensorProto] = {}  # external tensors written so far, by name
     for model_file, data_file, linears, head, graph_opts in graphs:
@@ -157,7 +173,8 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
                      rotary_op=rotary, block_size=block_size, cpu_precision=cpu_precision,
                      output_names=OUTPUT_NAMES if opts.argmax else OUTPUT_NAMES[:2],
                      q4_model_file=Q4_MODEL_FILE if Q4_MODEL_FILE in files else None,
-                     decode_model_file=DECODE_MODEL_FILE if DECODE_MODEL_FILE in files else None)
+                     decode_model_file=DECODE_MODEL_FILE if DECODE_MODEL_FILE in files else None,
+                     paged_model_file=PAGED_MODEL_FILE if PAGED_MODEL_FILE in files else None)
 
 
 def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
@@ -173,8 +190,10 @@ def _write_graph(out_dir: Path, model_file: str, data_file: str, config: ModelCo
     """Writes one graph; returns its external tensors plus `shared` (for the next graph)."""
     with open(out_dir / data_file, "wb") as data:
         g = GraphWriter(data, data_file, shared)
-        inputs, outputs = (single_token_io(config, onnx_type(opts.dtype)) if opts.single_token
-                           else _io(config, onnx_type(opts.dtype), opts.argmax))
+        elem = onnx_type(opts.dtype)
+        inputs, outputs = (single_token_io(config, elem) if opts.single_token
+                           else paged_io(config, elem, opts.argmax) if opts.paged
+                           else _io(config, elem, opts.argmax))
         _body(g, config, weights, linears, opts, tick)
     save_model(g, out_dir / model_file, inputs=inputs, outputs=outputs, opset=opts.opset,
                graph_name=f"trtserve_{config.architecture}")
@@ -213,11 +232,14 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
     elif opts.decode:  # its own layers; writes new_kv
         step = gqa_step(g, config, STEP_INPUTS, opts.block_size, dtype)
         rows = decode_decoder(g, config, step, x, layers, norm_w)  # [T, hidden]
+    elif opts.paged:  # its own layers and I/O; the K/V go into the pool in place
+        rows = paged_decoder(g, config, paged_step(g, config, opts.block_size, dtype), x, layers,
+                             norm_w)  # [B, hidden]
     else:
         rows = general_decoder(g, config, GeneralGraph(dtype, opts.block_size, opts.attention,
                                                        opts.rotary_op), x, layers)
     rows = g.op("Gather", [rows, "logit_index"], axis=0)  # [R, hidden]
-    if not (opts.single_token or opts.decode):
+    if not (opts.single_token or opts.decode or opts.paged):
         rows = rms_norm(g, rows, norm_w, config.rms_norm_eps, dtype)
     _lm_head(g, config, weights, dtype, rows, opts.argmax, head)
     tick()

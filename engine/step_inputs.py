@@ -77,7 +77,7 @@ def pack_decode(seqs: Sequence[ScheduledSeq], block_size: int, bucket: Bucket
     tables = np.zeros((batch, bucket.blocks), dtype=np.int64)
     slots = np.full(batch, -1, dtype=np.int64)
     for i, s in enumerate(seqs):
-        needed = -(-s.start_pos // block_size)
+        needed = s.start_pos // block_size + 1  # the past's blocks and the new token's
         tables[i, :needed] = s.block_table[:needed]
         slots[i] = s.block_table[s.start_pos // block_size] * block_size + s.start_pos % block_size
     rows = np.arange(batch, dtype=np.int64)

@@ -197,10 +197,12 @@ class DeviceStepIO:
         """After the graph ran on the stream: scatter new K/V, fetch logits [num_rows, vocab]."""
         return self.finish_with_argmax(step, want_argmax=False)[0]
 
-    def finish_with_argmax(self, step: StagedStep, want_argmax: bool = True
-                           ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Like `finish`, plus the graph's argmax output [num_rows] (int64) when wanted."""
-        self.pool.scatter(step.new_kv.ptr, step.slots_ptr, step.num_tokens, self.stream)
+    def finish_with_argmax(self, step: StagedStep, want_argmax: bool = True,
+                           scatter: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Like `finish`, plus the graph's argmax output [num_rows] (int64) when wanted
+        (`scatter` False: the graph wrote the new K/V into the pool itself)."""
+        if scatter:
+            self.pool.scatter(step.new_kv.ptr, step.slots_ptr, step.num_tokens, self.stream)
         rows, vocab = step.num_rows, self.config.vocab_size
         if rows == 0:
             self.stream.synchronize()
@@ -214,15 +216,16 @@ class DeviceStepIO:
         self.stream.synchronize()
         return host.copy(), (picks.copy() if picks is not None else None)
 
-    def finish_sampled(self, step: StagedStep
+    def finish_sampled(self, step: StagedStep, scatter: bool = True
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """After the graph ran: scatter new K/V, pick every row's token on the device (argmax
         with bans skipped, or the row's draw) and fetch (host rows' logits [k, vocab] taken
         before any draw edits them, ids [num_rows], host row indices, log-probs [num_rows]
-        (NaN where no draw asked; None when none did))."""
+        (NaN where no draw asked; None when none did)). `scatter` as in `finish_with_argmax`."""
         assert self.picker is not None and self.drawer is not None, "no device sampler"
         assert step.host_rows is not None and step.draws is not None, "staged without sampler"
-        self.pool.scatter(step.new_kv.ptr, step.slots_ptr, step.num_tokens, self.stream)
+        if scatter:
+            self.pool.scatter(step.new_kv.ptr, step.slots_ptr, step.num_tokens, self.stream)
         rows, vocab, draws = step.num_rows, self.config.vocab_size, step.draws
         host = self.logits_host.array((len(step.host_rows), vocab), np.float32)
         done = 0

@@ -4,7 +4,8 @@ A decode step (every sequence runs one token and wants its logits) is padded to 
 shapes repeat: the batch to the next power of two (at most max_batch_size; pad rows run token 0 at
 position 0 with no past, their slot is -1 so the KV scatter skips them, their logits are dropped)
 and the past blocks per sequence to the next power of two, at least MIN_BLOCKS (at most the
-context's blocks; pad columns name block 0 and are masked by past_lens). The onnxruntime CUDA
+context's blocks; the block of the new token counts: a paged graph writes it there; pad columns
+name block 0 and are masked by past_lens). The onnxruntime CUDA
 executor runs each bucket in its own session whose symbolic dims are fixed (free-dimension
 overrides): with every shape static, onnxruntime folds the graph's shape arithmetic into constants,
 every node runs on the CUDA EP, and `enable_cuda_graph` captures the step once and replays it. The
@@ -39,7 +40,7 @@ def decode_bucket(plan: StepPlan, block_size: int, max_batch_size: int,
     seqs = plan.seqs
     if not seqs or any(len(s.token_ids) != 1 or not s.want_logits for s in seqs):
         return None
-    needed = max(1, max(-(-s.start_pos // block_size) for s in seqs))
+    needed = max(s.start_pos // block_size + 1 for s in seqs)  # the new token's block too
     if len(seqs) > max_batch_size or needed > max_blocks:
         return None  # over the limits: check_plan refuses it
     return Bucket(min(next_pow2(len(seqs)), max_batch_size),
@@ -92,11 +93,13 @@ def merge_results(plan: StepPlan, parts: tuple[StepPlan, StepPlan],
                       logprobs=logprobs)
 
 
-def bucket_dims(bucket: Bucket, pool_rows: int, block_size: int) -> dict[str, int]:
-    """Every symbolic dim of the graph (engine/builder.py I/O table) fixed for `bucket`."""
+def bucket_dims(bucket: Bucket, pool_rows: int, block_size: int,
+                pool_blocks: int = 0) -> dict[str, int]:
+    """Every symbolic dim of the graphs (engine/builder.py I/O table; `pool_blocks`, KVH * NB:
+    the paged graph's cache inputs, engine/graph/paged.py) fixed for `bucket`."""
     b = bucket.batch
     return {"T": b, "Tq": 1, "B": b, "R": b, "MB": bucket.blocks, "pool_rows": pool_rows,
-            "BS": block_size}
+            "BS": block_size, "pool_blocks": pool_blocks}
 
 
 class BucketSessions:

@@ -88,12 +88,12 @@ class DeviceExecutor:
         """One graph call over `plan` (a decode plan through its captured bucket if any)."""
         staged = io.stage(plan, self._captured_bucket(plan))
         try:
-            self._run(staged)
+            scatter = not self._run(staged)
             if io.picker is not None:
-                logits, argmax, rows, logprobs = io.finish_sampled(staged)
+                logits, argmax, rows, logprobs = io.finish_sampled(staged, scatter)
                 return StepResult(plan.step_id, logits, argmax, logits_rows=rows,
                                   logprobs=logprobs)
-            logits, argmax = io.finish_with_argmax(staged, self._has_argmax)
+            logits, argmax = io.finish_with_argmax(staged, self._has_argmax, scatter)
         except BaseException:
             io.stream.synchronize()  # nothing may still read the staging area
             raise
@@ -113,8 +113,9 @@ class DeviceExecutor:
         """Decode steps run through a captured CUDA graph so far."""
         return 0 if self._graphs is None else self._graphs.replays
 
-    def _run(self, staged: StagedStep) -> None:
-        """Run the graph over the staged inputs, writing the staged outputs (on the stream)."""
+    def _run(self, staged: StagedStep) -> bool:
+        """Run the graph over the staged inputs, writing the staged outputs (on the stream);
+        True when it wrote the step's K/V into the pool itself (nothing to scatter)."""
         raise NotImplementedError
 
     def _outputs(self, staged: StagedStep) -> list[tuple[str, object]]:

@@ -5,7 +5,10 @@ pointer (IOBinding).
 Per step (engine/device/step_io.py): inputs staged in one H2D copy, block copies by kernel,
 graph run with `kv_cache` bound in place and `new_kv`/`logits` bound to device buffers, new K/V
 scattered into the pool by the NVRTC kernel, logits copied back through pinned memory. The pool
-is never copied to the host. (onnxruntime runs on its own stream: giving it ours, with runs that
+is never copied to the host. Decode buckets run `model_paged.onnx` when the build has it and
+the CUDA EP runs its PagedAttention (engine/graph/paged.py): each layer's K and V slabs of the
+pool are bound as inputs of their own, the op writes the new K/V in place (no scatter); else
+they run `model_decode.onnx`. (onnxruntime runs on its own stream: giving it ours, with runs that
 do not wait, made its sessions abort when destroyed: cudaFreeHost "operation not permitted", seen
 on the H200 with onnxruntime-gpu 1.31.1.)
 """
@@ -19,11 +22,12 @@ import numpy as np
 from onnx import TensorProto
 
 from engine.config import ModelConfig
-from engine.device.step_io import DeviceStepIO, StagedStep, StepLimits
+from engine.device.step_io import DeviceStepIO, DeviceTensor, StagedStep, StepLimits
 from engine.dtypes import NUMPY_DTYPES
 from engine.executors.cuda_graphs import BucketSessions, bucket_dims, startup_buckets
 from engine.executors.device_base import DeviceExecutor
 from engine.graph.gqa import DECODE_MODEL_FILE
+from engine.graph.paged import PAGED_MODEL_FILE, PAGED_STEP_INPUTS, cache_input_names
 from engine.step_inputs import Bucket
 from scheduler.plan import StepPlan
 
@@ -111,7 +115,11 @@ class OrtCudaExecutor(DeviceExecutor):
         self._device_id = device_id
         self._model_path = model_path
         self._decode_path = decode_graph_path(model_path)
+        paged = model_path.parent / PAGED_MODEL_FILE
+        self._paged_path: Path | None = paged if paged.is_file() else None
         self._bindings: dict[object, tuple[tuple, object]] = {}  # session -> (its key, binding)
+        self._paged_sessions: set[object] = set()  # bucket sessions over model_paged.onnx
+        self.paged_runs = 0  # steps the paged graph ran (K/V written in place)
         try:
             kv_dtype = model_kv_dtype(model_path)
             self._io = DeviceStepIO(self._context, config, num_blocks=num_blocks,
@@ -143,26 +151,40 @@ class OrtCudaExecutor(DeviceExecutor):
                     "on" if cuda_graphs else "off")
 
     def _bucket_session(self, bucket: Bucket) -> object:
+        """The bucket's session over the paged graph; over the decode graph when there is none
+        or the CUDA EP cannot run it (then for every later bucket too)."""
         g = self._device_io().geometry
-        return _graph_session(self._decode_path, self._device_id,
-                              bucket_dims(bucket, g.graph_shape[0], g.block_size), self._capture)
+        dims = bucket_dims(bucket, g.graph_shape[0], g.block_size,
+                           g.num_kv_heads * g.num_blocks)
+        if self._paged_path is not None:
+            try:
+                session = _graph_session(self._paged_path, self._device_id, dims, self._capture)
+                self._paged_sessions.add(session)
+                return session
+            except Exception as exc:
+                logger.warning("decode buckets run %s: %s cannot run here: %s",
+                               self._decode_path.name, self._paged_path.name,
+                               " ".join(str(exc).split())[:300])
+                self._paged_path = None
+        return _graph_session(self._decode_path, self._device_id, dims, self._capture)
 
-    def _run(self, staged: StagedStep) -> None:
+    def _run(self, staged: StagedStep) -> bool:
         io = self._device_io()
         io.stream.synchronize()  # staged inputs and block copies land before onnxruntime reads
         if (staged.bucket is not None and self._graphs is not None
                 and self._graphs.usable(staged.bucket)):  # not disabled since it was staged
             session = self._graphs.get(staged.bucket)
             try:
-                self._run_session(session, staged)
+                in_place = self._run_session(session, staged)
                 # a replay, unless a start-up capture run or a bucket session without capture
                 self._graphs.replays += int(staged.num_rows > 0 and self._capture)
-                return
+                return in_place
             except Exception as exc:  # capture refused: this bucket runs uncaptured from now on
                 self._bindings.pop(session, None)  # the session (its weights) can go
+                self._paged_sessions.discard(session)
                 self._graphs.disable(staged.bucket, exc)
         one_seq = self._one_seq is not None and staged.inputs["block_tables"].shape[0] == 1
-        self._run_session(self._one_seq if one_seq else self._session, staged)
+        return self._run_session(self._one_seq if one_seq else self._session, staged)
 
     def _capture_at_startup(self) -> None:
         """Make (and capture, with CUDA graphs on) the start-up buckets (every batch bucket,
@@ -177,25 +199,31 @@ class OrtCudaExecutor(DeviceExecutor):
                 continue
             staged = io.stage(StepPlan(-1, []), bucket)
             for _ in range(CAPTURE_RUNS if self._capture else 1):
-                self._run(staged)
-            io.finish_with_argmax(staged, self._has_argmax)
+                scatter = not self._run(staged)
+            io.finish_with_argmax(staged, self._has_argmax, scatter)
 
-    def _run_session(self, session: object, staged: StagedStep) -> None:
+    def _run_session(self, session: object, staged: StagedStep) -> bool:
         """Run and wait: onnxruntime synchronizes its stream at the end of a run (the default
-        run options), so the outputs are complete before the finish reads them on ours."""
-        session.run_with_iobinding(self._binding(session, staged))  # type: ignore[attr-defined]
+        run options), so the outputs are complete before the finish reads them on ours. True
+        for the paged graph (it wrote the step's K/V into the pool)."""
+        paged = session in self._paged_sessions
+        binding = self._binding(session, staged, paged)
+        session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+        self.paged_runs += int(paged)
+        return paged
 
-    def _binding(self, session: object, staged: StagedStep) -> object:
+    def _binding(self, session: object, staged: StagedStep, paged: bool) -> object:
         """The session's binding of the staged buffers, made again only when an address or a
         shape moved: a bucket's buffers sit at the same addresses at every step."""
-        outputs = self._outputs(staged)
-        key = (tuple((n, t.ptr, t.shape) for n, t in staged.inputs.items()),
+        inputs = self._paged_inputs(staged) if paged else staged.inputs
+        outputs = [(n, t) for n, t in self._outputs(staged) if not (paged and n == "new_kv")]
+        key = (tuple((n, t.ptr, t.shape) for n, t in inputs.items()),
                tuple((n, t.ptr, t.shape) for n, t in outputs))
         cached = self._bindings.get(session)
         if cached is not None and cached[0] == key:
             return cached[1]
         binding = session.io_binding()  # type: ignore[attr-defined]
-        for name, t in staged.inputs.items():
+        for name, t in ({**inputs, **self._slabs()} if paged else inputs).items():
             binding.bind_input(name, self.ORT_DEVICE, self._device_id, element_type(t.dtype),
                                list(t.shape), t.ptr)
         for name, t in outputs:
@@ -204,6 +232,23 @@ class OrtCudaExecutor(DeviceExecutor):
         self._bindings[session] = (key, binding)
         return binding
 
+    @staticmethod
+    def _paged_inputs(staged: StagedStep) -> dict[str, DeviceTensor]:
+        """The paged graph's step inputs: the staged ones it reads and the slot mapping."""
+        inputs = {n: staged.inputs[n] for n in PAGED_STEP_INPUTS if n != "slot_mapping"}
+        inputs["slot_mapping"] = DeviceTensor(staged.slots_ptr, (staged.num_tokens,),
+                                              np.dtype(np.int64))
+        return inputs
+
+    def _slabs(self) -> dict[str, DeviceTensor]:
+        """Every layer's K and V slab of the pool, [KVH * NB, BS, 1, D] each, in place: the
+        paged graph's cache inputs (the same addresses for the pool's life)."""
+        g, pool = self._device_io().geometry, self._device_io().pool
+        shape = (g.num_kv_heads * g.num_blocks, g.block_size, 1, g.head_dim)
+        return {name: DeviceTensor(pool.ptr + plane * g.plane_stride * g.itemsize, shape,
+                                   g.np_dtype)
+                for plane, name in enumerate(cache_input_names(g.num_layers))}
+
     def close(self) -> None:
         with self._lock:
             if self._io is None:
@@ -211,6 +256,7 @@ class OrtCudaExecutor(DeviceExecutor):
             self._context.make_current()
             # sessions first: they may still hold device buffers bound by address
             self._bindings.clear()
+            self._paged_sessions.clear()
             if self._graphs is not None:
                 self._graphs.clear()
             self._session = self._one_seq = None

@@ -140,12 +140,13 @@ class TrtExecutor(DeviceExecutor):
                     engine_io(self._trt, engine))
         return engine
 
-    def _run(self, staged: StagedStep) -> None:
+    def _run(self, staged: StagedStep) -> bool:
+        """The engine writes `new_kv` for the scatter: never the pool itself (False)."""
         self._bind(staged)
         stream = self._device_io().stream
         if staged.bucket is None or self._graphs is None:
             self._execute(stream)
-            return
+            return False
         entry = self._graphs.get(staged.bucket)
         assert isinstance(entry, _BucketGraph)
         try:
@@ -159,6 +160,7 @@ class TrtExecutor(DeviceExecutor):
             stream.synchronize()
             self._graphs.disable(staged.bucket, exc)
             self._execute(stream)
+        return False
 
     def _execute(self, stream: Stream) -> None:
         if not self._exec.execute_async_v3(int(stream)):

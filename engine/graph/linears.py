@@ -1,6 +1,8 @@
 """The layer linears of the decoder graph, handed to it one layer at a time as a function
-(input [T, in], key) -> [T, out], key one of "qkv", "o", "gate", "up", "gate_up", "down"
-("gate_up": gate and up stacked along the output dim, one GEMM for the graphs that split it).
+(input [T, in], key) -> [T, out], key one of "qkv", "o", "gate", "up", "gate_up", "down",
+"qkv_grouped" ("gate_up": gate and up stacked along the output dim, one GEMM for the graphs
+that split it; "qkv_grouped": the qkv rows grouped by kv head, dense only, for
+engine/graph/paged.py).
 
 - dense: MatMul over transposed ([in, out]) fp32/fp16 weights (every graph);
 - q4: MatMulNBits over the GGUF Q4 blocks (engine/graph/quant.py), the single-token fp32 graph,
@@ -27,7 +29,8 @@ LinearFn = Callable[[str, str], str]  # (input value, key) -> output value
 LinearsFactory = Callable[[GraphWriter, int], LinearFn]  # (writer, layer) -> its linears
 HeadFn = Callable[[GraphWriter, str], str]  # (writer, normed rows [R, hidden]) -> [R, vocab]
 _NAMES = {"qkv": "self_attn.qkv", "o": "self_attn.o_proj", "gate": "mlp.gate_proj",
-          "up": "mlp.up_proj", "down": "mlp.down_proj", "gate_up": "mlp.gate_up_proj"}
+          "up": "mlp.up_proj", "down": "mlp.down_proj", "gate_up": "mlp.gate_up_proj",
+          "qkv_grouped": "self_attn.qkv_grouped"}
 
 
 def query_scale(config: ModelConfig) -> float:
@@ -54,13 +57,25 @@ def dense_linears(config: ModelConfig, weights: Mapping[str, np.ndarray],
 def _dense_layer(config: ModelConfig, weights: Mapping[str, np.ndarray],
                  p: str) -> dict[str, np.ndarray]:
     """[out, in] weights of one layer, qkv fused (float64 while scaling, as built since v1),
-    and gate_up (gate rows, then up rows)."""
+    qkv_grouped (the same rows grouped by kv head) and gate_up (gate rows, then up rows)."""
     a, m = f"{p}self_attn.", f"{p}mlp."
     q = weights[f"{a}q_proj.weight"].astype(np.float64) * query_scale(config)
     qkv = np.concatenate([q, weights[f"{a}k_proj.weight"], weights[f"{a}v_proj.weight"]])
     gate, up = weights[f"{m}gate_proj.weight"], weights[f"{m}up_proj.weight"]
-    return {"qkv": qkv, "o": weights[f"{a}o_proj.weight"], "gate": gate, "up": up,
+    return {"qkv": qkv, "qkv_grouped": grouped_qkv(config, qkv),
+            "o": weights[f"{a}o_proj.weight"], "gate": gate, "up": up,
             "gate_up": np.concatenate([gate, up]), "down": weights[f"{m}down_proj.weight"]}
+
+
+def grouped_qkv(config: ModelConfig, qkv: np.ndarray) -> np.ndarray:
+    """[out, in] fused QKV rows ([Q heads | K heads | V heads]) regrouped by kv head:
+    [Q heads of kv head h | K_h | V_h] for each h."""
+    d, kvh = config.head_dim, config.num_kv_heads
+    group = config.num_heads // kvh
+    q, k, v = np.split(qkv, [config.num_heads * d, (config.num_heads + kvh) * d])
+    parts = [(q[h * group * d:(h + 1) * group * d], k[h * d:(h + 1) * d], v[h * d:(h + 1) * d])
+             for h in range(kvh)]
+    return np.concatenate([row for part in parts for row in part])
 
 
 def q4_layer_blocks(config: ModelConfig, blocks: Mapping[str, Q4Blocks],

@@ -31,6 +31,9 @@ def test_decode_bucket_pads_batch_and_blocks() -> None:
     assert decode_bucket(StepPlan(0, [seq(0, 1, 9), seq(1, 1, 3), seq(2, 1, 0)]),
                          4, 64, 64) == Bucket(4, 16)  # 3 rows -> 4; 3 blocks -> MIN_BLOCKS
     assert decode_bucket(StepPlan(0, [seq(0, 1, 70)]), 4, 64, 64) == Bucket(1, 32)
+    # a past of 64 tokens fills 16 blocks; the new token's block (the 17th) counts
+    assert decode_bucket(StepPlan(0, [seq(0, 1, 64)]), 4, 64, 64) == Bucket(1, 32)
+    assert decode_bucket(StepPlan(0, [seq(0, 1, 63)]), 4, 64, 64) == Bucket(1, 16)
     assert decode_bucket(StepPlan(0, [seq(0, 1, 0)]), 4, 64, 8) == Bucket(1, 8)  # context cap
     assert decode_bucket(StepPlan(0, [seq(0, 2, 0)]), 4, 64, 16) is None  # prefill
     assert decode_bucket(StepPlan(0, [seq(i, 1, 0) for i in range(5)]), 4, 6, 16) == Bucket(6, 16)
@@ -42,12 +45,15 @@ def test_decode_bucket_pads_batch_and_blocks() -> None:
 
 
 def test_pack_decode_pad_rows_are_inert() -> None:
-    seqs = [ScheduledSeq(0, [5], 6, [7, 3], True), ScheduledSeq(1, [9], 1, [2], True)]
+    """Each row's table holds its past's blocks and the new token's (a paged graph writes it
+    there; row 2's token opens its second block); pad rows have slot -1."""
+    seqs = [ScheduledSeq(0, [5], 6, [7, 3], True), ScheduledSeq(1, [9], 1, [2], True),
+            ScheduledSeq(2, [4], 4, [6, 8], True)]
     feeds, slots = pack_decode(seqs, 4, Bucket(4, 2))
-    assert feeds["input_ids"].tolist() == [5, 9, 0, 0]
-    assert feeds["past_lens"].tolist() == [6, 1, 0, 0]
-    assert feeds["block_tables"].tolist() == [[7, 3], [2, 0], [0, 0], [0, 0]]
-    assert slots.tolist() == [3 * 4 + 2, 2 * 4 + 1, -1, -1]  # pad rows: skipped by the scatter
+    assert feeds["input_ids"].tolist() == [5, 9, 4, 0]
+    assert feeds["past_lens"].tolist() == [6, 1, 4, 0]
+    assert feeds["block_tables"].tolist() == [[7, 3], [2, 0], [6, 8], [0, 0]]
+    assert slots.tolist() == [3 * 4 + 2, 2 * 4 + 1, 8 * 4, -1]  # pad rows: no write
     assert feeds["pad_index"].shape == (4, 1) and feeds["logit_index"].tolist() == [0, 1, 2, 3]
 
 

@@ -35,9 +35,10 @@ def random_weights(cfg: ModelConfig = TINY, seed: int = 0) -> dict[str, np.ndarr
     return out
 
 
-def build_graph(out_dir: Path, dtype: str, rotary_op: bool | None = None) -> Path:
+def build_graph(out_dir: Path, dtype: str, rotary_op: bool | None = None,
+                block_size: int = BLOCK_SIZE) -> Path:
     """out_dir/model.onnx of TINY in `dtype` (float32: decomposed attention; float16: opset 23;
     `rotary_op`: RoPE as the RotaryEmbedding op, what ONNX Runtime CUDA runs)."""
-    build_model_graph(TINY, random_weights(), out_dir, dtype=dtype, block_size=BLOCK_SIZE,
+    build_model_graph(TINY, random_weights(), out_dir, dtype=dtype, block_size=block_size,
                       rotary_op=rotary_op)
     return out_dir / "model.onnx"
