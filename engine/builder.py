@@ -35,7 +35,8 @@ engine/graph/gqa.py (GroupQueryAttention, RoPE inside, fused norms): what the CU
 single-sequence steps run, and its decode buckets where `model_paged.onnx` cannot.
 `model_paged.onnx` (with it): the same layers with com.microsoft PagedAttention reading and
 writing the pool in place, its own I/O (engine/graph/paged.py): the CUDA executor's decode
-buckets.
+buckets; `model_paged_prefill.onnx`: the same over any step (host-made pair arrays), its
+other steps.
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ from engine.graph.linears import HeadFn, LinearsFactory, dense_linears, q4_head,
 from engine.graph.paged import (
     PAGED_DATA_FILE,
     PAGED_MODEL_FILE,
+    PREFILL_DATA_FILE,
+    PREFILL_MODEL_FILE,
     paged_decoder,
     paged_io,
     paged_step,
+    prefill_step,
     supports_paged,
 )
 from engine.graph.single_token import (
@@ -73,7 +77,7 @@ from engine.graph.writer import GraphWriter, save_model
 from engine.loaders.gguf_q4 import Q4Blocks
 from engine.loaders.shapes import check_weights
 
-BUILDER_VERSION = "12"  # bump whenever the graph, its I/O or its weights layout changes
+BUILDER_VERSION = "13"  # bump whenever the graph, its I/O or its weights layout changes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 Q4_MODEL_FILE = "model_q4.onnx"
@@ -102,6 +106,7 @@ class GraphSpec:
     cpu_precision: str = EXACT  # the q4 graph's activations: "exact" float32, "fast" int8
     decode_model_file: str | None = None  # same I/O, decode steps only (engine/graph/gqa.py)
     paged_model_file: str | None = None  # decode buckets, KV read and written in place
+    prefill_model_file: str | None = None  # other steps, KV read and written in place
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +121,7 @@ class _Options:
     argmax: bool  # emit the `argmax` output
     single_token: bool = False  # T = 1 only: engine/graph/single_token.py's layers (CPU ops)
     decode: bool = False  # decode steps only: GroupQueryAttention (engine/graph/gqa.py)
-    paged: bool = False  # decode buckets: PagedAttention on the pool (engine/graph/paged.py)
+    paged: str = ""  # "decode" | "prefill": PagedAttention on the pool (engine/graph/paged.py)
 
 
 def default_attention(dtype: str) -> str:
@@ -161,8 +166,10 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
         graphs.append((DECODE_MODEL_FILE, DECODE_DATA_FILE, graphs[0][2], None,
                        replace(opts, decode=True)))
         if supports_paged(dtype, block_size):
-            graphs.append((PAGED_MODEL_FILE, PAGED_DATA_FILE, graphs[0][2], None,
-                           replace(opts, paged=True)))
+            graphs += [(PAGED_MODEL_FILE, PAGED_DATA_FILE, graphs[0][2], None,
+                        replace(opts, paged="decode")),
+                       (PREFILL_MODEL_FILE, PREFILL_DATA_FILE, graphs[0][2], None,
+                        replace(opts, paged="prefill"))]
     tick = _ticker(progress, len(graphs) * (config.num_layers + 1))
     shared: dict[str, TensorProto] = {}  # external tensors written so far, by name
     for model_file, data_file, linears, head, graph_opts in graphs:
@@ -174,7 +181,9 @@ def build_model_graph(config: ModelConfig, weights: Mapping[str, np.ndarray], ou
                      output_names=OUTPUT_NAMES if opts.argmax else OUTPUT_NAMES[:2],
                      q4_model_file=Q4_MODEL_FILE if Q4_MODEL_FILE in files else None,
                      decode_model_file=DECODE_MODEL_FILE if DECODE_MODEL_FILE in files else None,
-                     paged_model_file=PAGED_MODEL_FILE if PAGED_MODEL_FILE in files else None)
+                     paged_model_file=PAGED_MODEL_FILE if PAGED_MODEL_FILE in files else None,
+                     prefill_model_file=PREFILL_MODEL_FILE if PREFILL_MODEL_FILE in files
+                     else None)
 
 
 def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
@@ -192,7 +201,8 @@ def _write_graph(out_dir: Path, model_file: str, data_file: str, config: ModelCo
         g = GraphWriter(data, data_file, shared)
         elem = onnx_type(opts.dtype)
         inputs, outputs = (single_token_io(config, elem) if opts.single_token
-                           else paged_io(config, elem, opts.argmax) if opts.paged
+                           else paged_io(config, elem, opts.argmax, opts.paged == "prefill")
+                           if opts.paged
                            else _io(config, elem, opts.argmax))
         _body(g, config, weights, linears, opts, tick)
     save_model(g, out_dir / model_file, inputs=inputs, outputs=outputs, opset=opts.opset,
@@ -233,8 +243,9 @@ def _body(g: GraphWriter, config: ModelConfig, weights: Mapping[str, np.ndarray]
         step = gqa_step(g, config, STEP_INPUTS, opts.block_size, dtype)
         rows = decode_decoder(g, config, step, x, layers, norm_w)  # [T, hidden]
     elif opts.paged:  # its own layers and I/O; the K/V go into the pool in place
-        rows = paged_decoder(g, config, paged_step(g, config, opts.block_size, dtype), x, layers,
-                             norm_w)  # [B, hidden]
+        step = (prefill_step(g, config, dtype) if opts.paged == "prefill"
+                else paged_step(g, config, opts.block_size, dtype))
+        rows = paged_decoder(g, config, step, x, layers, norm_w)  # [T, hidden]
     else:
         rows = general_decoder(g, config, GeneralGraph(dtype, opts.block_size, opts.attention,
                                                        opts.rotary_op), x, layers)

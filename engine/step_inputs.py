@@ -85,3 +85,32 @@ def pack_decode(seqs: Sequence[ScheduledSeq], block_size: int, bucket: Bucket
              "past_lens": past, "pad_index": rows.reshape(batch, 1), "unpad_index": rows,
              "logit_index": rows.copy()}
     return feeds, slots
+
+
+def pair_feeds(seqs: Sequence[ScheduledSeq], slots: np.ndarray, block_size: int,
+               num_blocks: int, kv_heads: int) -> dict[str, np.ndarray]:
+    """The paged prefill graph's pair arrays (engine/graph/paged.py): every (sequence, kv head)
+    pair is a sequence of PagedAttention over a cache of kv_heads * num_blocks blocks with one
+    head; its tokens back to back. `slots`: each packed token's pool slot (plan order)."""
+    lens = np.array([len(s.token_ids) for s in seqs], dtype=np.int64)
+    total, heads = int(lens.sum()), np.arange(kv_heads, dtype=np.int64)
+    token = np.repeat(np.arange(total, dtype=np.int64)[:, None], kv_heads, axis=1).ravel()
+    head = np.tile(heads, total)
+    seq = np.repeat(np.repeat(np.arange(len(seqs)), lens), kv_heads)
+    order = np.lexsort((token, head, seq))  # natural row token * kv_heads + head, pair-major
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    ends = [s.start_pos + n for s, n in zip(seqs, lens.tolist(), strict=True)]
+    blocks = max(-(-end // block_size) for end in ends)
+    tables = np.zeros((len(seqs), blocks), dtype=np.int64)
+    for b, (s, end) in enumerate(zip(seqs, ends, strict=True)):
+        used = -(-end // block_size)
+        tables[b, :used] = s.block_table[:used]
+    moved = tables[:, None, :] + (heads * num_blocks)[None, :, None]  # [B, KVH, MB]
+    pair_slots = (slots[:, None] + heads[None, :] * num_blocks * block_size).ravel()[order]
+    return {"pair_order": order.astype(np.int64), "pair_inverse": inverse,
+            "pair_cu": np.concatenate([[0], np.cumsum(np.repeat(lens, kv_heads))]),
+            "pair_past": np.repeat(np.array([s.start_pos for s in seqs], dtype=np.int64),
+                                   kv_heads),
+            "pair_table": moved.reshape(len(seqs) * kv_heads, blocks),
+            "pair_slots": pair_slots}

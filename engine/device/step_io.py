@@ -24,7 +24,7 @@ from engine.device.memory import DeviceBuffer, PinnedBuffer, StagingArea
 from engine.device.sampling import MAX_BANS, PickKernel, ban_matrix, host_rows, row_runs
 from engine.device_kv_pool import DeviceKVPool, PoolGeometry, geometry_for
 from engine.limits import StepLimits
-from engine.step_inputs import Bucket, pack_decode, pack_plan
+from engine.step_inputs import Bucket, pack_decode, pack_plan, pair_feeds
 from scheduler.plan import StepPlan, StepRefusedError
 from scheduler.step_rows import MAX_DEVICE_HISTORY, MAX_DRAW_BANS
 
@@ -68,13 +68,16 @@ class StagedStep:
     draw_ptrs: tuple[int, int, int, int] = (0, 0, 0, 0)  # their arrays on the device
 
 
-def staging_bytes(limits: StepLimits, block_size: int, num_blocks: int) -> int:
-    """Upper bound of one step's staged inputs (14 arrays, each 256-byte aligned)."""
+def staging_bytes(limits: StepLimits, block_size: int, num_blocks: int,
+                  kv_heads: int = 0) -> int:
+    """Upper bound of one step's staged inputs (20 arrays, each 256-byte aligned; `kv_heads`:
+    with the paged prefill graph's pair arrays, engine/step_inputs.py `pair_feeds`)."""
     t, b = limits.max_num_tokens, limits.max_batch_size
     max_blocks = -(-limits.max_context // block_size)
     elems = 5 * t + b * max_blocks + b + b * t + b + 2 * num_blocks + b * MAX_BANS
     draws = b * (1 + PARAMS + MAX_DRAW_BANS + MAX_DEVICE_HISTORY // 2)  # history: int32
-    return (elems + draws) * I64 + 14 * StagingArea.ALIGN
+    pairs = kv_heads * (3 * t + 2 * b + b * max_blocks) + 1
+    return (elems + draws + pairs) * I64 + 20 * StagingArea.ALIGN
 
 
 def check_plan(plan: StepPlan, limits: StepLimits, block_size: int, num_blocks: int) -> None:
@@ -104,8 +107,9 @@ class DeviceStepIO:
 
     def __init__(self, context: CudaContext, config: ModelConfig, *, num_blocks: int,
                  block_size: int, kv_dtype: str, limits: StepLimits,
-                 device_sampling: bool = False) -> None:
+                 device_sampling: bool = False, paged: bool = False) -> None:
         self.context = context
+        self.paged = paged  # stage the paged graphs' inputs too (engine/graph/paged.py)
         self.config = config
         self.limits = limits
         self.geometry: PoolGeometry = geometry_for(config, num_blocks, block_size, kv_dtype)
@@ -115,7 +119,8 @@ class DeviceStepIO:
             self.kernels = self._own(KVKernels(context))
             self.kernels.functions(kv_dtype)  # compile now: fail at start-up, not mid-serve
             self.pool = self._own(DeviceKVPool(self.geometry, self.kernels, self.stream))
-            self.staging = self._own(StagingArea(staging_bytes(limits, block_size, num_blocks)))
+            self.staging = self._own(StagingArea(staging_bytes(
+                limits, block_size, num_blocks, config.num_kv_heads if paged else 0)))
             kv_bytes = (self.geometry.num_planes * config.num_kv_heads * limits.max_num_tokens
                         * config.head_dim * self.geometry.itemsize)
             self.new_kv = self._own(DeviceBuffer(kv_bytes))
@@ -154,6 +159,9 @@ class DeviceStepIO:
             if num_rows == 0:  # keep every dim >= 1 (TensorRT profiles): compute one row
                 feeds["logit_index"] = np.zeros(1, dtype=np.int64)
             slots = packed.slot_blocks * g.block_size + packed.slot_offsets
+            if self.paged:
+                feeds |= pair_feeds(plan.seqs, slots, g.block_size, g.num_blocks,
+                                    g.num_kv_heads)
         pairs = np.asarray(plan.block_copies, dtype=np.int64).reshape(-1, 2)
         bans = ban_matrix(plan.seqs) if self.picker is not None else np.zeros((0, 0), np.int64)
         draws = draw_arrays(plan.seqs) if self.picker is not None else None
@@ -166,6 +174,8 @@ class DeviceStepIO:
         inputs = {n: DeviceTensor(p, feeds[n].shape, np.dtype(np.int64))
                   for n, p in zip(names, ptrs, strict=False)}
         inputs["kv_cache"] = DeviceTensor(self.pool.ptr, g.graph_shape, g.np_dtype)
+        if self.paged and bucket is not None:
+            inputs["slot_mapping"] = DeviceTensor(ptrs[-3], (len(slots),), np.dtype(np.int64))
         if len(pairs):
             self.pool.copy_blocks(ptrs[-2], len(pairs), self.stream)
         t = len(slots)

@@ -8,7 +8,8 @@ scattered into the pool by the NVRTC kernel, logits copied back through pinned m
 is never copied to the host. Decode buckets run `model_paged.onnx` when the build has it and
 the CUDA EP runs its PagedAttention (engine/graph/paged.py): each layer's K and V slabs of the
 pool are bound as inputs of their own, the op writes the new K/V in place (no scatter); else
-they run `model_decode.onnx`. (onnxruntime runs on its own stream: giving it ours, with runs that
+they run `model_decode.onnx`. Other steps likewise run `model_paged_prefill.onnx` (the step's
+(sequence, kv head) pairs staged by the host) when there is one. (onnxruntime runs on its own stream: giving it ours, with runs that
 do not wait, made its sessions abort when destroyed: cudaFreeHost "operation not permitted", seen
 on the H200 with onnxruntime-gpu 1.31.1.)
 """
@@ -21,13 +22,20 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto
 
+from engine.builder import INPUT_NAMES
 from engine.config import ModelConfig
 from engine.device.step_io import DeviceStepIO, DeviceTensor, StagedStep, StepLimits
 from engine.dtypes import NUMPY_DTYPES
 from engine.executors.cuda_graphs import BucketSessions, bucket_dims, startup_buckets
 from engine.executors.device_base import DeviceExecutor
 from engine.graph.gqa import DECODE_MODEL_FILE
-from engine.graph.paged import PAGED_MODEL_FILE, PAGED_STEP_INPUTS, cache_input_names
+from engine.graph.paged import (
+    PAGED_MODEL_FILE,
+    PAGED_STEP_INPUTS,
+    PREFILL_MODEL_FILE,
+    PREFILL_STEP_INPUTS,
+    cache_input_names,
+)
 from engine.step_inputs import Bucket
 from scheduler.plan import StepPlan
 
@@ -115,22 +123,24 @@ class OrtCudaExecutor(DeviceExecutor):
         self._device_id = device_id
         self._model_path = model_path
         self._decode_path = decode_graph_path(model_path)
-        paged = model_path.parent / PAGED_MODEL_FILE
+        paged, prefill = (model_path.parent / f for f in (PAGED_MODEL_FILE, PREFILL_MODEL_FILE))
         self._paged_path: Path | None = paged if paged.is_file() else None
         self._bindings: dict[object, tuple[tuple, object]] = {}  # session -> (its key, binding)
-        self._paged_sessions: set[object] = set()  # bucket sessions over model_paged.onnx
-        self.paged_runs = 0  # steps the paged graph ran (K/V written in place)
+        self._paged_inputs: dict[object, tuple[str, ...]] = {}  # paged session -> step inputs
+        self.paged_runs = 0  # steps a paged graph ran (K/V written in place)
         try:
             kv_dtype = model_kv_dtype(model_path)
             self._io = DeviceStepIO(self._context, config, num_blocks=num_blocks,
                                     block_size=block_size, kv_dtype=kv_dtype,
-                                    limits=self._limits, device_sampling=device_sampling)
+                                    limits=self._limits, device_sampling=device_sampling,
+                                    paged=paged.is_file() or prefill.is_file())
             self._session = _session(model_path, device_id)
             self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
             # single-sequence steps (a prompt, a chunk of one) run the decode graph uncaptured:
             # its GroupQueryAttention layers launch far fewer kernels than the general graph's
             self._one_seq = (None if self._decode_path == model_path
                              else _session(self._decode_path, device_id))
+            self._prefill = self._prefill_session(prefill) if prefill.is_file() else None
         except BaseException:
             if self._io is not None:
                 self._io.close()
@@ -159,7 +169,7 @@ class OrtCudaExecutor(DeviceExecutor):
         if self._paged_path is not None:
             try:
                 session = _graph_session(self._paged_path, self._device_id, dims, self._capture)
-                self._paged_sessions.add(session)
+                self._paged_inputs[session] = PAGED_STEP_INPUTS
                 return session
             except Exception as exc:
                 logger.warning("decode buckets run %s: %s cannot run here: %s",
@@ -180,11 +190,33 @@ class OrtCudaExecutor(DeviceExecutor):
                 self._graphs.replays += int(staged.num_rows > 0 and self._capture)
                 return in_place
             except Exception as exc:  # capture refused: this bucket runs uncaptured from now on
-                self._bindings.pop(session, None)  # the session (its weights) can go
-                self._paged_sessions.discard(session)
+                self._forget(session)  # the session (its weights) can go
                 self._graphs.disable(staged.bucket, exc)
+        if self._prefill is not None and staged.bucket is None:
+            try:
+                return self._run_session(self._prefill, staged)
+            except Exception as exc:  # its K/V writes equal the scatter's: rerun without it
+                logger.warning("%s failed, other steps run without it: %s", PREFILL_MODEL_FILE,
+                               " ".join(str(exc).split())[:300])
+                self._forget(self._prefill)
+                self._prefill = None
         one_seq = self._one_seq is not None and staged.inputs["block_tables"].shape[0] == 1
         return self._run_session(self._one_seq if one_seq else self._session, staged)
+
+    def _prefill_session(self, path: Path) -> object | None:
+        """The paged prefill graph's session, or None where the CUDA EP cannot make it."""
+        try:
+            session = _session(path, self._device_id)
+        except Exception as exc:
+            logger.warning("other steps run the general graph: %s cannot run here: %s",
+                           path.name, " ".join(str(exc).split())[:300])
+            return None
+        self._paged_inputs[session] = PREFILL_STEP_INPUTS
+        return session
+
+    def _forget(self, session: object) -> None:
+        self._bindings.pop(session, None)
+        self._paged_inputs.pop(session, None)
 
     def _capture_at_startup(self) -> None:
         """Make (and capture, with CUDA graphs on) the start-up buckets (every batch bucket,
@@ -206,16 +238,18 @@ class OrtCudaExecutor(DeviceExecutor):
         """Run and wait: onnxruntime synchronizes its stream at the end of a run (the default
         run options), so the outputs are complete before the finish reads them on ours. True
         for the paged graph (it wrote the step's K/V into the pool)."""
-        paged = session in self._paged_sessions
-        binding = self._binding(session, staged, paged)
+        names = self._paged_inputs.get(session)
+        binding = self._binding(session, staged, names)
         session.run_with_iobinding(binding)  # type: ignore[attr-defined]
-        self.paged_runs += int(paged)
-        return paged
+        self.paged_runs += int(names is not None)
+        return names is not None
 
-    def _binding(self, session: object, staged: StagedStep, paged: bool) -> object:
-        """The session's binding of the staged buffers, made again only when an address or a
-        shape moved: a bucket's buffers sit at the same addresses at every step."""
-        inputs = self._paged_inputs(staged) if paged else staged.inputs
+    def _binding(self, session: object, staged: StagedStep, paged: tuple[str, ...] | None
+                 ) -> object:
+        """The session's binding of the staged buffers (`paged`: a paged graph's step inputs;
+        its pool slabs are bound too), made again only when an address or a shape moved: a
+        bucket's buffers sit at the same addresses at every step."""
+        inputs = {n: staged.inputs[n] for n in (paged or INPUT_NAMES) if n in staged.inputs}
         outputs = [(n, t) for n, t in self._outputs(staged) if not (paged and n == "new_kv")]
         key = (tuple((n, t.ptr, t.shape) for n, t in inputs.items()),
                tuple((n, t.ptr, t.shape) for n, t in outputs))
@@ -231,14 +265,6 @@ class OrtCudaExecutor(DeviceExecutor):
                                 list(t.shape), t.ptr)
         self._bindings[session] = (key, binding)
         return binding
-
-    @staticmethod
-    def _paged_inputs(staged: StagedStep) -> dict[str, DeviceTensor]:
-        """The paged graph's step inputs: the staged ones it reads and the slot mapping."""
-        inputs = {n: staged.inputs[n] for n in PAGED_STEP_INPUTS if n != "slot_mapping"}
-        inputs["slot_mapping"] = DeviceTensor(staged.slots_ptr, (staged.num_tokens,),
-                                              np.dtype(np.int64))
-        return inputs
 
     def _slabs(self) -> dict[str, DeviceTensor]:
         """Every layer's K and V slab of the pool, [KVH * NB, BS, 1, D] each, in place: the
@@ -256,10 +282,10 @@ class OrtCudaExecutor(DeviceExecutor):
             self._context.make_current()
             # sessions first: they may still hold device buffers bound by address
             self._bindings.clear()
-            self._paged_sessions.clear()
+            self._paged_inputs.clear()
             if self._graphs is not None:
                 self._graphs.clear()
-            self._session = self._one_seq = None
+            self._session = self._one_seq = self._prefill = None
             self._io.close()
             self._io = None
             self._context.close()

@@ -18,11 +18,18 @@ table's width) lets it choose its kernel from shapes alone, which keeps the step
 CUDA graph. RoPE is the op's (rotate-half, cos/sin of every position below
 max_position_embeddings as constants); 1/sqrt(D) is folded into the query rows (scale 1).
 
-I/O (bucket dims B rows, MB blocks a row, `pool_blocks` = KVH * NB):
+`model_paged_prefill.onnx` runs the same layers over a step of any shape (prompts, chunks after
+a past, mixed steps; uncaptured): the host orders each pair's tokens back to back
+(engine/step_inputs.py `pair_feeds`); each layer gathers the projection's rows into that order
+and the op's output back (`pair_order`, `pair_inverse`); its `attention_metadata` is [0, 0]
+(bounds from the shapes).
+
+I/O of the decode graph (bucket dims B rows, MB blocks a row, `pool_blocks` = KVH * NB):
   input_ids    int64 [B]; block_tables int64 [B, MB] (the new token's block included);
   past_lens    int64 [B]; slot_mapping int64 [B] (pool slot of the new token, -1: pad row);
   logit_index  int64 [R]; key_cache.{l}, value_cache.{l} dtype [pool_blocks, BS, 1, D];
-outputs logits float32 [R, vocab] and argmax int64 [R].
+outputs logits float32 [R, vocab] and argmax int64 [R]. The prefill graph takes input_ids
+[T], logit_index [R] and the pair arrays in place of the row inputs.
 """
 
 from __future__ import annotations
@@ -41,7 +48,11 @@ from engine.graph.writer import GraphWriter
 
 PAGED_MODEL_FILE = "model_paged.onnx"
 PAGED_DATA_FILE = "model_paged.onnx.data"
+PREFILL_MODEL_FILE = "model_paged_prefill.onnx"
+PREFILL_DATA_FILE = "model_paged_prefill.onnx.data"
+PAIR_INPUTS = ("pair_order", "pair_inverse", "pair_cu", "pair_past", "pair_table", "pair_slots")
 PAGED_STEP_INPUTS = ("input_ids", "block_tables", "past_lens", "slot_mapping", "logit_index")
+PREFILL_STEP_INPUTS = ("input_ids", "logit_index", *PAIR_INPUTS)
 KEY_CACHE, VALUE_CACHE = "key_cache.{}", "value_cache.{}"
 
 
@@ -56,14 +67,20 @@ def cache_input_names(num_layers: int) -> list[str]:
     return [name.format(i) for i in range(num_layers) for name in (KEY_CACHE, VALUE_CACHE)]
 
 
-def paged_io(config: ModelConfig, elem: int, argmax: bool) -> tuple[list, list]:
-    """The paged decode graph's inputs and outputs (see the module docstring)."""
+def paged_io(config: ModelConfig, elem: int, argmax: bool, prefill: bool = False
+             ) -> tuple[list, list]:
+    """The paged graphs' inputs and outputs (see the module docstring; `prefill`: the pair
+    arrays of `pair_feeds` in place of the row inputs)."""
     i64, vi = TensorProto.INT64, helper.make_tensor_value_info
     slab = ["pool_blocks", "BS", 1, config.head_dim]
-    inputs = [vi("input_ids", i64, ["B"]), vi("block_tables", i64, ["B", "MB"]),
-              vi("past_lens", i64, ["B"]), vi("slot_mapping", i64, ["B"]),
-              vi("logit_index", i64, ["R"]),
-              *(vi(name, elem, slab) for name in cache_input_names(config.num_layers))]
+    rows = ([vi("input_ids", i64, ["T"]), vi("logit_index", i64, ["R"]),
+             vi("pair_order", i64, ["TP"]), vi("pair_inverse", i64, ["TP"]),
+             vi("pair_cu", i64, ["P1"]), vi("pair_past", i64, ["P"]),
+             vi("pair_table", i64, ["P", "MB"]), vi("pair_slots", i64, ["TP"])] if prefill else
+            [vi("input_ids", i64, ["B"]), vi("block_tables", i64, ["B", "MB"]),
+             vi("past_lens", i64, ["B"]), vi("slot_mapping", i64, ["B"]),
+             vi("logit_index", i64, ["R"])])
+    inputs = [*rows, *(vi(name, elem, slab) for name in cache_input_names(config.num_layers))]
     outputs = [vi("logits", TensorProto.FLOAT, ["R", config.vocab_size])]
     if argmax:
         outputs.append(vi("argmax", i64, ["R"]))
@@ -83,6 +100,8 @@ class PagedStep:
     meta: str  # int32 [2] = [1, 0]
     pairs_shape: str  # int64 [2] = [B*KVH, (group + 2) * D]
     rows_shape: str  # int64 [2] = [B, H * D]
+    order: str | None = None  # int64 [T*KVH]: pair-major row of each token-head (prefill)
+    inverse: str | None = None  # int64 [T*KVH]: its inverse
 
 
 def paged_step(g: GraphWriter, config: ModelConfig, block_size: int, dtype: np.dtype
@@ -115,6 +134,20 @@ def paged_step(g: GraphWriter, config: ModelConfig, block_size: int, dtype: np.d
         pairs_shape=g.i64([-1, (group + 2) * d]), rows_shape=g.i64([-1, config.num_heads * d]))
 
 
+def prefill_step(g: GraphWriter, config: ModelConfig, dtype: np.dtype) -> PagedStep:
+    """The pairs of a step of any shape, from the host's pair arrays (`pair_feeds`)."""
+    i32, group = TensorProto.INT32, config.num_heads // config.num_kv_heads
+    cos, sin = rope_cos_sin(config, config.max_position_embeddings)
+    return PagedStep(
+        cu_seqlens=g.op("Cast", ["pair_cu"], to=i32), past=g.op("Cast", ["pair_past"], to=i32),
+        table=g.op("Cast", ["pair_table"], to=i32), slots=g.op("Cast", ["pair_slots"], to=i32),
+        cos=g.const(cos, dtype, "paged_rope_cos"), sin=g.const(sin, dtype, "paged_rope_sin"),
+        meta=g.const([0, 0], np.int32, "paged_meta"),  # bounds from the shapes
+        pairs_shape=g.i64([-1, (group + 2) * config.head_dim]),
+        rows_shape=g.i64([-1, config.num_heads * config.head_dim]),
+        order="pair_order", inverse="pair_inverse")
+
+
 def paged_decoder(g: GraphWriter, config: ModelConfig, step: PagedStep, x: str,
                   layers: Iterable[LayerRefs], final_norm: str) -> str:
     """The layers over the embedded tokens x [B, hidden] and the final norm -> [B, hidden]."""
@@ -130,12 +163,16 @@ def paged_layer(g: GraphWriter, config: ModelConfig, step: PagedStep, layer: Lay
     index, norms, linear = layer
     eps = config.rms_norm_eps
     n, x = skip_norm(g, res, norms[0], eps)
-    pairs = g.op("Reshape", [linear(n, "qkv_grouped"), step.pairs_shape])
+    pairs = g.op("Reshape", [linear(n, "qkv_grouped"), step.pairs_shape])  # [T*KVH, ...]
+    if step.order is not None:  # each pair's tokens back to back
+        pairs = g.op("Gather", [pairs, step.order], axis=0)
     attn = g.op("PagedAttention", [
         pairs, "", "", KEY_CACHE.format(index), VALUE_CACHE.format(index), step.cu_seqlens,
         step.past, step.table, step.cos, step.sin, step.slots, "", "", "", "", "", step.meta],
         domain=MS_DOMAIN, num_heads=config.num_heads // config.num_kv_heads, kv_num_heads=1,
-        scale=1.0, do_rotary=1, rotary_interleaved=0)  # [B*KVH, group*D]
-    attn = g.op("Reshape", [attn, step.rows_shape])  # [B, H*D]
+        scale=1.0, do_rotary=1, rotary_interleaved=0)  # [T*KVH, group*D]
+    if step.inverse is not None:
+        attn = g.op("Gather", [attn, step.inverse], axis=0)
+    attn = g.op("Reshape", [attn, step.rows_shape])  # [T, H*D]
     n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
     return Residual(x, swiglu_gate_up(g, config, n, linear))

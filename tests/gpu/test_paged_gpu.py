@@ -2,7 +2,8 @@
 write the KV pool in place through ONNX Runtime's PagedAttention, against the CPU executor
 (fp32 graph, numpy pool) on the tiny model with 16-token blocks (the op's smallest): every
 step's logits, and the pool after prefill, chunked prefill, a block-boundary crossing, a
-copy-on-write move and ten decode steps; captured and uncaptured buckets."""
+copy-on-write move and ten decode steps; captured and uncaptured buckets. Prefill and mixed
+steps run the paged prefill graph, decode steps the paged decode buckets."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from engine.graph.paged import PAGED_MODEL_FILE
 
 from .conftest import skip_or_fail
 from .tiny_model import TINY, build_graph
-from .workload import lockstep
+from .workload import lockstep, relative_error, single_sequence_plans
 
 pytestmark = pytest.mark.gpu
 
@@ -63,13 +64,35 @@ def test_paged_decode_matches_cpu(cuda_ctx: CudaContext, graphs: dict[str, Path]
         errors = lockstep(cpu_ref, ex, vocab=TINY.vocab_size, block_size=BLOCK,
                           num_blocks=NUM_BLOCKS, decode_steps=10)
         assert len(errors) == 12 and max(errors) < TOLERANCE[dtype], errors
-        assert ex.paged_runs >= 10, "decode steps did not run the paged graph"
-        assert ex.graph_replays == (10 if captured else 0)
+        assert ex.paged_runs >= 12, "steps did not run the paged graphs"
+        # every decode step, and the decode part of the mixed steps, replayed when captured
+        assert ex.graph_replays >= 10 if captured else ex.graph_replays == 0
         io = ex.device_io
         pool = np.empty(io.geometry.shape, dtype=io.geometry.np_dtype)
         io.pool.buffer.copy_to_host(pool, io.stream)
         io.stream.synchronize()
         want = cpu_ref.pool.data
         assert np.abs(pool.astype(np.float32) - want).max() < TOLERANCE[dtype] * np.abs(want).max()
+    finally:
+        ex.close()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_paged_prefill_of_single_sequences_matches_cpu(
+        cuda_ctx: CudaContext, graphs: dict[str, Path], cpu_ref: OrtExecutor, dtype: str) -> None:
+    """A fresh prompt, its next chunk after a past, a decode step, a decode beside a prompt,
+    two prompts: through the paged graphs, within the dtype's tolerance of the CPU graph."""
+    from engine.executors.ort_cuda import OrtCudaExecutor
+
+    ex = OrtCudaExecutor(graphs[dtype], TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK,
+                         max_context=TINY.max_position_embeddings,
+                         limits=StepLimits(64, 8, TINY.max_position_embeddings), cuda_graphs=True)
+    try:
+        plans = single_sequence_plans(TINY.vocab_size)
+        for step, plan in enumerate(plans):
+            want = cpu_ref.execute(plan).logits
+            got = ex.execute(plan).logits
+            assert relative_error(got, want) < TOLERANCE[dtype], step
+        assert ex.paged_runs >= len(plans)
     finally:
         ex.close()

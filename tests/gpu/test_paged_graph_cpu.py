@@ -17,8 +17,9 @@ import pytest
 from engine.config import ModelConfig
 from engine.executors import ort_cuda
 from engine.graph.linears import grouped_qkv
-from engine.graph.paged import PAGED_MODEL_FILE, cache_input_names
+from engine.graph.paged import PAGED_MODEL_FILE, PREFILL_MODEL_FILE, cache_input_names
 from engine.limits import StepLimits
+from engine.step_inputs import pack_plan, pair_feeds
 from scheduler.plan import ScheduledSeq, StepPlan
 
 from .tiny_model import TINY, build_graph
@@ -35,6 +36,23 @@ def test_grouped_qkv_rows_follow_their_kv_head() -> None:
     got = grouped_qkv(cfg, qkv)[:, 0].astype(int).tolist()
     # Q heads 0-2 (rows 0-5), K head 0 (12-13), V head 0 (16-17); then Q 3-5, K 1, V 1
     assert got == [0, 1, 2, 3, 4, 5, 12, 13, 16, 17, 6, 7, 8, 9, 10, 11, 14, 15, 18, 19]
+
+
+def test_pair_feeds_put_each_pairs_tokens_back_to_back() -> None:
+    """Two sequences (3 tokens after a past of 4; 2 fresh ones), 2 kv heads, 4-token blocks,
+    10 pool blocks: pair (b, h) reads blocks table_b + h * 10 and writes slot + h * 40."""
+    seqs = [ScheduledSeq(0, [1, 2, 3], 4, [5, 6], True), ScheduledSeq(1, [7, 8], 0, [9], True)]
+    packed = pack_plan(StepPlan(0, seqs), 4)
+    slots = packed.slot_blocks * 4 + packed.slot_offsets
+    assert slots.tolist() == [24, 25, 26, 36, 37]
+    f = pair_feeds(seqs, slots, 4, 10, 2)
+    # natural rows are token * 2 + head: pair (0, 0) holds tokens 0-2 = rows 0, 2, 4
+    assert f["pair_order"].tolist() == [0, 2, 4, 1, 3, 5, 6, 8, 7, 9]
+    assert f["pair_order"][f["pair_inverse"]].tolist() == list(range(10))
+    assert f["pair_cu"].tolist() == [0, 3, 6, 8, 10]
+    assert f["pair_past"].tolist() == [4, 4, 0, 0]
+    assert f["pair_table"].tolist() == [[5, 6], [15, 16], [9, 0], [19, 10]]
+    assert f["pair_slots"].tolist() == [24, 25, 26, 64, 65, 66, 36, 37, 76, 77]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +81,13 @@ def test_paged_graph_reads_and_writes_the_pool_in_place(graph: Path) -> None:
     assert [n.input[3:5] for n in attn] == [[f"key_cache.{i}", f"value_cache.{i}"]
                                            for i in range(TINY.num_layers)]
     assert all(len(n.output) == 1 for n in attn)  # the caches are written in place, not output
+    prefill = onnx.load(str(graph.parent / PREFILL_MODEL_FILE), load_external_data=False)
+    assert [i.name for i in prefill.graph.input][:8] == [
+        "input_ids", "logit_index", "pair_order", "pair_inverse", "pair_cu", "pair_past",
+        "pair_table", "pair_slots"]
+    ops = Counter(n.op_type for n in prefill.graph.node)
+    # per layer the pairs' rows are gathered into pair order and the output back
+    assert ops["PagedAttention"] == TINY.num_layers and ops["Gather"] == 2 + 2 * TINY.num_layers
 
 
 class _Recorder:
@@ -82,7 +107,7 @@ class _Recorder:
 
 
 class _PagedStub:
-    """A paged bucket session that records its binding and runs nothing (the CPU EP cannot)."""
+    """A paged session that records its binding and runs nothing (the CPU EP cannot)."""
 
     def __init__(self, dims: dict[str, int]) -> None:
         self.dims = dims
@@ -104,7 +129,16 @@ def stubs(fake_host_ort: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[li
         made.append(_PagedStub(dims))
         return made[-1]
 
+    plain = ort_cuda._session
+
+    def session(path: Path, device: int) -> object:
+        if path.name != PREFILL_MODEL_FILE:
+            return plain(path, device)
+        made.append(_PagedStub({}))
+        return made[-1]
+
     monkeypatch.setattr(ort_cuda, "_graph_session", factory)
+    monkeypatch.setattr(ort_cuda, "_session", session)
     yield made
 
 
@@ -114,9 +148,10 @@ def _int64_at(ptr: int, n: int) -> list[int]:
 
 def test_executor_binds_the_pool_slabs_and_skips_the_scatter(stubs: list[_PagedStub],
                                                              graph: Path) -> None:
-    """A decode step through a paged bucket: every layer's K/V slab bound at its plane of the
-    pool, the slot mapping (-1 on pad rows) and tables with the new token's block; no new_kv
-    output and no scatter afterwards (the pool is untouched by the step)."""
+    """A prefill step through the paged prefill graph: its pair arrays; a decode step through
+    a paged bucket: the slot mapping (-1 on pad rows) and tables with the new token's block;
+    both: every layer's K/V slab bound at its plane of the pool, no new_kv output and no scatter
+    afterwards (the pool is untouched by the stubs)."""
     ex = ort_cuda.OrtCudaExecutor(graph, TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
                                   max_context=TINY.max_position_embeddings,
                                   limits=StepLimits(64, 4, TINY.max_position_embeddings),
@@ -124,14 +159,25 @@ def test_executor_binds_the_pool_slabs_and_skips_the_scatter(stubs: list[_PagedS
     try:
         io = ex.device_io
         g = io.geometry
-        dims = {(s.dims["B"], s.dims["pool_blocks"]) for s in stubs}
+        prefill_stub, buckets = stubs[0], stubs[1:]
+        dims = {(s.dims["B"], s.dims["pool_blocks"]) for s in buckets}
         assert dims == {(b, g.num_kv_heads * NUM_BLOCKS) for b in (1, 2, 4)}  # start-up buckets
         prefill = StepPlan(0, [ScheduledSeq(0, [1, 2, 3, 4], 0, [5, 9], True),
                                ScheduledSeq(1, [6, 7], 0, [3], True)])
-        ex.execute(prefill)  # the general graph (a CPU session), scattered into the pool
         before = np.empty(g.shape, g.np_dtype)
         io.pool.buffer.copy_to_host(before, io.stream)
         runs = ex.paged_runs
+        ex.execute(prefill)
+        bound = prefill_stub.runs[-1]
+        assert set(bound.outputs) == {"logits", "argmax"}
+        slots_ptr, shape = bound.inputs["pair_slots"]
+        heads = np.arange(g.num_kv_heads) * NUM_BLOCKS * BLOCK_SIZE
+        want = np.concatenate([5 * BLOCK_SIZE + np.arange(4) + h for h in heads]
+                              + [3 * BLOCK_SIZE + np.arange(2) + h for h in heads])
+        assert _int64_at(slots_ptr, shape[0]) == want.tolist()
+        slab = (g.num_kv_heads * NUM_BLOCKS, BLOCK_SIZE, 1, g.head_dim)
+        assert bound.inputs["key_cache.1"] == (io.pool.ptr + 2 * g.plane_stride * g.itemsize,
+                                               slab)
         decode = StepPlan(1, [ScheduledSeq(0, [8], 4, [5, 9], True),
                               ScheduledSeq(1, [9], 2, [3], True),
                               ScheduledSeq(2, [1], 0, [7], True)])
@@ -139,10 +185,9 @@ def test_executor_binds_the_pool_slabs_and_skips_the_scatter(stubs: list[_PagedS
         after = np.empty(g.shape, g.np_dtype)
         io.pool.buffer.copy_to_host(after, io.stream)
         io.stream.synchronize()
-        assert ex.paged_runs == runs + 1 and np.array_equal(before, after)
-        (stub,) = [s for s in stubs if s.dims["B"] == 4]
+        assert ex.paged_runs == runs + 2 and np.array_equal(before, after)
+        (stub,) = [s for s in buckets if s.dims["B"] == 4]
         bound = stub.runs[-1]
-        slab = (g.num_kv_heads * NUM_BLOCKS, BLOCK_SIZE, 1, g.head_dim)
         for plane, name in enumerate(cache_input_names(TINY.num_layers)):
             assert bound.inputs[name] == (io.pool.ptr + plane * g.plane_stride * g.itemsize, slab)
         assert set(bound.outputs) == {"logits", "argmax"}
