@@ -9,9 +9,9 @@ is never copied to the host. Decode buckets run `model_paged.onnx` when the buil
 the CUDA EP runs its PagedAttention (engine/graph/paged.py): each layer's K and V slabs of the
 pool are bound as inputs of their own, the op writes the new K/V in place (no scatter); else
 they run `model_decode.onnx`. Other steps likewise run `model_paged_prefill.onnx` (the step's
-(sequence, kv head) pairs staged by the host) when there is one. (onnxruntime runs on its own stream: giving it ours, with runs that
-do not wait, made its sessions abort when destroyed: cudaFreeHost "operation not permitted", seen
-on the H200 with onnxruntime-gpu 1.31.1.)
+(sequence, kv head) pairs staged by the host) when there is one. (onnxruntime runs on its own
+stream: giving it ours, with runs that do not wait, made its sessions abort when destroyed:
+cudaFreeHost "operation not permitted", seen on the H200 with onnxruntime-gpu 1.31.1.)
 """
 
 from __future__ import annotations
