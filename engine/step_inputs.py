@@ -93,11 +93,13 @@ def pair_feeds(seqs: Sequence[ScheduledSeq], slots: np.ndarray, block_size: int,
     pair is a sequence of PagedAttention over a cache of kv_heads * num_blocks blocks with one
     head; its tokens back to back. `slots`: each packed token's pool slot (plan order)."""
     lens = np.array([len(s.token_ids) for s in seqs], dtype=np.int64)
-    total, heads = int(lens.sum()), np.arange(kv_heads, dtype=np.int64)
-    token = np.repeat(np.arange(total, dtype=np.int64)[:, None], kv_heads, axis=1).ravel()
-    head = np.tile(heads, total)
-    seq = np.repeat(np.repeat(np.arange(len(seqs)), lens), kv_heads)
-    order = np.lexsort((token, head, seq))  # natural row token * kv_heads + head, pair-major
+    heads = np.arange(kv_heads, dtype=np.int64)
+    pair_lens = np.repeat(lens, kv_heads)  # pair p = b * kv_heads + h
+    cu = np.concatenate([np.zeros(1, np.int64), np.cumsum(pair_lens)])
+    pair = np.repeat(np.arange(pair_lens.size), pair_lens)  # the pair of each pair-major row
+    first = np.repeat(np.cumsum(lens) - lens, kv_heads)  # each pair's sequence's first token
+    token = first[pair] + np.arange(cu[-1]) - cu[pair]
+    order = token * kv_heads + np.tile(heads, len(seqs))[pair]  # its natural row
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
     ends = [s.start_pos + n for s, n in zip(seqs, lens.tolist(), strict=True)]
@@ -108,8 +110,7 @@ def pair_feeds(seqs: Sequence[ScheduledSeq], slots: np.ndarray, block_size: int,
         tables[b, :used] = s.block_table[:used]
     moved = tables[:, None, :] + (heads * num_blocks)[None, :, None]  # [B, KVH, MB]
     pair_slots = (slots[:, None] + heads[None, :] * num_blocks * block_size).ravel()[order]
-    return {"pair_order": order.astype(np.int64), "pair_inverse": inverse,
-            "pair_cu": np.concatenate([[0], np.cumsum(np.repeat(lens, kv_heads))]),
+    return {"pair_order": order, "pair_inverse": inverse, "pair_cu": cu,
             "pair_past": np.repeat(np.array([s.start_pos for s in seqs], dtype=np.int64),
                                    kv_heads),
             "pair_table": moved.reshape(len(seqs) * kv_heads, blocks),
