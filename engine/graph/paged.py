@@ -88,18 +88,34 @@ def paged_io(config: ModelConfig, elem: int, argmax: bool, prefill: bool = False
 
 
 @dataclass(frozen=True, slots=True)
+class PagedConsts:
+    """What both paged graphs' layers share besides the step: RoPE tables and the reshapes."""
+
+    cos: str  # [max_position_embeddings, D/2] in the graph's dtype
+    sin: str
+    pairs_shape: str  # int64 [2] = [-1, (group + 2) * D]: the projection as pair rows
+    rows_shape: str  # int64 [2] = [-1, H * D]: the op's output back as token rows
+
+
+def paged_consts(g: GraphWriter, config: ModelConfig, dtype: np.dtype) -> PagedConsts:
+    cos, sin = rope_cos_sin(config, config.max_position_embeddings)
+    group = config.num_heads // config.num_kv_heads
+    return PagedConsts(cos=g.const(cos, dtype, "paged_rope_cos"),
+                       sin=g.const(sin, dtype, "paged_rope_sin"),
+                       pairs_shape=g.i64([-1, (group + 2) * config.head_dim]),
+                       rows_shape=g.i64([-1, config.num_heads * config.head_dim]))
+
+
+@dataclass(frozen=True, slots=True)
 class PagedStep:
     """The (row, kv head) sequences of one step, shared by every layer's PagedAttention."""
 
-    cu_seqlens: str  # int32 [B*KVH + 1]: 0, 1, ..., B*KVH (one token each)
-    past: str  # int32 [B*KVH]
-    table: str  # int32 [B*KVH, MB]
-    slots: str  # int32 [B*KVH]
-    cos: str  # [max_position_embeddings, D/2] in the graph's dtype
-    sin: str
-    meta: str  # int32 [2] = [1, 0]
-    pairs_shape: str  # int64 [2] = [B*KVH, (group + 2) * D]
-    rows_shape: str  # int64 [2] = [B, H * D]
+    cu_seqlens: str  # int32 [P + 1] (P = B*KVH pairs): where each pair's tokens start
+    past: str  # int32 [P]
+    table: str  # int32 [P, MB]
+    slots: str  # int32 [T*KVH]: each pair token's pool slot (-1: none)
+    meta: str  # int32 [2]: [1, 0] decode, [0, 0] prefill (bounds from the shapes)
+    consts: PagedConsts
     order: str | None = None  # int64 [T*KVH]: pair-major row of each token-head (prefill)
     inverse: str | None = None  # int64 [T*KVH]: its inverse
 
@@ -107,8 +123,7 @@ class PagedStep:
 def paged_step(g: GraphWriter, config: ModelConfig, block_size: int, dtype: np.dtype
                ) -> PagedStep:
     """The pairs' block tables, slots and lengths from the row inputs, once per step."""
-    kvh, d, i32 = config.num_kv_heads, config.head_dim, TensorProto.INT32
-    group = config.num_heads // kvh
+    kvh, i32 = config.num_kv_heads, TensorProto.INT32
     nb = g.op("Div", [g.op("Gather", [g.op("Shape", [KEY_CACHE.format(0)]), g.i64(0)]),
                       g.i64(kvh)])  # scalar NB
     heads = g.op("Mul", [g.const(np.arange(kvh).reshape(1, kvh, 1), np.int64, "paged_heads"),
@@ -122,29 +137,22 @@ def paged_step(g: GraphWriter, config: ModelConfig, block_size: int, dtype: np.d
     slots = g.op("Where", [g.op("Less", [slot, g.i64(0)]), g.i64(-1), moved])  # [B, KVH]
     past = g.op("Expand", [g.op("Unsqueeze", ["past_lens", g.i64([1])]), g.i64([1, kvh])])
     n = g.op("Mul", [g.op("Gather", [g.op("Shape", ["past_lens"]), g.i64(0)]), g.i64(kvh)])
-    cu = g.op("Range", [g.i64(0), g.op("Add", [n, g.i64(1)]), g.i64(1)])
-    cos, sin = rope_cos_sin(config, config.max_position_embeddings)
+    cu = g.op("Range", [g.i64(0), g.op("Add", [n, g.i64(1)]), g.i64(1)])  # one token a pair
     return PagedStep(
         cu_seqlens=g.op("Cast", [cu], to=i32),
         past=g.op("Cast", [g.op("Reshape", [past, g.i64([-1])])], to=i32),
         table=g.op("Cast", [table], to=i32),
         slots=g.op("Cast", [g.op("Reshape", [slots, g.i64([-1])])], to=i32),
-        cos=g.const(cos, dtype, "paged_rope_cos"), sin=g.const(sin, dtype, "paged_rope_sin"),
-        meta=g.const([1, 0], np.int32, "paged_meta"),
-        pairs_shape=g.i64([-1, (group + 2) * d]), rows_shape=g.i64([-1, config.num_heads * d]))
+        meta=g.const([1, 0], np.int32, "paged_meta"), consts=paged_consts(g, config, dtype))
 
 
 def prefill_step(g: GraphWriter, config: ModelConfig, dtype: np.dtype) -> PagedStep:
     """The pairs of a step of any shape, from the host's pair arrays (`pair_feeds`)."""
-    i32, group = TensorProto.INT32, config.num_heads // config.num_kv_heads
-    cos, sin = rope_cos_sin(config, config.max_position_embeddings)
+    i32 = TensorProto.INT32
     return PagedStep(
         cu_seqlens=g.op("Cast", ["pair_cu"], to=i32), past=g.op("Cast", ["pair_past"], to=i32),
         table=g.op("Cast", ["pair_table"], to=i32), slots=g.op("Cast", ["pair_slots"], to=i32),
-        cos=g.const(cos, dtype, "paged_rope_cos"), sin=g.const(sin, dtype, "paged_rope_sin"),
-        meta=g.const([0, 0], np.int32, "paged_meta"),  # bounds from the shapes
-        pairs_shape=g.i64([-1, (group + 2) * config.head_dim]),
-        rows_shape=g.i64([-1, config.num_heads * config.head_dim]),
+        meta=g.const([0, 0], np.int32, "paged_meta"), consts=paged_consts(g, config, dtype),
         order="pair_order", inverse="pair_inverse")
 
 
@@ -163,16 +171,17 @@ def paged_layer(g: GraphWriter, config: ModelConfig, step: PagedStep, layer: Lay
     index, norms, linear = layer
     eps = config.rms_norm_eps
     n, x = skip_norm(g, res, norms[0], eps)
-    pairs = g.op("Reshape", [linear(n, "qkv_grouped"), step.pairs_shape])  # [T*KVH, ...]
+    c = step.consts
+    pairs = g.op("Reshape", [linear(n, "qkv_grouped"), c.pairs_shape])  # [T*KVH, ...]
     if step.order is not None:  # each pair's tokens back to back
         pairs = g.op("Gather", [pairs, step.order], axis=0)
     attn = g.op("PagedAttention", [
         pairs, "", "", KEY_CACHE.format(index), VALUE_CACHE.format(index), step.cu_seqlens,
-        step.past, step.table, step.cos, step.sin, step.slots, "", "", "", "", "", step.meta],
+        step.past, step.table, c.cos, c.sin, step.slots, "", "", "", "", "", step.meta],
         domain=MS_DOMAIN, num_heads=config.num_heads // config.num_kv_heads, kv_num_heads=1,
         scale=1.0, do_rotary=1, rotary_interleaved=0)  # [T*KVH, group*D]
     if step.inverse is not None:
         attn = g.op("Gather", [attn, step.inverse], axis=0)
-    attn = g.op("Reshape", [attn, step.rows_shape])  # [T, H*D]
+    attn = g.op("Reshape", [attn, c.rows_shape])  # [T, H*D]
     n, x = skip_norm(g, Residual(x, linear(attn, "o")), norms[1], eps)
     return Residual(x, swiglu_gate_up(g, config, n, linear))
