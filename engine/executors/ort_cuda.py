@@ -136,12 +136,12 @@ class OrtCudaExecutor(DeviceExecutor):
                                     paged=paged.is_file() or prefill.is_file())
             self._session = _session(model_path, device_id)
             self._has_argmax = "argmax" in {o.name for o in self._session.get_outputs()}
+            self._prefill = self._prefill_session(prefill) if prefill.is_file() else None
             # without the paged prefill graph, single-sequence steps (a prompt, a chunk of one)
             # run the decode graph uncaptured: its GroupQueryAttention layers launch far fewer
-            # kernels than the general graph's
-            self._one_seq = (None if self._decode_path == model_path
+            # kernels than the general graph's (with it, no session of that graph is loaded)
+            self._one_seq = (None if self._decode_path == model_path or self._prefill is not None
                              else _session(self._decode_path, device_id))
-            self._prefill = self._prefill_session(prefill) if prefill.is_file() else None
         except BaseException:
             if self._io is not None:
                 self._io.close()
