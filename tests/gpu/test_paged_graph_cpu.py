@@ -146,16 +146,19 @@ def _int64_at(ptr: int, n: int) -> list[int]:
     return np.ctypeslib.as_array((ctypes.c_int64 * n).from_address(ptr)).tolist()
 
 
+@pytest.mark.parametrize("device_sampling", [True, False])
 def test_executor_binds_the_pool_slabs_and_skips_the_scatter(stubs: list[_PagedStub],
-                                                             graph: Path) -> None:
+                                                             graph: Path,
+                                                             device_sampling: bool) -> None:
     """A prefill step through the paged prefill graph: its pair arrays; a decode step through
     a paged bucket: the slot mapping (-1 on pad rows) and tables with the new token's block;
     both: every layer's K/V slab bound at its plane of the pool, no new_kv output and no scatter
-    afterwards (the pool is untouched by the stubs)."""
+    afterwards (the pool is untouched by the stubs), whether tokens are chosen on the device
+    or the host (the two finishes)."""
     ex = ort_cuda.OrtCudaExecutor(graph, TINY, num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
                                   max_context=TINY.max_position_embeddings,
                                   limits=StepLimits(64, 4, TINY.max_position_embeddings),
-                                  cuda_graphs=True)
+                                  cuda_graphs=True, device_sampling=device_sampling)
     try:
         io = ex.device_io
         g = io.geometry
